@@ -1,0 +1,174 @@
+"""Command line: a thin layer over the library API (``wildreid --help``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wildreid.data import DatasetError, load_dataset
+from wildreid.features import DEFAULT_CACHE_DIR
+from wildreid.images import ImageError
+from wildreid.metrics import SubmissionError, evaluate
+from wildreid.models import DEFAULT_MODEL, ModelError, available
+
+app = typer.Typer(help="wildreid: tell individual animals apart from photographs (open-set re-ID).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def _clear_errors():
+    """Known failures end with one clear message and exit code 2, not a traceback."""
+    try:
+        yield
+    except (DatasetError, ImageError, ModelError, SubmissionError, ValueError) as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+
+
+def _threshold(value: str) -> str | float | None:
+    if value == "auto":
+        return "auto"
+    if value == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter("use 'auto', 'none' (closed set) or a number such as 0.6") from None
+
+
+def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFAULT_MODEL,
+                 weights: Path | None = None, output: Path = Path("submission.csv"),
+                 candidates: Path | None = None, device: str = "auto", threshold: str = "auto",
+                 top_k: int = 5, aggregation: str = "max", batch_size: int = 64,
+                 cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True):
+    """Identify every query of a dataset; writes the submission and the candidates CSV."""
+    from wildreid.pipeline import Identifier
+
+    dataset = load_dataset(data_dir, metadata)
+    if dataset.query.empty:
+        raise ValueError(f"{dataset.source}: no query images (split == 'query') to identify")
+    identifier = Identifier(model, weights=weights, threshold=_threshold(threshold),
+                            aggregation=aggregation, device=device, batch_size=batch_size,
+                            cache_dir=cache_dir, progress=progress).fit(dataset.database)
+    ranked = identifier.predict_candidates(dataset.query, k=top_k)
+    submission = identifier.decide(ranked)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    submission[["image_id", "identity"]].to_csv(output, index=False)
+    candidates = candidates or output.with_name(output.stem + ".candidates.csv")
+    ranked.to_csv(candidates, index=False, float_format="%.5f")
+    return dataset, identifier, submission, candidates
+
+
+@app.command()
+def identify(
+    data_dir: Path = typer.Argument(..., help="Folder with metadata.csv (AnimalCLEF layout) or "
+                                    "folders of images named by identity."),
+    metadata: Path = typer.Option(None, help="Metadata CSV to use instead of DATA_DIR/metadata.csv "
+                                  "(paths inside are relative to DATA_DIR)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Registered name (see 'wildreid models'), timm "
+                              "name, hf-hub:ORG/NAME, or a wildreid .pt checkpoint."),
+    weights: Path = typer.Option(None, help="Bare state_dict file to load into timm arch --model."),
+    output: Path = typer.Option(Path("submission.csv"), help="Submission CSV (image_id,identity)."),
+    candidates: Path = typer.Option(None, help="Top-k candidates CSV "
+                                    "[default: OUTPUT with .candidates.csv]."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    threshold: str = typer.Option("auto", help="new_individual threshold: 'auto' (fitted per "
+                                  "species on the database), a cosine such as 0.6, or 'none'."),
+    top_k: int = typer.Option(5, min=1, help="Candidates kept per query."),
+    aggregation: str = typer.Option("max", help="Identity score from its images: max | mean."),
+    batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
+    cache_dir: Path = typer.Option(DEFAULT_CACHE_DIR, help="Feature cache folder."),
+    no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
+):
+    """Name the individual in each query photo, or answer new_individual."""
+    with _clear_errors():
+        _, identifier, submission, written = run_identify(
+            data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
+            aggregation, batch_size, None if no_cache else cache_dir)
+    new = int((submission["identity"] == "new_individual").sum())
+    thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
+                           for k, v in identifier.decision_.thresholds.items())
+    err.print(f"thresholds: {thresholds}")
+    err.print(f"{len(submission)} queries: {len(submission) - new} named, {new} new_individual")
+    err.print(f"wrote {output} and {written}")
+
+
+def print_scores(result: dict) -> None:
+    table = Table(title="AnimalCLEF 2025 score")
+    for column in ("species", "queries", "known", "unknown", "BAKS", "BAUS", "score", "known top-1"):
+        table.add_column(column, justify="right" if column != "species" else "left")
+
+    def fmt(value: float) -> str:
+        return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+
+    for name, row in result["species"].items():
+        table.add_row(name, str(row["queries"]), str(row["known_queries"]),
+                      str(row["unknown_queries"]), fmt(row["baks"]), fmt(row["baus"]),
+                      fmt(row["score"]), fmt(row["known_top1"]))
+    out.print(table)
+    out.print(f"[bold]score (mean over species): {fmt(result['score'])}[/]")
+    extras = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "known_top1",
+              "closed_set_top1", "closed_set_top5"]
+    out.print("  ".join(f"{k}={fmt(result[k])}" for k in extras if k in result))
+
+
+@app.command("evaluate")
+def evaluate_command(
+    submission: Path = typer.Argument(..., help="Submission CSV: image_id,identity."),
+    solution: Path = typer.Argument(..., help="Solution CSV: image_id,identity (true identities)."),
+    metadata: Path = typer.Option(..., help="metadata.csv of the dataset (species, database)."),
+    candidates: Path = typer.Option(None, help="Candidates CSV from identify: adds closed-set "
+                                    "top-1/top-5."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+):
+    """Score a submission exactly as AnimalCLEF 2025 (BAKS, BAUS, sqrt(BAKS x BAUS) per species)."""
+    with _clear_errors():
+        result = evaluate(submission, solution, metadata, candidates)
+    if as_json:
+        print(json.dumps(result, indent=2, default=lambda v: None))
+    else:
+        print_scores(result)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(None, "--out", help="Where to write the synthetic dataset "
+                                 "[default: a temporary folder]."),
+    individuals: int = typer.Option(10, min=3, help="Known individuals per species."),
+    unknown: int = typer.Option(4, min=1, help="Individuals per species seen only as queries."),
+    database_images: int = typer.Option(4, min=1, help="Database photos per known individual."),
+    query_images: int = typer.Option(2, min=1, help="Query photos per individual."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Descriptor to use."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    seed: int = typer.Option(0, help="Random seed of the synthetic animals and photos."),
+):
+    """Synthesise a small open-set dataset (spotted and striped animals), identify, evaluate."""
+    from wildreid.demo import make_demo_dataset
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = out_dir or Path(scratch) / "wildreid-demo"
+        make_demo_dataset(root, individuals, unknown, database_images, query_images, seed=seed)
+        err.print(f"synthetic dataset in {root}")
+        with _clear_errors():
+            run_identify(root, model=model, output=root / "submission.csv", device=device,
+                         cache_dir=None)
+            result = evaluate(root / "submission.csv", root / "solution.csv",
+                              root / "metadata.csv", root / "submission.candidates.csv")
+        print_scores(result)
+
+
+@app.command()
+def models():
+    """List the registered model names (any timm or hf-hub: name works too)."""
+    for name, summary in available().items():
+        out.print(f"[bold]{name}[/]  {summary}" + ("  [green](default)[/]" if name == DEFAULT_MODEL
+                                                 else ""))

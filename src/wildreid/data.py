@@ -1,0 +1,186 @@
+"""Datasets: AnimalCLEF ``metadata.csv`` or a folder-per-identity tree, validated at the boundary.
+
+Every problem is collected and reported at once, so a user fixes a dataset in one pass.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from wildreid.images import check_image
+
+COLUMNS = ["image_id", "identity", "path", "date", "orientation", "species", "split", "dataset"]
+REQUIRED_COLUMNS = ["image_id", "identity", "path", "split"]
+SPLITS = ("database", "query")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+NEW_INDIVIDUAL = "new_individual"
+_SHOWN = 8  # examples listed per kind of problem
+
+
+class DatasetError(ValueError):
+    """One or more problems with a dataset; ``problems`` lists each, the message shows them all."""
+
+    def __init__(self, source: str | Path, problems: list[str]):
+        self.source = str(source)
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) found:\n{lines}")
+
+
+def _examples(values) -> str:
+    values = [str(v) for v in values]
+    shown = ", ".join(values[:_SHOWN])
+    return shown + (f" ... (+{len(values) - _SHOWN} more)" if len(values) > _SHOWN else "")
+
+
+@dataclass
+class Dataset:
+    """Images with AnimalCLEF columns plus ``filepath``, the absolute path of each image."""
+
+    metadata: pd.DataFrame
+    source: Path
+
+    @property
+    def database(self) -> pd.DataFrame:
+        return self.metadata[self.metadata["split"] == "database"].reset_index(drop=True)
+
+    @property
+    def query(self) -> pd.DataFrame:
+        return self.metadata[self.metadata["split"] == "query"].reset_index(drop=True)
+
+
+def _blank(series: pd.Series) -> pd.Series:
+    return series.isna() | (series.astype(str).str.strip() == "")
+
+
+def _normalise(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    frame = frame.copy()
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.NA
+    for column in ("image_id", "identity", "species", "orientation", "split", "dataset", "path"):
+        blank = _blank(frame[column])
+        frame[column] = frame[column].astype("string").str.strip()
+        frame.loc[blank, column] = pd.NA
+    frame["filepath"] = [str((root / p).resolve()) if isinstance(p, str) else pd.NA
+                         for p in frame["path"].astype(object)]
+    return frame
+
+
+def validate(frame: pd.DataFrame, source: str | Path, check_files: bool = True,
+             workers: int = 8) -> None:
+    """Raise :class:`DatasetError` listing every problem in a normalised metadata frame."""
+    problems: list[str] = []
+    duplicated = frame["image_id"][frame["image_id"].duplicated(keep=False)].dropna().unique()
+    if len(duplicated):
+        problems.append(f"{len(duplicated)} duplicate image_id value(s): {_examples(duplicated)}")
+    if frame["image_id"].isna().any():
+        rows = (frame.index[frame["image_id"].isna()] + 2).tolist()
+        problems.append(f"blank image_id on CSV line(s) {_examples(rows)}")
+    bad_split = frame["split"][~frame["split"].isin(SPLITS)].fillna("<blank>").unique()
+    if len(bad_split):
+        problems.append(f"unknown split value(s) {_examples(bad_split)}; use 'database' or 'query'")
+    database = frame[frame["split"] == "database"]
+    no_identity = database["image_id"][database["identity"].isna()]
+    if len(no_identity):
+        problems.append(f"{len(no_identity)} database image(s) without identity: "
+                        f"{_examples(no_identity)}")
+    if (database["identity"] == NEW_INDIVIDUAL).any():
+        problems.append(f"'{NEW_INDIVIDUAL}' is reserved for answers and cannot be a database identity")
+    query = frame[frame["split"] == "query"]
+    known_species = set(database["species"].dropna())
+    orphan = sorted(set(query["species"].dropna()) - known_species)
+    if orphan:
+        problems.append(f"query species with no database images: {_examples(orphan)}")
+    no_path = frame["image_id"][frame["path"].isna()]
+    if len(no_path):
+        problems.append(f"{len(no_path)} image(s) with blank path: {_examples(no_path)}")
+    if check_files:
+        paths = frame["filepath"].dropna().tolist()
+        with ThreadPoolExecutor(workers) as pool:
+            checks = list(pool.map(check_image, paths))
+        missing = [p for p, c in zip(paths, checks) if c and c.endswith("file not found")]
+        unreadable = [c for c in checks if c and not c.endswith("file not found")]
+        if missing:
+            problems.append(f"{len(missing)} image file(s) missing: {_examples(missing)}")
+        if unreadable:
+            problems.append(f"{len(unreadable)} image file(s) unreadable: {_examples(unreadable)}")
+    if problems:
+        raise DatasetError(source, problems)
+
+
+def from_metadata(metadata: str | Path, root: str | Path | None = None,
+                  check_files: bool = True) -> Dataset:
+    """Load an AnimalCLEF ``metadata.csv``; image paths are relative to ``root`` (the CSV's folder)."""
+    metadata = Path(metadata)
+    if not metadata.is_file():
+        raise DatasetError(metadata, ["metadata file not found"])
+    try:
+        frame = pd.read_csv(metadata, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
+        raise DatasetError(metadata, [f"not a readable CSV ({error})"]) from None
+    frame.columns = [c.strip() for c in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DatasetError(metadata, [f"missing column(s) {', '.join(missing)}; expected "
+                                      f"{', '.join(COLUMNS)} (species, orientation, date, "
+                                      "dataset optional)"])
+    frame = _normalise(frame, Path(root) if root is not None else metadata.parent)
+    validate(frame, metadata, check_files=check_files)
+    return Dataset(frame, metadata)
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def from_folders(root: str | Path, check_files: bool = True) -> Dataset:
+    """Load a tree of images: ``root/<identity>/*`` (all database), or ``root/database/<identity>/*``
+    with unlabelled queries anywhere under ``root/query/``. A level above identities,
+    ``root/[database/]<species>/<identity>/*``, is read as species."""
+    root = Path(root)
+    rows = []
+    database_root = root / "database" if (root / "database").is_dir() else root
+    for image in _images_under(database_root):
+        parts = image.relative_to(database_root).parts
+        if database_root == root and parts[0] == "query":
+            continue
+        if len(parts) < 2:
+            raise DatasetError(root, [f"{image}: images must sit in a folder named by identity"])
+        species = parts[-3] if len(parts) >= 3 else pd.NA
+        rows.append({"path": str(image.relative_to(root)), "identity": parts[-2],
+                     "species": species, "split": "database"})
+    if (root / "query").is_dir():
+        for image in _images_under(root / "query"):
+            rows.append({"path": str(image.relative_to(root)), "identity": pd.NA,
+                         "species": pd.NA, "split": "query"})
+    if not rows:
+        raise DatasetError(root, ["no images found (looked for metadata.csv and folders of images)"])
+    frame = pd.DataFrame(rows)
+    frame["image_id"] = [str(Path(p).with_suffix("")) for p in frame["path"]]
+    frame = _normalise(frame, root)
+    validate(frame, root, check_files=check_files)
+    return Dataset(frame, root)
+
+
+def load_dataset(path: str | Path, metadata: str | Path | None = None,
+                 check_files: bool = True) -> Dataset:
+    """Load ``path``: its ``metadata.csv`` (or the ``metadata`` file given), else a folder tree."""
+    path = Path(path)
+    if metadata is not None:
+        metadata = Path(metadata)
+        if not metadata.is_absolute() and not metadata.exists():
+            metadata = path / metadata
+        return from_metadata(metadata, root=path if path.is_dir() else None,
+                             check_files=check_files)
+    if path.is_file():
+        return from_metadata(path, check_files=check_files)
+    if not path.is_dir():
+        raise DatasetError(path, ["no such file or folder"])
+    if (path / "metadata.csv").is_file():
+        return from_metadata(path / "metadata.csv", check_files=check_files)
+    return from_folders(path, check_files=check_files)

@@ -1,0 +1,137 @@
+"""Global descriptors for many images: parallel decoding, batched GPU/CPU inference, disk cache."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from wildreid.cache import ArrayCache, content_keys
+from wildreid.images import ImageError, load_image
+from wildreid.models import Descriptor
+from wildreid.progress import progress_bar
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("WILDREID_CACHE", Path.home() / ".cache" / "wildreid"))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but PyTorch sees no CUDA GPU; use cpu or auto")
+    return torch.device(device)
+
+
+class _Images(TorchDataset):
+    def __init__(self, paths: Sequence[str], transform):
+        self.paths = paths
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, self.transform(load_image(self.paths[index])), None
+        except ImageError as error:
+            return index, None, str(error)
+
+
+def _collate(batch):
+    good = [(i, t) for i, t, e in batch if e is None]
+    errors = [e for _, _, e in batch if e is not None]
+    indices = [i for i, _ in good]
+    tensors = torch.stack([t for _, t in good]) if good else None
+    return indices, tensors, errors
+
+
+class FeatureExtractor:
+    """Turns image files into L2-normalised embeddings (float32, one row per image).
+
+    Features are cached under ``cache_dir`` by descriptor (arch, weights, preprocessing) and file
+    content; ``cache_dir=None`` disables the disk cache.
+    """
+
+    def __init__(self, descriptor: Descriptor, device: str = "auto", batch_size: int = 64,
+                 workers: int | None = None, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+                 progress: bool = True):
+        self.descriptor = descriptor
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        self.cache = ArrayCache(cache_dir, descriptor.cache_key) if cache_dir is not None else None
+        self.progress = progress
+        self._memory: dict[str, np.ndarray] = {}
+        self._on_device = False
+
+    def _model(self) -> torch.nn.Module:
+        if not self._on_device:
+            self.descriptor.model.to(self.device).eval()
+            if self.device.type == "cuda":
+                self.descriptor.model.to(memory_format=torch.channels_last)
+            self._on_device = True
+        return self.descriptor.model
+
+    @torch.inference_mode()
+    def _embed(self, batch: torch.Tensor) -> np.ndarray:
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.float16):
+                output = self._model()(batch)
+        else:
+            output = self._model()(batch)
+        output = torch.nn.functional.normalize(output.float().flatten(1), dim=1)
+        return output.cpu().numpy()
+
+    def __call__(self, paths: Sequence[str | Path], description: str = "features") -> np.ndarray:
+        paths = [str(p) for p in paths]
+        if not paths:
+            raise ValueError("no images to describe")
+        keys = content_keys(paths, workers=self.workers)
+        missing: dict[str, int] = {}  # identical files are described once
+        for index, key in enumerate(keys):
+            if key not in self._memory and key not in missing and (
+                    self.cache is None or key not in self.cache):
+                missing[key] = index
+        todo = list(missing.values())
+        errors: list[str] = []
+        if todo:
+            errors = self._compute([paths[i] for i in todo], [keys[i] for i in todo], description)
+        if errors:
+            raise ImageError(f"{len(errors)} image(s) could not be decoded "
+                             "(features of the others are cached):\n  - " + "\n  - ".join(errors))
+        return np.stack([self._lookup(k) for k in keys]).astype(np.float32, copy=False)
+
+    def _lookup(self, key: str) -> np.ndarray:
+        if key not in self._memory:
+            self._memory[key] = self.cache.get([key])[0]
+        return self._memory[key]
+
+    def _compute(self, paths: list[str], keys: list[str], description: str) -> list[str]:
+        loader = DataLoader(
+            _Images(paths, self.descriptor.transform()), batch_size=self.batch_size,
+            num_workers=self.workers if len(paths) > self.batch_size else 0,
+            collate_fn=_collate, pin_memory=self.device.type == "cuda",
+        )
+        errors: list[str] = []
+        with progress_bar("images", self.progress) as bar:
+            task = bar.add_task(description, total=len(paths))
+            for indices, batch, batch_errors in loader:
+                errors.extend(batch_errors)
+                if batch is not None:
+                    embeddings = self._embed(batch)
+                    batch_keys = [keys[i] for i in indices]
+                    if self.cache is not None:
+                        self.cache.put(batch_keys, embeddings)
+                    self._memory.update(zip(batch_keys, embeddings))
+                bar.advance(task, len(indices) + len(batch_errors))
+        return errors

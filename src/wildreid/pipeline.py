@@ -1,0 +1,117 @@
+"""``Identifier``: the estimator users call — ``fit`` on the database, ``predict`` on queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wildreid.features import DEFAULT_CACHE_DIR, FeatureExtractor
+from wildreid.models import DEFAULT_MODEL, create_descriptor
+from wildreid.openset import OpenSetDecision
+from wildreid.ranking import IdentityIndex
+
+
+def _filepaths(images: pd.DataFrame) -> list[str]:
+    column = "filepath" if "filepath" in images.columns else "path"
+    if column not in images.columns:
+        raise ValueError("images need a 'filepath' or 'path' column")
+    return images[column].astype(str).tolist()
+
+
+def _species(images: pd.DataFrame):
+    return images["species"].tolist() if "species" in images.columns else None
+
+
+class Identifier:
+    """Open-set re-identification with a global descriptor.
+
+    Parameters
+    ----------
+    model: a name from the model registry, a timm name, or a wildreid ``.pt`` checkpoint.
+    threshold: ``"auto"`` fits a per-species ``new_individual`` threshold on the database
+        (pseudo-queries); a float applies that cosine threshold everywhere; ``None`` never answers
+        ``new_individual`` (closed set).
+    aggregation: identity score from its images' similarities, ``"max"`` or ``"mean"``.
+
+    After ``fit``: ``index_`` (searchable database) and ``decision_`` (thresholds per species).
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, weights: str | Path | None = None,
+                 threshold: str | float | None = "auto", aggregation: str = "max",
+                 device: str = "auto", batch_size: int = 64, workers: int | None = None,
+                 cache_dir: str | Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
+                 seed: int = 0):
+        self.model = model
+        self.weights = weights
+        self.threshold = threshold
+        self.aggregation = aggregation
+        self.device = device
+        self.batch_size = batch_size
+        self.workers = workers
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.seed = seed
+        self._extractor: FeatureExtractor | None = None
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(
+                create_descriptor(self.model, self.weights), device=self.device,
+                batch_size=self.batch_size, workers=self.workers, cache_dir=self.cache_dir,
+                progress=self.progress)
+        return self._extractor
+
+    def describe(self, images: pd.DataFrame, description: str = "features") -> np.ndarray:
+        """L2-normalised global descriptors of ``images`` (cached)."""
+        return self.extractor(_filepaths(images), description=description)
+
+    def fit(self, database: pd.DataFrame) -> Identifier:
+        """Describe the database images (``filepath``/``path``, ``identity``, optional ``species``)
+        and fit the open-set thresholds."""
+        if "identity" not in database.columns or database["identity"].isna().any():
+            raise ValueError("every database image needs an identity")
+        features = self.describe(database, "database")
+        identities = database["identity"].astype(str).to_numpy()
+        species = _species(database)
+        self.index_ = IdentityIndex(features, identities, species, self.aggregation)
+        if self.threshold == "auto":
+            self.decision_ = OpenSetDecision.fit(features, identities, species,
+                                                 self.aggregation, seed=self.seed)
+        else:
+            fixed = -np.inf if self.threshold is None else float(self.threshold)
+            self.decision_ = OpenSetDecision.fixed(fixed)
+        return self
+
+    def predict_candidates(self, queries: pd.DataFrame, k: int = 5) -> pd.DataFrame:
+        """Long table ``image_id, species, rank, identity, score``: top-``k`` identities per query."""
+        if not hasattr(self, "index_"):
+            raise RuntimeError("call fit(database) before predicting")
+        features = self.describe(queries, "queries")
+        species = _species(queries)
+        names, scores = self.index_.search(features, species, k=k)
+        image_ids = (queries["image_id"] if "image_id" in queries.columns
+                     else pd.Series(_filepaths(queries))).astype(str).to_numpy()
+        species_column = np.asarray(species if species is not None else [None] * len(queries),
+                                    dtype=object)
+        table = pd.DataFrame({
+            "image_id": np.repeat(image_ids, k),
+            "species": np.repeat(species_column, k),
+            "rank": np.tile(np.arange(1, k + 1), len(queries)),
+            "identity": names.ravel(),
+            "score": scores.ravel(),
+        })
+        return table[table["identity"] != ""].reset_index(drop=True)
+
+    def decide(self, candidates: pd.DataFrame) -> pd.DataFrame:
+        """Submission rows ``image_id, identity, score`` from ranked candidates."""
+        best = candidates[candidates["rank"] == 1]
+        identity = self.decision_.decide(best["identity"], best["score"], best["species"])
+        return pd.DataFrame({"image_id": best["image_id"].to_numpy(), "identity": identity,
+                             "score": best["score"].to_numpy()})
+
+    def predict(self, queries: pd.DataFrame) -> pd.DataFrame:
+        """For each query: the database identity, or ``new_individual``, with its score."""
+        return self.decide(self.predict_candidates(queries, k=1))

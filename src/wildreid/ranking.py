@@ -1,0 +1,94 @@
+"""Rank database identities for each query by cosine similarity of global descriptors.
+
+Queries are compared only with database images of their own species (all of them when the query's
+species is blank). Similarities are computed in chunks of queries and reduced to one score per
+identity at once, so a 100k-image database never needs the full query x database matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+AGGREGATIONS = ("max", "mean")
+_CHUNK_ELEMENTS = 1 << 24  # similarities held at once: 64 MB of float32
+
+
+@dataclass
+class _Gallery:
+    features: np.ndarray  # database rows sorted by identity
+    starts: np.ndarray  # first row of each identity
+    counts: np.ndarray
+    identities: np.ndarray
+
+
+def _gallery(features: np.ndarray, identities: np.ndarray) -> _Gallery:
+    order = np.argsort(identities, kind="stable")
+    sorted_ids = identities[order]
+    names, starts, counts = np.unique(sorted_ids, return_index=True, return_counts=True)
+    return _Gallery(np.ascontiguousarray(features[order]), starts, counts, names)
+
+
+def _species_key(value) -> str | None:
+    return None if value is None or pd.isna(value) else str(value)
+
+
+class IdentityIndex:
+    """Database embeddings grouped by species and identity, searchable by query embeddings.
+
+    ``aggregation`` turns image similarities into an identity score: ``max`` (the best image of
+    the identity) or ``mean`` (the mean over its images).
+    """
+
+    def __init__(self, features: np.ndarray, identities, species=None, aggregation: str = "max"):
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {aggregation!r}")
+        features = np.asarray(features, dtype=np.float32)
+        identities = np.asarray(identities, dtype=object).astype(str)
+        if len(features) != len(identities) or len(features) == 0:
+            raise ValueError("need one identity per database feature row, and at least one row")
+        species = (np.full(len(identities), None, dtype=object) if species is None
+                   else np.array([_species_key(s) for s in species], dtype=object))
+        self.aggregation = aggregation
+        self._galleries = {None: _gallery(features, identities)}
+        for name in {s for s in species if s is not None}:
+            rows = species == name
+            self._galleries[name] = _gallery(features[rows], identities[rows])
+
+    @property
+    def species(self) -> list[str]:
+        return [s for s in self._galleries if s is not None]
+
+    def _scores(self, gallery: _Gallery, queries: np.ndarray) -> np.ndarray:
+        similarity = queries @ gallery.features.T
+        if self.aggregation == "max":
+            return np.maximum.reduceat(similarity, gallery.starts, axis=1)
+        return np.add.reduceat(similarity, gallery.starts, axis=1) / gallery.counts
+
+    def search(self, queries: np.ndarray, species=None, k: int = 5
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` identities and scores per query, best first (``""``/-inf pad short lists)."""
+        queries = np.asarray(queries, dtype=np.float32)
+        keys = ([None] * len(queries) if species is None
+                else [_species_key(s) for s in species])
+        names = np.full((len(queries), k), "", dtype=object)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for key in dict.fromkeys(keys):
+            gallery = self._galleries.get(key)
+            if gallery is None:
+                raise ValueError(f"species {key!r} has no database images")
+            rows = np.flatnonzero([q == key for q in keys])
+            width = min(k, len(gallery.identities))
+            step = max(1, _CHUNK_ELEMENTS // len(gallery.features))
+            for begin in range(0, len(rows), step):
+                chunk = rows[begin:begin + step]
+                identity_scores = self._scores(gallery, queries[chunk])
+                top = np.argpartition(-identity_scores, width - 1, axis=1)[:, :width]
+                top_scores = np.take_along_axis(identity_scores, top, axis=1)
+                order = np.argsort(-top_scores, axis=1, kind="stable")
+                top = np.take_along_axis(top, order, axis=1)
+                names[chunk, :width] = gallery.identities[top]
+                scores[chunk, :width] = np.take_along_axis(top_scores, order, axis=1)
+        return names, scores
