@@ -45,6 +45,11 @@ class _Images(TorchDataset):
             return index, None, str(error)
 
 
+def _one_thread(_worker: int) -> None:
+    # Decoding workers each spawning a full thread pool fight the model for the same cores.
+    torch.set_num_threads(1)
+
+
 def _collate(batch):
     good = [(i, t) for i, t, e in batch if e is None]
     errors = [e for _, _, e in batch if e is not None]
@@ -96,7 +101,7 @@ class FeatureExtractor:
         paths = [str(p) for p in paths]
         if not paths:
             raise ValueError("no images to describe")
-        keys = content_keys(paths, workers=self.workers)
+        keys = content_keys(paths, workers=max(1, self.workers))
         missing: dict[str, int] = {}  # identical files are described once
         for index, key in enumerate(keys):
             if key not in self._memory and key not in missing and (
@@ -120,7 +125,7 @@ class FeatureExtractor:
         loader = DataLoader(
             _Images(paths, self.descriptor.transform()), batch_size=self.batch_size,
             num_workers=self.workers if len(paths) > self.batch_size else 0,
-            collate_fn=_collate, pin_memory=self.device.type == "cuda",
+            collate_fn=_collate, worker_init_fn=_one_thread, pin_memory=self.device.type == "cuda",
         )
         errors: list[str] = []
         with progress_bar("images", self.progress) as bar:

