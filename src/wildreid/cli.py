@@ -167,6 +167,30 @@ def demo(
 
 
 @app.command()
+def sheet(
+    data_dir: Path = typer.Argument(..., help="Dataset folder (metadata.csv or folders of images)."),
+    output: Path = typer.Option(Path("sheet.png"), help="PNG file to write."),
+    n: int = typer.Option(32, "--n", min=1, help="Number of random images."),
+    metadata: Path = typer.Option(None, help="Metadata CSV instead of DATA_DIR/metadata.csv."),
+    weights: Path = typer.Option(None, help="u2netp.onnx to use [default: fetched once and cached]."),
+    seed: int = typer.Option(0, help="Random seed of the sample."),
+):
+    """Contact sheet of the animal-isolation stage: images with their masks and boxes."""
+    from wildreid.images import load_image
+    from wildreid.isolation import Segmenter, contact_sheet
+
+    with _clear_errors():
+        dataset = load_dataset(data_dir, metadata)
+        sample = dataset.metadata.sample(min(n, len(dataset.metadata)), random_state=seed)
+        segmenter = Segmenter(weights)
+        images = [load_image(p) for p in sample["filepath"]]
+        regions = [segmenter.regions([image])[0] for image in images]
+        contact_sheet(images, regions, sample["image_id"].tolist()).save(output)
+    guarded = sum(r.source == "guard" for r in regions)
+    err.print(f"wrote {output}: {len(images)} images, {guarded} fell back to the whole image")
+
+
+@app.command()
 def models():
     """List the registered model names (any timm or hf-hub: name works too)."""
     for name, summary in available().items():
