@@ -1,6 +1,6 @@
 """U²-Net-p segmentation speed (ms/image) and guard rate on benchmark images.
 
-    python benchmarks/segmentation_speed.py [--n 64] [--batch 1] [--bench DIR]
+    python benchmarks/segmentation_speed.py [--n 64] [--bench DIR]
 
 Images are decoded first; only segmentation (resize, network, mask, component, box) is timed.
 Prints one Markdown row for BENCHMARKS.md and writes the JSON to benchmarks/results/.
@@ -28,7 +28,6 @@ DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "nyal
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=64, help="images per species")
-    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -41,19 +40,17 @@ def main() -> int:
         images = [load_image(p) for p in random.Random(0).sample(files, args.n)]
         segmenter.regions(images[:1])  # warm-up
         start = time.perf_counter()
-        regions = []
-        for begin in range(0, len(images), args.batch):
-            regions += segmenter.regions(images[begin:begin + args.batch])
+        regions = segmenter.regions(images)
         seconds = time.perf_counter() - start
         rows[species] = {"ms_per_image": 1000 * seconds / len(images),
                          "guard_rate": sum(r.source == "guard" for r in regions) / len(regions)}
     date = datetime.date.today().isoformat()
     machine = f"{platform.machine()} {onnxruntime.get_device()} {providers[0]}"
-    report = {"date": date, "machine": machine, "batch": args.batch, "n": args.n, "species": rows,
+    report = {"date": date, "machine": machine, "n": args.n, "species": rows,
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"segmentation-{providers[0]}-{date}.json").write_text(json.dumps(report, indent=2))
-    print(f"| {date} | {machine} | batch {args.batch} | "
+    print(f"| {date} | {machine} | "
           + " | ".join(f"{s}: {v['ms_per_image']:.0f} ms/image, guard {100 * v['guard_rate']:.0f} %"
                        for s, v in rows.items()) + " |")
     return 0

@@ -112,13 +112,12 @@ class Segmenter:
 
     def probability(self, images: list[Image.Image]) -> list[np.ndarray]:
         """Foreground probability (float32 in [0, 1], min-max scaled) at each image's size."""
-        batch = np.stack([
-            ((np.asarray(im.resize((_INPUT, _INPUT), Image.LANCZOS), dtype=np.float32)
-              / max(1, np.asarray(im).max())) - _MEAN) / _STD
-            for im in images]).transpose(0, 3, 1, 2).astype(np.float32)
-        output = self.session.run(None, {self.input_name: batch})[0][:, 0]
         maps = []
-        for image, raw in zip(images, output):
+        for image in images:  # the exported network takes a batch of exactly one
+            pixels = np.asarray(image.resize((_INPUT, _INPUT), Image.LANCZOS), dtype=np.float32)
+            pixels = (pixels / max(1.0, float(pixels.max())) - _MEAN) / _STD
+            batch = pixels.transpose(2, 0, 1)[None].astype(np.float32)
+            raw = self.session.run(None, {self.input_name: batch})[0][0, 0]
             low, high = raw.min(), raw.max()
             scaled = (raw - low) / (high - low) if high > low else np.zeros_like(raw)
             maps.append(cv2.resize(scaled, image.size, interpolation=cv2.INTER_LINEAR))
