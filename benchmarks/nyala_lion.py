@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from common import DEFAULT_BENCH
 
 from wildreid.data import load_dataset
 from wildreid.metrics import best_threshold, evaluate, threshold_curve
 from wildreid.pipeline import Identifier
-
-DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "nyala-lion"
 
 
 def machine(device: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import random
 import sys
@@ -18,11 +19,10 @@ import time
 from pathlib import Path
 
 import onnxruntime
+from common import DEFAULT_BENCH
 
 from wildreid.images import load_image
 from wildreid.isolation import Segmenter
-
-DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "nyala-lion"
 
 
 def main() -> int:
@@ -49,7 +49,8 @@ def main() -> int:
     report = {"date": date, "machine": machine, "n": args.n, "species": rows,
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"segmentation-{providers[0]}-{date}.json").write_text(json.dumps(report, indent=2))
+    name = f"segmentation-{providers[0]}-{os.cpu_count()}cores-{date}.json"
+    (args.out / name).write_text(json.dumps(report, indent=2))
     print(f"| {date} | {machine} | "
           + " | ".join(f"{s}: {v['ms_per_image']:.0f} ms/image, guard {100 * v['guard_rate']:.0f} %"
                        for s, v in rows.items()) + " |")

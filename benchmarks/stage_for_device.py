@@ -12,8 +12,9 @@ import argparse
 import shutil
 from pathlib import Path
 
+from common import DEFAULT_BENCH as BENCH
+
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT.parent / "shared" / "bench" / "nyala-lion"
 
 
 def main() -> None:

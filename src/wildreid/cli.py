@@ -184,7 +184,7 @@ def sheet(
         sample = dataset.metadata.sample(min(n, len(dataset.metadata)), random_state=seed)
         segmenter = Segmenter(weights)
         images = [load_image(p) for p in sample["filepath"]]
-        regions = [segmenter.regions([image])[0] for image in images]
+        regions = segmenter.regions(images)
         contact_sheet(images, regions, sample["image_id"].tolist()).save(output)
     guarded = sum(r.source == "guard" for r in regions)
     err.print(f"wrote {output}: {len(images)} images, {guarded} fell back to the whole image")

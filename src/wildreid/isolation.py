@@ -70,7 +70,7 @@ def u2netp_weights(cache_dir: str | Path | None = None) -> Path:
 @dataclass
 class Region:
     """Where the animal is: ``box`` (x, y, w, h in pixels), its ``mask`` (uint8 0/255, image size),
-    and ``source``: ``segmenter``, ``guard`` (fell back to the whole image) or ``metadata``."""
+    and ``source``: ``segmenter``, or ``guard`` when it fell back to the whole image."""
 
     box: tuple[int, int, int, int]
     mask: np.ndarray
@@ -104,11 +104,6 @@ class Segmenter:
         self.input_name = self.session.get_inputs()[0].name
         self.threshold, self.min_area, self.min_share, self.dilate = (
             threshold, min_area, min_share, dilate)
-
-    @property
-    def settings(self) -> dict:
-        return {"model": "u2netp", "threshold": self.threshold, "min_area": self.min_area,
-                "min_share": self.min_share, "dilate": self.dilate}
 
     def probability(self, images: list[Image.Image]) -> list[np.ndarray]:
         """Foreground probability (float32 in [0, 1], min-max scaled) at each image's size."""

@@ -57,10 +57,6 @@ class IdentityIndex:
             rows = species == name
             self._galleries[name] = _gallery(features[rows], identities[rows])
 
-    @property
-    def species(self) -> list[str]:
-        return [s for s in self._galleries if s is not None]
-
     def _scores(self, gallery: _Gallery, queries: np.ndarray) -> np.ndarray:
         similarity = queries @ gallery.features.T
         if self.aggregation == "max":
