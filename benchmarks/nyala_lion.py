@@ -28,6 +28,7 @@ import torch
 from common import DEFAULT_BENCH
 
 from wildreid.data import load_dataset
+from wildreid.isolation import parse_isolation
 from wildreid.metrics import best_threshold, evaluate, threshold_curve
 from wildreid.pipeline import Identifier
 
@@ -61,12 +62,14 @@ def oracle(candidates: pd.DataFrame, solution: pd.DataFrame, database_ids: set[s
 
 
 def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str,
-                 cache_dir: str | None) -> dict:
+                 cache_dir: str | None, isolation: str = "none") -> dict:
     dataset = load_dataset(args.bench, metadata)
     closed = name == "B"
     identifier = Identifier(args.model, threshold=None if closed else "auto",
                             aggregation=aggregation, device=args.device,
-                            batch_size=args.batch_size, cache_dir=cache_dir)
+                            batch_size=args.batch_size, cache_dir=cache_dir,
+                            isolation=parse_isolation(isolation),
+                            segmenter_weights=args.segmenter_weights)
     start = time.perf_counter()
     described = identifier.describe(dataset.metadata, "all images")
     describe_seconds = time.perf_counter() - start
@@ -77,7 +80,7 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
     answers = pd.read_csv(args.bench / solution, dtype=str)
     scores = evaluate(submission, answers, dataset.metadata.astype(object), candidates)
     row = {
-        "protocol": name, "aggregation": aggregation, "wall_s": round(wall, 2),
+        "protocol": name, "aggregation": aggregation, "isolation": isolation, "wall_s": round(wall, 2),
         "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()},
         "metrics": scores,
@@ -100,7 +103,8 @@ def markdown(row: dict, model: str, device: str, date: str) -> str:
                    f"{row['oracle']['score']:.3f}; known top-1 nyala/lion {per} %")
     else:
         quality = f"top-1 nyala/lion {per} %"
-    return (f"| {date} | {row['protocol']} | {model} ({row['aggregation']}) | {device} | {quality} "
+    return (f"| {date} | {row['protocol']} | {model} ({row['aggregation']}, isolation "
+            f"{row.get('isolation', 'none')}) | {device} | {quality} "
             f"| {row['wall_s']:.0f} s | {row['images_per_s']:.0f} | {row['peak_rss_mib']:.0f} MiB |")
 
 
@@ -111,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--aggregations", default="max,mean")
     parser.add_argument("--protocols", default="A,B")
+    parser.add_argument("--isolations", default="none",
+                        help="';'-separated isolation settings, e.g. 'none;crop;mask;nyala=crop'")
+    parser.add_argument("--segmenter-weights", default=None, help="local u2netp.onnx")
+    parser.add_argument("--cache-dir", default=None,
+                        help="reuse this cache (default: an empty one per protocol, so wall time "
+                        "includes description)")
     parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="benchmark folder")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
@@ -122,17 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     files = {"A": ("metadata.csv", "solution.csv"),
              "B": ("closedset_metadata.csv", "closedset_solution.csv")}
+    runs = [(a, i) for i in args.isolations.split(";") for a in args.aggregations.split(",")]
     for protocol in args.protocols.split(","):
-        with tempfile.TemporaryDirectory() as cache_dir:
-            for aggregation in args.aggregations.split(","):
+        with tempfile.TemporaryDirectory() as scratch:
+            for number, (aggregation, isolation) in enumerate(runs):
                 if device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
-                row = run_protocol(protocol, *files[protocol], args, aggregation, cache_dir)
+                row = run_protocol(protocol, *files[protocol], args, aggregation,
+                                   args.cache_dir or scratch, isolation)
                 row["peak_rss_mib"] = max(resource.getrusage(who).ru_maxrss for who in (
                     resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
                 if device.startswith("cuda"):
                     row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-                row["cached_features"] = aggregation != args.aggregations.split(",")[0]
+                row["cached_features"] = bool(args.cache_dir) or (
+                    number > 0 and runs[number - 1][1] == isolation)
                 rows.append(row)
     report = {"date": date, "machine": machine(device), "device": device, "model": args.model,
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": rows}

@@ -15,6 +15,7 @@ from rich.table import Table
 from wildreid.data import DatasetError, load_dataset
 from wildreid.features import DEFAULT_CACHE_DIR
 from wildreid.images import ImageError
+from wildreid.isolation import parse_isolation
 from wildreid.metrics import SubmissionError, evaluate
 from wildreid.models import DEFAULT_MODEL, ModelError, available
 
@@ -49,7 +50,8 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                  weights: Path | None = None, output: Path = Path("submission.csv"),
                  candidates: Path | None = None, device: str = "auto", threshold: str = "auto",
                  top_k: int = 5, aggregation: str = "max", batch_size: int = 64,
-                 cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True):
+                 cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
+                 isolation: str = "none", segmenter_weights: Path | None = None):
     """Identify every query of a dataset; writes the submission and the candidates CSV."""
     from wildreid.pipeline import Identifier
 
@@ -58,7 +60,9 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
         raise ValueError(f"{dataset.source}: no query images (split == 'query') to identify")
     identifier = Identifier(model, weights=weights, threshold=_threshold(threshold),
                             aggregation=aggregation, device=device, batch_size=batch_size,
-                            cache_dir=cache_dir, progress=progress).fit(dataset.database)
+                            cache_dir=cache_dir, progress=progress,
+                            isolation=parse_isolation(isolation),
+                            segmenter_weights=segmenter_weights).fit(dataset.database)
     ranked = identifier.predict_candidates(dataset.query, k=top_k)
     submission = identifier.decide(ranked)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -88,12 +92,18 @@ def identify(
     batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
     cache_dir: Path = typer.Option(DEFAULT_CACHE_DIR, help="Feature cache folder."),
     no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
+    isolation: str = typer.Option("none", help="What the global descriptor sees: none | crop (the "
+                                  "animal's box) | mask (box, background filled), or per species "
+                                  "as 'nyala=crop,lion=none'. Regions: metadata bbox/mask "
+                                  "columns, else U²-Net-p."),
+    segmenter_weights: Path = typer.Option(None, help="Local u2netp.onnx [default: fetched once]."),
 ):
     """Name the individual in each query photo, or answer new_individual."""
     with _clear_errors():
         _, identifier, submission, written = run_identify(
             data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
-            aggregation, batch_size, None if no_cache else cache_dir)
+            aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
+            segmenter_weights=segmenter_weights)
     new = int((submission["identity"] == "new_individual").sum())
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
                            for k, v in identifier.decision_.thresholds.items())
@@ -177,14 +187,13 @@ def sheet(
 ):
     """Contact sheet of the animal-isolation stage: images with their masks and boxes."""
     from wildreid.images import load_image
-    from wildreid.isolation import Segmenter, contact_sheet
+    from wildreid.isolation import Isolator, Segmenter, contact_sheet
 
     with _clear_errors():
         dataset = load_dataset(data_dir, metadata)
         sample = dataset.metadata.sample(min(n, len(dataset.metadata)), random_state=seed)
-        segmenter = Segmenter(weights)
+        regions = Isolator(lambda: Segmenter(weights), cache_dir=DEFAULT_CACHE_DIR)(sample)
         images = [load_image(p) for p in sample["filepath"]]
-        regions = segmenter.regions(images)
         contact_sheet(images, regions, sample["image_id"].tolist()).save(output)
     guarded = sum(r.source == "guard" for r in regions)
     err.print(f"wrote {output}: {len(images)} images, {guarded} fell back to the whole image")

@@ -12,12 +12,16 @@ from pathlib import Path
 import pandas as pd
 
 from wildreid.images import check_image
+from wildreid.isolation import parse_bbox
 
 COLUMNS = ["image_id", "identity", "path", "date", "orientation", "species", "split", "dataset"]
 REQUIRED_COLUMNS = ["image_id", "identity", "path", "split"]
 SPLITS = ("database", "query")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 NEW_INDIVIDUAL = "new_individual"
+#: Optional columns: ``bbox`` "x, y, w, h" in pixels, or ``mask``, the path of a mask image
+#: (nonzero = animal) relative to the dataset folder.
+REGION_COLUMNS = ("bbox", "mask")
 _SHOWN = 8  # examples listed per kind of problem
 
 
@@ -68,6 +72,13 @@ def _normalise(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
         frame.loc[blank, column] = pd.NA
     frame["filepath"] = [str((root / p).resolve()) if isinstance(p, str) else pd.NA
                          for p in frame["path"].astype(object)]
+    for column in REGION_COLUMNS:  # optional user-given regions, which override the segmenter
+        if column in frame.columns:
+            frame[column] = frame[column].astype("string").str.strip()
+            frame.loc[_blank(frame[column]), column] = pd.NA
+    if "mask" in frame.columns:
+        frame["maskpath"] = [str((root / p).resolve()) if isinstance(p, str) else pd.NA
+                             for p in frame["mask"].astype(object)]
     return frame
 
 
@@ -99,6 +110,21 @@ def validate(frame: pd.DataFrame, source: str | Path, check_files: bool = True,
     no_path = frame["image_id"][frame["path"].isna()]
     if len(no_path):
         problems.append(f"{len(no_path)} image(s) with blank path: {_examples(no_path)}")
+    if "bbox" in frame.columns:
+        bad = []
+        for image_id, text in zip(frame["image_id"], frame["bbox"]):
+            if isinstance(text, str):
+                try:
+                    parse_bbox(text)
+                except ValueError:
+                    bad.append(f"{image_id} ({text!r})")
+        if bad:
+            problems.append(f"{len(bad)} bbox value(s) are not 'x, y, w, h' with positive width "
+                            f"and height: {_examples(bad)}")
+    if check_files and "maskpath" in frame.columns:
+        masks = [m for m in frame["maskpath"].dropna() if not Path(m).is_file()]
+        if masks:
+            problems.append(f"{len(masks)} mask file(s) missing: {_examples(masks)}")
     if check_files:
         paths = frame["filepath"].dropna().tolist()
         with ThreadPoolExecutor(workers) as pool:

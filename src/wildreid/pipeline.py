@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from wildreid.features import DEFAULT_CACHE_DIR, FeatureExtractor
+from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter
 from wildreid.models import DEFAULT_MODEL, create_descriptor
 from wildreid.openset import OpenSetDecision
 from wildreid.ranking import IdentityIndex
@@ -34,6 +35,10 @@ class Identifier:
         (pseudo-queries); a float applies that cosine threshold everywhere; ``None`` never answers
         ``new_individual`` (closed set).
     aggregation: identity score from its images' similarities, ``"max"`` or ``"mean"``.
+    isolation: what the descriptor sees of each image: ``"none"`` (whole image), ``"crop"`` (the
+        animal's box), ``"mask"`` (the box with the background filled); a dict gives it per species
+        (key ``None``: the rest). Regions come from metadata ``bbox``/``mask`` columns, else from
+        U²-Net-p (``segmenter_weights``: a local ``u2netp.onnx``; default: fetched once).
 
     After ``fit``: ``index_`` (searchable database) and ``decision_`` (thresholds per species).
     """
@@ -42,7 +47,8 @@ class Identifier:
                  threshold: str | float | None = "auto", aggregation: str = "max",
                  device: str = "auto", batch_size: int = 64, workers: int | None = None,
                  cache_dir: str | Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
-                 seed: int = 0):
+                 isolation: str | dict[str | None, str] = "none",
+                 segmenter_weights: str | Path | None = None, seed: int = 0):
         self.model = model
         self.weights = weights
         self.threshold = threshold
@@ -52,21 +58,59 @@ class Identifier:
         self.workers = workers
         self.cache_dir = cache_dir
         self.progress = progress
+        self.isolation = isolation
+        self.segmenter_weights = segmenter_weights
         self.seed = seed
-        self._extractor: FeatureExtractor | None = None
+        self._extractors: dict[str, FeatureExtractor] = {}
+        self._isolator: Isolator | None = None
+        for mode in self._modes().values():
+            if mode not in ISOLATION_MODES:
+                raise ValueError(f"unknown isolation {mode!r}; use one of {', '.join(ISOLATION_MODES)}")
+
+    def _modes(self) -> dict[str | None, str]:
+        modes = dict(self.isolation) if isinstance(self.isolation, dict) else {None: self.isolation}
+        modes.setdefault(None, "none")
+        return modes
+
+    def isolation_of(self, images: pd.DataFrame) -> np.ndarray:
+        """The isolation mode of each image (by its species)."""
+        modes = self._modes()
+        species = _species(images) or [None] * len(images)
+        return np.array([modes.get(None if pd.isna(s) else s, modes[None]) for s in species],
+                        dtype=object)
+
+    def extractor(self, isolation: str = "none") -> FeatureExtractor:
+        if isolation not in self._extractors:
+            descriptor = (next(iter(self._extractors.values())).descriptor if self._extractors
+                          else create_descriptor(self.model, self.weights))
+            self._extractors[isolation] = FeatureExtractor(
+                descriptor, device=self.device, batch_size=self.batch_size, workers=self.workers,
+                cache_dir=self.cache_dir, progress=self.progress, isolation=isolation)
+        return self._extractors[isolation]
 
     @property
-    def extractor(self) -> FeatureExtractor:
-        if self._extractor is None:
-            self._extractor = FeatureExtractor(
-                create_descriptor(self.model, self.weights), device=self.device,
-                batch_size=self.batch_size, workers=self.workers, cache_dir=self.cache_dir,
-                progress=self.progress)
-        return self._extractor
+    def isolator(self) -> Isolator:
+        if self._isolator is None:
+            self._isolator = Isolator(lambda: Segmenter(self.segmenter_weights, device=self.device),
+                                      cache_dir=self.cache_dir, workers=self.workers,
+                                      progress=self.progress)
+        return self._isolator
 
     def describe(self, images: pd.DataFrame, description: str = "features") -> np.ndarray:
-        """L2-normalised global descriptors of ``images`` (cached)."""
-        return self.extractor(_filepaths(images), description=description)
+        """L2-normalised global descriptors of ``images``, isolated as ``isolation`` says (cached)."""
+        paths = np.array(_filepaths(images), dtype=object)
+        modes = self.isolation_of(images)
+        features = None
+        for mode in dict.fromkeys(modes):
+            rows = np.flatnonzero(modes == mode)
+            regions = None
+            if mode != "none":
+                regions = self.isolator(images.iloc[rows], f"{description}: regions")
+            part = self.extractor(mode)(paths[rows].tolist(), description, regions)
+            if features is None:
+                features = np.empty((len(images), part.shape[1]), np.float32)
+            features[rows] = part
+        return features
 
     def fit(self, database: pd.DataFrame) -> Identifier:
         """Describe the database images (``filepath``/``path``, ``identity``, optional ``species``)
