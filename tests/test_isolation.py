@@ -13,15 +13,14 @@ from wildreid.data import DatasetError, load_dataset
 from wildreid.images import load_image
 from wildreid.isolation import (
     FILL,
-    U2NETP_SHA256,
     Isolator,
     Region,
     Segmenter,
-    _sha256,
     network_input,
     u2netp_weights,
 )
 from wildreid.pipeline import Identifier
+from wildreid.weights import U2NETP, sha256_of
 
 from .conftest import BENCH
 
@@ -29,7 +28,7 @@ from .conftest import BENCH
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     path = u2netp_weights(tmp_path_factory.mktemp("weights-cache"))
-    assert _sha256(path) == U2NETP_SHA256
+    assert sha256_of(path) == U2NETP.sha256
     return path
 
 

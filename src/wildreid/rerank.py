@@ -1,0 +1,162 @@
+"""Re-rank a global shortlist with local keypoint matches, calibrated and fused (WildFusion).
+
+``fit`` on the database: keypoints of every database image (on the animal when a region is
+known), then a bounded sample of database-vs-database pairs — pseudo-queries against their
+shortlist in a pseudo-database, as in :mod:`wildreid.openset` — fits one isotonic calibration per
+matcher (the global cosine is a matcher too) and the per-species ``new_individual`` thresholds on
+the fused scores. ``rank`` scores each query's shortlist and aggregates per identity (max).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wildreid.fusion import Calibration
+from wildreid.isolation import Isolator, Region
+from wildreid.local import KeypointExtractor, Keypoints, create_local_features
+from wildreid.matching import create_matcher, score_pairs
+from wildreid.metrics import best_threshold, threshold_curve
+from wildreid.openset import pseudo_split
+from wildreid.ranking import nearest_images
+
+#: The tie-breaker: fused scores are step functions, the cosine orders images within a step.
+_TIE = 1e-4
+
+
+class LocalReranking:
+    """Shortlist of ``shortlist`` database images per query by global cosine, re-scored by local
+    matchers (``features``: ``aliked``, ``disk``, ``sift``), calibrated and fused.
+
+    ``keypoints_on``: ``animal`` keeps keypoints inside the animal's mask (regions from metadata or
+    the segmenter, whole image where the guard falls back), ``image`` uses the whole photo.
+    ``calibration_queries``: pseudo-queries per species used to fit calibration and thresholds
+    (the pair sample stays ``calibration_queries x shortlist`` whatever the database size).
+    """
+
+    def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int = 100,
+                 max_keypoints: int = 512, long_side: int = 512, keypoints_on: str = "animal",
+                 pair_score: str = "confidence_sum", calibration_queries: int = 300,
+                 device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
+                 workers: int | None = None, progress: bool = True, seed: int = 0):
+        if keypoints_on not in ("animal", "image"):
+            raise ValueError(f"keypoints_on must be 'animal' or 'image', not {keypoints_on!r}")
+        self.features = list(features)
+        self.shortlist, self.pair_score = shortlist, pair_score
+        self.keypoints_on = keypoints_on
+        self.calibration_queries, self.seed, self.progress = calibration_queries, seed, progress
+        self.extractors = {name: KeypointExtractor(
+            create_local_features(name, max_keypoints=max_keypoints, long_side=long_side,
+                                  device=device), cache_dir, workers, progress)
+            for name in self.features}
+        self.matchers = {name: create_matcher(name, device=device, batch_size=batch_size)
+                         for name in self.features}
+        self.pairs_per_second_: dict[str, float] = {}
+
+    def keypoints(self, images: pd.DataFrame, regions: Sequence[Region] | None,
+                  description: str) -> dict[str, list[Keypoints]]:
+        paths = images["filepath" if "filepath" in images.columns else "path"].astype(str).tolist()
+        return {name: extractor(paths, regions, f"{description}: {name} keypoints")
+                for name, extractor in self.extractors.items()}
+
+    def _pair_scores(self, keypoints: dict[str, list[Keypoints]], pairs: np.ndarray,
+                     cosines: np.ndarray, description: str) -> dict[str, np.ndarray]:
+        """Every matcher's score of each pair (rows index ``keypoints``), plus the cosine."""
+        scores = {"cosine": cosines.astype(np.float32)}
+        for name, matcher in self.matchers.items():
+            found = score_pairs(matcher, keypoints[name], pairs, ransac=self.pair_score == "inliers",
+                                progress=self.progress, description=f"{description}: {name}")
+            scores[name] = found[self.pair_score]
+            self.pairs_per_second_[name] = len(pairs) / max(float(found["seconds"]), 1e-9)
+        return scores
+
+    def fit(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None
+            ) -> LocalReranking:
+        identities = images["identity"].astype(str).to_numpy()
+        species = np.array([None if pd.isna(s) else str(s) for s in images.get(
+            "species", pd.Series([None] * len(images)))], dtype=object)
+        regions = isolator(images, "database: regions") if self._on_animal(isolator) else None
+        self.database_keypoints_ = self.keypoints(images, regions, "database")
+        self.database_features_ = features
+        self.database_identities_ = identities
+        self.database_species_ = species
+        rng = np.random.default_rng(self.seed)
+        split = pseudo_split(identities, rng)
+        if split is None:
+            raise ValueError("local re-ranking needs 3 or more database identities to calibrate")
+        queries, unknown = self._bounded(split.queries, split.unknown, species, rng)
+        reference = split.reference
+        shortlist, cosines = nearest_images(features[reference], species[reference],
+                                            features[queries], species[queries], self.shortlist)
+        rows, columns = np.nonzero(shortlist >= 0)
+        pairs = np.stack([queries[rows], reference[shortlist[rows, columns]]], 1)
+        scores = self._pair_scores(self.database_keypoints_, pairs, cosines[rows, columns],
+                                   "calibration pairs")
+        same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
+        self.calibration_ = Calibration.fit(scores, same)
+        fused = self.calibration_.fuse(scores) + _TIE * scores["cosine"]
+        table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]], "score": fused})
+        top = _top_identities(table, len(queries), 1)
+        self.thresholds_: dict[str | None, float] = {}
+        truth = identities[queries]
+        groups = {None: np.arange(len(queries))}
+        groups.update({s: np.flatnonzero(species[queries] == s) for s in set(species[queries])
+                       if s is not None})
+        for key, members in groups.items():
+            if unknown[members].any() and (~unknown[members]).any():
+                curve = threshold_curve(truth[members], top["identity"][members, 0],
+                                        top["score"][members, 0], unknown[members])
+                self.thresholds_[key], _ = best_threshold(curve)
+        self.calibration_pairs_ = len(pairs)
+        return self
+
+    def _on_animal(self, isolator: Isolator | None) -> bool:
+        return self.keypoints_on == "animal" and isolator is not None
+
+    def _bounded(self, queries: np.ndarray, unknown: np.ndarray, species: np.ndarray, rng
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        keep = []
+        for name in dict.fromkeys(species[queries]):
+            members = np.flatnonzero(species[queries] == name)
+            if len(members) > self.calibration_queries:
+                members = rng.choice(members, self.calibration_queries, replace=False)
+            keep.extend(members)
+        keep = np.sort(np.array(keep, dtype=np.int64))
+        return queries[keep], unknown[keep]
+
+    def rank(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None,
+             k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` identities and fused scores per query (``""``/-inf pad)."""
+        species = np.array([None if pd.isna(s) else str(s) for s in images.get(
+            "species", pd.Series([None] * len(images)))], dtype=object)
+        regions = isolator(images, "queries: regions") if self._on_animal(isolator) else None
+        query_keypoints = self.keypoints(images, regions, "queries")
+        shortlist, cosines = nearest_images(self.database_features_, self.database_species_,
+                                            features, species, self.shortlist)
+        rows, columns = np.nonzero(shortlist >= 0)
+        pairs = np.stack([shortlist[rows, columns], rows], 1)
+        offset = len(self.database_identities_)
+        joined = {name: self.database_keypoints_[name] + query_keypoints[name]
+                  for name in self.features}
+        scores = self._pair_scores(joined, pairs + np.array([0, offset]), cosines[rows, columns],
+                                   "query pairs")
+        fused = self.calibration_.fuse(scores) + _TIE * scores["cosine"]
+        table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 0]],
+                              "score": fused})
+        top = _top_identities(table, len(images), k)
+        return top["identity"], top["score"]
+
+
+def _top_identities(table: pd.DataFrame, queries: int, k: int) -> dict[str, np.ndarray]:
+    best = (table.groupby(["query", "identity"], sort=False)["score"].max().reset_index()
+            .sort_values(["query", "score"], ascending=[True, False], kind="stable"))
+    best["rank"] = best.groupby("query").cumcount()
+    best = best[best["rank"] < k]
+    names = np.full((queries, k), "", dtype=object)
+    scores = np.full((queries, k), -np.inf, dtype=np.float32)
+    names[best["query"], best["rank"]] = best["identity"].to_numpy()
+    scores[best["query"], best["rank"]] = best["score"].to_numpy()
+    return {"identity": names, "score": scores}

