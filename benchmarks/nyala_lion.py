@@ -69,7 +69,9 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                             aggregation=aggregation, device=args.device,
                             batch_size=args.batch_size, cache_dir=cache_dir,
                             isolation=parse_isolation(isolation),
-                            segmenter_weights=args.segmenter_weights)
+                            segmenter_weights=args.segmenter_weights,
+                            local=[n for n in args.local.split(",") if n], shortlist=args.shortlist,
+                            max_keypoints=args.max_keypoints, keypoints_on=args.keypoints_on)
     start = time.perf_counter()
     described = identifier.describe(dataset.metadata, "all images")
     describe_seconds = time.perf_counter() - start
@@ -80,7 +82,11 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
     answers = pd.read_csv(args.bench / solution, dtype=str)
     scores = evaluate(submission, answers, dataset.metadata.astype(object), candidates)
     row = {
-        "protocol": name, "aggregation": aggregation, "isolation": isolation, "wall_s": round(wall, 2),
+        "protocol": name, "aggregation": aggregation, "isolation": isolation,
+        "local": args.local, "shortlist": args.shortlist, "keypoints_on": args.keypoints_on,
+        "max_keypoints": args.max_keypoints,
+        "pairs_per_s": identifier.reranking_.pairs_per_second_ if identifier.reranking_ else None,
+        "wall_s": round(wall, 2),
         "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()},
         "metrics": scores,
@@ -103,8 +109,10 @@ def markdown(row: dict, model: str, device: str, date: str) -> str:
                    f"{row['oracle']['score']:.3f}; known top-1 nyala/lion {per} %")
     else:
         quality = f"top-1 nyala/lion {per} %"
+    local = (f" + {row['local']} {row['max_keypoints']} kp on {row['keypoints_on']}, "
+             f"shortlist {row['shortlist']}" if row.get("local") else "")
     return (f"| {date} | {row['protocol']} | {model} ({row['aggregation']}, isolation "
-            f"{row.get('isolation', 'none')}) | {device} | {quality} "
+            f"{row.get('isolation', 'none')}){local} | {device} | {quality} "
             f"| {row['wall_s']:.0f} s | {row['images_per_s']:.0f} | {row['peak_rss_mib']:.0f} MiB |")
 
 
@@ -117,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", default="A,B")
     parser.add_argument("--isolations", default="none",
                         help="';'-separated isolation settings, e.g. 'none;crop;mask;nyala=crop'")
+    parser.add_argument("--local", default="", help="local matchers, e.g. aliked or aliked,sift")
+    parser.add_argument("--shortlist", type=int, default=100)
+    parser.add_argument("--max-keypoints", type=int, default=512)
+    parser.add_argument("--keypoints-on", default="animal", help="animal | image")
+    parser.add_argument("--tag", default="", help="added to the results file name")
     parser.add_argument("--segmenter-weights", default=None, help="local u2netp.onnx")
     parser.add_argument("--cache-dir", default=None,
                         help="reuse this cache (default: an empty one per protocol, so wall time "
@@ -150,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"date": date, "machine": machine(device), "device": device, "model": args.model,
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"nyala-lion-{args.model.replace('/', '_')}-{device}-{date}.json"
+    tag = f"-{args.tag}" if args.tag else ""
+    path = args.out / f"nyala-lion-{args.model.replace('/', '_')}{tag}-{device}-{date}.json"
     path.write_text(json.dumps(report, indent=2, default=lambda v: None))
     print(f"machine: {report['machine']}\nresults: {path}")
     for row in rows:

@@ -18,6 +18,7 @@ from wildreid.images import ImageError
 from wildreid.isolation import parse_isolation
 from wildreid.metrics import SubmissionError, evaluate
 from wildreid.models import DEFAULT_MODEL, ModelError, available
+from wildreid.pipeline import PRESETS
 
 app = typer.Typer(help="wildreid: tell individual animals apart from photographs (open-set re-ID).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -51,7 +52,8 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                  candidates: Path | None = None, device: str = "auto", threshold: str = "auto",
                  top_k: int = 5, aggregation: str = "max", batch_size: int = 64,
                  cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
-                 isolation: str = "none", segmenter_weights: Path | None = None):
+                 isolation: str = "none", segmenter_weights: Path | None = None,
+                 preset: str = "fast", shortlist: int = 100):
     """Identify every query of a dataset; writes the submission and the candidates CSV."""
     from wildreid.pipeline import Identifier
 
@@ -62,7 +64,8 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                             aggregation=aggregation, device=device, batch_size=batch_size,
                             cache_dir=cache_dir, progress=progress,
                             isolation=parse_isolation(isolation),
-                            segmenter_weights=segmenter_weights).fit(dataset.database)
+                            segmenter_weights=segmenter_weights, shortlist=shortlist,
+                            **PRESETS[preset]).fit(dataset.database)
     ranked = identifier.predict_candidates(dataset.query, k=top_k)
     submission = identifier.decide(ranked)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -97,13 +100,19 @@ def identify(
                                   "as 'nyala=crop,lion=none'. Regions: metadata bbox/mask "
                                   "columns, else U²-Net-p."),
     segmenter_weights: Path = typer.Option(None, help="Local u2netp.onnx [default: fetched once]."),
+    preset: str = typer.Option("fast", help="fast: global descriptor only (CPU-friendly); "
+                               "accurate: + ALIKED/LightGlue on the animal, calibrated and fused."),
+    shortlist: int = typer.Option(100, min=1, help="Database images per query re-ranked by local "
+                                  "matching (preset accurate)."),
 ):
     """Name the individual in each query photo, or answer new_individual."""
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"use one of {', '.join(PRESETS)}", param_hint="--preset")
     with _clear_errors():
         _, identifier, submission, written = run_identify(
             data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
-            segmenter_weights=segmenter_weights)
+            segmenter_weights=segmenter_weights, preset=preset, shortlist=shortlist)
     new = int((submission["identity"] == "new_individual").sum())
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
                            for k, v in identifier.decision_.thresholds.items())

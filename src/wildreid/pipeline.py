@@ -15,6 +15,12 @@ from wildreid.openset import OpenSetDecision
 from wildreid.ranking import IdentityIndex
 from wildreid.rerank import LocalReranking
 
+#: Named configurations of :class:`Identifier` (``wildreid identify --preset``).
+PRESETS: dict[str, dict] = {
+    "fast": {"local": ()},
+    "accurate": {"local": ("aliked",), "keypoints_on": "animal", "max_keypoints": 512},
+}
+
 
 def _filepaths(images: pd.DataFrame) -> list[str]:
     column = "filepath" if "filepath" in images.columns else "path"
