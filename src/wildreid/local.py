@@ -180,7 +180,8 @@ class Sift(LocalFeatures):
         descriptors = np.sqrt(descriptors / np.maximum(descriptors.sum(1, keepdims=True), 1e-6))
         xy = np.array([k.pt for k in found], np.float32)
         scores = np.array([k.response for k in found], np.float32)
-        return _keep(xy, scores, descriptors, image.size, None, self.max_keypoints)
+        # The pixel mask and the region's grid disagree by a pixel at the edge: the grid decides.
+        return _keep(xy, scores, descriptors, image.size, region, self.max_keypoints)
 
 
 LOCAL_FEATURES: dict[str, type[LocalFeatures]] = {"aliked": Aliked, "disk": Disk, "sift": Sift}

@@ -86,7 +86,9 @@ class LightGlueMatcher:
         e0 = lg.posenc(normalize_keypoints(xy0, size0).to(dtype))
         e1 = lg.posenc(normalize_keypoints(xy1, size1).to(dtype))
         d0, d1 = lg.input_proj(d0.to(dtype)), lg.input_proj(d1.to(dtype))
-        m0, m1 = valid0[:, None, :, None], valid1[:, None, :, None]  # (B, heads, N, 1)
+        # Masks only when a batch is padded: without them attention takes the flash kernel.
+        padded = not (bool(valid0.all()) and bool(valid1.all()))
+        m0, m1 = (valid0[:, None, :, None], valid1[:, None, :, None]) if padded else (None, None)
         layers = lg.conf.n_layers
         for layer in range(layers):
             d0, d1 = lg.transformers[layer](d0, d1, e0, e1, mask0=m0, mask1=m1)
@@ -99,17 +101,24 @@ class LightGlueMatcher:
             if bool((ratio > lg.conf.depth_confidence).all()):
                 break
         scores, _ = lg.log_assignment[layer](d0, d1)
-        pair_valid = valid0[:, :, None] & valid1[:, None, :]
         scores = scores.float()
-        scores[:, :-1, :-1] = scores[:, :-1, :-1].masked_fill(~pair_valid, -torch.inf)
+        if padded:
+            pair_valid = valid0[:, :, None] & valid1[:, None, :]
+            scores[:, :-1, :-1] = scores[:, :-1, :-1].masked_fill(~pair_valid, -torch.inf)
         matches0, _, confidence0, _ = filter_matches(scores, lg.conf.filter_threshold)
         matches0 = torch.where(valid0, matches0, -1)
-        found = []
-        for pair in range(len(first)):
-            rows = torch.nonzero(matches0[pair] > -1).squeeze(1)
-            found.append(torch.stack([rows.float(), matches0[pair, rows].float(),
-                                      confidence0[pair, rows].float()], 1).cpu().numpy())
-        return found
+        return _unpack(matches0, confidence0)
+
+
+def _unpack(matches0: torch.Tensor, confidence0: torch.Tensor) -> list[np.ndarray]:
+    """Dense ``(B, M)`` match indices (-1: none) and confidences -> per pair ``(S, 3)`` rows,
+    with one device-to-host copy for the whole batch."""
+    matches0, confidence0 = matches0.cpu().numpy(), confidence0.float().cpu().numpy()
+    found = []
+    for row_matches, row_confidence in zip(matches0, confidence0):
+        rows = np.flatnonzero(row_matches > -1)
+        found.append(np.stack([rows, row_matches[rows], row_confidence[rows]], 1).astype(np.float32))
+    return found
 
 
 class NearestNeighbourMatcher:
@@ -136,12 +145,7 @@ class NearestNeighbourMatcher:
         mutual = nearest1.gather(1, nearest0) == torch.arange(d0.shape[1], device=self.device)
         ratio = best2.values[..., 0] / best2.values[..., 1].clamp(min=1e-6)
         keep = mutual & (ratio < self.ratio) & valid0 & torch.isfinite(best2.values[..., 0])
-        found = []
-        for pair in range(len(first)):
-            rows = torch.nonzero(keep[pair]).squeeze(1)
-            found.append(torch.stack([rows.float(), nearest0[pair, rows].float(),
-                                      1 - ratio[pair, rows]], 1).cpu().numpy())
-        return found
+        return _unpack(torch.where(keep, nearest0, -1), 1 - ratio)
 
 
 def create_matcher(features: str, device: str = "auto", batch_size: int = 128, **settings):

@@ -1,0 +1,113 @@
+"""Local keypoints, matchers and calibration on real benchmark photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from wildreid.cli import app
+from wildreid.data import load_dataset
+from wildreid.fusion import Calibration
+from wildreid.images import load_image
+from wildreid.isolation import Segmenter, u2netp_weights
+from wildreid.local import KeypointExtractor, create_local_features
+from wildreid.matching import create_matcher, score_pairs
+from wildreid.pipeline import Identifier
+
+from .conftest import BENCH
+
+# Hand-picked: two left-flank photos of nyala_109, then left flanks of three other nyala.
+SAME = ["20980991a9bb", "28e0ea9ee3d6"]
+OTHERS = ["e0244244e385", "c31d726770ea", "ce9b11b59237"]
+PAIRS = np.array([[0, 1], [0, 2], [0, 3], [0, 4]])
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [load_image(BENCH / "images" / "nyala" / f"{i}.jpg") for i in SAME + OTHERS]
+
+
+@pytest.fixture(scope="module")
+def regions(photos, tmp_path_factory):
+    return Segmenter(u2netp_weights(tmp_path_factory.mktemp("weights"))).regions(photos)
+
+
+@pytest.mark.parametrize("name", ["aliked", "disk", "sift"])
+def test_matcher_ranks_the_same_individual_first(name, photos, regions):
+    features = create_local_features(name, max_keypoints=512, device="cpu")
+    keypoints = [features.detect(p, r) for p, r in zip(photos, regions)]
+    for found, region in zip(keypoints, regions):
+        assert 50 < len(found) <= 512
+        assert region.contains(found.xy, found.size).all()  # kept on the animal
+        assert found.size[0] == 512 or found.size[1] == 512
+    scores = score_pairs(create_matcher(name, device="cpu", batch_size=4), keypoints, PAIRS,
+                         ransac=True, progress=False)
+    same, different = scores["confidence_sum"][0], scores["confidence_sum"][1:]
+    assert same > different.max(), (name, scores["confidence_sum"])
+    assert (scores["matches@0.8"] <= scores["matches@0.2"]).all()
+    # Padded batches give the scores the pairs give one at a time (early exit off: it ends a
+    # batch at the layer where all its pairs are confident, a single pair maybe earlier).
+    exact = {} if name == "sift" else {"depth_confidence": -1}
+    batched, alone = (score_pairs(create_matcher(name, device="cpu", batch_size=size, **exact),
+                                  keypoints, PAIRS, progress=False) for size in (4, 1))
+    assert np.allclose(alone["confidence_sum"], batched["confidence_sum"], rtol=1e-3, atol=1e-2)
+
+
+def test_keypoints_are_cached_and_resumed(tmp_path, regions):
+    paths = [str(BENCH / "images" / "nyala" / f"{i}.jpg") for i in SAME]
+    first = KeypointExtractor(create_local_features("sift", device="cpu"), tmp_path,
+                              progress=False)(paths, regions[:2])
+    again = KeypointExtractor(create_local_features("sift", device="cpu"), tmp_path,
+                              progress=False)
+    assert len(again.cache) == 2
+    second = again(paths, regions[:2])
+    for a, b in zip(first, second):
+        assert a.size == b.size and len(a) == len(b)
+        assert np.abs(a.xy - b.xy).max() < 0.5  # stored as float16
+    whole = again(paths)  # no region: a different cache entry, more keypoints
+    assert len(whole[0]) > len(second[0])
+
+
+def test_calibration_is_monotone_and_bounded():
+    rng = np.random.default_rng(0)
+    same = rng.random(400) < 0.3
+    matches = np.where(same, rng.gamma(4, 10, 400), rng.gamma(2, 5, 400))
+    cosine = np.where(same, 0.8, 0.7) + 0.1 * rng.standard_normal(400)
+    calibration = Calibration.fit({"aliked": matches, "cosine": cosine}, same)
+    grid = {"aliked": np.linspace(-10, 500, 200), "cosine": np.linspace(-1, 2, 200)}
+    calibrated = calibration.transform(grid)
+    for values in calibrated.values():
+        assert (np.diff(values) >= 0).all() and values.min() >= 0 and values.max() <= 1
+    fused = calibration.fuse(grid)
+    assert (np.diff(fused) >= 0).all() and fused.min() >= 0 and fused.max() <= 1
+    with pytest.raises(ValueError, match="same and of different"):
+        Calibration.fit({"cosine": cosine}, np.zeros(400, bool))
+
+
+def test_identifier_reranks_with_local_matches(real_subset, tmp_path):
+    dataset = load_dataset(real_subset)
+    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
+                            device="cpu").fit(dataset.database)
+    assert identifier.reranking_.calibration_pairs_ > 0
+    assert set(identifier.decision_.thresholds) >= {None}
+    candidates = identifier.predict_candidates(dataset.query, k=3)
+    assert set(candidates["image_id"]) == set(dataset.query["image_id"])
+    assert candidates["score"].between(0, 1.001).all()
+    known = set(dataset.database["identity"])
+    assert set(candidates["identity"]) <= known
+    answers = identifier.decide(candidates)
+    assert len(answers) == len(dataset.query)
+
+
+def test_identify_accurate_preset(real_subset, tmp_path):
+    output = tmp_path / "submission.csv"
+    result = CliRunner().invoke(app, [
+        "identify", str(real_subset), "--preset", "accurate", "--shortlist", "2", "--device", "cpu",
+        "--output", str(output), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    submission = pd.read_csv(output)
+    assert len(submission) == (pd.read_csv(real_subset / "metadata.csv")["split"] == "query").sum()
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--preset", "slow"])
+    assert result.exit_code == 2 and "fast, accurate" in result.output
