@@ -61,7 +61,8 @@ def test_guard_falls_back_on_a_tight_crop(segmenter):
 def test_sheet_command(real_subset, weights, tmp_path):
     output = tmp_path / "sheet.png"
     result = CliRunner().invoke(app, ["sheet", str(real_subset), "--output", str(output), "--n", "9",
-                                      "--weights", str(weights)])
+                                      "--weights", str(weights),
+                                      "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     sheet = Image.open(output)
     assert sheet.size == (8 * 192, 2 * (192 + 14))

@@ -193,6 +193,7 @@ def sheet(
     metadata: Path = typer.Option(None, help="Metadata CSV instead of DATA_DIR/metadata.csv."),
     weights: Path = typer.Option(None, help="u2netp.onnx to use [default: fetched once and cached]."),
     seed: int = typer.Option(0, help="Random seed of the sample."),
+    cache_dir: Path = typer.Option(DEFAULT_CACHE_DIR, help="Region cache folder."),
 ):
     """Contact sheet of the animal-isolation stage: images with their masks and boxes."""
     from wildreid.images import load_image
@@ -201,7 +202,7 @@ def sheet(
     with _clear_errors():
         dataset = load_dataset(data_dir, metadata)
         sample = dataset.metadata.sample(min(n, len(dataset.metadata)), random_state=seed)
-        regions = Isolator(lambda: Segmenter(weights), cache_dir=DEFAULT_CACHE_DIR)(sample)
+        regions = Isolator(lambda: Segmenter(weights), cache_dir=cache_dir)(sample)
         images = [load_image(p) for p in sample["filepath"]]
         contact_sheet(images, regions, sample["image_id"].tolist()).save(output)
     guarded = sum(r.source == "guard" for r in regions)
