@@ -71,7 +71,8 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                             isolation=parse_isolation(isolation),
                             segmenter_weights=args.segmenter_weights,
                             local=[n for n in args.local.split(",") if n], shortlist=args.shortlist,
-                            max_keypoints=args.max_keypoints, keypoints_on=args.keypoints_on)
+                            max_keypoints=args.max_keypoints, keypoints_on=args.keypoints_on,
+                            keep_pair_scores=args.dump_pairs)
     start = time.perf_counter()
     described = identifier.describe(dataset.metadata, "all images")
     describe_seconds = time.perf_counter() - start
@@ -91,10 +92,39 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()},
         "metrics": scores,
     }
+    if args.dump_pairs and identifier.reranking_ is not None:
+        dump_pairs(identifier, dataset, answers, name, args.out)
     if not closed:
         database_ids = set(dataset.database["identity"])
         row["oracle"] = oracle(candidates, answers, database_ids)
     return row
+
+
+def dump_pairs(identifier, dataset, answers: pd.DataFrame, protocol: str, out: Path) -> None:
+    """Every pair score with its truth, for offline studies of calibration and fusion
+    (``benchmarks/fusion_study.py``): ``pairs-<protocol>.csv.gz``."""
+    reranking = identifier.reranking_
+    database = dataset.database
+    truth = answers.set_index("image_id")["identity"]
+    query_ids = truth.reindex(dataset.query["image_id"]).to_numpy()
+    tables = []
+    for stage, table in reranking.pair_tables_.items():
+        table = table.copy()
+        table["stage"] = stage
+        table["species"] = database["species"].to_numpy()[table["first"]]
+        table["database_identity"] = database["identity"].to_numpy()[table["first"]]
+        if stage.startswith("query"):
+            second = table["second"] - len(database)
+            table["query"] = second
+            table["query_identity"] = query_ids[second]
+        else:
+            table["query"] = table["first"]
+            table["query_identity"] = database["identity"].to_numpy()[table["first"]]
+            table["database_identity"] = database["identity"].to_numpy()[table["second"]]
+            table["species"] = database["species"].to_numpy()[table["second"]]
+        tables.append(table)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.concat(tables, ignore_index=True).to_csv(out / f"pairs-{protocol}.csv.gz", index=False)
 
 
 def markdown(row: dict, model: str, device: str, date: str) -> str:
@@ -129,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("--max-keypoints", type=int, default=512)
     parser.add_argument("--keypoints-on", default="animal", help="animal | image")
+    parser.add_argument("--dump-pairs", action="store_true",
+                        help="write every pair score to OUT/pairs-<protocol>.csv.gz")
     parser.add_argument("--tag", default="", help="added to the results file name")
     parser.add_argument("--segmenter-weights", default=None, help="local u2netp.onnx")
     parser.add_argument("--cache-dir", default=None,

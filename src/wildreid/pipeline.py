@@ -62,7 +62,7 @@ class Identifier:
                  isolation: str | dict[str | None, str] = "none",
                  segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
                  shortlist: int = 100, max_keypoints: int = 512, keypoints_on: str = "animal",
-                 seed: int = 0):
+                 keep_pair_scores: bool = False, seed: int = 0):
         self.model = model
         self.weights = weights
         self.threshold = threshold
@@ -75,6 +75,7 @@ class Identifier:
         self.isolation = isolation
         self.local, self.shortlist = tuple(local), shortlist
         self.max_keypoints, self.keypoints_on = max_keypoints, keypoints_on
+        self.keep_pair_scores = keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.seed = seed
         self._extractors: dict[str, FeatureExtractor] = {}
@@ -142,7 +143,8 @@ class Identifier:
             self.reranking_ = LocalReranking(
                 self.local, self.shortlist, self.max_keypoints, keypoints_on=self.keypoints_on,
                 device=self.device, cache_dir=self.cache_dir, workers=self.workers,
-                progress=self.progress, seed=self.seed).fit(database, features, self.isolator)
+                progress=self.progress, seed=self.seed,
+                keep_pair_scores=self.keep_pair_scores).fit(database, features, self.isolator)
         if self.threshold == "auto" and self.reranking_ is not None:
             self.decision_ = OpenSetDecision(self.reranking_.thresholds_)
         elif self.threshold == "auto":

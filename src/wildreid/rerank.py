@@ -18,7 +18,7 @@ import pandas as pd
 from wildreid.fusion import Calibration
 from wildreid.isolation import Isolator, Region
 from wildreid.local import KeypointExtractor, Keypoints, create_local_features
-from wildreid.matching import create_matcher, score_pairs
+from wildreid.matching import PAIR_SCORES, create_matcher, score_pairs
 from wildreid.metrics import best_threshold, threshold_curve
 from wildreid.openset import pseudo_split
 from wildreid.ranking import nearest_images
@@ -41,7 +41,8 @@ class LocalReranking:
                  max_keypoints: int = 512, long_side: int = 512, keypoints_on: str = "animal",
                  pair_score: str = "confidence_sum", calibration_queries: int = 300,
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
-                 workers: int | None = None, progress: bool = True, seed: int = 0):
+                 workers: int | None = None, progress: bool = True, seed: int = 0,
+                 keep_pair_scores: bool = False):
         if keypoints_on not in ("animal", "image"):
             raise ValueError(f"keypoints_on must be 'animal' or 'image', not {keypoints_on!r}")
         self.features = list(features)
@@ -55,6 +56,9 @@ class LocalReranking:
         self.matchers = {name: create_matcher(name, device=device, batch_size=batch_size)
                          for name in self.features}
         self.pairs_per_second_: dict[str, float] = {}
+        # For studies of calibration and fusion: every pair score of every matcher, by stage.
+        self.keep_pair_scores = keep_pair_scores
+        self.pair_tables_: dict[str, pd.DataFrame] = {}
 
     def keypoints(self, images: pd.DataFrame, regions: Sequence[Region] | None,
                   description: str) -> dict[str, list[Keypoints]]:
@@ -66,11 +70,16 @@ class LocalReranking:
                      cosines: np.ndarray, description: str) -> dict[str, np.ndarray]:
         """Every matcher's score of each pair (rows index ``keypoints``), plus the cosine."""
         scores = {"cosine": cosines.astype(np.float32)}
+        table = {"first": pairs[:, 0], "second": pairs[:, 1], "cosine": scores["cosine"]}
+        ransac = self.pair_score == "inliers" or self.keep_pair_scores
         for name, matcher in self.matchers.items():
-            found = score_pairs(matcher, keypoints[name], pairs, ransac=self.pair_score == "inliers",
+            found = score_pairs(matcher, keypoints[name], pairs, ransac=ransac,
                                 progress=self.progress, description=f"{description}: {name}")
             scores[name] = found[self.pair_score]
             self.pairs_per_second_[name] = len(pairs) / max(float(found["seconds"]), 1e-9)
+            table.update({f"{name}:{key}": found[key] for key in PAIR_SCORES})
+        if self.keep_pair_scores:
+            self.pair_tables_[description] = pd.DataFrame(table)
         return scores
 
     def fit(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None
