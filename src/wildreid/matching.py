@@ -162,7 +162,11 @@ def ransac_inliers(first: Keypoints, second: Keypoints, matches: np.ndarray,
         return 0
     points0 = first.xy[matches[:, 0].astype(int)]
     points1 = second.xy[matches[:, 1].astype(int)]
-    _, inliers = cv2.findFundamentalMat(points0, points1, cv2.USAC_MAGSAC, threshold, 0.999, 2000)
+    try:
+        _, inliers = cv2.findFundamentalMat(points0, points1, cv2.USAC_MAGSAC, threshold, 0.999,
+                                            2000)
+    except cv2.error:  # degenerate points (e.g. all on a line): no consistent geometry
+        return 0
     return 0 if inliers is None else int(inliers.sum())
 
 
