@@ -210,6 +210,51 @@ def sheet(
 
 
 @app.command()
+def train(
+    data_dir: Path = typer.Argument(..., help="Dataset folder; only its database images are used."),
+    out: Path = typer.Option(Path("model.pt"), help="Best checkpoint (then: identify --model OUT); "
+                             "OUT.last.pt holds the state to resume."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Starting descriptor (registry name, timm name, "
+                              "hf-hub:..., or a .pt checkpoint)."),
+    metadata: Path = typer.Option(None, help="Metadata CSV instead of DATA_DIR/metadata.csv."),
+    loss: str = typer.Option("arcface", help="arcface | subcenter-arcface | triplet-hard | "
+                             "triplet-semihard | classifier (frozen backbone + 512-d head)."),
+    epochs: int = typer.Option(20, min=1),
+    identities_per_batch: int = typer.Option(16, "--p", min=2, help="Identities per batch (P)."),
+    images_per_identity: int = typer.Option(4, "--k", min=1, help="Images per identity (K)."),
+    accumulate: int = typer.Option(1, min=1, help="Batches per optimiser step."),
+    lr_backbone: float = typer.Option(1e-4),
+    lr_head: float = typer.Option(1e-3),
+    unfreeze: int = typer.Option(-1, help="Last N backbone stages trained; -1 all, 0 none."),
+    flip: str = typer.Option("auto", help="Horizontal flips: auto (not for left/right views), "
+                             "all, none."),
+    patience: int = typer.Option(5, min=1, help="Early stopping: epochs without improvement."),
+    steps_per_epoch: int = typer.Option(None, help="Batches per epoch [default: one pass]."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    workers: int = typer.Option(None, help="Decoding processes."),
+    fresh: bool = typer.Option(False, help="Ignore OUT.last.pt and start over."),
+    seed: int = typer.Option(0),
+):
+    """Fine-tune a descriptor on the database (never on queries), validated inside it."""
+    from wildreid.train import LOSSES, TrainConfig, Trainer
+
+    if loss not in LOSSES:
+        raise typer.BadParameter(f"use one of {', '.join(LOSSES)}", param_hint="--loss")
+    config = TrainConfig(loss=loss, epochs=epochs, identities_per_batch=identities_per_batch,
+                         images_per_identity=images_per_identity, accumulate=accumulate,
+                         lr_backbone=lr_backbone, lr_head=lr_head, unfreeze=unfreeze, flip=flip,
+                         patience=patience, steps_per_epoch=steps_per_epoch, seed=seed)
+    with _clear_errors():
+        dataset = load_dataset(data_dir, metadata)
+        history = Trainer(model, out, config, device=device, workers=workers).fit(
+            dataset.database, resume=not fresh)
+    for row in history:
+        err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}, validation score "
+                  f"{row['score']:.3f}, top-1 {row['top1']:.3f}, {row['images_per_s']:.0f} images/s")
+    err.print(f"wrote {out} (best validation) — use: wildreid identify DATA --model {out}")
+
+
+@app.command()
 def models():
     """List the registered model names (any timm or hf-hub: name works too)."""
     for name, summary in available().items():

@@ -195,6 +195,26 @@ for _alias, (_arch, _kwargs, _summary) in _HUB_ALIASES.items():
     )
 
 
+class EmbeddingHead(nn.Module):
+    """Linear projection to ``dim`` with batch norm and ReLU: the trained head of a descriptor."""
+
+    def __init__(self, features: int, dim: int = 512):
+        super().__init__()
+        self.projection = nn.Linear(features, dim)
+        self.norm = nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.norm(self.projection(x)))
+
+
+class WithHead(nn.Sequential):
+    """A backbone followed by an :class:`EmbeddingHead`."""
+
+    def __init__(self, backbone: nn.Module, head: EmbeddingHead):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+
 def _file_digest(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=12)
     with open(path, "rb") as handle:
@@ -217,6 +237,8 @@ def save_descriptor(descriptor: Descriptor, path: str | Path, extra: dict | None
         "std": list(descriptor.std),
         "interpolation": descriptor.interpolation,
         "state_dict": {k: v.detach().cpu() for k, v in descriptor.model.state_dict().items()},
+        "head": ([descriptor.model.head.projection.in_features, descriptor.model.head.projection.out_features]
+                 if isinstance(descriptor.model, WithHead) else None),
         "extra": extra or {},
     }
     temporary = path.with_name(path.name + ".partial")
@@ -238,6 +260,8 @@ def _load_checkpoint(path: Path) -> Descriptor:
         )
     model = timm.create_model(payload["arch"], pretrained=False, num_classes=0,
                               **payload["model_kwargs"])
+    if payload.get("head"):
+        model = WithHead(model, EmbeddingHead(*payload["head"]))
     model.load_state_dict(payload["state_dict"])
     return Descriptor(
         name=str(path), model=model.eval(), arch=payload["arch"],

@@ -62,6 +62,9 @@ class LogProgress:
         if time.perf_counter() - task["printed"] >= self.every:
             self._print(task)
 
+    def update(self, task_id: int, description: str) -> None:
+        self.tasks[task_id]["description"] = description
+
     def _print(self, task: dict, final: bool = False) -> None:
         now = time.perf_counter()
         task["printed"] = now

@@ -1,0 +1,69 @@
+"""Fine-tuning on real benchmark photos, on the CPU: a handful of images, short epochs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from typer.testing import CliRunner
+
+from wildreid.cli import app
+from wildreid.data import load_dataset
+from wildreid.models import WithHead, create_descriptor
+from wildreid.train import TrainConfig, Trainer, validation_split
+
+SMALL = {"identities_per_batch": 4, "images_per_identity": 2, "steps_per_epoch": 3,
+         "unfreeze": 1, "augment": False}
+
+
+def test_loss_goes_down_and_the_checkpoint_is_a_model(real_subset, tmp_path):
+    database = load_dataset(real_subset).database
+    out = tmp_path / "model.pt"
+    history = Trainer("efficientnet-lite0", out, TrainConfig(loss="arcface", epochs=3, **SMALL),
+                      device="cpu", workers=0, progress=False).fit(database)
+    assert len(history) == 3
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert {"score", "top1", "baks", "baus", "images_per_s"} <= set(history[0])
+    descriptor = create_descriptor(str(out))
+    assert isinstance(descriptor.model, WithHead)
+    with torch.inference_mode():
+        embedding = descriptor.model.eval()(torch.zeros(1, 3, *descriptor.input_size))
+    assert embedding.shape == (1, 512)
+    runner = CliRunner()
+    result = runner.invoke(app, ["identify", str(real_subset), "--model", str(out), "--device",
+                                 "cpu", "--no-cache", "--output", str(tmp_path / "sub.csv")])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "sub.csv")) == len(load_dataset(real_subset).query)
+
+
+def test_training_resumes_after_the_last_finished_epoch(real_subset, tmp_path):
+    database = load_dataset(real_subset).database
+    out = tmp_path / "model.pt"
+    first = Trainer("efficientnet-lite0", out, TrainConfig(loss="triplet-hard", epochs=1, **SMALL),
+                    device="cpu", workers=0, progress=False).fit(database)
+    resumed = Trainer("efficientnet-lite0", out, TrainConfig(loss="triplet-hard", epochs=2, **SMALL),
+                      device="cpu", workers=0, progress=False)
+    history = resumed.fit(database)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[0] == first[0]  # epoch 1 was not run again
+
+
+def test_validation_split_is_identity_disjoint_for_unknowns():
+    identities = np.repeat([f"id{i}" for i in range(10)], [1, 2, 3, 4, 5, 1, 2, 3, 4, 5])
+    train, queries, unknown = validation_split(identities, 0.2, seed=0)
+    assert len(set(train) | set(queries)) == len(identities) and not set(train) & set(queries)
+    unknown_names = set(identities[queries[unknown]])
+    assert len(unknown_names) == 2 and not unknown_names & set(identities[train])
+    assert set(identities[queries[~unknown]]) <= set(identities[train])
+
+
+def test_train_command_uses_only_the_database(real_subset, tmp_path):
+    out = tmp_path / "cli.pt"
+    result = CliRunner().invoke(app, [
+        "train", str(real_subset), "--out", str(out), "--loss", "classifier", "--epochs", "1",
+        "--p", "4", "--k", "2", "--steps-per-epoch", "2", "--unfreeze", "0", "--device", "cpu",
+        "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "validation score" in result.output
+    bad = CliRunner().invoke(app, ["train", str(real_subset), "--loss", "contrastive"])
+    assert bad.exit_code == 2 and "arcface" in bad.output
