@@ -31,7 +31,8 @@ def _clear_errors():
     """Known failures end with one clear message and exit code 2, not a traceback."""
     try:
         yield
-    except (DatasetError, ImageError, ModelError, SubmissionError, ValueError) as error:
+    except (DatasetError, ImageError, ModelError, SubmissionError, ValueError,
+            FileNotFoundError) as error:
         err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
         raise typer.Exit(2) from None
 
@@ -72,6 +73,13 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
     submission[["image_id", "identity"]].to_csv(output, index=False)
     candidates = candidates or output.with_name(output.stem + ".candidates.csv")
     ranked.to_csv(candidates, index=False, float_format="%.5f")
+    from wildreid.report import write_run_info
+
+    write_run_info(output.parent, {
+        "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
+        "model": model, "preset": preset, "submission": output.name,
+        "candidates": str(Path(candidates).resolve()),
+        "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()}})
     return dataset, identifier, submission, candidates
 
 
@@ -252,6 +260,22 @@ def train(
         err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}, validation score "
                   f"{row['score']:.3f}, top-1 {row['top1']:.3f}, {row['images_per_s']:.0f} images/s")
     err.print(f"wrote {out} (best validation) — use: wildreid identify DATA --model {out}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="Folder of a run: identify --output RUN_DIR/submission.csv"),
+    solution: Path = typer.Option(None, help="True answers (image_id,identity) for metrics and "
+                                  "errors [default: solution.csv beside metadata.csv, if any]."),
+    output: Path = typer.Option(None, help="HTML file [default: RUN_DIR/report.html]."),
+    queries: int = typer.Option(30, min=1, help="Queries shown with their top candidates."),
+):
+    """One self-contained HTML report of a run: metrics, threshold curves, errors, candidates."""
+    from wildreid.report import build_report
+
+    with _clear_errors():
+        written = build_report(run_dir, solution, output, queries)
+    err.print(f"wrote {written}")
 
 
 @app.command()

@@ -1,0 +1,189 @@
+"""One self-contained HTML report of an identification run: ``wildreid report RUN_DIR``.
+
+A run folder holds what ``wildreid identify --output RUN_DIR/submission.csv`` writes: the
+submission, the ranked candidates and ``run.json`` (dataset, model, thresholds). With the true
+answers (``--solution``, or ``solution.csv`` beside the dataset's metadata) the report adds the
+AnimalCLEF metrics per species, threshold curves, score histograms of known vs unknown queries and
+the hardest errors. Plots are matplotlib PNGs and photos JPEG thumbnails, all embedded, so the file
+opens offline and can be mailed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from wildreid.data import NEW_INDIVIDUAL, load_dataset
+from wildreid.images import ImageError, load_image
+from wildreid.metrics import evaluate, threshold_curve
+
+RUN_FILE = "run.json"
+
+
+def write_run_info(folder: Path, info: dict) -> Path:
+    """``run.json`` beside a submission: what the report needs to find the images again."""
+    path = Path(folder) / RUN_FILE
+    path.write_text(json.dumps(info, indent=2, default=str))
+    return path
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _thumbnail(path: str, size: int = 150) -> str:
+    try:
+        image = load_image(path)
+    except ImageError:
+        image = Image.new("RGB", (size, size), (90, 0, 0))
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _figure(width: float = 5.0, height: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def _curve_plot(curve: pd.DataFrame, chosen: float, species: str) -> str:
+    figure, axis = _figure()
+    axis.plot(curve["threshold"], curve["baks"], label="BAKS")
+    axis.plot(curve["threshold"], curve["baus"], label="BAUS")
+    axis.plot(curve["threshold"], curve["score"], label="sqrt(BAKS x BAUS)", linewidth=2)
+    if math.isfinite(chosen):
+        axis.axvline(chosen, color="black", linestyle="--", label=f"chosen {chosen:.3f}")
+    axis.set_xlabel("threshold on the top score")
+    axis.set_title(species)
+    axis.legend(fontsize=7)
+    return _png(figure)
+
+
+def _histogram(known: np.ndarray, unknown: np.ndarray, chosen: float, species: str) -> str:
+    figure, axis = _figure()
+    values = np.concatenate([known, unknown])
+    bins = np.linspace(values.min(), values.max() + 1e-9, 30) if len(values) else 10
+    axis.hist(known, bins=bins, alpha=0.6, label=f"known ({len(known)})")
+    axis.hist(unknown, bins=bins, alpha=0.6, label=f"unknown ({len(unknown)})")
+    if math.isfinite(chosen):
+        axis.axvline(chosen, color="black", linestyle="--")
+    axis.set_xlabel("top score")
+    axis.set_title(species)
+    axis.legend(fontsize=7)
+    return _png(figure)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+        f"{value:.3f}" if isinstance(value, float) else html.escape(str(value)))
+
+
+def build_report(run_dir: str | Path, solution: str | Path | None = None,
+                 output: str | Path | None = None, queries: int = 30) -> Path:
+    """Write the HTML report of ``run_dir``; returns its path (default ``RUN_DIR/report.html``)."""
+    run_dir = Path(run_dir)
+    info_path = run_dir / RUN_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {RUN_FILE}; write the run with "
+                                f"'wildreid identify DATA --output {run_dir}/submission.csv'")
+    info = json.loads(info_path.read_text())
+    dataset = load_dataset(info["data_dir"], info.get("metadata"), check_files=False)
+    submission = pd.read_csv(run_dir / info["submission"], dtype=str)
+    candidates = pd.read_csv(run_dir / info["candidates"], dtype={"image_id": str, "identity": str})
+    metadata = dataset.metadata.astype(object)
+    paths = metadata.set_index("image_id")["filepath"]
+    species_of = metadata.set_index("image_id")["species"]
+    thresholds = {(None if k in ("None", "null") else k): v
+                  for k, v in info.get("thresholds", {}).items()}
+    solution_path = Path(solution) if solution else None
+    if solution_path is None and (dataset.source.parent / "solution.csv").is_file() and (
+            info.get("metadata") in (None, "metadata.csv")):
+        solution_path = dataset.source.parent / "solution.csv"
+    truth = (pd.read_csv(solution_path, dtype=str).set_index("image_id")["identity"]
+             if solution_path else None)
+    database_ids = set(dataset.database["identity"].astype(str))
+    top = candidates[candidates["rank"] == 1].set_index("image_id")
+    parts = [f"<h1>wildreid report</h1><p>run: <code>{html.escape(str(run_dir))}</code> — "
+             f"data <code>{html.escape(str(info['data_dir']))}</code>, model "
+             f"<code>{html.escape(str(info.get('model')))}</code>, preset "
+             f"<code>{html.escape(str(info.get('preset')))}</code>; {len(submission)} queries, "
+             f"{(submission['identity'] == NEW_INDIVIDUAL).sum()} answered {NEW_INDIVIDUAL}.</p>"]
+    order = list(submission["image_id"])
+    if truth is not None:
+        result = evaluate(submission, solution_path, metadata, candidates)
+        rows = "".join(
+            f"<tr><td>{html.escape(str(name))}</td><td>{v['queries']}</td><td>{v['known_queries']}"
+            f"</td><td>{v['unknown_queries']}</td><td>{_fmt(v['baks'])}</td><td>{_fmt(v['baus'])}"
+            f"</td><td><b>{_fmt(v['score'])}</b></td><td>{_fmt(v['known_top1'])}</td></tr>"
+            for name, v in result["species"].items())
+        parts.append("<h2>Metrics (AnimalCLEF 2025)</h2><table><tr><th>species</th><th>queries</th>"
+                     "<th>known</th><th>unknown</th><th>BAKS</th><th>BAUS</th><th>score</th>"
+                     f"<th>known top-1</th></tr>{rows}</table><p><b>score (mean over species): "
+                     f"{_fmt(result['score'])}</b>; closed-set top-1 "
+                     f"{_fmt(result.get('closed_set_top1'))}, top-5 "
+                     f"{_fmt(result.get('closed_set_top5'))}</p>")
+        table = top.reset_index()
+        table["truth"] = table["image_id"].map(truth)
+        table["unknown"] = ~table["truth"].isin(database_ids)
+        table["species"] = table["image_id"].map(species_of)
+        plots = []
+        for name, group in table.groupby("species"):
+            chosen = thresholds.get(name, thresholds.get(None, float("nan")))
+            chosen = float("nan") if chosen is None else float(chosen)
+            curve = threshold_curve(group["truth"], group["identity"], group["score"],
+                                    group["unknown"])
+            plots.append(f'<img src="{_curve_plot(curve, chosen, str(name))}">'
+                         f'<img src="{_histogram(group.loc[~group["unknown"], "score"].to_numpy(), group.loc[group["unknown"], "score"].to_numpy(), chosen, str(name))}">')  # noqa: E501
+        parts.append("<h2>Thresholds and score distributions</h2>" + "".join(plots))
+        answers = submission.set_index("image_id")["identity"]
+        table["answer"] = table["image_id"].map(answers)
+        table["expected"] = np.where(table["unknown"], NEW_INDIVIDUAL, table["truth"])
+        wrong = table[table["answer"] != table["expected"]].sort_values("score", ascending=False)
+        parts.append(f"<h2>Hardest errors ({len(wrong)} wrong answers; most confident first)</h2>")
+        order = list(wrong["image_id"]) + [i for i in order if i not in set(wrong["image_id"])]
+    shown = order[:queries]
+    database = dataset.database.astype(object)
+    first_image = database.groupby("identity")["filepath"].first()
+    cards = []
+    for image_id in shown:
+        answer = submission.set_index("image_id")["identity"].get(image_id, "")
+        expected = "" if truth is None else truth.get(image_id, "")
+        head = (f"<div class='query'><img src='{_thumbnail(paths[image_id])}'><br>"
+                f"<b>{html.escape(image_id)}</b><br>answer: {html.escape(str(answer))}"
+                + (f"<br>truth: {html.escape(str(expected))}" if truth is not None else "")
+                + "</div>")
+        ranked = candidates[candidates["image_id"] == image_id].sort_values("rank")
+        tiles = "".join(
+            f"<div class='candidate{' hit' if row.identity == expected else ''}'>"
+            f"<img src='{_thumbnail(first_image[row.identity])}'><br>{int(row.rank)}. "
+            f"{html.escape(row.identity)}<br>score {row.score:.3f}</div>"
+            for row in ranked.itertuples() if row.identity in first_image.index)
+        cards.append(f"<div class='row'>{head}{tiles}</div>")
+    parts.append(f"<h2>Queries and their top candidates ({len(shown)} shown)</h2>" + "".join(cards))
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}.row{display:flex;gap:8px;"
+             "margin:10px 0;align-items:flex-start}.query{background:#eef;padding:4px}"
+             ".candidate{padding:4px;font-size:12px}.hit{background:#cfc}img{max-width:100%}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wildreid report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    output = Path(output) if output else run_dir / "report.html"
+    output.write_text(page, encoding="utf-8")
+    return output
