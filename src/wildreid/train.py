@@ -255,10 +255,11 @@ class Trainer:
                                                  f"loss {np.mean(losses[-20:]):.3f}")
                     bar.advance(task, len(images))
             model.eval()
+            training_seconds = time.perf_counter() - started
             scores = self.validate(descriptor, paths, identities, species, train, queries, unknown)
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
                       "seconds": round(time.perf_counter() - started, 1),
-                      "images_per_s": round(steps * batch / (time.perf_counter() - started), 1),
+                      "images_per_s": round(steps * batch / training_seconds, 1),
                       **scores}
             self.history.append(record)
             # Top-1 breaks ties of the open-set score (small validations often score 0).
