@@ -109,5 +109,12 @@ def test_identify_accurate_preset(real_subset, tmp_path):
     assert result.exit_code == 0, result.output
     submission = pd.read_csv(output)
     assert len(submission) == (pd.read_csv(real_subset / "metadata.csv")["split"] == "query").sum()
+    # The report draws the local matches of the first query against its candidates.
+    result = CliRunner().invoke(app, [
+        "report", str(tmp_path), "--solution", str(real_subset / "solution.csv"), "--matches", "1",
+        "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("local matches</div>") >= 1
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--preset", "slow"])
     assert result.exit_code == 2 and "fast, accurate" in result.output

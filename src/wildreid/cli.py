@@ -77,7 +77,7 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
 
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
-        "model": model, "preset": preset, "submission": output.name,
+        "model": model, "preset": preset, "submission": output.name, **PRESETS[preset],
         "candidates": str(Path(candidates).resolve()),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()}})
     return dataset, identifier, submission, candidates
@@ -269,12 +269,16 @@ def report(
                                   "errors [default: solution.csv beside metadata.csv, if any]."),
     output: Path = typer.Option(None, help="HTML file [default: RUN_DIR/report.html]."),
     queries: int = typer.Option(30, min=1, help="Queries shown with their top candidates."),
+    matches: int = typer.Option(5, min=0, help="Queries whose local matches are drawn (runs "
+                                "with --preset accurate)."),
+    device: str = typer.Option("auto", help="For drawing matches: auto | cpu | cuda"),
+    cache_dir: Path = typer.Option(DEFAULT_CACHE_DIR, help="Keypoint and region cache."),
 ):
     """One self-contained HTML report of a run: metrics, threshold curves, errors, candidates."""
     from wildreid.report import build_report
 
     with _clear_errors():
-        written = build_report(run_dir, solution, output, queries)
+        written = build_report(run_dir, solution, output, queries, matches, device, cache_dir)
     err.print(f"wrote {written}")
 
 

@@ -55,6 +55,82 @@ def _thumbnail(path: str, size: int = 150) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def draw_matches(first: Image.Image, second: Image.Image, first_keypoints, second_keypoints,
+                 matches: np.ndarray, first_region=None, second_region=None,
+                 width: int = 640) -> Image.Image:
+    """Two photos side by side at their keypoint resolution, the animal masks outlined in yellow,
+    a line per match (brighter green = more confident)."""
+    import cv2
+
+    from wildreid.local import resized
+
+    panels = []
+    for image, keypoints, region in ((first, first_keypoints, first_region),
+                                     (second, second_keypoints, second_region)):
+        image = resized(image, max(keypoints.size))
+        pixels = np.ascontiguousarray(np.asarray(image)).copy()
+        if region is not None and not region.is_whole:
+            contours, _ = cv2.findContours(region.mask_at(image.size), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(pixels, contours, -1, (255, 220, 0), 2)
+        panels.append(pixels)
+    height = max(p.shape[0] for p in panels)
+    canvas = np.zeros((height, panels[0].shape[1] + panels[1].shape[1], 3), np.uint8)
+    canvas[:panels[0].shape[0], :panels[0].shape[1]] = panels[0]
+    canvas[:panels[1].shape[0], panels[0].shape[1]:] = panels[1]
+    offset = panels[0].shape[1]
+    for i, j, confidence in matches[np.argsort(matches[:, 2])] if len(matches) else []:
+        x0, y0 = first_keypoints.xy[int(i)]
+        x1, y1 = second_keypoints.xy[int(j)]
+        colour = (0, int(80 + 175 * min(1.0, float(confidence))), 0)
+        cv2.line(canvas, (round(x0), round(y0)), (round(x1) + offset, round(y1)), colour, 1,
+                 cv2.LINE_AA)
+    picture = Image.fromarray(canvas)
+    picture.thumbnail((width, width))
+    return picture
+
+
+def _jpeg(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
+                  candidates: pd.DataFrame, device: str, cache_dir) -> dict[tuple[str, str], str]:
+    """Per (query, candidate identity): the drawn matches with the identity's best image."""
+    from wildreid.isolation import Isolator
+    from wildreid.local import KeypointExtractor, create_local_features
+    from wildreid.matching import create_matcher
+
+    name = info["local"][0]
+    features = create_local_features(name, max_keypoints=info.get("max_keypoints", 512),
+                                     device=device)
+    extractor = KeypointExtractor(features, cache_dir, progress=False)
+    matcher = create_matcher(name, device=device)
+    isolator = (Isolator(cache_dir=cache_dir, progress=False)
+                if info.get("keypoints_on", "animal") == "animal" else None)
+    panels = {}
+    for query in queries.itertuples():
+        ranked = candidates[candidates["image_id"] == query.image_id]["identity"].tolist()
+        pool = database[database["identity"].isin(ranked)].groupby("identity").head(6)
+        frame = pd.concat([pd.DataFrame([query._asdict()]), pool], ignore_index=True)
+        regions = isolator(frame) if isolator is not None else [None] * len(frame)
+        keypoints = extractor(frame["filepath"].astype(str).tolist(), regions)
+        matched = matcher.match_batch([keypoints[0]] * (len(frame) - 1), keypoints[1:])
+        strength = [m[:, 2].sum() for m in matched]
+        best: dict[str, int] = {}
+        for row, identity in enumerate(pool["identity"], start=1):
+            if identity not in best or strength[row - 1] > strength[best[identity] - 1]:
+                best[identity] = row
+        query_image = load_image(frame["filepath"][0])
+        for identity, row in best.items():
+            picture = draw_matches(query_image, load_image(frame["filepath"][row]), keypoints[0],
+                                   keypoints[row], matched[row - 1], regions[0], regions[row])
+            panels[(query.image_id, identity)] = _jpeg(picture)
+    return panels
+
+
 def _figure(width: float = 5.0, height: float = 3.2):
     import matplotlib
 
@@ -97,8 +173,12 @@ def _fmt(value) -> str:
 
 
 def build_report(run_dir: str | Path, solution: str | Path | None = None,
-                 output: str | Path | None = None, queries: int = 30) -> Path:
-    """Write the HTML report of ``run_dir``; returns its path (default ``RUN_DIR/report.html``)."""
+                 output: str | Path | None = None, queries: int = 30, matches: int = 5,
+                 device: str = "auto", cache_dir: str | Path | None = None) -> Path:
+    """Write the HTML report of ``run_dir``; returns its path (default ``RUN_DIR/report.html``).
+
+    For runs with local matching, the first ``matches`` queries shown get their keypoint matches
+    drawn against each candidate's best image (keypoints come from the cache when present)."""
     run_dir = Path(run_dir)
     info_path = run_dir / RUN_FILE
     if not info_path.is_file():
@@ -162,6 +242,10 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
     shown = order[:queries]
     database = dataset.database.astype(object)
     first_image = database.groupby("identity")["filepath"].first()
+    panels = {}
+    if info.get("local") and matches > 0:
+        query_rows = metadata.set_index("image_id").loc[shown[:matches]].reset_index()
+        panels = _match_panels(info, database, query_rows, candidates, device, cache_dir)
     cards = []
     for image_id in shown:
         answer = submission.set_index("image_id")["identity"].get(image_id, "")
@@ -176,12 +260,16 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
             f"<img src='{_thumbnail(first_image[row.identity])}'><br>{int(row.rank)}. "
             f"{html.escape(row.identity)}<br>score {row.score:.3f}</div>"
             for row in ranked.itertuples() if row.identity in first_image.index)
-        cards.append(f"<div class='row'>{head}{tiles}</div>")
+        drawn = "".join(f"<div class='candidate'><img src='{panels[(image_id, row.identity)]}'>"
+                        f"<br>{int(row.rank)}. {html.escape(row.identity)}: local matches</div>"
+                        for row in ranked.itertuples() if (image_id, row.identity) in panels)
+        cards.append(f"<div class='row'>{head}{tiles}</div>"
+                     + (f"<div class='row wrap'>{drawn}</div>" if drawn else ""))
     parts.append(f"<h2>Queries and their top candidates ({len(shown)} shown)</h2>" + "".join(cards))
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}.row{display:flex;gap:8px;"
              "margin:10px 0;align-items:flex-start}.query{background:#eef;padding:4px}"
-             ".candidate{padding:4px;font-size:12px}.hit{background:#cfc}img{max-width:100%}")
+             ".wrap{flex-wrap:wrap}.candidate{padding:4px;font-size:12px}.hit{background:#cfc}img{max-width:100%}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wildreid report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     output = Path(output) if output else run_dir / "report.html"

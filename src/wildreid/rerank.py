@@ -119,6 +119,9 @@ class LocalReranking:
                 curve = threshold_curve(truth[members], top["identity"][members, 0],
                                         top["score"][members, 0], unknown[members])
                 self.thresholds_[key], _ = best_threshold(curve)
+        if None not in self.thresholds_:
+            raise ValueError("the database pseudo-split left no known and unknown pseudo-queries "
+                             "to fit the new_individual threshold; give --threshold FLOAT")
         self.calibration_pairs_ = len(pairs)
         return self
 
