@@ -48,6 +48,16 @@ def test_training_resumes_after_the_last_finished_epoch(real_subset, tmp_path):
     assert history[0] == first[0]  # epoch 1 was not run again
 
 
+def test_training_on_animal_crops(real_subset, tmp_path):
+    database = load_dataset(real_subset).database
+    trainer = Trainer("efficientnet-lite0", tmp_path / "crop.pt",
+                      TrainConfig(loss="triplet-hard", epochs=1, isolation="crop", **SMALL),
+                      device="cpu", workers=0, progress=False, cache_dir=tmp_path / "cache")
+    history = trainer.fit(database)
+    assert len(history) == 1 and (tmp_path / "crop.pt").is_file()
+    assert sum(r.source == "segmenter" for r in trainer._regions) >= len(database) // 2
+
+
 def test_validation_split_is_identity_disjoint_for_unknowns():
     identities = np.repeat([f"id{i}" for i in range(10)], [1, 2, 3, 4, 5, 1, 2, 3, 4, 5])
     train, queries, unknown = validation_split(identities, 0.2, seed=0)

@@ -241,6 +241,9 @@ def train(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     workers: int = typer.Option(None, help="Decoding processes."),
     fresh: bool = typer.Option(False, help="Ignore OUT.last.pt and start over."),
+    isolation: str = typer.Option("none", help="Train on the animal: none | crop | mask (then "
+                                  "identify with the same --isolation)."),
+    cache_dir: Path = typer.Option(DEFAULT_CACHE_DIR, help="Region cache."),
     seed: int = typer.Option(0),
 ):
     """Fine-tune a descriptor on the database (never on queries), validated inside it."""
@@ -251,11 +254,12 @@ def train(
     config = TrainConfig(loss=loss, epochs=epochs, identities_per_batch=identities_per_batch,
                          images_per_identity=images_per_identity, accumulate=accumulate,
                          lr_backbone=lr_backbone, lr_head=lr_head, unfreeze=unfreeze, flip=flip,
-                         patience=patience, steps_per_epoch=steps_per_epoch, seed=seed)
+                         patience=patience, steps_per_epoch=steps_per_epoch, seed=seed,
+                         isolation=isolation)
     with _clear_errors():
         dataset = load_dataset(data_dir, metadata)
-        history = Trainer(model, out, config, device=device, workers=workers).fit(
-            dataset.database, resume=not fresh)
+        history = Trainer(model, out, config, device=device, workers=workers,
+                          cache_dir=cache_dir).fit(dataset.database, resume=not fresh)
     for row in history:
         err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}, validation score "
                   f"{row['score']:.3f}, top-1 {row['top1']:.3f}, {row['images_per_s']:.0f} images/s")

@@ -50,6 +50,7 @@ class TrainConfig:
     embedding_dim: int = 512
     augment: bool = True
     flip: str = "auto"  # auto: flip only views without a left/right orientation; all; none
+    isolation: str = "none"  # none | crop | mask: train on the animal (identify with the same)
     unknown_fraction: float = 0.2
     patience: int = 5  # epochs without a better validation score before stopping
     steps_per_epoch: int | None = None  # default: one pass over the training images
@@ -57,14 +58,17 @@ class TrainConfig:
 
 
 class _Training(TorchDataset):
-    def __init__(self, paths, labels, flippable, transform):
+    def __init__(self, paths, labels, flippable, transform, regions=None, isolation="none"):
         self.paths, self.labels, self.flippable, self.transform = paths, labels, flippable, transform
+        self.regions, self.isolation = regions, isolation
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         image = load_image(self.paths[index])
+        if self.regions is not None:
+            image = self.regions[index].apply(image, self.isolation)
         if self.flippable[index] and torch.rand(()) < 0.5:
             image = image.transpose(0)  # PIL: FLIP_LEFT_RIGHT
         return self.transform(image), self.labels[index]
@@ -143,12 +147,14 @@ class Trainer:
     (everything needed to resume)."""
 
     def __init__(self, model: str, out: str | Path, config: TrainConfig | None = None,
-                 device: str = "auto", workers: int | None = None, progress: bool = True):
+                 device: str = "auto", workers: int | None = None, progress: bool = True,
+                 cache_dir: str | Path | None = None):
         self.model_name, self.out = model, Path(out)
         self.config = config or TrainConfig()
         self.device = resolve_device(device)
         self.workers = workers if workers is not None else min(8, torch.get_num_threads())
         self.progress = progress
+        self.cache_dir = cache_dir
         self.history: list[dict] = []
 
     @property
@@ -167,6 +173,13 @@ class Trainer:
                        if "orientation" in database.columns else np.full(len(paths), None))
         species = database["species"].tolist() if "species" in database.columns else None
         train, queries, unknown = validation_split(identities, config.unknown_fraction, config.seed)
+        regions = None
+        if config.isolation != "none":
+            from wildreid.isolation import Isolator
+
+            regions = Isolator(cache_dir=self.cache_dir, progress=self.progress)(
+                pd.DataFrame({"filepath": paths}), "training images: regions")
+        self._regions = regions
         names, labels = np.unique(identities[train], return_inverse=True)
 
         descriptor = create_descriptor(self.model_name)
@@ -217,7 +230,9 @@ class Trainer:
         flippable = np.array([config.flip == "all" or (
             config.flip == "auto" and not (isinstance(o, str) and ("left" in o or "right" in o)))
             for o in orientation[train]])
-        dataset = _Training(paths[train], labels, flippable, _transform(descriptor, config.augment))
+        dataset = _Training(paths[train], labels, flippable, _transform(descriptor, config.augment),
+                            None if regions is None else [regions[i] for i in train],
+                            config.isolation)
         sampler = MPerClassSampler(labels, config.images_per_identity, batch_size=batch,
                                    length_before_new_iter=steps * batch)
         loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
@@ -284,9 +299,12 @@ class Trainer:
                  unknown) -> dict:
         """Open-set score and top-1 of the held-out queries against the training images."""
         extractor = FeatureExtractor(descriptor, device=str(self.device), cache_dir=None,
-                                     workers=self.workers, progress=False)
+                                     workers=self.workers, progress=False,
+                                     isolation=self.config.isolation)
         extractor._on_device = True  # the model is already placed and in eval mode
-        embedded = extractor(list(paths[np.concatenate([train, queries])]), "validation")
+        rows = np.concatenate([train, queries])
+        regions = None if self._regions is None else [self._regions[i] for i in rows]
+        embedded = extractor(list(paths[rows]), "validation", regions)
         reference, probe = embedded[:len(train)], embedded[len(train):]
         index = IdentityIndex(reference, identities[train])
         names, top = index.search(probe, k=1)
