@@ -26,7 +26,7 @@ from wildreid.features import FeatureExtractor, resolve_device
 from wildreid.images import load_image
 from wildreid.metrics import baks, baus, best_threshold, geometric_score, threshold_curve
 from wildreid.models import Descriptor, EmbeddingHead, WithHead, create_descriptor, save_descriptor
-from wildreid.openset import fit_threshold
+from wildreid.openset import fit_threshold, pseudo_split
 from wildreid.progress import progress_bar
 from wildreid.ranking import IdentityIndex
 
@@ -94,25 +94,14 @@ def validation_split(identities: np.ndarray, unknown_fraction: float, seed: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row roles: ``train`` (used for training and as the validation reference), ``queries``
     (held out: all images of pseudo-unknown identities, one image of each other identity with
-    three or more) and, per query, whether its identity is unknown."""
-    rng = np.random.default_rng(seed)
-    names = np.unique(identities)
-    if len(names) < 3:
-        raise ValueError("training needs at least 3 identities in the database")
-    unknown = set(rng.choice(names, max(1, round(unknown_fraction * len(names))), replace=False))
-    train, queries, is_unknown = [], [], []
-    for name in names:
-        rows = rng.permutation(np.flatnonzero(identities == name))
-        if name in unknown:
-            queries.extend(rows)
-            is_unknown.extend([True] * len(rows))
-        elif len(rows) >= 3:
-            queries.append(rows[0])
-            is_unknown.append(False)
-            train.extend(rows[1:])
-        else:
-            train.extend(rows)
-    return np.array(train), np.array(queries), np.array(is_unknown)
+    two or more) and, per query, whether its identity is unknown — the open-set simulation of
+    :func:`wildreid.openset.pseudo_split`, holding out as little as possible."""
+    split = pseudo_split(np.asarray(identities), np.random.default_rng(seed), unknown_fraction,
+                         query_fraction=0.0)
+    if split is None:
+        raise ValueError("training needs at least 3 identities in the database, and at least "
+                         "one with two or more images")
+    return split.reference, split.queries, split.unknown
 
 
 def _loss(config: TrainConfig, classes: int, dim: int):
