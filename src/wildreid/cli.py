@@ -286,6 +286,39 @@ def report(
     err.print(f"wrote {written}")
 
 
+catalog_app = typer.Typer(help="A persistent catalog of individuals (SQLite + photos + features).",
+                          no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("init")
+def catalog_init(folder: Path = typer.Argument(..., help="New catalog folder.")):
+    """Create an empty catalog."""
+    from wildreid.catalog import Catalog
+
+    Catalog.create(folder)
+    err.print(f"created catalog {folder}")
+
+
+@catalog_app.command("add")
+def catalog_add(
+    folder: Path = typer.Argument(..., help="Catalog folder (wildreid catalog init)."),
+    data_dir: Path = typer.Argument(..., help="AnimalCLEF folder or folder tree to import."),
+    metadata: Path = typer.Option(None, help="Metadata CSV instead of DATA_DIR/metadata.csv."),
+):
+    """Import a dataset's database photos (with their identities) into the catalog."""
+    from wildreid.catalog import Catalog, CatalogError
+
+    try:
+        catalog = Catalog(folder)
+        with _clear_errors():
+            added = catalog.add_dataset(data_dir, metadata)
+    except CatalogError as error:
+        err.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    err.print(f"added {added} photos; the catalog holds {len(catalog.individuals())} individuals")
+
+
 @app.command()
 def models():
     """List the registered model names (any timm or hf-hub: name works too)."""
