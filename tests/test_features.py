@@ -81,7 +81,8 @@ def test_killed_run_resumes_without_corrupt_cache(paths, tmp_path):
     cache = tmp_path / "cache"
     process = subprocess.Popen([sys.executable, "-c", _WORKER, str(cache), *paths])
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(cache.glob("*/*.npz"))) < 3:
+    # Finished shards only: a shard being written is a hidden .tmp.npz file.
+    while time.time() < deadline and len(list(cache.glob("*/[!.]*.npz"))) < 3:
         time.sleep(0.02)
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
