@@ -320,6 +320,27 @@ def catalog_add(
 
 
 @app.command()
+def serve(
+    catalog: Path = typer.Option(..., help="Catalog folder (wildreid catalog init/add)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; localhost by default."),
+    port: int = typer.Option(8000),
+):
+    """Local review web app: browse individuals, identify a photo, confirm or create."""
+    import uvicorn
+
+    from wildreid.app import create_app
+    from wildreid.catalog import CatalogError
+
+    try:
+        application = create_app(catalog)
+    except CatalogError as error:
+        err.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    err.print(f"wildreid review on http://{host}:{port}/  (Ctrl+C to stop)")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def models():
     """List the registered model names (any timm or hf-hub: name works too)."""
     for name, summary in available().items():
