@@ -68,6 +68,8 @@ def test_review_workflow_in_chromium(real_subset, tmp_path):
             page.fill("#species", one["species"])
             page.click("#send")
             page.wait_for_selector(".cand .confirm", timeout=60_000)
+            page.click(".cand .show")  # local matches drawn with the animal outlined
+            page.wait_for_selector("#matches img", timeout=120_000)
             (shots / "candidates.png").write_bytes(page.screenshot(full_page=True))
             confirmed = page.get_attribute(".cand .confirm", "data-name")
             page.click(".cand .confirm")

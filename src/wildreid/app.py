@@ -75,6 +75,16 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> 
                          "score": round(float(row.score), 4), "photo": photos_of[0]})
         return rows
 
+    @app.get("/api/queries/{image_id}/matches/{individual}")
+    async def matches(image_id: str, individual: str) -> dict:
+        """ALIKED keypoints on the animal matched by LightGlue against the individual's best
+        photo, drawn (data URI), with the calibrated-free match strength."""
+        try:
+            picture = await run_in_threadpool(catalog.draw_matches, image_id, individual)
+        except CatalogError as error:
+            refuse(error, 404)
+        return {"image": picture}
+
     @app.post("/api/queries/{image_id}/confirm")
     def confirm(image_id: str, individual: str = Form(...)) -> dict:
         try:

@@ -171,6 +171,23 @@ class Catalog:
         candidates = candidates[candidates["score"] < 0.999999].head(k)  # not the photo itself
         return candidates[["rank", "identity", "score"]].reset_index(drop=True)
 
+    def draw_matches(self, image_id: str, individual: str) -> str:
+        """A JPEG data URI: the photo's local matches with the individual's best-matching photo
+        (ALIKED on the animal + LightGlue; keypoints cached in the catalog)."""
+        from wildreid.report import match_panels
+
+        photos = self.images(individual)
+        if photos.empty:
+            raise CatalogError(f"no photos of individual {individual!r}")
+        database = pd.DataFrame({"filepath": [str(self.folder / p) for p in photos["path"]],
+                                 "identity": photos["individual"]})
+        query = pd.DataFrame({"image_id": [image_id],
+                              "filepath": [str(self.photo_path(image_id))]})
+        candidates = pd.DataFrame({"image_id": [image_id], "identity": [individual]})
+        info = {"local": ["aliked"], "max_keypoints": 512, "keypoints_on": "animal"}
+        panels = match_panels(info, database, query, candidates, "auto", self.cache)
+        return panels[(image_id, individual)]
+
     def confirm(self, image_id: str, individual: str) -> None:
         """Assign the photo to an existing individual."""
         with self._write() as connection:

@@ -96,7 +96,7 @@ def _jpeg(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
+def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
                   candidates: pd.DataFrame, device: str, cache_dir) -> dict[tuple[str, str], str]:
     """Per (query, candidate identity): the drawn matches with the identity's best image."""
     from wildreid.isolation import Isolator
@@ -245,7 +245,7 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
     panels = {}
     if info.get("local") and matches > 0:
         query_rows = metadata.set_index("image_id").loc[shown[:matches]].reset_index()
-        panels = _match_panels(info, database, query_rows, candidates, device, cache_dir)
+        panels = match_panels(info, database, query_rows, candidates, device, cache_dir)
     cards = []
     for image_id in shown:
         answer = submission.set_index("image_id")["identity"].get(image_id, "")
