@@ -53,3 +53,17 @@ def test_uploads_are_checked_and_nothing_outside_is_served(client, tmp_path):
         response = http.get(attempt)
         assert response.status_code == 404 and b"SQLite" not in response.content
     assert http.post("/api/queries/nothing/confirm", data={"individual": "x"}).status_code == 400
+
+
+def test_waiting_photos_and_what_scores_mean(client, real_subset, tmp_path):
+    http, folder = client
+    queries = pd.read_csv(real_subset / "metadata.csv", dtype=str).query("split == 'query'")
+    image_id = Catalog(folder).add_photo(queries["path"].iloc[0], None, queries["species"].iloc[0])
+    waiting = http.get("/api/queries").json()
+    assert waiting["queries"] == [image_id] and waiting["score"] == "cosine similarity"
+    assert http.get(f"/api/queries/{image_id}/candidates").json()[0]["rank"] == 1
+    accurate = Catalog.create(tmp_path / "accurate", preset="accurate")
+    assert TestClient(create_app(accurate.folder)).get("/api/queries").json()["score"].startswith(
+        "calibrated")
+    with pytest.raises(ValueError, match="unknown preset"):
+        Catalog.create(tmp_path / "bad", preset="slow")

@@ -52,9 +52,11 @@ def test_review_workflow_in_chromium(real_subset, tmp_path):
     from playwright.sync_api import sync_playwright
 
     folder = tmp_path / "cat"
-    Catalog.create(folder).add_dataset(real_subset)
+    catalog = Catalog.create(folder)
+    catalog.add_dataset(real_subset)
     queries = pd.read_csv(real_subset / "metadata.csv", dtype=str).query("split == 'query'")
     one, two = queries.iloc[0], queries.iloc[-1]
+    waiting = catalog.add_photo(two["path"], None, two["species"])  # picked in the page below
     shots = tmp_path / "shots"
     shots.mkdir()
     with sync_playwright() as playwright:
@@ -74,13 +76,12 @@ def test_review_workflow_in_chromium(real_subset, tmp_path):
             confirmed = page.get_attribute(".cand .confirm", "data-name")
             page.click(".cand .confirm")
             page.wait_for_function("document.getElementById('status').textContent.includes('->')")
-            page.set_input_files("#file", two["path"])
-            page.fill("#species", two["species"])
-            page.click("#send")
-            page.wait_for_selector("#new:not([hidden])", timeout=60_000)
-            page.click("#new")
+            page.click(f".pick[data-id='{waiting}']")
             page.wait_for_function(
-                "document.getElementById('status').textContent.includes('_')")
+                f"document.querySelector('#query img').src.endsWith('{waiting}')")
+            page.wait_for_function("document.getElementById('status').textContent === ''")
+            page.click("#new")
+            page.wait_for_function("document.getElementById('status').textContent.includes('->')")
             created = page.text_content("#status").split("-> ")[1]
             (shots / "decided.png").write_bytes(page.screenshot(full_page=True))
         with _Server(folder) as url:  # restarted: both decisions must be there

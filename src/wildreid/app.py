@@ -40,6 +40,13 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> 
     def photos(name: str) -> list[str]:
         return catalog.images(name)["image_id"].tolist()
 
+    @app.get("/api/queries")
+    def waiting() -> dict:
+        """Photos in the catalog without an individual yet, and what the scores mean."""
+        return {"queries": catalog.unassigned(),
+                "score": "calibrated probability of the same individual"
+                if catalog.preset == "accurate" else "cosine similarity"}
+
     @app.get("/photos/{image_id}")
     def photo(image_id: str) -> FileResponse:
         try:

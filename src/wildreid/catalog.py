@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS individuals (
 CREATE TABLE IF NOT EXISTS images (
     image_id TEXT PRIMARY KEY, individual TEXT REFERENCES individuals(name), species TEXT,
     orientation TEXT, path TEXT NOT NULL, added TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, image_id TEXT NOT NULL, individual TEXT NOT NULL,
     kind TEXT NOT NULL, created TEXT NOT NULL);
@@ -58,13 +59,31 @@ class Catalog:
         self._lock = threading.Lock()
 
     @classmethod
-    def create(cls, folder: str | Path) -> Catalog:
+    def create(cls, folder: str | Path, preset: str = "fast") -> Catalog:
+        """A new empty catalog; ``preset`` (``fast`` or ``accurate``, see ``wildreid identify``)
+        sets how photos are ranked: ``accurate`` re-ranks by local matches and shows calibrated
+        match probabilities."""
+        from wildreid.pipeline import PRESETS
+
+        if preset not in PRESETS:
+            raise CatalogError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
         folder = Path(folder)
         (folder / "photos").mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(folder / "catalog.sqlite") as connection:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(SCHEMA)
+            connection.execute("INSERT OR REPLACE INTO settings VALUES ('preset', ?)", (preset,))
         return cls(folder)
+
+    @property
+    def preset(self) -> str:
+        rows = self._read("SELECT value FROM settings WHERE key = 'preset'")
+        return rows["value"].iloc[0] if len(rows) else "fast"
+
+    def unassigned(self) -> list[str]:
+        """Photos added without an individual (queries waiting for a decision)."""
+        return self._read("SELECT image_id FROM images WHERE individual IS NULL ORDER BY added")[
+            "image_id"].tolist()
 
     @contextmanager
     def _write(self):
@@ -143,7 +162,7 @@ class Catalog:
     def identifier(self):
         """The catalog's fitted :class:`~wildreid.pipeline.Identifier` (features cached on disk,
         refitted only after the catalog changed)."""
-        from wildreid.pipeline import Identifier
+        from wildreid.pipeline import PRESETS, Identifier
 
         with self._lock:
             if self._identifier is None:
@@ -154,8 +173,11 @@ class Catalog:
                     "filepath": [str(self.folder / p) for p in labelled["path"]],
                     "identity": labelled["individual"], "species": labelled["species"]})
                 threshold = "auto" if labelled["individual"].nunique() >= 3 else None
+                settings = PRESETS[self.preset]
+                if labelled["individual"].nunique() < 3:
+                    settings = PRESETS["fast"]  # calibration needs a few individuals
                 self._identifier = Identifier(threshold=threshold, cache_dir=self.cache,
-                                              progress=False).fit(frame)
+                                              progress=False, **settings).fit(frame)
             return self._identifier
 
     def identify(self, image_id: str, k: int = 5) -> pd.DataFrame:

@@ -292,11 +292,19 @@ app.add_typer(catalog_app, name="catalog")
 
 
 @catalog_app.command("init")
-def catalog_init(folder: Path = typer.Argument(..., help="New catalog folder.")):
+def catalog_init(
+    folder: Path = typer.Argument(..., help="New catalog folder."),
+    preset: str = typer.Option("fast", help="fast (global descriptor, cosine scores) or accurate "
+                               "(+ local matching, calibrated scores; best on a GPU)."),
+):
     """Create an empty catalog."""
-    from wildreid.catalog import Catalog
+    from wildreid.catalog import Catalog, CatalogError
 
-    Catalog.create(folder)
+    try:
+        Catalog.create(folder, preset)
+    except CatalogError as error:
+        err.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
     err.print(f"created catalog {folder}")
 
 
