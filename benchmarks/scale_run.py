@@ -5,7 +5,8 @@
 
 Defaults give, per synthetic species (spotted and striped), 1,875 known individuals x 4 database
 photos and one query photo of each of them and of 225 unknown individuals: 15,000 database photos
-and 4,200 queries in all — the AnimalCLEF 2025 scale (15,000 x 2,100), with twice the queries. Everything runs from an empty
+and 4,200 queries in all: the AnimalCLEF 2025 scale (15,000 x 2,100), with twice the
+queries. Everything runs from an empty
 cache: description, segmentation, keypoints, calibration pairs, query pairs, decision. Writes
 ``scale-<device>-<date>.json`` with the stage times and the score on the synthetic answers.
 """
