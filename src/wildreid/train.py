@@ -290,7 +290,6 @@ class Trainer:
         extractor = FeatureExtractor(descriptor, device=str(self.device), cache_dir=None,
                                      workers=self.workers, progress=False,
                                      isolation=self.config.isolation)
-        extractor._on_device = True  # the model is already placed and in eval mode
         rows = np.concatenate([train, queries])
         regions = None if self._regions is None else [self._regions[i] for i in rows]
         embedded = extractor(list(paths[rows]), "validation", regions)
