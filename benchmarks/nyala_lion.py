@@ -72,7 +72,7 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                             segmenter_weights=args.segmenter_weights,
                             local=[n for n in args.local.split(",") if n], shortlist=args.shortlist,
                             max_keypoints=args.max_keypoints, keypoints_on=args.keypoints_on,
-                            keep_pair_scores=args.dump_pairs)
+                            mirror=args.mirror, keep_pair_scores=args.dump_pairs)
     start = time.perf_counter()
     described = identifier.describe(dataset.metadata, "all images")
     describe_seconds = time.perf_counter() - start
@@ -85,7 +85,7 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
     row = {
         "protocol": name, "aggregation": aggregation, "isolation": isolation,
         "local": args.local, "shortlist": args.shortlist, "keypoints_on": args.keypoints_on,
-        "max_keypoints": args.max_keypoints,
+        "max_keypoints": args.max_keypoints, "mirror": args.mirror,
         "pairs_per_s": identifier.reranking_.pairs_per_second_ if identifier.reranking_ else None,
         "wall_s": round(wall, 2),
         "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("--max-keypoints", type=int, default=512)
     parser.add_argument("--keypoints-on", default="animal", help="animal | image")
+    parser.add_argument("--mirror", default="none", help="none | opposite | all")
     parser.add_argument("--dump-pairs", action="store_true",
                         help="write every pair score to OUT/pairs-<protocol>.csv.gz")
     parser.add_argument("--tag", default="", help="added to the results file name")

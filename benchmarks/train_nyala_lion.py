@@ -1,12 +1,14 @@
 """Fine-tune on a benchmark protocol's database, then score that protocol with the new model.
 
     python benchmarks/train_nyala_lion.py --protocol B [--device cuda] [--loss arcface]
-        [--epochs 20] [--p 16] [--k 4] [--steps-per-epoch N] [--bench DIR] [--out DIR]
+        [--epochs 20] [--p 16] [--k 4] [--steps-per-epoch N] [--unfreeze N] [--local sift]
+        [--bench DIR] [--out DIR]
 
 Training reads only the database rows of the protocol's metadata (never queries or solutions);
-the checkpoint is then evaluated exactly as ``nyala_lion.py --model CHECKPOINT`` would. Writes
+the checkpoint is then evaluated exactly as ``nyala_lion.py --model CHECKPOINT`` would: alone and,
+with ``--local``, fused with local matching over a ``--shortlist``. Writes
 ``train-<protocol>-<loss>-<device>-<date>.json`` (training history, time, scores) and the checkpoint
-beside it.
+under ``results/checkpoints/`` (ignored by git).
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--unfreeze", type=int, default=-1)
+    parser.add_argument("--cached-views", type=int, default=4)
+    parser.add_argument("--lr-head", type=float, default=1e-3)
+    parser.add_argument("--lr-backbone", type=float, default=1e-4)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--local", default="", help="also evaluate fused with these matchers")
+    parser.add_argument("--shortlist", type=int, default=100)
+    parser.add_argument("--max-keypoints", type=int, default=512)
+    parser.add_argument("--mirror", default="none")
+    parser.add_argument("--cache-dir", default=None, help="feature/region/keypoint cache "
+                        "[default: a fresh temporary folder]")
+    parser.add_argument("--tag", default="", help="added to the results file name")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
@@ -52,27 +65,37 @@ def main() -> int:
     dataset = load_dataset(args.bench, metadata)
     config = TrainConfig(loss=args.loss, epochs=args.epochs, identities_per_batch=args.p,
                          images_per_identity=args.k, steps_per_epoch=args.steps_per_epoch,
-                         unfreeze=args.unfreeze)
-    stem = f"train-{args.protocol}-{args.loss}-{device}-{date}"
+                         unfreeze=args.unfreeze, cached_views=args.cached_views,
+                         lr_head=args.lr_head, lr_backbone=args.lr_backbone,
+                         patience=args.patience)
+    tag = f"-{args.tag}" if args.tag else ""
+    stem = f"train-{args.protocol}-{args.loss}{tag}-{device}-{date}"
     checkpoint = args.out / "checkpoints" / f"{stem}.pt"  # ignored by git
     started = time.perf_counter()
     history = Trainer(args.model, checkpoint, config, device=device, workers=args.workers).fit(
         dataset.database, resume=False)
     train_seconds = time.perf_counter() - started
-    evaluation = argparse.Namespace(model=str(checkpoint), device=device, batch_size=64,
-                                    bench=args.bench, segmenter_weights=None, local="",
-                                    shortlist=100, max_keypoints=512, keypoints_on="animal",
-                                    dump_pairs=False)
-    row = run_protocol(args.protocol, metadata, solution, evaluation, "max", None)
-    row["peak_rss_mib"] = float("nan")
+    rows = []
+    for local in dict.fromkeys(["", args.local]):
+        evaluation = argparse.Namespace(
+            model=str(checkpoint), device=device, batch_size=64, bench=args.bench,
+            segmenter_weights=None, local=local, shortlist=args.shortlist,
+            max_keypoints=args.max_keypoints, keypoints_on="animal", mirror=args.mirror,
+            dump_pairs=False)
+        row = run_protocol(args.protocol, metadata, solution, evaluation, "max", args.cache_dir)
+        row["peak_rss_mib"] = float("nan")
+        rows.append(row)
     report = {"date": date, "machine": machine(device), "command": " ".join(sys.argv),
               "config": asdict(config), "train_seconds": round(train_seconds, 1),
-              "history": history, "evaluation": row}
+              "history": history, "evaluation": rows[0], "fused": rows[1:]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=lambda v: None))
     print(f"trained in {train_seconds:.0f} s; best validation "
           f"{max(h['score'] for h in history):.3f}")
-    print(markdown(row, f"fine-tuned {args.model} ({args.loss})", report["machine"], date))
+    for row in rows:
+        name = f"fine-tuned {args.model} ({args.loss})" + (f" + {row['local']}" if row["local"]
+                                                            else "")
+        print(markdown(row, name, report["machine"], date))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from wildreid.cli import app
@@ -15,6 +16,7 @@ from wildreid.isolation import Segmenter, u2netp_weights
 from wildreid.local import KeypointExtractor, create_local_features
 from wildreid.matching import create_matcher, score_pairs
 from wildreid.pipeline import Identifier
+from wildreid.rerank import mirror_views
 
 from .conftest import BENCH
 
@@ -118,3 +120,48 @@ def test_identify_accurate_preset(real_subset, tmp_path):
     assert page.count("local matches</div>") >= 1
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--preset", "slow"])
     assert result.exit_code == 2 and "fast, accurate" in result.output
+
+
+def test_mirror_views_pairs_left_with_right():
+    first = ["left", "left", "left_ear", "nose", None, "right_face"]
+    second = ["right", "left", "right_ear", "nose", "left", "left_face"]
+    assert mirror_views(first, second).tolist() == [True, False, True, False, False, True]
+
+
+def test_mirrored_keypoints_match_a_flipped_photo(tmp_path, photos, regions):
+    """A photo flipped left-right matches the original only once it is mirrored back."""
+    flipped_file = tmp_path / "flipped.png"
+    photos[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped_file)
+    original_file = str(BENCH / "images" / "nyala" / f"{SAME[0]}.jpg")
+    region = regions[0]
+    assert region.mirrored().mirrored().box == region.box
+    assert (region.mirrored().grid == region.grid[:, ::-1]).all()
+    extractor = KeypointExtractor(create_local_features("sift", device="cpu"), tmp_path / "cache",
+                                  progress=False)
+    original = extractor([original_file], [region])[0]
+    as_given = extractor([str(flipped_file)], [region.mirrored()])[0]
+    mirrored_back = extractor([str(flipped_file)], [region.mirrored()], mirrored=True)[0]
+    assert len(extractor.cache) == 3  # mirrored keypoints cached apart
+    assert mirrored_back.size == original.size
+    scores = score_pairs(create_matcher("sift", device="cpu"), [original, as_given, mirrored_back],
+                         np.array([[0, 1], [0, 2]]), progress=False)["matches@0.2"]
+    assert scores[1] > 100 and scores[1] > 5 * scores[0], scores
+
+
+def test_reranking_matches_opposite_views_mirrored(real_subset, tmp_path):
+    dataset = load_dataset(real_subset)
+    database = dataset.database[dataset.database["species"] == "nyala"]
+    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
+                            device="cpu", mirror="opposite", keep_pair_scores=True).fit(database)
+    reranking = identifier.reranking_
+    table = reranking.pair_tables_["calibration pairs"]
+    orientation = database["orientation"].to_numpy()
+    opposite = orientation[table["first"]] != orientation[table["second"]]
+    assert opposite.any() and (~opposite).any()
+    mirrored = table["sift:mirrored:confidence_sum"]
+    assert mirrored[opposite].notna().all() and mirrored[~opposite].isna().all()
+    identifier.predict_candidates(dataset.query[dataset.query["species"] == "nyala"], k=2)
+    table = reranking.pair_tables_["query pairs"]
+    assert table["sift:mirrored:confidence_sum"].notna().any()
+    with pytest.raises(ValueError, match="mirror must be one of"):
+        Identifier(local=("sift",), mirror="sideways").fit(database)

@@ -77,3 +77,37 @@ def test_train_command_uses_only_the_database(real_subset, tmp_path):
     assert out.is_file() and "validation score" in result.output
     bad = CliRunner().invoke(app, ["train", str(real_subset), "--loss", "contrastive"])
     assert bad.exit_code == 2 and "arcface" in bad.output
+
+
+def test_frozen_backbone_trains_the_head_on_cached_views(real_subset, tmp_path):
+    """unfreeze 0: backbone features of a few views are computed once, the head trains on them;
+    the validation embeddings equal what identify computes from the saved checkpoint."""
+    database = load_dataset(real_subset).database
+    out = tmp_path / "head.pt"
+    config = TrainConfig(loss="classifier", epochs=4, identities_per_batch=4, images_per_identity=2,
+                         steps_per_epoch=6, unfreeze=0, cached_views=2, lr_head=1e-2)
+    trainer = Trainer("efficientnet-lite0", out, config, device="cpu", workers=0, progress=False)
+    history = trainer.fit(database)
+    assert history[-1]["loss"] < history[0]["loss"]
+    (stored,) = tmp_path.glob("frozen-views-*.pt")
+    views = torch.load(stored, weights_only=False)
+    train, queries, _ = validation_split(database["identity"].to_numpy(), 0.2, 0)
+    assert views["views"].shape == (2, len(train), 1280)
+    assert views["validation"].shape == (len(train) + len(queries), 1280)
+    # The checkpoint's validation record is what its own embeddings give, recomputed as identify
+    # computes them (plain transform, backbone + head, L2 norm).
+    descriptor = create_descriptor(str(out))
+    best = max(history, key=lambda row: row["score"] + 1e-3 * np.nan_to_num(row["top1"]))
+    paths = database["path"].astype(str).to_numpy()
+    embedded = trainer.embed(descriptor, paths, np.concatenate([train, queries]))
+    from wildreid.train import validation_scores
+
+    again = validation_scores(embedded, database["identity"].astype(str).to_numpy(),
+                              database["species"].to_numpy(), train, queries,
+                              validation_split(database["identity"].to_numpy(), 0.2, 0)[2])
+    assert abs(again["top1"] - best["top1"]) < 1e-6 and abs(again["score"] - best["score"]) < 1e-6
+    # A resumed run reuses the stored views instead of describing the images again.
+    stamp = stored.stat().st_mtime_ns
+    Trainer("efficientnet-lite0", out, TrainConfig(**{**config.__dict__, "epochs": 5}),
+            device="cpu", workers=0, progress=False).fit(database)
+    assert stored.stat().st_mtime_ns == stamp

@@ -54,9 +54,14 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                  top_k: int = 5, aggregation: str = "max", batch_size: int = 64,
                  cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
                  isolation: str = "none", segmenter_weights: Path | None = None,
-                 preset: str = "fast", shortlist: int = 100):
+                 preset: str = "fast", shortlist: int = 100, local: str | None = None,
+                 mirror: str = "none"):
     """Identify every query of a dataset; writes the submission and the candidates CSV."""
     from wildreid.pipeline import Identifier
+
+    configuration = dict(PRESETS[preset])
+    if local is not None:  # the preset's matchers replaced: "sift", "aliked,disk", "" (none)
+        configuration["local"] = tuple(name for name in local.split(",") if name)
 
     dataset = load_dataset(data_dir, metadata)
     if dataset.query.empty:
@@ -66,7 +71,7 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                             cache_dir=cache_dir, progress=progress,
                             isolation=parse_isolation(isolation),
                             segmenter_weights=segmenter_weights, shortlist=shortlist,
-                            **PRESETS[preset]).fit(dataset.database)
+                            mirror=mirror, **configuration).fit(dataset.database)
     ranked = identifier.predict_candidates(dataset.query, k=top_k)
     submission = identifier.decide(ranked)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +82,8 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
 
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
-        "model": model, "preset": preset, "submission": output.name, **PRESETS[preset],
+        "model": model, "preset": preset, "submission": output.name, **configuration,
+        "mirror": mirror,
         "candidates": str(Path(candidates).resolve()),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()}})
     return dataset, identifier, submission, candidates
@@ -112,15 +118,29 @@ def identify(
                                "accurate: + ALIKED/LightGlue on the animal, calibrated and fused."),
     shortlist: int = typer.Option(100, min=1, help="Database images per query re-ranked by local "
                                   "matching (preset accurate)."),
+    local: str = typer.Option(None, help="Local matchers instead of the preset's: aliked, disk, "
+                              "sift (fastest on CPU), comma-separated."),
+    mirror: str = typer.Option("none", help="Also match queries flipped left-right: none | "
+                               "opposite (against the mirror orientation: left vs right) | all."),
 ):
     """Name the individual in each query photo, or answer new_individual."""
     if preset not in PRESETS:
         raise typer.BadParameter(f"use one of {', '.join(PRESETS)}", param_hint="--preset")
+    from wildreid.local import LOCAL_FEATURES
+    from wildreid.rerank import MIRROR_MODES
+
+    unknown = [name for name in (local or "").split(",") if name and name not in LOCAL_FEATURES]
+    if unknown:
+        raise typer.BadParameter(f"unknown local matcher {unknown[0]!r}; use "
+                                 f"{', '.join(LOCAL_FEATURES)}", param_hint="--local")
+    if mirror not in MIRROR_MODES:
+        raise typer.BadParameter(f"use one of {', '.join(MIRROR_MODES)}", param_hint="--mirror")
     with _clear_errors():
         _, identifier, submission, written = run_identify(
             data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
-            segmenter_weights=segmenter_weights, preset=preset, shortlist=shortlist)
+            segmenter_weights=segmenter_weights, preset=preset, shortlist=shortlist,
+            local=local, mirror=mirror)
     new = int((submission["identity"] == "new_individual").sum())
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
                            for k, v in identifier.decision_.thresholds.items())
@@ -233,7 +253,11 @@ def train(
     accumulate: int = typer.Option(1, min=1, help="Batches per optimiser step."),
     lr_backbone: float = typer.Option(1e-4),
     lr_head: float = typer.Option(1e-3),
-    unfreeze: int = typer.Option(-1, help="Last N backbone stages trained; -1 all, 0 none."),
+    unfreeze: int = typer.Option(None, help="Last N backbone stages trained; -1 all, 0 none "
+                                 "(the head trains on cached backbone features: fast on a CPU) "
+                                 "[default: 0 for classifier, else -1]."),
+    cached_views: int = typer.Option(4, min=1, help="With --unfreeze 0: views of each image "
+                                     "described once (one plain, the rest augmented)."),
     flip: str = typer.Option("auto", help="Horizontal flips: auto (not for left/right views), "
                              "all, none."),
     patience: int = typer.Option(5, min=1, help="Early stopping: epochs without improvement."),
@@ -253,9 +277,10 @@ def train(
         raise typer.BadParameter(f"use one of {', '.join(LOSSES)}", param_hint="--loss")
     config = TrainConfig(loss=loss, epochs=epochs, identities_per_batch=identities_per_batch,
                          images_per_identity=images_per_identity, accumulate=accumulate,
-                         lr_backbone=lr_backbone, lr_head=lr_head, unfreeze=unfreeze, flip=flip,
-                         patience=patience, steps_per_epoch=steps_per_epoch, seed=seed,
-                         isolation=isolation)
+                         lr_backbone=lr_backbone, lr_head=lr_head, flip=flip,
+                         unfreeze=(0 if loss == "classifier" else -1) if unfreeze is None else unfreeze,
+                         cached_views=cached_views, patience=patience,
+                         steps_per_epoch=steps_per_epoch, seed=seed, isolation=isolation)
     with _clear_errors():
         dataset = load_dataset(data_dir, metadata)
         history = Trainer(model, out, config, device=device, workers=workers,

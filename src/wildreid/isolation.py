@@ -92,6 +92,12 @@ class Region:
     def is_whole(self) -> bool:
         return self.grid is None and self.box == (0.0, 0.0, 1.0, 1.0)
 
+    def mirrored(self) -> Region:
+        """The region of the horizontally flipped image."""
+        x0, y0, x1, y1 = self.box
+        grid = None if self.grid is None else np.ascontiguousarray(self.grid[:, ::-1])
+        return Region(grid, (1.0 - x1, y0, 1.0 - x0, y1), self.source, self.area, self.share)
+
     def box_at(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
         """Pixel box ``(x, y, w, h)`` on an image of ``size`` (width, height)."""
         width, height = size

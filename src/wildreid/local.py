@@ -205,13 +205,18 @@ class KeypointExtractor:
         self._memory: dict[str, Keypoints] = {}
 
     def __call__(self, paths: Sequence[str], regions: Sequence[Region | None] | None = None,
-                 description: str = "keypoints") -> list[Keypoints]:
+                 description: str = "keypoints", mirrored: bool = False) -> list[Keypoints]:
+        """Keypoints of each image (``mirrored``: of the image flipped left-right)."""
         from wildreid.features import image_batches
 
         paths = [str(p) for p in paths]
         regions = list(regions) if regions is not None else [None] * len(paths)
+        if mirrored:
+            regions = [None if region is None else region.mirrored() for region in regions]
         keys = [key if region is None or region.is_whole else f"{key}-{region.fingerprint}"
                 for key, region in zip(content_keys(paths, max(1, self.workers)), regions)]
+        if mirrored:
+            keys = [f"{key}-mirrored" for key in keys]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self._memory and (
             self.cache is None or k not in self.cache)}.values())
         failed: list[str] = []
@@ -224,6 +229,8 @@ class KeypointExtractor:
                 if batch is not None:
                     position = todo[indices[0]]
                     image = Image.fromarray(batch[0].numpy())
+                    if mirrored:
+                        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
                     found = self.features.detect(image, regions[position])
                     self._memory[keys[position]] = found
                     if self.cache is not None:

@@ -50,7 +50,9 @@ class Identifier:
     local: local matchers that re-rank each query's ``shortlist`` of database images
         (``aliked``, ``disk``, ``sift``; see :class:`wildreid.rerank.LocalReranking`), with
         ``max_keypoints`` per image, kept on the animal (``keypoints_on="animal"``) or not
-        (``"image"``). Empty: global descriptor only.
+        (``"image"``). Empty: global descriptor only. ``mirror``: also match queries flipped
+        left-right, against database images of the mirror view (``"opposite"``: ``left`` vs
+        ``right`` orientation) or all (``"all"``); ``"none"`` by default.
 
     After ``fit``: ``index_`` (searchable database) and ``decision_`` (thresholds per species).
     """
@@ -62,7 +64,7 @@ class Identifier:
                  isolation: str | dict[str | None, str] = "none",
                  segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
                  shortlist: int = 100, max_keypoints: int = 512, keypoints_on: str = "animal",
-                 keep_pair_scores: bool = False, seed: int = 0):
+                 mirror: str = "none", keep_pair_scores: bool = False, seed: int = 0):
         self.model = model
         self.weights = weights
         self.threshold = threshold
@@ -75,7 +77,7 @@ class Identifier:
         self.isolation = isolation
         self.local, self.shortlist = tuple(local), shortlist
         self.max_keypoints, self.keypoints_on = max_keypoints, keypoints_on
-        self.keep_pair_scores = keep_pair_scores
+        self.mirror, self.keep_pair_scores = mirror, keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.seed = seed
         self._extractors: dict[str, FeatureExtractor] = {}
@@ -143,7 +145,7 @@ class Identifier:
             self.reranking_ = LocalReranking(
                 self.local, self.shortlist, self.max_keypoints, keypoints_on=self.keypoints_on,
                 device=self.device, cache_dir=self.cache_dir, workers=self.workers,
-                progress=self.progress, seed=self.seed,
+                progress=self.progress, seed=self.seed, mirror=self.mirror,
                 keep_pair_scores=self.keep_pair_scores).fit(database, features, self.isolator)
         if self.threshold == "auto" and self.reranking_ is not None:
             self.decision_ = OpenSetDecision(self.reranking_.thresholds_)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,30 @@ from wildreid.ranking import nearest_images
 
 #: The tie-breaker: fused scores are step functions, the cosine orders images within a step.
 _TIE = 1e-4
+#: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
+MIRROR_MODES = ("none", "opposite", "all")
+
+
+class _MirroredQueries(NamedTuple):
+    """Keypoints of mirrored query images (each once), the pairs also matched mirrored, where
+    each of those pairs finds its query among the keypoints, and the column holding queries."""
+
+    keypoints: dict[str, list[Keypoints]]
+    flipped: np.ndarray
+    positions: np.ndarray
+    column: int
+
+
+def mirror_views(first: Sequence, second: Sequence) -> np.ndarray:
+    """Pairs of ``orientation`` values that are mirror views: ``left``/``right``,
+    ``left_ear``/``right_ear``... (missing orientations never are)."""
+    def swapped(value) -> str | None:
+        if not isinstance(value, str) or not ("left" in value or "right" in value):
+            return None
+        return value.replace("left", "\0").replace("right", "left").replace("\0", "right")
+
+    return np.array([swapped(a) is not None and swapped(a) == b for a, b in zip(first, second)],
+                    dtype=bool)
 
 
 class LocalReranking:
@@ -35,6 +60,9 @@ class LocalReranking:
     the segmenter, whole image where the guard falls back), ``image`` uses the whole photo.
     ``calibration_queries``: pseudo-queries per species used to fit calibration and thresholds
     (the pair sample stays ``calibration_queries x shortlist`` whatever the database size).
+    ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
+    are mirror views (``opposite``, e.g. a left flank against a right flank) or for every pair
+    (``all``, when the orientation is unknown); each pair keeps its better score.
     """
 
     def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int = 100,
@@ -42,9 +70,12 @@ class LocalReranking:
                  pair_score: str = "confidence_sum", calibration_queries: int = 300,
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, seed: int = 0,
-                 keep_pair_scores: bool = False):
+                 keep_pair_scores: bool = False, mirror: str = "none"):
         if keypoints_on not in ("animal", "image"):
             raise ValueError(f"keypoints_on must be 'animal' or 'image', not {keypoints_on!r}")
+        if mirror not in MIRROR_MODES:
+            raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {mirror!r}")
+        self.mirror = mirror
         self.features = list(features)
         self.shortlist, self.pair_score = shortlist, pair_score
         self.keypoints_on = keypoints_on
@@ -61,23 +92,65 @@ class LocalReranking:
         self.pair_tables_: dict[str, pd.DataFrame] = {}
 
     def keypoints(self, images: pd.DataFrame, regions: Sequence[Region] | None,
-                  description: str) -> dict[str, list[Keypoints]]:
+                  description: str, mirrored: bool = False) -> dict[str, list[Keypoints]]:
         paths = images["filepath" if "filepath" in images.columns else "path"].astype(str).tolist()
-        return {name: extractor(paths, regions, f"{description}: {name} keypoints")
+        if mirrored:
+            description = f"{description} mirrored"
+        return {name: extractor(paths, regions, f"{description}: {name} keypoints", mirrored)
                 for name, extractor in self.extractors.items()}
 
+    def _mirrored(self, query_orientation: Sequence, database_orientation: Sequence
+                  ) -> np.ndarray:
+        """Which pairs are also matched with the query mirrored."""
+        if self.mirror == "all":
+            return np.ones(len(query_orientation), bool)
+        if self.mirror == "opposite":
+            return mirror_views(query_orientation, database_orientation)
+        return np.zeros(len(query_orientation), bool)
+
+    def _mirrored_queries(self, images: pd.DataFrame, regions: Sequence[Region] | None,
+                          pairs: np.ndarray, flipped: np.ndarray, column: int, description: str
+                          ) -> _MirroredQueries | None:
+        if not flipped.any():
+            return None
+        unique, positions = np.unique(pairs[flipped, column], return_inverse=True)
+        found = self.keypoints(images.iloc[unique],
+                               None if regions is None else [regions[i] for i in unique],
+                               description, mirrored=True)
+        return _MirroredQueries(found, flipped, positions, column)
+
     def _pair_scores(self, keypoints: dict[str, list[Keypoints]], pairs: np.ndarray,
-                     cosines: np.ndarray, description: str) -> dict[str, np.ndarray]:
-        """Every matcher's score of each pair (rows index ``keypoints``), plus the cosine."""
+                     cosines: np.ndarray, description: str,
+                     mirrored: _MirroredQueries | None = None) -> dict[str, np.ndarray]:
+        """Every matcher's score of each pair (rows index ``keypoints``), plus the cosine.
+
+        ``mirrored`` (from :meth:`_mirrored_queries`): the pairs also matched with their query
+        mirrored; those keep the better of both scores."""
         scores = {"cosine": cosines.astype(np.float32)}
         table = {"first": pairs[:, 0], "second": pairs[:, 1], "cosine": scores["cosine"]}
         ransac = self.pair_score == "inliers" or self.keep_pair_scores
+        flipped = np.zeros(len(pairs), bool) if mirrored is None else mirrored.flipped
         for name, matcher in self.matchers.items():
-            found = score_pairs(matcher, keypoints[name], pairs, ransac=ransac,
+            every, scored = keypoints[name], pairs
+            if flipped.any():  # mirrored queries appended after the other keypoints
+                every = every + mirrored.keypoints[name]
+                extra = pairs[flipped].copy()
+                extra[:, mirrored.column] = len(keypoints[name]) + mirrored.positions
+                scored = np.concatenate([pairs, extra])
+            found = score_pairs(matcher, every, scored, ransac=ransac,
                                 progress=self.progress, description=f"{description}: {name}")
-            scores[name] = found[self.pair_score]
-            self.pairs_per_second_[name] = len(pairs) / max(float(found["seconds"]), 1e-9)
-            table.update({f"{name}:{key}": found[key] for key in PAIR_SCORES})
+            self.pairs_per_second_[name] = len(scored) / max(float(found["seconds"]), 1e-9)
+            for key in PAIR_SCORES:
+                direct = found[key][:len(pairs)]
+                table[f"{name}:{key}"] = direct
+                if flipped.any():
+                    table[f"{name}:mirrored:{key}"] = np.full(len(pairs), np.nan, np.float32)
+                    table[f"{name}:mirrored:{key}"][flipped] = found[key][len(pairs):]
+            best = table[f"{name}:{self.pair_score}"].copy()
+            if flipped.any():
+                best[flipped] = np.maximum(best[flipped],
+                                           table[f"{name}:mirrored:{self.pair_score}"][flipped])
+            scores[name] = best
         if self.keep_pair_scores:
             self.pair_tables_[description] = pd.DataFrame(table)
         return scores
@@ -92,6 +165,7 @@ class LocalReranking:
         self.database_features_ = features
         self.database_identities_ = identities
         self.database_species_ = species
+        self.database_orientations_ = _orientations(images)
         rng = np.random.default_rng(self.seed)
         split = pseudo_split(identities, rng)
         if split is None:
@@ -102,8 +176,11 @@ class LocalReranking:
                                             features[queries], species[queries], self.shortlist)
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([queries[rows], reference[shortlist[rows, columns]]], 1)
+        orientation = _orientations(images)
+        flipped = self._mirrored(orientation[pairs[:, 0]], orientation[pairs[:, 1]])
+        mirrored = self._mirrored_queries(images, regions, pairs, flipped, 0, "pseudo-queries")
         scores = self._pair_scores(self.database_keypoints_, pairs, cosines[rows, columns],
-                                   "calibration pairs")
+                                   "calibration pairs", mirrored)
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         self.calibration_ = Calibration.fit(scores, same)
         fused = self.calibration_.fuse(scores) + _TIE * scores["cosine"]
@@ -153,13 +230,21 @@ class LocalReranking:
         offset = len(self.database_identities_)
         joined = {name: self.database_keypoints_[name] + query_keypoints[name]
                   for name in self.features}
+        flipped = self._mirrored(_orientations(images)[pairs[:, 1]],
+                                 self.database_orientations_[pairs[:, 0]])
+        mirrored = self._mirrored_queries(images, regions, pairs, flipped, 1, "queries")
         scores = self._pair_scores(joined, pairs + np.array([0, offset]), cosines[rows, columns],
-                                   "query pairs")
+                                   "query pairs", mirrored)
         fused = self.calibration_.fuse(scores) + _TIE * scores["cosine"]
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 0]],
                               "score": fused})
         top = _top_identities(table, len(images), k)
         return top["identity"], top["score"]
+
+
+def _orientations(images: pd.DataFrame) -> np.ndarray:
+    column = images["orientation"] if "orientation" in images.columns else [None] * len(images)
+    return np.array([value if isinstance(value, str) else None for value in column], dtype=object)
 
 
 def _top_identities(table: pd.DataFrame, queries: int, k: int) -> dict[str, np.ndarray]:

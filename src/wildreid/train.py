@@ -10,6 +10,7 @@ score and top-1 there. Query images and solutions are never read.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -54,7 +55,24 @@ class TrainConfig:
     unknown_fraction: float = 0.2
     patience: int = 5  # epochs without a better validation score before stopping
     steps_per_epoch: int | None = None  # default: one pass over the training images
+    # Frozen backbone (unfreeze 0): its features of this many views of each training image (the
+    # first plain, the rest augmented) are computed once and the head trains on them.
+    cached_views: int = 4
     seed: int = 0
+
+
+class _CachedViews(TorchDataset):
+    """Backbone features ``(views, N, F)`` of the training images: a random view per draw."""
+
+    def __init__(self, views: torch.Tensor, labels: np.ndarray):
+        self.views, self.labels = views, labels
+
+    def __len__(self) -> int:
+        return self.views.shape[1]
+
+    def __getitem__(self, index: int):
+        view = int(torch.randint(self.views.shape[0], ()))
+        return self.views[view, index], self.labels[index]
 
 
 class _Training(TorchDataset):
@@ -160,7 +178,8 @@ class Trainer:
         identities = database["identity"].astype(str).to_numpy()
         orientation = (database["orientation"].astype(object).to_numpy()
                        if "orientation" in database.columns else np.full(len(paths), None))
-        species = database["species"].tolist() if "species" in database.columns else None
+        species = (database["species"].astype(object).to_numpy() if "species" in database.columns
+                   else None)
         train, queries, unknown = validation_split(identities, config.unknown_fraction, config.seed)
         regions = None
         if config.isolation != "none":
@@ -222,11 +241,16 @@ class Trainer:
         dataset = _Training(paths[train], labels, flippable, _transform(descriptor, config.augment),
                             None if regions is None else [regions[i] for i in train],
                             config.isolation)
+        forward, workers, validation_views = model, self.workers, None
+        if config.unfreeze == 0:  # frozen backbone: train the head on its cached features
+            views, validation_views = self._backbone_views(backbone, descriptor, dataset, paths,
+                                                           queries, train)
+            dataset, forward, workers = _CachedViews(views, labels), model.head, 0
         sampler = MPerClassSampler(labels, config.images_per_identity, batch_size=batch,
                                    length_before_new_iter=steps * batch)
         loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
-                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=self.workers > 0)
+                            num_workers=workers, pin_memory=self.device.type == "cuda",
+                            persistent_workers=workers > 0)
         for epoch in range(start_epoch, config.epochs):
             model.train()
             if config.unfreeze == 0:
@@ -240,7 +264,7 @@ class Trainer:
                     targets = targets.to(self.device)
                     with torch.autocast(self.device.type, dtype=torch.float16,
                                         enabled=self.device.type == "cuda"):
-                        embeddings = model(images)
+                        embeddings = forward(images)
                     embeddings = embeddings.float()
                     if config.loss == "classifier":
                         loss = nn.functional.cross_entropy(criterion(embeddings), targets)
@@ -260,7 +284,13 @@ class Trainer:
                     bar.advance(task, len(images))
             model.eval()
             training_seconds = time.perf_counter() - started
-            scores = self.validate(descriptor, paths, identities, species, train, queries, unknown)
+            if validation_views is None:
+                embedded = self.embed(descriptor, paths, np.concatenate([train, queries]))
+            else:
+                with torch.inference_mode():
+                    embedded = nn.functional.normalize(
+                        model.head(validation_views.to(self.device)).float(), dim=1).cpu().numpy()
+            scores = validation_scores(embedded, identities, species, train, queries, unknown)
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
                       "seconds": round(time.perf_counter() - started, 1),
                       "images_per_s": round(steps * batch / training_seconds, 1),
@@ -284,27 +314,79 @@ class Trainer:
                 break
         return self.history
 
-    def validate(self, descriptor: Descriptor, paths, identities, species, train, queries,
-                 unknown) -> dict:
-        """Open-set score and top-1 of the held-out queries against the training images."""
+    def embed(self, descriptor: Descriptor, paths: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Embeddings of ``paths[rows]`` as ``wildreid identify`` would compute them."""
         extractor = FeatureExtractor(descriptor, device=str(self.device), cache_dir=None,
                                      workers=self.workers, progress=False,
                                      isolation=self.config.isolation)
-        rows = np.concatenate([train, queries])
         regions = None if self._regions is None else [self._regions[i] for i in rows]
-        embedded = extractor(list(paths[rows]), "validation", regions)
-        reference, probe = embedded[:len(train)], embedded[len(train):]
-        index = IdentityIndex(reference, identities[train])
-        names, top = index.search(probe, k=1)
-        truth = identities[queries]
-        known = ~unknown
-        top1 = float((names[known, 0] == truth[known]).mean()) if known.any() else float("nan")
-        threshold, _ = fit_threshold(reference, identities[train], seed=0)
-        answers = np.where(top[:, 0] >= threshold, names[:, 0], "new_individual")
-        unknown_ids = set(truth[unknown])
-        baks_value = baks(truth, answers, unknown_ids)
-        baus_value = baus(truth, answers, unknown_ids)
-        curve = threshold_curve(truth, names[:, 0], top[:, 0], unknown)
-        return {"score": geometric_score(baks_value, baus_value), "top1": top1,
-                "baks": baks_value, "baus": baus_value,
-                "oracle_score": best_threshold(curve)[1], "threshold": threshold}
+        return extractor(list(paths[rows]), "validation", regions)
+
+    @torch.inference_mode()
+    def _backbone_views(self, backbone: nn.Module, descriptor: Descriptor, augmented: _Training,
+                        paths: np.ndarray, queries: np.ndarray, train: np.ndarray
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen-backbone features: ``cached_views`` views of each training image (plain, then
+        augmented) and the plain view of the validation queries (training order first). Stored
+        in the cache folder (else beside the checkpoint), so a resumed run or another loss on
+        the same images does not recompute them."""
+        config = self.config
+        rows = np.concatenate([train, queries])
+        signature = {"paths": paths[rows].tolist(), "views": config.cached_views,
+                     "isolation": config.isolation, "seed": config.seed, "flip": config.flip,
+                     "augment": config.augment, "model": descriptor.cache_key}
+        digest = hashlib.blake2b(repr(signature).encode(), digest_size=8).hexdigest()
+        folder = Path(self.cache_dir) if self.cache_dir is not None else self.out.parent
+        store = folder / f"frozen-views-{digest}.pt"
+        if store.is_file():
+            saved = torch.load(store, map_location="cpu", weights_only=False)
+            return saved["views"], saved["validation"]
+        backbone.eval()
+        plain = _Training(paths[rows], np.zeros(len(rows), int), np.zeros(len(rows), bool),
+                          _transform(descriptor, False),
+                          None if self._regions is None else [self._regions[i] for i in rows],
+                          config.isolation)
+        passes = [("plain view", plain)] + [(f"augmented view {v}", augmented)
+                                             for v in range(1, config.cached_views)]
+        outputs = []
+        for name, dataset in passes:
+            loader = DataLoader(dataset, batch_size=64, num_workers=self.workers)
+            found = []
+            with progress_bar("images", self.progress) as bar:
+                task = bar.add_task(f"frozen backbone: {name}", total=len(dataset))
+                for images, _ in loader:
+                    images = images.to(self.device)
+                    with torch.autocast(self.device.type, dtype=torch.float16,
+                                        enabled=self.device.type == "cuda"):
+                        found.append(backbone(images).float().flatten(1).cpu())
+                    bar.advance(task, len(images))
+            outputs.append(torch.cat(found))
+        views = torch.stack([outputs[0][:len(train)], *outputs[1:]])
+        validation = outputs[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"signature": signature, "views": views, "validation": validation},
+                   store.with_suffix(".partial"))
+        store.with_suffix(".partial").replace(store)
+        return views, validation
+
+
+def validation_scores(embedded: np.ndarray, identities: np.ndarray, species: np.ndarray | None,
+                      train: np.ndarray, queries: np.ndarray, unknown: np.ndarray) -> dict:
+    """Open-set score and top-1 of the held-out queries (rows after ``len(train)`` of
+    ``embedded``) against the training images (the first rows), within each species."""
+    reference, probe = embedded[:len(train)], embedded[len(train):]
+    index = IdentityIndex(reference, identities[train],
+                          None if species is None else species[train])
+    names, top = index.search(probe, None if species is None else species[queries], k=1)
+    truth = identities[queries]
+    known = ~unknown
+    top1 = float((names[known, 0] == truth[known]).mean()) if known.any() else float("nan")
+    threshold, _ = fit_threshold(reference, identities[train], seed=0)
+    answers = np.where(top[:, 0] >= threshold, names[:, 0], "new_individual")
+    unknown_ids = set(truth[unknown])
+    baks_value = baks(truth, answers, unknown_ids)
+    baus_value = baus(truth, answers, unknown_ids)
+    curve = threshold_curve(truth, names[:, 0], top[:, 0], unknown)
+    return {"score": geometric_score(baks_value, baus_value), "top1": top1,
+            "baks": baks_value, "baus": baus_value,
+            "oracle_score": best_threshold(curve)[1], "threshold": threshold}
