@@ -6,6 +6,8 @@ Input: ``nyala_lion.py --dump-pairs`` output for protocol B (every query is know
 pairs (database pseudo-queries vs their shortlist) and query pairs, each with the cosine and every
 local score. Each variant is fitted on the calibration pairs only and scored by top-1 per species
 on the query pairs; shorter shortlists are simulated by keeping a query's best pairs by cosine.
+A run with ``--mirror all`` also holds every pair's score with the query mirrored: then the
+variants "mirror opposite" (mirrored score used for left/right pairs) and "mirror all" are added.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from wildreid.data import load_dataset
 from wildreid.fusion import Calibration
+from wildreid.rerank import mirror_views
 
 
 def top1(pairs: pd.DataFrame, score: np.ndarray) -> dict[str, float]:
@@ -71,9 +74,10 @@ def main() -> int:
     calibration_stage = pairs["stage"].str.startswith("calibration").to_numpy()
     first = pairs["first"].to_numpy()
     other = np.where(calibration_stage, pairs["second"], pairs["query"])
-    pairs["same_side"] = database_side[first] == np.where(
-        calibration_stage, database_side[np.where(calibration_stage, other, 0)],
-        query_side[np.where(calibration_stage, 0, other)])
+    other_side = np.where(calibration_stage, database_side[np.where(calibration_stage, other, 0)],
+                          query_side[np.where(calibration_stage, 0, other)])
+    pairs["same_side"] = database_side[first] == other_side
+    pairs["mirror_view"] = mirror_views(database_side[first], other_side)
     pairs["same"] = pairs["database_identity"] == pairs["query_identity"]
     pairs["is_lion"] = (pairs["species"] == "lion").astype(int)
     train = pairs[pairs["stage"].str.startswith("calibration")].reset_index(drop=True)
@@ -97,6 +101,16 @@ def main() -> int:
         "gradient boosting: cosine, confidence_sum, matches@0.5, inliers, species": boosted(
             ["cosine", conf, m5, inl]),
     }
+    mirrored = f"{name}:mirrored:confidence_sum"
+    if mirrored in pairs.columns:
+        for data in (train, test):
+            data["mirror all"] = np.fmax(data[conf], data[mirrored])
+            data["mirror opposite"] = np.where(data["mirror_view"], data["mirror all"], data[conf])
+        for mode in ("mirror opposite", "mirror all"):
+            variants[f"{mode}: confidence_sum (raw)"] = (
+                lambda tr, te, mode=mode: te[mode].to_numpy())
+            variants[f"{mode}: isotonic mean: cosine + confidence_sum"] = calibrated(
+                ["cosine", mode])
     shortlist = int(test["cosine_rank"].max())
     results = {}
     for label, variant in variants.items():

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from common import DEFAULT_BENCH
 
-from wildreid.data import load_dataset
+from wildreid.data import Dataset, load_dataset
 from wildreid.isolation import parse_isolation
 from wildreid.metrics import best_threshold, evaluate, threshold_curve
 from wildreid.pipeline import Identifier
@@ -61,9 +61,30 @@ def oracle(candidates: pd.DataFrame, solution: pd.DataFrame, database_ids: set[s
     return result
 
 
+def subset(dataset: Dataset, answers: pd.DataFrame, identities: int, seed: int = 0) -> Dataset:
+    """Reduced scale: per species, ``identities`` random individuals (their database images and
+    queries) and as many unknown ones as keep the protocol's share of unknown queries."""
+    rng = np.random.default_rng(seed)
+    truth = dataset.metadata["image_id"].map(answers.set_index("image_id")["identity"])
+    individual = dataset.metadata["identity"].fillna(truth)
+    keep = []
+    for _, rows in dataset.metadata.groupby("species"):
+        names = individual[rows.index]
+        known = sorted(set(names[rows["split"] == "database"]))
+        unknown = sorted(set(names) - set(known))
+        chosen = rng.choice(known, min(identities, len(known)), replace=False).tolist()
+        share = len(unknown) / max(1, len(known) + len(unknown))
+        extra = min(len(unknown), round(len(chosen) * share / max(1e-9, 1 - share)))
+        chosen += rng.choice(unknown, extra, replace=False).tolist() if extra else []
+        keep.extend(rows.index[names.isin(chosen)])
+    return Dataset(dataset.metadata.loc[sorted(keep)].reset_index(drop=True), dataset.source)
+
+
 def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str,
                  cache_dir: str | None, isolation: str = "none") -> dict:
     dataset = load_dataset(args.bench, metadata)
+    if args.identities:
+        dataset = subset(dataset, pd.read_csv(args.bench / solution, dtype=str), args.identities)
     closed = name == "B"
     identifier = Identifier(args.model, threshold=None if closed else "auto",
                             aggregation=aggregation, device=args.device,
@@ -83,7 +104,8 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
     answers = pd.read_csv(args.bench / solution, dtype=str)
     scores = evaluate(submission, answers, dataset.metadata.astype(object), candidates)
     row = {
-        "protocol": name, "aggregation": aggregation, "isolation": isolation,
+        "protocol": name, "identities_per_species": args.identities or "all",
+        "queries": len(dataset.query), "aggregation": aggregation, "isolation": isolation,
         "local": args.local, "shortlist": args.shortlist, "keypoints_on": args.keypoints_on,
         "max_keypoints": args.max_keypoints, "mirror": args.mirror,
         "pairs_per_s": identifier.reranking_.pairs_per_second_ if identifier.reranking_ else None,
@@ -160,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-keypoints", type=int, default=512)
     parser.add_argument("--keypoints-on", default="animal", help="animal | image")
     parser.add_argument("--mirror", default="none", help="none | opposite | all")
+    parser.add_argument("--identities", type=int, default=0,
+                        help="reduced scale: this many random individuals per species")
     parser.add_argument("--dump-pairs", action="store_true",
                         help="write every pair score to OUT/pairs-<protocol>.csv.gz")
     parser.add_argument("--tag", default="", help="added to the results file name")

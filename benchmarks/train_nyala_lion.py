@@ -81,6 +81,7 @@ def main() -> int:
             model=str(checkpoint), device=device, batch_size=64, bench=args.bench,
             segmenter_weights=None, local=local, shortlist=args.shortlist,
             max_keypoints=args.max_keypoints, keypoints_on="animal", mirror=args.mirror,
+            identities=0,
             dump_pairs=False)
         row = run_protocol(args.protocol, metadata, solution, evaluation, "max", args.cache_dir)
         row["peak_rss_mib"] = float("nan")
