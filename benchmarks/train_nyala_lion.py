@@ -72,8 +72,9 @@ def main() -> int:
     stem = f"train-{args.protocol}-{args.loss}{tag}-{device}-{date}"
     checkpoint = args.out / "checkpoints" / f"{stem}.pt"  # ignored by git
     started = time.perf_counter()
-    history = Trainer(args.model, checkpoint, config, device=device, workers=args.workers).fit(
-        dataset.database, resume=False)
+    trainer = Trainer(args.model, checkpoint, config, device=device, workers=args.workers,
+                      cache_dir=args.cache_dir)
+    history = trainer.fit(dataset.database, resume=False)
     train_seconds = time.perf_counter() - started
     rows = []
     for local in dict.fromkeys(["", args.local]):
@@ -88,11 +89,12 @@ def main() -> int:
         rows.append(row)
     report = {"date": date, "machine": machine(device), "command": " ".join(sys.argv),
               "config": asdict(config), "train_seconds": round(train_seconds, 1),
-              "history": history, "evaluation": rows[0], "fused": rows[1:]}
+              "baseline": trainer.baseline, "history": history, "evaluation": rows[0], "fused": rows[1:]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=lambda v: None))
-    print(f"trained in {train_seconds:.0f} s; best validation "
-          f"{max(h['score'] for h in history):.3f}")
+    print(f"trained in {train_seconds:.0f} s; validation score {trainer.baseline['score']:.3f} "
+          f"(top-1 {trainer.baseline['top1']:.3f}) at the start, best "
+          f"{max(h['score'] for h in history):.3f} (top-1 {max(h['top1'] for h in history):.3f})")
     for row in rows:
         name = f"fine-tuned {args.model} ({args.loss})" + (f" + {row['local']}" if row["local"]
                                                             else "")

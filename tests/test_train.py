@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from wildreid.cli import app
 from wildreid.data import load_dataset
 from wildreid.models import WithHead, create_descriptor
-from wildreid.train import TrainConfig, Trainer, validation_split
+from wildreid.train import LOSSES, TrainConfig, Trainer, _loss, _loss_value, validation_split
 
 SMALL = {"identities_per_batch": 4, "images_per_identity": 2, "steps_per_epoch": 3,
          "unfreeze": 1, "augment": False}
@@ -89,6 +90,7 @@ def test_frozen_backbone_trains_the_head_on_cached_views(real_subset, tmp_path):
     trainer = Trainer("efficientnet-lite0", out, config, device="cpu", workers=0, progress=False)
     history = trainer.fit(database)
     assert history[-1]["loss"] < history[0]["loss"]
+    assert {"score", "top1", "baks", "baus"} <= set(trainer.baseline)  # the starting model
     (stored,) = tmp_path.glob("frozen-views-*.pt")
     views = torch.load(stored, weights_only=False)
     train, queries, _ = validation_split(database["identity"].to_numpy(), 0.2, 0)
@@ -111,3 +113,22 @@ def test_frozen_backbone_trains_the_head_on_cached_views(real_subset, tmp_path):
     Trainer("efficientnet-lite0", out, TrainConfig(**{**config.__dict__, "epochs": 5}),
             device="cpu", workers=0, progress=False).fit(database)
     assert stored.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_its_parameters(loss):
+    """Each loss builds for 6 identities and its gradient step lowers it on a fixed batch."""
+    torch.manual_seed(0)
+    config = TrainConfig(loss=loss, embedding_dim=16)
+    criterion, miner = _loss(config, 6, 16)
+    head = torch.nn.Linear(32, 16)
+    optimizer = torch.optim.SGD([*head.parameters(), *criterion.parameters()], lr=0.05)
+    inputs, targets = torch.randn(24, 32), torch.arange(6).repeat(4)
+    values = []
+    for _ in range(20):
+        value = _loss_value(criterion, miner, head(inputs), targets)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        values.append(value.item())
+    assert values[-1] < values[0], (loss, values[0], values[-1])

@@ -283,8 +283,10 @@ def train(
                          steps_per_epoch=steps_per_epoch, seed=seed, isolation=isolation)
     with _clear_errors():
         dataset = load_dataset(data_dir, metadata)
-        history = Trainer(model, out, config, device=device, workers=workers,
-                          cache_dir=cache_dir).fit(dataset.database, resume=not fresh)
+        trainer = Trainer(model, out, config, device=device, workers=workers, cache_dir=cache_dir)
+        history = trainer.fit(dataset.database, resume=not fresh)
+    start = trainer.baseline
+    err.print(f"starting model: validation score {start['score']:.3f}, top-1 {start['top1']:.3f}")
     for row in history:
         err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}, validation score "
                   f"{row['score']:.3f}, top-1 {row['top1']:.3f}, {row['images_per_s']:.0f} images/s")

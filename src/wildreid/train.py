@@ -126,9 +126,11 @@ def _loss(config: TrainConfig, classes: int, dim: int):
     from pytorch_metric_learning import losses, miners
 
     if config.loss == "arcface":
-        return losses.ArcFaceLoss(classes, dim, margin=28.6, scale=64), None
+        return losses.ArcFaceLoss(num_classes=classes, embedding_size=dim, margin=28.6,
+                                  scale=64), None
     if config.loss == "subcenter-arcface":
-        return losses.SubCenterArcFaceLoss(classes, dim, margin=28.6, scale=64, sub_centers=3), None
+        return losses.SubCenterArcFaceLoss(num_classes=classes, embedding_size=dim, margin=28.6,
+                                           scale=64, sub_centers=3), None
     if config.loss == "triplet-hard":
         return losses.TripletMarginLoss(margin=0.2), miners.BatchHardMiner()
     if config.loss == "triplet-semihard":
@@ -137,6 +139,15 @@ def _loss(config: TrainConfig, classes: int, dim: int):
     if config.loss == "classifier":
         return nn.Linear(dim, classes), None
     raise ValueError(f"unknown loss {config.loss!r}; use one of {', '.join(LOSSES)}")
+
+
+def _loss_value(criterion, miner, embeddings: torch.Tensor, targets: torch.Tensor
+                ) -> torch.Tensor:
+    if isinstance(criterion, nn.Linear):  # classifier: cross-entropy over identities
+        return nn.functional.cross_entropy(criterion(embeddings), targets)
+    if miner is not None:
+        return criterion(embeddings, targets, miner(embeddings, targets))
+    return criterion(embeddings, targets)
 
 
 def _trainable_blocks(backbone: nn.Module) -> list[nn.Module]:
@@ -163,6 +174,8 @@ class Trainer:
         self.progress = progress
         self.cache_dir = cache_dir
         self.history: list[dict] = []
+        #: Validation scores of the starting model (before any training), set by ``fit``.
+        self.baseline: dict | None = None
 
     @property
     def resume_path(self) -> Path:
@@ -233,7 +246,7 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-            self.history = state["history"]
+            self.history, self.baseline = state["history"], state.get("baseline")
 
         flippable = np.array([config.flip == "all" or (
             config.flip == "auto" and not (isinstance(o, str) and ("left" in o or "right" in o)))
@@ -246,6 +259,15 @@ class Trainer:
             views, validation_views = self._backbone_views(backbone, descriptor, dataset, paths,
                                                            queries, train)
             dataset, forward, workers = _CachedViews(views, labels), model.head, 0
+        if self.baseline is None:  # the starting model on the same validation: what to beat
+            if validation_views is None:
+                descriptor.model = backbone
+                embedded = self.embed(descriptor, paths, np.concatenate([train, queries]))
+                descriptor.model = model
+            else:
+                embedded = nn.functional.normalize(validation_views, dim=1).numpy()
+            self.baseline = validation_scores(embedded, identities, species, train, queries,
+                                              unknown)
         sampler = MPerClassSampler(labels, config.images_per_identity, batch_size=batch,
                                    length_before_new_iter=steps * batch)
         loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
@@ -265,13 +287,7 @@ class Trainer:
                     with torch.autocast(self.device.type, dtype=torch.float16,
                                         enabled=self.device.type == "cuda"):
                         embeddings = forward(images)
-                    embeddings = embeddings.float()
-                    if config.loss == "classifier":
-                        loss = nn.functional.cross_entropy(criterion(embeddings), targets)
-                    elif miner is not None:
-                        loss = criterion(embeddings, targets, miner(embeddings, targets))
-                    else:
-                        loss = criterion(embeddings, targets)
+                    loss = _loss_value(criterion, miner, embeddings.float(), targets)
                     scaler.scale(loss / config.accumulate).backward()
                     if (step + 1) % config.accumulate == 0:
                         scaler.step(optimizer)
@@ -302,12 +318,14 @@ class Trainer:
                 best, stale = key, 0
                 save_descriptor(descriptor, self.out, extra={"config": asdict(self.config),
                                                              "validation": record,
+                                                             "baseline": self.baseline,
                                                              "trained_from": self.model_name})
             else:
                 stale += 1
             torch.save({"model": model.state_dict(), "criterion": criterion.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "epoch": epoch, "best": best, "stale": stale, "history": self.history},
+                        "epoch": epoch, "best": best, "stale": stale, "history": self.history,
+                        "baseline": self.baseline},
                        self.resume_path.with_suffix(".partial"))
             self.resume_path.with_suffix(".partial").replace(self.resume_path)
             if stale >= config.patience:

@@ -1,0 +1,75 @@
+"""Which loss trains the best head on a frozen backbone, measured by the database validation.
+
+    python benchmarks/frozen_head_study.py [--protocol B] [--losses arcface,classifier,...]
+
+Backbone features of the protocol's database (``--cached-views`` views per image) are computed
+once and shared by every run (``--cache-dir``); each loss then trains only the 512-d head, in
+seconds per epoch on a CPU. Reports the starting model's validation (ImageNet features) and each
+loss's best epoch; writes ``frozen-head-<protocol>-<device>-<date>.json``. Queries and solutions
+are never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import DEFAULT_BENCH
+from nyala_lion import machine
+from train_nyala_lion import FILES
+
+from wildreid.data import load_dataset
+from wildreid.train import TrainConfig, Trainer
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", default="B", choices=sorted(FILES))
+    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--losses", default="arcface,subcenter-arcface,triplet-hard,"
+                        "triplet-semihard,classifier")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--lr-head", type=float, default=1e-3)
+    parser.add_argument("--cached-views", type=int, default=4)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
+    parser.add_argument("--cache-dir", type=Path,
+                        default=Path(__file__).parent / "results" / "checkpoints")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    date = datetime.date.today().isoformat()
+    database = load_dataset(args.bench, FILES[args.protocol][0]).database
+    runs, baseline = {}, None
+    for loss in args.losses.split(","):
+        config = TrainConfig(loss=loss, epochs=args.epochs, unfreeze=0, lr_head=args.lr_head,
+                             cached_views=args.cached_views, patience=args.epochs)
+        started = time.perf_counter()
+        trainer = Trainer(args.model, args.cache_dir / f"frozen-{args.protocol}-{loss}.pt", config,
+                          device=device, progress=False, cache_dir=args.cache_dir)
+        history = trainer.fit(database, resume=False)
+        baseline = trainer.baseline
+        best = max(history, key=lambda row: row["score"] + 1e-3 * row["top1"])
+        runs[loss] = {"seconds": round(time.perf_counter() - started, 1), "best": best,
+                      "best_top1": max(row["top1"] for row in history), "history": history}
+        print(f"{loss:<18} best epoch {best['epoch']:>2}: validation score {best['score']:.3f}, "
+              f"top-1 {best['top1']:.3f} (best top-1 of any epoch "
+              f"{runs[loss]['best_top1']:.3f}); {runs[loss]['seconds']:.0f} s")
+    print(f"starting model: validation score {baseline['score']:.3f}, top-1 {baseline['top1']:.3f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"frozen-head-{args.protocol}-{device}-{date}.json"
+    path.write_text(json.dumps({"date": date, "machine": machine(device),
+                                "command": " ".join(sys.argv), "baseline": baseline,
+                                "runs": runs}, indent=2, default=lambda v: None))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
