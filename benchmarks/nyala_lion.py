@@ -102,6 +102,7 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
     submission = identifier.decide(candidates)
     wall = time.perf_counter() - start
     answers = pd.read_csv(args.bench / solution, dtype=str)
+    answers = answers[answers["image_id"].isin(dataset.query["image_id"])]
     scores = evaluate(submission, answers, dataset.metadata.astype(object), candidates)
     row = {
         "protocol": name, "identities_per_species": args.identities or "all",
