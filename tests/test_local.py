@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -120,6 +122,23 @@ def test_identify_accurate_preset(real_subset, tmp_path):
     assert page.count("local matches</div>") >= 1
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--preset", "slow"])
     assert result.exit_code == 2 and "fast, accurate" in result.output
+
+
+def test_identify_with_sift_and_mirroring(real_subset, tmp_path):
+    output = tmp_path / "submission.csv"
+    result = CliRunner().invoke(app, [
+        "identify", str(real_subset), "--preset", "accurate", "--local", "sift", "--mirror",
+        "opposite", "--shortlist", "3", "--device", "cpu", "--output", str(output),
+        "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["local"] == ["sift"] and run["mirror"] == "opposite"
+    assert len(pd.read_csv(output)) == (pd.read_csv(real_subset / "metadata.csv")["split"]
+                                        == "query").sum()
+    for option, value, message in (("--local", "surf", "unknown local matcher 'surf'"),
+                                   ("--mirror", "sideways", "none, opposite, all")):
+        result = CliRunner().invoke(app, ["identify", str(real_subset), option, value])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_mirror_views_pairs_left_with_right():
