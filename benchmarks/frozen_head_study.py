@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from common import DEFAULT_BENCH
 from nyala_lion import machine
 from train_nyala_lion import FILES
 
 from wildreid.data import load_dataset
+from wildreid.features import resolve_device
 from wildreid.train import TrainConfig, Trainer
 
 
@@ -42,8 +42,7 @@ def main() -> int:
                         default=Path(__file__).parent / "results" / "checkpoints")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
+    device = str(resolve_device(args.device))
     date = datetime.date.today().isoformat()
     database = load_dataset(args.bench, FILES[args.protocol][0]).database
     runs, baseline = {}, None

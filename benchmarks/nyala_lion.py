@@ -28,6 +28,7 @@ import torch
 from common import DEFAULT_BENCH
 
 from wildreid.data import Dataset, load_dataset
+from wildreid.features import resolve_device
 from wildreid.isolation import parse_isolation
 from wildreid.metrics import best_threshold, evaluate, threshold_curve
 from wildreid.pipeline import Identifier
@@ -197,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.bench.is_dir():
         sys.exit(f"{args.bench}: benchmark data not found (expected ../shared beside the repo)")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
+    device = str(resolve_device(args.device))
     date = datetime.date.today().isoformat()
     rows = []
     files = {"A": ("metadata.csv", "solution.csv"),

@@ -26,6 +26,7 @@ import torch
 
 from wildreid.data import load_dataset
 from wildreid.demo import make_demo_dataset
+from wildreid.features import resolve_device
 from wildreid.metrics import evaluate
 from wildreid.pipeline import PRESETS, Identifier
 
@@ -42,8 +43,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
+    device = str(resolve_device(args.device))
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
         root = make_demo_dataset(Path(scratch) / "data", args.individuals, args.unknown,

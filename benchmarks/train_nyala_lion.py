@@ -21,11 +21,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from common import DEFAULT_BENCH
 from nyala_lion import machine, markdown, run_protocol
 
 from wildreid.data import load_dataset
+from wildreid.features import resolve_device
 from wildreid.train import TrainConfig, Trainer
 
 FILES = {"A": ("metadata.csv", "solution.csv"),
@@ -58,8 +58,7 @@ def main() -> int:
     parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
+    device = str(resolve_device(args.device))
     date = datetime.date.today().isoformat()
     metadata, solution = FILES[args.protocol]
     dataset = load_dataset(args.bench, metadata)

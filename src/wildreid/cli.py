@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,14 +55,15 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                  top_k: int = 5, aggregation: str = "max", batch_size: int = 64,
                  cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
                  isolation: str = "none", segmenter_weights: Path | None = None,
-                 preset: str = "fast", shortlist: int = 100, local: str | None = None,
-                 mirror: str = "none"):
-    """Identify every query of a dataset; writes the submission and the candidates CSV."""
+                 preset: str = "fast", shortlist: int = 100,
+                 local: Sequence[str] | None = None, mirror: str = "none"):
+    """Identify every query of a dataset; writes the submission and the candidates CSV.
+    ``local``: matchers replacing the preset's (``()``: none)."""
     from wildreid.pipeline import Identifier
 
     configuration = dict(PRESETS[preset])
-    if local is not None:  # the preset's matchers replaced: "sift", "aliked,disk", "" (none)
-        configuration["local"] = tuple(name for name in local.split(",") if name)
+    if local is not None:
+        configuration["local"] = tuple(local)
 
     dataset = load_dataset(data_dir, metadata)
     if dataset.query.empty:
@@ -129,7 +131,8 @@ def identify(
     from wildreid.local import LOCAL_FEATURES
     from wildreid.rerank import MIRROR_MODES
 
-    unknown = [name for name in (local or "").split(",") if name and name not in LOCAL_FEATURES]
+    matchers = None if local is None else [name for name in local.split(",") if name]
+    unknown = [name for name in matchers or () if name not in LOCAL_FEATURES]
     if unknown:
         raise typer.BadParameter(f"unknown local matcher {unknown[0]!r}; use "
                                  f"{', '.join(LOCAL_FEATURES)}", param_hint="--local")
@@ -140,7 +143,7 @@ def identify(
             data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
             segmenter_weights=segmenter_weights, preset=preset, shortlist=shortlist,
-            local=local, mirror=mirror)
+            local=matchers, mirror=mirror)
     new = int((submission["identity"] == "new_individual").sum())
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
                            for k, v in identifier.decision_.thresholds.items())
@@ -325,13 +328,10 @@ def catalog_init(
                                "(+ local matching, calibrated scores; best on a GPU)."),
 ):
     """Create an empty catalog."""
-    from wildreid.catalog import Catalog, CatalogError
+    from wildreid.catalog import Catalog
 
-    try:
+    with _clear_errors():
         Catalog.create(folder, preset)
-    except CatalogError as error:
-        err.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
     err.print(f"created catalog {folder}")
 
 
@@ -342,15 +342,11 @@ def catalog_add(
     metadata: Path = typer.Option(None, help="Metadata CSV instead of DATA_DIR/metadata.csv."),
 ):
     """Import a dataset's database photos (with their identities) into the catalog."""
-    from wildreid.catalog import Catalog, CatalogError
+    from wildreid.catalog import Catalog
 
-    try:
+    with _clear_errors():
         catalog = Catalog(folder)
-        with _clear_errors():
-            added = catalog.add_dataset(data_dir, metadata)
-    except CatalogError as error:
-        err.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+        added = catalog.add_dataset(data_dir, metadata)
     err.print(f"added {added} photos; the catalog holds {len(catalog.individuals())} individuals")
 
 
@@ -364,13 +360,9 @@ def serve(
     import uvicorn
 
     from wildreid.app import create_app
-    from wildreid.catalog import CatalogError
 
-    try:
+    with _clear_errors():  # CatalogError is a ValueError
         application = create_app(catalog)
-    except CatalogError as error:
-        err.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
     err.print(f"wildreid review on http://{host}:{port}/  (Ctrl+C to stop)")
     uvicorn.run(application, host=host, port=port, log_level="warning")
 

@@ -48,8 +48,9 @@ def mirror_views(first: Sequence, second: Sequence) -> np.ndarray:
             return None
         return value.replace("left", "\0").replace("right", "left").replace("\0", "right")
 
-    return np.array([swapped(a) is not None and swapped(a) == b for a, b in zip(first, second)],
-                    dtype=bool)
+    mirror_of = {value: swapped(value) for value in set(first)}  # few distinct orientations
+    return np.array([mirror_of[a] is not None and mirror_of[a] == b
+                     for a, b in zip(first, second)], dtype=bool)
 
 
 class LocalReranking:
@@ -141,16 +142,12 @@ class LocalReranking:
                                 progress=self.progress, description=f"{description}: {name}")
             self.pairs_per_second_[name] = len(scored) / max(float(found["seconds"]), 1e-9)
             for key in PAIR_SCORES:
-                direct = found[key][:len(pairs)]
-                table[f"{name}:{key}"] = direct
-                if flipped.any():
+                table[f"{name}:{key}"] = found[key][:len(pairs)]
+                if flipped.any():  # NaN where the pair was not matched mirrored
                     table[f"{name}:mirrored:{key}"] = np.full(len(pairs), np.nan, np.float32)
                     table[f"{name}:mirrored:{key}"][flipped] = found[key][len(pairs):]
-            best = table[f"{name}:{self.pair_score}"].copy()
-            if flipped.any():
-                best[flipped] = np.maximum(best[flipped],
-                                           table[f"{name}:mirrored:{self.pair_score}"][flipped])
-            scores[name] = best
+            scores[name] = np.fmax(table[f"{name}:{self.pair_score}"],
+                                   table.get(f"{name}:mirrored:{self.pair_score}", np.nan))
         if self.keep_pair_scores:
             self.pair_tables_[description] = pd.DataFrame(table)
         return scores
@@ -176,7 +173,7 @@ class LocalReranking:
                                             features[queries], species[queries], self.shortlist)
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([queries[rows], reference[shortlist[rows, columns]]], 1)
-        orientation = _orientations(images)
+        orientation = self.database_orientations_
         flipped = self._mirrored(orientation[pairs[:, 0]], orientation[pairs[:, 1]])
         mirrored = self._mirrored_queries(images, regions, pairs, flipped, 0, "pseudo-queries")
         scores = self._pair_scores(self.database_keypoints_, pairs, cosines[rows, columns],

@@ -259,15 +259,23 @@ class Trainer:
             views, validation_views = self._backbone_views(backbone, descriptor, dataset, paths,
                                                            queries, train)
             dataset, forward, workers = _CachedViews(views, labels), model.head, 0
-        if self.baseline is None:  # the starting model on the same validation: what to beat
-            if validation_views is None:
-                descriptor.model = backbone
-                embedded = self.embed(descriptor, paths, np.concatenate([train, queries]))
-                descriptor.model = model
+        validation_rows = np.concatenate([train, queries])
+
+        def validate(start: bool) -> dict:
+            """Validation scores of the starting model (``start``) or of the trained one, from
+            embeddings computed as ``wildreid identify`` would."""
+            if validation_views is not None:  # frozen backbone: its cached plain views
+                with torch.inference_mode():
+                    out = validation_views if start else model.head(validation_views.to(self.device))
+                embedded = nn.functional.normalize(out.float(), dim=1).cpu().numpy()
             else:
-                embedded = nn.functional.normalize(validation_views, dim=1).numpy()
-            self.baseline = validation_scores(embedded, identities, species, train, queries,
-                                              unknown)
+                descriptor.model = backbone if start else model
+                embedded = self.embed(descriptor, paths, validation_rows)
+                descriptor.model = model
+            return validation_scores(embedded, identities, species, train, queries, unknown)
+
+        if self.baseline is None:  # the starting model on the same validation: what to beat
+            self.baseline = validate(start=True)
         sampler = MPerClassSampler(labels, config.images_per_identity, batch_size=batch,
                                    length_before_new_iter=steps * batch)
         loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
@@ -300,13 +308,7 @@ class Trainer:
                     bar.advance(task, len(images))
             model.eval()
             training_seconds = time.perf_counter() - started
-            if validation_views is None:
-                embedded = self.embed(descriptor, paths, np.concatenate([train, queries]))
-            else:
-                with torch.inference_mode():
-                    embedded = nn.functional.normalize(
-                        model.head(validation_views.to(self.device)).float(), dim=1).cpu().numpy()
-            scores = validation_scores(embedded, identities, species, train, queries, unknown)
+            scores = validate(start=False)
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
                       "seconds": round(time.perf_counter() - started, 1),
                       "images_per_s": round(steps * batch / training_seconds, 1),
