@@ -51,12 +51,10 @@ def test_matcher_ranks_the_same_individual_first(name, photos, regions):
     same, different = scores["confidence_sum"][0], scores["confidence_sum"][1:]
     assert same > different.max(), (name, scores["confidence_sum"])
     assert (scores["matches@0.8"] <= scores["matches@0.2"]).all()
-    # Padded batches give the scores the pairs give one at a time (early exit off: it ends a
-    # batch at the layer where all its pairs are confident, a single pair maybe earlier).
-    exact = {} if name == "sift" else {"depth_confidence": -1}
-    batched, alone = (score_pairs(create_matcher(name, device="cpu", batch_size=size, **exact),
+    # Batches give the scores the pairs give one at a time (early exit on: it is per pair).
+    batched, alone = (score_pairs(create_matcher(name, device="cpu", batch_size=size),
                                   keypoints, PAIRS, progress=False) for size in (4, 1))
-    assert np.allclose(alone["confidence_sum"], batched["confidence_sum"], rtol=1e-3, atol=1e-2)
+    assert np.allclose(alone["confidence_sum"], batched["confidence_sum"], atol=1e-4)
 
 
 def test_keypoints_are_cached_and_resumed(tmp_path, regions):
@@ -218,3 +216,58 @@ def test_kornia_download_path_loads_the_same_networks(tmp_path, monkeypatch, pho
     for a, b in zip(wheel_found, kornia_found):
         assert np.allclose(a.xy, b.xy) and np.allclose(a.descriptors, b.descriptors, atol=1e-5)
     assert np.allclose(wheel_score, kornia_score, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def aliked_keypoints(photos, regions):
+    features = create_local_features("aliked", max_keypoints=512, device="cpu")
+    return [features.detect(p, r) for p, r in zip(photos, regions)]
+
+
+def _reference_lightglue(network, first, second) -> np.ndarray:
+    """kornia's own ``LightGlue.forward`` on one pair: its mutual matches ``index0, index1, conf``."""
+    import torch
+
+    def image(k):
+        return {"keypoints": torch.from_numpy(k.xy)[None],
+                "descriptors": torch.from_numpy(k.descriptors)[None],
+                "image_size": torch.tensor([k.size], dtype=torch.float32)}
+
+    with torch.inference_mode():
+        out = network({"image0": image(first), "image1": image(second)})
+    matches0, confidence0 = out["matches0"][0].numpy(), out["matching_scores0"][0].numpy()
+    rows = np.flatnonzero(matches0 > -1)
+    return np.stack([rows, matches0[rows], confidence0[rows]], 1), out["stop"]
+
+
+@pytest.mark.parametrize("depth_confidence", [0.95, -1])
+def test_batched_lightglue_equals_kornia_forward_per_pair(aliked_keypoints, depth_confidence):
+    """Unequal keypoint counts in one batch (one image without any): each pair gets exactly what
+    kornia's forward gives it alone, early exit on (pairs stop at different layers) and off."""
+    from wildreid.local import Keypoints
+
+    def strongest(k, n):
+        return Keypoints(k.xy[:n], k.scores[:n], k.descriptors[:n], k.size)
+
+    counts = [512, 300, 160, 77, 420]
+    keypoints = [strongest(k, n) for k, n in zip(aliked_keypoints, counts)]
+    keypoints.append(strongest(aliked_keypoints[2], 0))
+    pairs = [(0, 1), (0, 2), (1, 0), (3, 4), (2, 4), (1, 3), (0, 5), (3, 0)]
+    matcher = create_matcher("aliked", device="cpu", depth_confidence=depth_confidence)
+    batched = matcher.match_batch([keypoints[a] for a, _ in pairs], [keypoints[b] for _, b in pairs])
+    stops = set()
+    for (a, b), found in zip(pairs, batched):
+        expected, stop = _reference_lightglue(matcher.network, keypoints[a], keypoints[b])
+        stops.add(stop)
+        assert found.shape == expected.shape, (a, b)
+        assert (found[:, :2] == expected[:, :2]).all(), (a, b)
+        assert np.allclose(found[:, 2], expected[:, 2], atol=1e-4), (a, b)
+    assert len(batched[6]) == 0  # no keypoints, no matches
+    if depth_confidence > 0:  # the hard case is reached: pairs of one batch exit at other layers
+        assert len(stops - {0}) > 1, stops
+    # Through score_pairs, in batches that mix counts, the same scores as one pair at a time.
+    table = np.array(pairs)
+    mixed, alone = (score_pairs(create_matcher("aliked", device="cpu", batch_size=size,
+                                               depth_confidence=depth_confidence),
+                                keypoints, table, progress=False) for size in (8, 1))
+    assert np.allclose(mixed["confidence_sum"], alone["confidence_sum"], atol=1e-4)

@@ -1,10 +1,11 @@
 """Pair matching: LightGlue (kornia) for ALIKED/DISK, mutual nearest neighbours with a ratio test
 for SIFT, batched on the GPU or CPU, and RANSAC inliers (OpenCV USAC-MAGSAC).
 
-kornia's LightGlue runs a batch of pairs only when every image has the same number of keypoints,
-and then without point pruning; keypoints restricted to the animal differ in number per image. So
-:func:`lightglue_batch` pads each batch and runs kornia's layers with per-pair validity masks,
-with LightGlue's early exit (a batch stops once every pair in it is confident).
+kornia's LightGlue runs a batch of pairs only when every image has the same number of keypoints;
+keypoints restricted to the animal differ in number per image. So
+:meth:`LightGlueMatcher.match_batch` pads each batch and runs kornia's layers with per-pair validity
+masks, and gives each pair what kornia's ``LightGlue.forward`` gives it alone (tested): padding
+masked before the assignment's softmax, early exit decided per pair.
 """
 
 from __future__ import annotations
@@ -79,8 +80,15 @@ class LightGlueMatcher:
     @torch.inference_mode()
     def match_batch(self, first: Sequence[Keypoints], second: Sequence[Keypoints]
                     ) -> list[np.ndarray]:
-        """Per pair: ``(S, 3)`` rows ``index0, index1, confidence`` of mutual matches."""
-        from kornia.feature.lightglue import filter_matches, normalize_keypoints
+        """Per pair: ``(S, 3)`` rows ``index0, index1, confidence`` of mutual matches — those
+        kornia's ``LightGlue.forward`` gives the pair on its own (same settings, no point
+        pruning), whatever else is in the batch.
+
+        Padded keypoints are masked in attention and, before the dual softmax, in the assignment
+        (masked after it they would take probability mass from real matches). Early exit is per
+        pair, as for a pair alone: a pair whose tokens are confident at a layer is assigned there
+        and leaves the batch, the rest go on."""
+        from kornia.feature.lightglue import normalize_keypoints
 
         lg, device = self.network, self.device
         dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -95,26 +103,58 @@ class LightGlueMatcher:
         d0, d1 = lg.input_proj(d0.to(dtype)), lg.input_proj(d1.to(dtype))
         # Masks only when a batch is padded: without them attention takes the flash kernel.
         padded = not (bool(valid0.all()) and bool(valid1.all()))
-        m0, m1 = (valid0[:, None, :, None], valid1[:, None, :, None]) if padded else (None, None)
+        pending = torch.arange(len(first), device=device)  # pairs still in the batch
+        results: list[np.ndarray | None] = [None] * len(first)
         layers = lg.conf.n_layers
         for layer in range(layers):
-            d0, d1 = lg.transformers[layer](d0, d1, e0, e1, mask0=m0, mask1=m1)
+            masks = ((valid0[:, None, :, None], valid1[:, None, :, None]) if padded
+                     else (None, None))
+            d0, d1 = lg.transformers[layer](d0, d1, e0, e1, mask0=masks[0], mask1=masks[1])
             if layer == layers - 1 or lg.conf.depth_confidence <= 0:
                 continue
-            token0, token1 = lg.token_confidence[layer](d0, d1)
-            threshold = lg.confidence_thresholds[layer]
-            confident = ((token0 > threshold) & valid0).sum(1) + ((token1 > threshold) & valid1).sum(1)
-            ratio = confident.float() / (valid0.sum(1) + valid1.sum(1)).clamp(min=1).float()
-            if bool((ratio > lg.conf.depth_confidence).all()):
-                break
-        scores, _ = lg.log_assignment[layer](d0, d1)
-        scores = scores.float()
-        if padded:
-            pair_valid = valid0[:, :, None] & valid1[:, None, :]
-            scores[:, :-1, :-1] = scores[:, :-1, :-1].masked_fill(~pair_valid, -torch.inf)
-        matches0, _, confidence0, _ = filter_matches(scores, lg.conf.filter_threshold)
-        matches0 = torch.where(valid0, matches0, -1)
-        return _unpack(matches0, confidence0)
+            done = _confident(lg, layer, d0, d1, valid0, valid1)
+            if bool(done.any()):
+                found = _assign(lg, layer, d0[done], d1[done], valid0[done], valid1[done])
+                for index, matches in zip(pending[done].tolist(), found):
+                    results[index] = matches
+                if bool(done.all()):
+                    return results
+                rest = ~done
+                d0, d1, e0, e1 = d0[rest], d1[rest], e0[:, rest], e1[:, rest]
+                valid0, valid1, pending = valid0[rest], valid1[rest], pending[rest]
+        for index, matches in zip(pending.tolist(), _assign(lg, layer, d0, d1, valid0, valid1)):
+            results[index] = matches
+        return results
+
+
+def _confident(lg, layer: int, d0: torch.Tensor, d1: torch.Tensor, valid0: torch.Tensor,
+               valid1: torch.Tensor) -> torch.Tensor:
+    """Per pair, LightGlue's early-exit test (``check_if_stop``) over its real keypoints only."""
+    token0, token1 = lg.token_confidence[layer](d0, d1)
+    threshold = lg.confidence_thresholds[layer]
+    doubtful = ((token0 < threshold) & valid0).sum(1) + ((token1 < threshold) & valid1).sum(1)
+    points = (valid0.sum(1) + valid1.sum(1)).clamp(min=1)
+    return 1.0 - doubtful.float() / points.float() > lg.conf.depth_confidence
+
+
+def _assign(lg, layer: int, d0: torch.Tensor, d1: torch.Tensor, valid0: torch.Tensor,
+            valid1: torch.Tensor) -> list[np.ndarray]:
+    """Mutual matches from the assignment head of ``layer``, padding masked before the softmax:
+    each real keypoint's softmax runs over the other image's real keypoints only."""
+    from kornia.feature.lightglue import filter_matches, sigmoid_log_double_softmax
+
+    head = lg.log_assignment[layer]
+    projected0, projected1 = head.final_proj(d0).float(), head.final_proj(d1).float()
+    scale = projected0.shape[-1] ** 0.25
+    similarity = torch.einsum("bmd,bnd->bmn", projected0 / scale, projected1 / scale)
+    real = valid0[:, :, None] & valid1[:, None, :]
+    similarity = similarity.masked_fill(~real, -torch.inf)
+    scores = sigmoid_log_double_softmax(similarity, head.matchability(d0).float(),
+                                        head.matchability(d1).float())
+    # Rows or columns with no real partner come out NaN from the softmax: no match there.
+    scores[:, :-1, :-1] = scores[:, :-1, :-1].masked_fill(~real, -torch.inf)
+    matches0, _, confidence0, _ = filter_matches(scores, lg.conf.filter_threshold)
+    return _unpack(torch.where(valid0, matches0, -1), confidence0)
 
 
 def _unpack(matches0: torch.Tensor, confidence0: torch.Tensor) -> list[np.ndarray]:
