@@ -271,3 +271,25 @@ def test_batched_lightglue_equals_kornia_forward_per_pair(aliked_keypoints, dept
                                                depth_confidence=depth_confidence),
                                 keypoints, table, progress=False) for size in (8, 1))
     assert np.allclose(mixed["confidence_sum"], alone["confidence_sum"], atol=1e-4)
+
+
+def test_keypoints_lie_on_the_animal_not_its_outline(photos, aliked_keypoints):
+    """ALIKED scores the silhouette and the background just outside it above the coat; kept
+    keypoints must lie where U²-Net-p itself says animal (probability >= its threshold), and the
+    crop box still keeps a margin around the mask."""
+    from wildreid.isolation import network_input
+
+    segmenter = Segmenter(u2netp_weights())
+    probability = segmenter.probability(np.stack([network_input(p) for p in photos]))
+    for found, grid_probability, photo in zip(aliked_keypoints, probability, photos):
+        region = segmenter.region_from_probability(grid_probability)
+        assert region.source == "segmenter"
+        side = grid_probability.shape[0]
+        column = np.clip((found.xy[:, 0] / found.size[0] * side).astype(int), 0, side - 1)
+        row = np.clip((found.xy[:, 1] / found.size[1] * side).astype(int), 0, side - 1)
+        assert (grid_probability[row, column] >= segmenter.threshold).all()
+        x0, y0, x1, y1 = region.box
+        ys, xs = np.nonzero(region.grid)
+        assert x0 < xs.min() / side or x0 == 0.0
+        assert x1 > (xs.max() + 1) / side or x1 == 1.0
+        assert y0 < ys.min() / side or y0 == 0.0

@@ -2,7 +2,8 @@
 
 Field photos are mostly background, and photos from one waterhole share it, so whole-image methods
 recognise the place. This stage finds the animal: U²-Net-p (Qin et al. 2020, Apache-2.0; the 4.6 MB
-``u2netp.onnx`` of rembg) run with onnxruntime, the largest foreground component, slightly dilated.
+``u2netp.onnx`` of rembg) run with onnxruntime, the largest foreground component (its box with a
+small margin).
 Where the mask is too small or too fragmented — tight crops such as the lion close-ups, where it
 keeps only an ear — the guard falls back to the whole image.
 
@@ -87,6 +88,15 @@ class Region:
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"bbox {tuple(bbox)} lies outside the {width}x{height} image")
         return cls(None, (x0, y0, x1, y1), "metadata")
+
+    def with_margin(self, share: float) -> Region:
+        """The same mask with its box grown by ``share`` of the grid's diagonal on every side."""
+        if self.grid is None or share <= 0:
+            return self
+        grow = share * np.hypot(1.0, 1.0)  # the diagonal, in fractions of the side
+        x0, y0, x1, y1 = self.box
+        box = (max(0.0, x0 - grow), max(0.0, y0 - grow), min(1.0, x1 + grow), min(1.0, y1 + grow))
+        return Region(self.grid, box, self.source, self.area, self.share)
 
     @property
     def is_whole(self) -> bool:
@@ -176,7 +186,8 @@ class Segmenter:
 
     ``min_area``: the kept component must cover at least this share of the image;
     ``min_share``: and hold at least this share of all foreground (else: fragmented);
-    ``dilate``: the kept mask grows by this share of the grid's diagonal.
+    ``dilate``: the box (what ``crop`` isolation keeps) grows by this share of the grid's
+    diagonal; the mask, which keypoints must lie in, is the component itself.
     ``backend``: ``onnxruntime`` (one image per call, the CPU default), ``torch`` (the same graph
     converted by onnx2torch, batched, fp16 on CUDA), or ``auto`` (torch on CUDA, else onnxruntime).
     """
@@ -205,7 +216,7 @@ class Segmenter:
         # fp16 on CUDA moves a few borderline pixels, so the engine is part of the key.
         engine = f"{self.backend}-{'fp16' if self.device.type == 'cuda' else 'fp32'}"
         text = repr((sha256_of(self.weights), self.threshold, self.min_area, self.min_share,
-                     self.dilate, _GRID, engine))
+                     self.dilate, _GRID, engine, "undilated-mask"))
         return "regions-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -259,10 +270,12 @@ class Segmenter:
         share = float(sizes.max()) / float(sizes.sum())
         if area < self.min_area or share < self.min_share:
             return Region.whole("guard", area, share)
-        mask = (labels == 1 + int(np.argmax(sizes))).astype(np.uint8)
-        radius = max(1, round(self.dilate * np.hypot(*mask.shape)))
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        return Region.from_mask(cv2.dilate(mask, kernel), "segmenter", area, share)
+        mask = labels == 1 + int(np.argmax(sizes))
+        region = Region.from_mask(mask, "segmenter", area, share)
+        # The mask stays the component itself: grown, its ring holds the silhouette and the
+        # background next to it, where ALIKED finds stronger keypoints than on the coat (half of
+        # 512 kept keypoints lay there). Only the box, for crops, keeps a margin.
+        return region.with_margin(self.dilate)
 
     def regions(self, images: list[Image.Image], batch_size: int = 16) -> list[Region]:
         found = []
