@@ -46,7 +46,7 @@ def test_nyala_mask_and_box_hold_the_animal(segmenter):
     assert mask.shape == (image.height, image.width)
     inside_box = mask[y:y + h, x:x + w] > 0
     assert inside_box.sum() == (mask > 0).sum()  # the box bounds the whole mask
-    assert inside_box.mean() > 0.4  # and the animal fills much of it
+    assert inside_box.mean() > 0.3  # and the animal (without margin) fills much of it
     assert 0.1 < region.area < 0.8  # an animal in a scene, not the whole frame
 
 
