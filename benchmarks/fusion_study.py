@@ -72,12 +72,13 @@ def main() -> int:
     database_side = dataset.database["orientation"].astype(object).to_numpy()
     query_side = dataset.query["orientation"].astype(object).to_numpy()
     calibration_stage = pairs["stage"].str.startswith("calibration").to_numpy()
-    first = pairs["first"].to_numpy()
-    other = np.where(calibration_stage, pairs["second"], pairs["query"])
-    other_side = np.where(calibration_stage, database_side[np.where(calibration_stage, other, 0)],
-                          query_side[np.where(calibration_stage, 0, other)])
-    pairs["same_side"] = database_side[first] == other_side
-    pairs["mirror_view"] = mirror_views(database_side[first], other_side)
+    image = pairs["database_image"].to_numpy()
+    query = pairs["query"].to_numpy()
+    query_orientation = np.where(calibration_stage,
+                                 database_side[np.where(calibration_stage, query, 0)],
+                                 query_side[np.where(calibration_stage, 0, query)])
+    pairs["same_side"] = database_side[image] == query_orientation
+    pairs["mirror_view"] = mirror_views(query_orientation, database_side[image])
     pairs["same"] = pairs["database_identity"] == pairs["query_identity"]
     pairs["is_lion"] = (pairs["species"] == "lion").astype(int)
     train = pairs[pairs["stage"].str.startswith("calibration")].reset_index(drop=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import DEFAULT_BENCH
+from common import DEFAULT_BENCH, unused_path
 
 from wildreid.data import Dataset, load_dataset
 from wildreid.features import resolve_device
@@ -135,17 +135,15 @@ def dump_pairs(identifier, dataset, answers: pd.DataFrame, protocol: str, out: P
     for stage, table in reranking.pair_tables_.items():
         table = table.copy()
         table["stage"] = stage
-        table["species"] = database["species"].to_numpy()[table["first"]]
-        table["database_identity"] = database["identity"].to_numpy()[table["first"]]
-        if stage.startswith("query"):
-            second = table["second"] - len(database)
-            table["query"] = second
-            table["query_identity"] = query_ids[second]
-        else:
-            table["query"] = table["first"]
-            table["query_identity"] = database["identity"].to_numpy()[table["first"]]
-            table["database_identity"] = database["identity"].to_numpy()[table["second"]]
-            table["species"] = database["species"].to_numpy()[table["second"]]
+        # Both stages score (query, database) pairs; query pairs index the database after the
+        # queries.
+        query_stage = stage.startswith("query")
+        table["query"] = table["first"]
+        table["query_identity"] = (query_ids if query_stage else
+                                   database["identity"].to_numpy())[table["first"]]
+        table["database_image"] = table["second"] - (len(dataset.query) if query_stage else 0)
+        table["database_identity"] = database["identity"].to_numpy()[table["database_image"]]
+        table["species"] = database["species"].to_numpy()[table["database_image"]]
         tables.append(table)
     out.mkdir(parents=True, exist_ok=True)
     pd.concat(tables, ignore_index=True).to_csv(out / f"pairs-{protocol}.csv.gz", index=False)
@@ -180,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--isolations", default="none",
                         help="';'-separated isolation settings, e.g. 'none;crop;mask;nyala=crop'")
     parser.add_argument("--local", default="", help="local matchers, e.g. aliked or aliked,sift")
-    parser.add_argument("--shortlist", type=int, default=100)
+    parser.add_argument("--shortlist", type=lambda v: None if v == "all" else int(v), default=100,
+                        help="images re-ranked per query, or 'all'")
     parser.add_argument("--max-keypoints", type=int, default=512)
     parser.add_argument("--keypoints-on", default="animal", help="animal | image")
     parser.add_argument("--mirror", default="none", help="none | opposite | all")
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
-    path = args.out / f"nyala-lion-{args.model.replace('/', '_')}{tag}-{device}-{date}.json"
+    path = unused_path(args.out / f"nyala-lion-{args.model.replace('/', '_')}{tag}-{device}-{date}.json")
     path.write_text(json.dumps(report, indent=2, default=lambda v: None))
     print(f"machine: {report['machine']}\nresults: {path}")
     for row in rows:

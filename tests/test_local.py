@@ -151,7 +151,7 @@ def test_mirrored_keypoints_match_a_flipped_photo(tmp_path, photos, regions):
     photos[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped_file)
     original_file = str(BENCH / "images" / "nyala" / f"{SAME[0]}.jpg")
     region = regions[0]
-    assert region.mirrored().mirrored().box == region.box
+    assert np.allclose(region.mirrored().mirrored().box, region.box)
     assert (region.mirrored().grid == region.grid[:, ::-1]).all()
     extractor = KeypointExtractor(create_local_features("sift", device="cpu"), tmp_path / "cache",
                                   progress=False)
@@ -281,7 +281,7 @@ def test_keypoints_lie_on_the_animal_not_its_outline(photos, aliked_keypoints):
 
     segmenter = Segmenter(u2netp_weights())
     probability = segmenter.probability(np.stack([network_input(p) for p in photos]))
-    for found, grid_probability, photo in zip(aliked_keypoints, probability, photos):
+    for found, grid_probability in zip(aliked_keypoints, probability):
         region = segmenter.region_from_probability(grid_probability)
         assert region.source == "segmenter"
         side = grid_probability.shape[0]
@@ -293,3 +293,33 @@ def test_keypoints_lie_on_the_animal_not_its_outline(photos, aliked_keypoints):
         assert x0 < xs.min() / side or x0 == 0.0
         assert x1 > (xs.max() + 1) / side or x1 == 1.0
         assert y0 < ys.min() / side or y0 == 0.0
+        assert y1 > (ys.max() + 1) / side or y1 == 1.0
+
+
+def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path):
+    """Calibration pairs and query pairs are both scored (query, database): SIFT's ratio test is
+    one-sided, so the other direction is another function. ``shortlist=None``: every database
+    image of the query's species."""
+    dataset = load_dataset(real_subset)
+    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
+                            device="cpu", keep_pair_scores=True).fit(dataset.database)
+    reranking = identifier.reranking_
+    identifier.predict_candidates(dataset.query, k=3)
+    table = reranking.pair_tables_["query pairs"]
+    queries = len(dataset.query)
+    assert (table["first"] < queries).all() and (table["second"] >= queries).all()
+    per_species = dataset.database["species"].value_counts()
+    assert len(table) == dataset.query["species"].map(per_species).sum()  # the whole gallery
+    query_keypoints = reranking.keypoints(dataset.query, identifier.isolator(dataset.query), "q")
+    keypoints = query_keypoints["sift"] + reranking.database_keypoints_["sift"]
+    pairs = table[["first", "second"]].to_numpy()
+    matcher = reranking.matchers["sift"]
+    forward = score_pairs(matcher, keypoints, pairs, progress=False)["confidence_sum"]
+    backward = score_pairs(matcher, keypoints, pairs[:, ::-1], progress=False)["confidence_sum"]
+    assert np.allclose(table["sift:confidence_sum"], forward)
+    assert not np.allclose(forward, backward)  # the direction matters for this matcher
+    calibration = reranking.pair_tables_["calibration pairs"]
+    identities = dataset.database["identity"].to_numpy()
+    assert (identities[calibration["first"]] != "").all()
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--shortlist", "none"])
+    assert result.exit_code == 2 and "nor 'all'" in result.output

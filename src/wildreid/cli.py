@@ -55,7 +55,7 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                  top_k: int = 5, aggregation: str = "max", batch_size: int = 64,
                  cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
                  isolation: str = "none", segmenter_weights: Path | None = None,
-                 preset: str = "fast", shortlist: int = 100,
+                 preset: str = "fast", shortlist: int | None = 100,
                  local: Sequence[str] | None = None, mirror: str = "none"):
     """Identify every query of a dataset; writes the submission and the candidates CSV.
     ``local``: matchers replacing the preset's (``()``: none)."""
@@ -85,7 +85,7 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
         "model": model, "preset": preset, "submission": output.name, **configuration,
-        "mirror": mirror,
+        "mirror": mirror, "shortlist": shortlist,
         "candidates": str(Path(candidates).resolve()),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()}})
     return dataset, identifier, submission, candidates
@@ -118,8 +118,9 @@ def identify(
     segmenter_weights: Path = typer.Option(None, help="Local u2netp.onnx [default: fetched once]."),
     preset: str = typer.Option("fast", help="fast: global descriptor only (CPU-friendly); "
                                "accurate: + ALIKED/LightGlue on the animal, calibrated and fused."),
-    shortlist: int = typer.Option(100, min=1, help="Database images per query re-ranked by local "
-                                  "matching (preset accurate)."),
+    shortlist: str = typer.Option("100", help="Database images per query re-ranked by local "
+                                  "matching (preset accurate), or 'all': every image of the "
+                                  "query's species."),
     local: str = typer.Option(None, help="Local matchers instead of the preset's: aliked, disk, "
                               "sift (fastest on CPU), comma-separated."),
     mirror: str = typer.Option("none", help="Also match queries flipped left-right: none | "
@@ -138,11 +139,12 @@ def identify(
                                  f"{', '.join(LOCAL_FEATURES)}", param_hint="--local")
     if mirror not in MIRROR_MODES:
         raise typer.BadParameter(f"use one of {', '.join(MIRROR_MODES)}", param_hint="--mirror")
+    size = _shortlist(shortlist)
     with _clear_errors():
         _, identifier, submission, written = run_identify(
             data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
-            segmenter_weights=segmenter_weights, preset=preset, shortlist=shortlist,
+            segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
             local=matchers, mirror=mirror)
     new = int((submission["identity"] == "new_individual").sum())
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
@@ -150,6 +152,20 @@ def identify(
     err.print(f"thresholds: {thresholds}")
     err.print(f"{len(submission)} queries: {len(submission) - new} named, {new} new_individual")
     err.print(f"wrote {output} and {written}")
+
+
+def _shortlist(text: str) -> int | None:
+    """``--shortlist``: a positive count, or ``all`` (``None``)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise typer.BadParameter(f"{text!r} is neither a positive number of images nor 'all'",
+                                 param_hint="--shortlist")
+    return size
 
 
 def print_scores(result: dict) -> None:

@@ -48,7 +48,8 @@ class Identifier:
         (key ``None``: the rest). Regions come from metadata ``bbox``/``mask`` columns, else from
         U²-Net-p (``segmenter_weights``: a local ``u2netp.onnx``; default: fetched once).
     local: local matchers that re-rank each query's ``shortlist`` of database images
-        (``aliked``, ``disk``, ``sift``; see :class:`wildreid.rerank.LocalReranking`), with
+        (``aliked``, ``disk``, ``sift``; see :class:`wildreid.rerank.LocalReranking`; ``None``:
+        every database image of the query's species), with
         ``max_keypoints`` per image, kept on the animal (``keypoints_on="animal"``) or not
         (``"image"``). Empty: global descriptor only. ``mirror``: also match queries flipped
         left-right, against database images of the mirror view (``"opposite"``: ``left`` vs
@@ -63,7 +64,7 @@ class Identifier:
                  cache_dir: str | Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
                  isolation: str | dict[str | None, str] = "none",
                  segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
-                 shortlist: int = 100, max_keypoints: int = 512, keypoints_on: str = "animal",
+                 shortlist: int | None = 100, max_keypoints: int = 512, keypoints_on: str = "animal",
                  mirror: str = "none", keep_pair_scores: bool = False, seed: int = 0):
         self.model = model
         self.weights = weights

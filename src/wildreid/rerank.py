@@ -24,8 +24,6 @@ from wildreid.metrics import best_threshold, threshold_curve
 from wildreid.openset import pseudo_split
 from wildreid.ranking import nearest_images
 
-#: The tie-breaker: fused scores are step functions, the cosine orders images within a step.
-_TIE = 1e-4
 #: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
 MIRROR_MODES = ("none", "opposite", "all")
 
@@ -54,8 +52,9 @@ def mirror_views(first: Sequence, second: Sequence) -> np.ndarray:
 
 
 class LocalReranking:
-    """Shortlist of ``shortlist`` database images per query by global cosine, re-scored by local
-    matchers (``features``: ``aliked``, ``disk``, ``sift``), calibrated and fused.
+    """Shortlist of ``shortlist`` database images per query by global cosine (``None``: every
+    database image of the query's species), re-scored by local matchers (``features``:
+    ``aliked``, ``disk``, ``sift``), calibrated and fused.
 
     ``keypoints_on``: ``animal`` keeps keypoints inside the animal's mask (regions from metadata or
     the segmenter, whole image where the guard falls back), ``image`` uses the whole photo.
@@ -66,7 +65,7 @@ class LocalReranking:
     (``all``, when the orientation is unknown); each pair keeps its better score.
     """
 
-    def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int = 100,
+    def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int | None = 100,
                  max_keypoints: int = 512, long_side: int = 512, keypoints_on: str = "animal",
                  pair_score: str = "confidence_sum", calibration_queries: int = 300,
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
@@ -170,7 +169,8 @@ class LocalReranking:
         queries, unknown = self._bounded(split.queries, split.unknown, species, rng)
         reference = split.reference
         shortlist, cosines = nearest_images(features[reference], species[reference],
-                                            features[queries], species[queries], self.shortlist)
+                                            features[queries], species[queries],
+                                            self.shortlist or len(reference))
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([queries[rows], reference[shortlist[rows, columns]]], 1)
         orientation = self.database_orientations_
@@ -180,8 +180,8 @@ class LocalReranking:
                                    "calibration pairs", mirrored)
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         self.calibration_ = Calibration.fit(scores, same)
-        fused = self.calibration_.fuse(scores) + _TIE * scores["cosine"]
-        table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]], "score": fused})
+        table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
+                              "score": self.calibration_.fuse(scores), "cosine": scores["cosine"]})
         top = _top_identities(table, len(queries), 1)
         self.thresholds_: dict[str | None, float] = {}
         truth = identities[queries]
@@ -221,20 +221,22 @@ class LocalReranking:
         regions = isolator(images, "queries: regions") if self._on_animal(isolator) else None
         query_keypoints = self.keypoints(images, regions, "queries")
         shortlist, cosines = nearest_images(self.database_features_, self.database_species_,
-                                            features, species, self.shortlist)
+                                            features, species,
+                                            self.shortlist or len(self.database_features_))
         rows, columns = np.nonzero(shortlist >= 0)
-        pairs = np.stack([shortlist[rows, columns], rows], 1)
-        offset = len(self.database_identities_)
-        joined = {name: self.database_keypoints_[name] + query_keypoints[name]
+        # (query, database), the direction of the calibration pairs: one-sided scores (SIFT's
+        # ratio test) would otherwise be calibrated on another function than they are used as.
+        pairs = np.stack([rows, shortlist[rows, columns]], 1)
+        offset = len(query_keypoints[self.features[0]])
+        joined = {name: query_keypoints[name] + self.database_keypoints_[name]
                   for name in self.features}
-        flipped = self._mirrored(_orientations(images)[pairs[:, 1]],
-                                 self.database_orientations_[pairs[:, 0]])
-        mirrored = self._mirrored_queries(images, regions, pairs, flipped, 1, "queries")
+        flipped = self._mirrored(_orientations(images)[pairs[:, 0]],
+                                 self.database_orientations_[pairs[:, 1]])
+        mirrored = self._mirrored_queries(images, regions, pairs, flipped, 0, "queries")
         scores = self._pair_scores(joined, pairs + np.array([0, offset]), cosines[rows, columns],
                                    "query pairs", mirrored)
-        fused = self.calibration_.fuse(scores) + _TIE * scores["cosine"]
-        table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 0]],
-                              "score": fused})
+        table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
+                              "score": self.calibration_.fuse(scores), "cosine": scores["cosine"]})
         top = _top_identities(table, len(images), k)
         return top["identity"], top["score"]
 
@@ -245,9 +247,13 @@ def _orientations(images: pd.DataFrame) -> np.ndarray:
 
 
 def _top_identities(table: pd.DataFrame, queries: int, k: int) -> dict[str, np.ndarray]:
-    best = (table.groupby(["query", "identity"], sort=False)["score"].max().reset_index()
-            .sort_values(["query", "score"], ascending=[True, False], kind="stable"))
-    best["rank"] = best.groupby("query").cumcount()
+    """Per query the ``k`` identities of highest fused score (their best image); fused scores are
+    step functions, so ties are broken by the cosine — by sorting on it second, never by adding
+    it (any weight added would outvote the smallest real steps)."""
+    best = (table.sort_values(["query", "score", "cosine"], ascending=[True, False, False],
+                              kind="stable")
+            .drop_duplicates(["query", "identity"]))
+    best = best.assign(rank=best.groupby("query").cumcount())
     best = best[best["rank"] < k]
     names = np.full((queries, k), "", dtype=object)
     scores = np.full((queries, k), -np.inf, dtype=np.float32)
