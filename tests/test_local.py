@@ -323,3 +323,24 @@ def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path):
     assert (identities[calibration["first"]] != "").all()
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--shortlist", "none"])
     assert result.exit_code == 2 and "nor 'all'" in result.output
+
+
+def test_cross_fitted_fusion_does_not_memorise_labels():
+    """On scores that carry no information, in-sample isotonic calibration still separates the
+    labels (it memorised them); out-of-fold fused scores do not. With information, both do."""
+    from sklearn.metrics import roc_auc_score
+
+    from wildreid.fusion import cross_fitted_fusion
+
+    in_sample, held_out, informed = [], [], []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        groups, same = rng.integers(0, 40, 200), rng.random(200) < 0.2
+        noise = {"aliked": rng.random(200), "cosine": rng.random(200)}
+        in_sample.append(roc_auc_score(same, Calibration.fit(noise, same).fuse(noise)))
+        held_out.append(roc_auc_score(same, cross_fitted_fusion(noise, same, groups, seed=seed)))
+        signal = {"aliked": same + rng.random(200), "cosine": rng.random(200)}
+        informed.append(roc_auc_score(same, cross_fitted_fusion(signal, same, groups)))
+    assert np.mean(in_sample) > 0.6
+    assert abs(np.mean(held_out) - 0.5) < 0.04
+    assert np.mean(informed) > 0.9

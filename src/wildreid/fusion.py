@@ -36,3 +36,26 @@ class Calibration:
         """Mean of the calibrated scores: the probability-like fused pair score."""
         calibrated = self.transform(scores)
         return np.mean(np.stack(list(calibrated.values())), axis=0)
+
+
+def cross_fitted_fusion(scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
+                        folds: int = 2, seed: int = 0) -> np.ndarray:
+    """Fused scores of labelled pairs, each from a calibration fitted without its group (e.g. the
+    pseudo-query's identity): what thresholds must be fitted on, since in-sample isotonic steps
+    follow the very labels they are scored against. Falls back to the in-sample fit when a fold
+    lacks pairs of the same or of different individuals (tiny databases)."""
+    same = np.asarray(same, bool)
+    names = np.unique(groups)
+    fold_of = dict(zip(np.random.default_rng(seed).permutation(names),
+                       np.arange(len(names)) % folds))
+    fold = np.array([fold_of[g] for g in groups])
+    fused = np.empty(len(same), np.float32)
+    for number in range(folds):
+        held = fold == number
+        rest = {name: np.asarray(values)[~held] for name, values in scores.items()}
+        try:
+            calibration = Calibration.fit(rest, same[~held])
+        except ValueError:
+            return Calibration.fit(scores, same).fuse(scores)
+        fused[held] = calibration.fuse({name: np.asarray(v)[held] for name, v in scores.items()})
+    return fused

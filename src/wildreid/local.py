@@ -91,8 +91,13 @@ class LocalFeatures:
         return ""
 
     @property
+    def settings(self) -> tuple:
+        """Everything that changes the keypoints: part of the cache key."""
+        return (self.name, self.weights_id, self.max_keypoints, self.long_side)
+
+    @property
     def cache_key(self) -> str:
-        text = repr((self.name, self.weights_id, self.max_keypoints, self.long_side))
+        text = repr(self.settings)
         return f"local-{self.name}-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def detect(self, image: Image.Image, region: Region | None = None) -> Keypoints:
@@ -167,9 +172,19 @@ class Disk(_KorniaFeatures):
 
 
 class Sift(LocalFeatures):
-    """OpenCV SIFT with RootSIFT descriptors; the region is OpenCV's detection mask."""
+    """OpenCV SIFT; ``root``: RootSIFT descriptors (Arandjelović & Zisserman 2012), else plain
+    SIFT normalised to unit length. The region is OpenCV's detection mask."""
 
     name = "sift"
+
+    def __init__(self, max_keypoints: int = 1024, long_side: int = 512, device: str = "auto",
+                 weights: str | Path | None = None, root: bool = True):
+        super().__init__(max_keypoints, long_side, device, weights)
+        self.root = root
+
+    @property
+    def settings(self) -> tuple:
+        return (*super().settings, "rootsift" if self.root else "sift")
 
     def detect(self, image: Image.Image, region: Region | None = None) -> Keypoints:
         if self._network is None:
@@ -181,7 +196,11 @@ class Sift(LocalFeatures):
         if descriptors is None:
             return Keypoints(np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
                              np.zeros((0, self.dim), np.float32), image.size)
-        descriptors = np.sqrt(descriptors / np.maximum(descriptors.sum(1, keepdims=True), 1e-6))
+        if self.root:
+            descriptors = np.sqrt(descriptors / np.maximum(descriptors.sum(1, keepdims=True), 1e-6))
+        else:
+            descriptors = descriptors / np.maximum(np.linalg.norm(descriptors, axis=1,
+                                                                  keepdims=True), 1e-6)
         xy = np.array([k.pt for k in found], np.float32)
         scores = np.array([k.response for k in found], np.float32)
         # The pixel mask and the region's grid disagree by a pixel at the edge: the grid decides.

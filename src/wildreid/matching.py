@@ -169,12 +169,14 @@ def _unpack(matches0: torch.Tensor, confidence0: torch.Tensor) -> list[np.ndarra
 
 
 class NearestNeighbourMatcher:
-    """Mutual nearest neighbours passing Lowe's ratio test; confidence = 1 - ratio."""
+    """Nearest neighbours passing Lowe's ratio test, mutual ones only with ``mutual``;
+    confidence = 1 - ratio. One-sided: each keypoint of the first image looks in the second."""
 
-    def __init__(self, ratio: float = 0.85, device: str = "auto", batch_size: int = 128):
+    def __init__(self, ratio: float = 0.85, mutual: bool = True, device: str = "auto",
+                 batch_size: int = 128):
         from wildreid.features import resolve_device
 
-        self.ratio, self.batch_size = ratio, batch_size
+        self.ratio, self.mutual, self.batch_size = ratio, mutual, batch_size
         self.device = resolve_device(device)
 
     @torch.inference_mode()
@@ -189,7 +191,8 @@ class NearestNeighbourMatcher:
         best2 = distance.topk(2, dim=2, largest=False)
         nearest0 = best2.indices[..., 0]
         nearest1 = distance.argmin(dim=1)
-        mutual = nearest1.gather(1, nearest0) == torch.arange(d0.shape[1], device=self.device)
+        mutual = (nearest1.gather(1, nearest0) == torch.arange(d0.shape[1], device=self.device)
+                  if self.mutual else torch.ones_like(nearest0, dtype=torch.bool))
         ratio = best2.values[..., 0] / best2.values[..., 1].clamp(min=1e-6)
         keep = mutual & (ratio < self.ratio) & valid0 & torch.isfinite(best2.values[..., 0])
         return _unpack(torch.where(keep, nearest0, -1), 1 - ratio)

@@ -4,7 +4,8 @@
 known), then a bounded sample of database-vs-database pairs — pseudo-queries against their
 shortlist in a pseudo-database, as in :mod:`wildreid.openset` — fits one isotonic calibration per
 matcher (the global cosine is a matcher too) and the per-species ``new_individual`` thresholds on
-the fused scores. ``rank`` scores each query's shortlist and aggregates per identity (max).
+cross-fitted fused scores (each pair calibrated without its pseudo-query's identity). ``rank``
+scores each query's shortlist and aggregates per identity (max).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from wildreid.fusion import Calibration
+from wildreid.fusion import Calibration, cross_fitted_fusion
 from wildreid.isolation import Isolator, Region
 from wildreid.local import KeypointExtractor, Keypoints, create_local_features
 from wildreid.matching import PAIR_SCORES, create_matcher, score_pairs
@@ -180,8 +181,11 @@ class LocalReranking:
                                    "calibration pairs", mirrored)
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         self.calibration_ = Calibration.fit(scores, same)
+        # Thresholds from out-of-fold fused scores (folds by pseudo-query identity): fitted on
+        # in-sample ones they would sit where the calibration memorised the labels.
+        fused = cross_fitted_fusion(scores, same, identities[pairs[:, 0]], seed=self.seed)
         table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
-                              "score": self.calibration_.fuse(scores), "cosine": scores["cosine"]})
+                              "score": fused, "cosine": scores["cosine"]})
         top = _top_identities(table, len(queries), 1)
         self.thresholds_: dict[str | None, float] = {}
         truth = identities[queries]
