@@ -56,7 +56,8 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                  cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
                  isolation: str = "none", segmenter_weights: Path | None = None,
                  preset: str = "fast", shortlist: int | None = 100,
-                 local: Sequence[str] | None = None, mirror: str = "none"):
+                 local: Sequence[str] | None = None, mirror: str = "none",
+                 max_keypoints: int | None = None, long_side: int = 512):
     """Identify every query of a dataset; writes the submission and the candidates CSV.
     ``local``: matchers replacing the preset's (``()``: none)."""
     from wildreid.pipeline import Identifier
@@ -64,6 +65,9 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
     configuration = dict(PRESETS[preset])
     if local is not None:
         configuration["local"] = tuple(local)
+    if max_keypoints is not None:
+        configuration["max_keypoints"] = max_keypoints
+    configuration["long_side"] = long_side
 
     dataset = load_dataset(data_dir, metadata)
     if dataset.query.empty:
@@ -125,6 +129,10 @@ def identify(
                               "sift (fastest on CPU), comma-separated."),
     mirror: str = typer.Option("none", help="Also match queries flipped left-right: none | "
                                "opposite (against the mirror orientation: left vs right) | all."),
+    max_keypoints: int = typer.Option(None, min=1, help="Local keypoints kept per image "
+                                      "[default: the preset's, 512]."),
+    long_side: int = typer.Option(512, min=32, help="Long side, in pixels, of the animal's box "
+                                  "(or photo) that keypoints are detected on."),
 ):
     """Name the individual in each query photo, or answer new_individual."""
     if preset not in PRESETS:
@@ -145,7 +153,7 @@ def identify(
             data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
-            local=matchers, mirror=mirror)
+            local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side)
     new = int((submission["identity"] == "new_individual").sum())
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
                            for k, v in identifier.decision_.thresholds.items())

@@ -49,11 +49,12 @@ class Identifier:
         U²-Net-p (``segmenter_weights``: a local ``u2netp.onnx``; default: fetched once).
     local: local matchers that re-rank each query's ``shortlist`` of database images
         (``aliked``, ``disk``, ``sift``; see :class:`wildreid.rerank.LocalReranking`; ``None``:
-        every database image of the query's species), with
-        ``max_keypoints`` per image, kept on the animal (``keypoints_on="animal"``) or not
-        (``"image"``). Empty: global descriptor only. ``mirror``: also match queries flipped
-        left-right, against database images of the mirror view (``"opposite"``: ``left`` vs
-        ``right`` orientation) or all (``"all"``); ``"none"`` by default.
+        every database image of the query's species), with ``max_keypoints`` per image
+        detected on the animal's box resized to ``long_side`` pixels and kept on the animal
+        (``keypoints_on="animal"``), or on the whole photo (``"image"``). Empty: global
+        descriptor only. ``mirror``: also match queries flipped left-right, against database
+        images of the mirror view (``"opposite"``: ``left`` vs ``right`` orientation) or all
+        (``"all"``); ``"none"`` by default.
 
     After ``fit``: ``index_`` (searchable database) and ``decision_`` (thresholds per species).
     """
@@ -64,7 +65,8 @@ class Identifier:
                  cache_dir: str | Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
                  isolation: str | dict[str | None, str] = "none",
                  segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
-                 shortlist: int | None = 100, max_keypoints: int = 512, keypoints_on: str = "animal",
+                 shortlist: int | None = 100, max_keypoints: int = 512, long_side: int = 512,
+                 keypoints_on: str = "animal",
                  mirror: str = "none", keep_pair_scores: bool = False, seed: int = 0):
         self.model = model
         self.weights = weights
@@ -77,7 +79,8 @@ class Identifier:
         self.progress = progress
         self.isolation = isolation
         self.local, self.shortlist = tuple(local), shortlist
-        self.max_keypoints, self.keypoints_on = max_keypoints, keypoints_on
+        self.max_keypoints, self.long_side, self.keypoints_on = (max_keypoints, long_side,
+                                                                 keypoints_on)
         self.mirror, self.keep_pair_scores = mirror, keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.seed = seed
@@ -144,7 +147,8 @@ class Identifier:
         self.reranking_ = None
         if self.local:
             self.reranking_ = LocalReranking(
-                self.local, self.shortlist, self.max_keypoints, keypoints_on=self.keypoints_on,
+                self.local, self.shortlist, self.max_keypoints, self.long_side,
+                keypoints_on=self.keypoints_on,
                 device=self.device, cache_dir=self.cache_dir, workers=self.workers,
                 progress=self.progress, seed=self.seed, mirror=self.mirror,
                 keep_pair_scores=self.keep_pair_scores).fit(database, features, self.isolator)
