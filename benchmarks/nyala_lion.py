@@ -29,9 +29,10 @@ from common import DEFAULT_BENCH, unused_path
 
 from wildreid.data import Dataset, load_dataset
 from wildreid.features import resolve_device
-from wildreid.isolation import parse_isolation
+from wildreid.isolation import parse_by_species, parse_isolation
 from wildreid.metrics import best_threshold, evaluate, threshold_curve
 from wildreid.pipeline import Identifier
+from wildreid.rerank import KEYPOINT_PLACES
 
 
 def machine(device: str) -> str:
@@ -93,7 +94,9 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                             isolation=parse_isolation(isolation),
                             segmenter_weights=args.segmenter_weights,
                             local=[n for n in args.local.split(",") if n], shortlist=args.shortlist,
-                            max_keypoints=args.max_keypoints, keypoints_on=args.keypoints_on,
+                            max_keypoints=args.max_keypoints, long_side=args.long_side,
+                            keypoints_on=parse_by_species(args.keypoints_on, KEYPOINT_PLACES,
+                                                          "keypoints-on", "lion=image"),
                             mirror=args.mirror, keep_pair_scores=args.dump_pairs)
     start = time.perf_counter()
     described = identifier.describe(dataset.metadata, "all images")
@@ -109,7 +112,7 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
         "protocol": name, "identities_per_species": args.identities or "all",
         "queries": len(dataset.query), "aggregation": aggregation, "isolation": isolation,
         "local": args.local, "shortlist": args.shortlist, "keypoints_on": args.keypoints_on,
-        "max_keypoints": args.max_keypoints, "mirror": args.mirror,
+        "max_keypoints": args.max_keypoints, "long_side": args.long_side, "mirror": args.mirror,
         "pairs_per_s": identifier.reranking_.pairs_per_second_ if identifier.reranking_ else None,
         "wall_s": round(wall, 2),
         "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
@@ -181,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shortlist", type=lambda v: None if v == "all" else int(v), default=100,
                         help="images re-ranked per query, or 'all'")
     parser.add_argument("--max-keypoints", type=int, default=512)
-    parser.add_argument("--keypoints-on", default="animal", help="animal | image")
+    parser.add_argument("--keypoints-on", default="animal",
+                        help="animal | image, or per species: nyala=animal,lion=image")
+    parser.add_argument("--long-side", type=int, default=512)
     parser.add_argument("--mirror", default="none", help="none | opposite | all")
     parser.add_argument("--identities", type=int, default=0,
                         help="reduced scale: this many random individuals per species")

@@ -349,3 +349,20 @@ def test_cross_fitted_fusion_does_not_memorise_labels():
     assert np.mean(in_sample) > 0.6
     assert abs(np.mean(held_out) - 0.5) < 0.04
     assert np.mean(informed) > 0.9
+
+
+def test_keypoints_placed_per_species(real_subset, tmp_path):
+    """``keypoints_on`` per species: on the nyala's mask, anywhere on the lion close-ups."""
+    from wildreid.isolation import Isolator
+    from wildreid.rerank import keypoint_regions
+
+    database = load_dataset(real_subset).database
+    isolator = Isolator(cache_dir=tmp_path, progress=False)
+    regions = keypoint_regions(database, {"nyala": "animal", "lion": "image"}, isolator)
+    lion = (database["species"] == "lion").to_numpy()
+    assert all(regions[i] is None for i in np.flatnonzero(lion))
+    assert all(regions[i] is not None and not regions[i].is_whole for i in np.flatnonzero(~lion))
+    assert keypoint_regions(database, "image", isolator) is None
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--keypoints-on", "lion=fur",
+                                      "--preset", "accurate", "--local", "sift"])
+    assert result.exit_code == 2 and "unknown keypoints-on 'fur'" in result.output, result.output

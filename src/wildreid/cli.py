@@ -16,7 +16,7 @@ from rich.table import Table
 from wildreid.data import DatasetError, load_dataset
 from wildreid.features import DEFAULT_CACHE_DIR
 from wildreid.images import ImageError
-from wildreid.isolation import parse_isolation
+from wildreid.isolation import parse_by_species, parse_isolation
 from wildreid.metrics import SubmissionError, evaluate
 from wildreid.models import DEFAULT_MODEL, ModelError, available
 from wildreid.pipeline import PRESETS
@@ -57,7 +57,8 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                  isolation: str = "none", segmenter_weights: Path | None = None,
                  preset: str = "fast", shortlist: int | None = 100,
                  local: Sequence[str] | None = None, mirror: str = "none",
-                 max_keypoints: int | None = None, long_side: int = 512):
+                 max_keypoints: int | None = None, long_side: int = 512,
+                 keypoints_on: str | None = None):
     """Identify every query of a dataset; writes the submission and the candidates CSV.
     ``local``: matchers replacing the preset's (``()``: none)."""
     from wildreid.pipeline import Identifier
@@ -68,6 +69,11 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
     if max_keypoints is not None:
         configuration["max_keypoints"] = max_keypoints
     configuration["long_side"] = long_side
+    if keypoints_on is not None:
+        from wildreid.rerank import KEYPOINT_PLACES
+
+        configuration["keypoints_on"] = parse_by_species(keypoints_on, KEYPOINT_PLACES,
+                                                         "keypoints-on", "nyala=animal,lion=image")
 
     dataset = load_dataset(data_dir, metadata)
     if dataset.query.empty:
@@ -133,6 +139,9 @@ def identify(
                                       "[default: the preset's, 512]."),
     long_side: int = typer.Option(512, min=32, help="Long side, in pixels, of the animal's box "
                                   "(or photo) that keypoints are detected on."),
+    keypoints_on: str = typer.Option(None, help="Where local keypoints are kept: animal (its "
+                                     "mask) | image (the whole photo), or per species as "
+                                     "'nyala=animal,lion=image' [default: animal]."),
 ):
     """Name the individual in each query photo, or answer new_individual."""
     if preset not in PRESETS:
@@ -153,7 +162,8 @@ def identify(
             data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
-            local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side)
+            local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side,
+            keypoints_on=keypoints_on)
     new = int((submission["identity"] == "new_individual").sum())
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
                            for k, v in identifier.decision_.thresholds.items())

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from wildreid.features import DEFAULT_CACHE_DIR, FeatureExtractor
-from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter
+from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter, by_species
 from wildreid.models import DEFAULT_MODEL, create_descriptor
 from wildreid.openset import OpenSetDecision
 from wildreid.ranking import IdentityIndex
@@ -51,7 +51,8 @@ class Identifier:
         (``aliked``, ``disk``, ``sift``; see :class:`wildreid.rerank.LocalReranking`; ``None``:
         every database image of the query's species), with ``max_keypoints`` per image
         detected on the animal's box resized to ``long_side`` pixels and kept on the animal
-        (``keypoints_on="animal"``), or on the whole photo (``"image"``). Empty: global
+        (``keypoints_on="animal"``), or on the whole photo (``"image"``), or per species
+        (``{"nyala": "animal", "lion": "image"}``, key ``None``: the rest). Empty: global
         descriptor only. ``mirror``: also match queries flipped left-right, against database
         images of the mirror view (``"opposite"``: ``left`` vs ``right`` orientation) or all
         (``"all"``); ``"none"`` by default.
@@ -66,7 +67,7 @@ class Identifier:
                  isolation: str | dict[str | None, str] = "none",
                  segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
                  shortlist: int | None = 100, max_keypoints: int = 512, long_side: int = 512,
-                 keypoints_on: str = "animal",
+                 keypoints_on: str | dict[str | None, str] = "animal",
                  mirror: str = "none", keep_pair_scores: bool = False, seed: int = 0):
         self.model = model
         self.weights = weights
@@ -97,10 +98,7 @@ class Identifier:
 
     def isolation_of(self, images: pd.DataFrame) -> np.ndarray:
         """The isolation mode of each image (by its species)."""
-        modes = self._modes()
-        species = _species(images) or [None] * len(images)
-        return np.array([modes.get(None if pd.isna(s) else s, modes[None]) for s in species],
-                        dtype=object)
+        return by_species(self.isolation, _species(images) or [None] * len(images), "none")
 
     def extractor(self, isolation: str = "none") -> FeatureExtractor:
         if isolation not in self._extractors:

@@ -105,20 +105,24 @@ def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
     from wildreid.isolation import Isolator
     from wildreid.local import KeypointExtractor, create_local_features
     from wildreid.matching import create_matcher
+    from wildreid.rerank import keypoint_regions
 
     name = info["local"][0]
     features = create_local_features(name, max_keypoints=info.get("max_keypoints", 512),
-                                     device=device)
+                                     long_side=info.get("long_side", 512), device=device)
     extractor = KeypointExtractor(features, cache_dir, progress=False)
     matcher = create_matcher(name, device=device)
-    isolator = (Isolator(cache_dir=cache_dir, progress=False)
-                if info.get("keypoints_on", "animal") == "animal" else None)
+    isolator = Isolator(cache_dir=cache_dir, progress=False)
+    keypoints_on = info.get("keypoints_on", "animal")
+    if isinstance(keypoints_on, dict):  # JSON keys: "null" stands for the other species
+        keypoints_on = {None if k in ("null", "None") else k: v for k, v in keypoints_on.items()}
     panels = {}
     for query in queries.itertuples():
         ranked = candidates[candidates["image_id"] == query.image_id]["identity"].tolist()
         pool = database[database["identity"].isin(ranked)].groupby("identity").head(6)
         frame = pd.concat([pd.DataFrame([query._asdict()]), pool], ignore_index=True)
-        regions = isolator(frame) if isolator is not None else [None] * len(frame)
+        regions = (keypoint_regions(frame, keypoints_on, isolator, "regions")
+                   or [None] * len(frame))
         keypoints = extractor(frame["filepath"].astype(str).tolist(), regions)
         matched = matcher.match_batch([keypoints[0]] * (len(frame) - 1), keypoints[1:])
         strength = [m[:, 2].sum() for m in matched]

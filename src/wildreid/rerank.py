@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from wildreid.fusion import Calibration, cross_fitted_fusion
-from wildreid.isolation import Isolator, Region
+from wildreid.isolation import Isolator, Region, by_species
 from wildreid.local import KeypointExtractor, Keypoints, create_local_features
 from wildreid.matching import PAIR_SCORES, create_matcher, score_pairs
 from wildreid.metrics import best_threshold, threshold_curve
@@ -27,6 +27,25 @@ from wildreid.ranking import nearest_images
 
 #: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
 MIRROR_MODES = ("none", "opposite", "all")
+#: Where local keypoints are kept: on the animal's mask, or anywhere on the photo.
+KEYPOINT_PLACES = ("animal", "image")
+
+
+def keypoint_regions(images: pd.DataFrame, keypoints_on: str | dict[str | None, str],
+                     isolator: Isolator | None, description: str = "regions"
+                     ) -> list[Region | None] | None:
+    """The region each image's keypoints are kept in: the animal's (segmented or from metadata)
+    for species whose ``keypoints_on`` is ``animal``, ``None`` (the whole photo) for the rest;
+    ``None`` when no image keeps them on the animal."""
+    species = images["species"] if "species" in images.columns else [None] * len(images)
+    on_animal = by_species(keypoints_on, species, "animal") == "animal"
+    if isolator is None or not on_animal.any():
+        return None
+    found = isolator(images.iloc[np.flatnonzero(on_animal)], description)
+    regions: list[Region | None] = [None] * len(images)
+    for row, region in zip(np.flatnonzero(on_animal), found):
+        regions[row] = region
+    return regions
 
 
 class _MirroredQueries(NamedTuple):
@@ -58,7 +77,8 @@ class LocalReranking:
     ``aliked``, ``disk``, ``sift``), calibrated and fused.
 
     ``keypoints_on``: ``animal`` keeps keypoints inside the animal's mask (regions from metadata or
-    the segmenter, whole image where the guard falls back), ``image`` uses the whole photo.
+    the segmenter, whole image where the guard falls back), ``image`` uses the whole photo; a dict
+    gives it per species (key ``None``: the rest).
     ``calibration_queries``: pseudo-queries per species used to fit calibration and thresholds
     (the pair sample stays ``calibration_queries x shortlist`` whatever the database size).
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
@@ -67,13 +87,16 @@ class LocalReranking:
     """
 
     def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int | None = 100,
-                 max_keypoints: int = 512, long_side: int = 512, keypoints_on: str = "animal",
+                 max_keypoints: int = 512, long_side: int = 512,
+                 keypoints_on: str | dict[str | None, str] = "animal",
                  pair_score: str = "confidence_sum", calibration_queries: int = 300,
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, seed: int = 0,
                  keep_pair_scores: bool = False, mirror: str = "none"):
-        if keypoints_on not in ("animal", "image"):
-            raise ValueError(f"keypoints_on must be 'animal' or 'image', not {keypoints_on!r}")
+        places = keypoints_on.values() if isinstance(keypoints_on, dict) else [keypoints_on]
+        if any(place not in KEYPOINT_PLACES for place in places):
+            raise ValueError(f"keypoints_on must be 'animal' or 'image' (or a dict of them by "
+                             f"species), not {keypoints_on!r}")
         if mirror not in MIRROR_MODES:
             raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {mirror!r}")
         self.mirror = mirror
@@ -157,7 +180,7 @@ class LocalReranking:
         identities = images["identity"].astype(str).to_numpy()
         species = np.array([None if pd.isna(s) else str(s) for s in images.get(
             "species", pd.Series([None] * len(images)))], dtype=object)
-        regions = isolator(images, "database: regions") if self._on_animal(isolator) else None
+        regions = keypoint_regions(images, self.keypoints_on, isolator, "database: regions")
         self.database_keypoints_ = self.keypoints(images, regions, "database")
         self.database_features_ = features
         self.database_identities_ = identities
@@ -203,9 +226,6 @@ class LocalReranking:
         self.calibration_pairs_ = len(pairs)
         return self
 
-    def _on_animal(self, isolator: Isolator | None) -> bool:
-        return self.keypoints_on == "animal" and isolator is not None
-
     def _bounded(self, queries: np.ndarray, unknown: np.ndarray, species: np.ndarray, rng
                  ) -> tuple[np.ndarray, np.ndarray]:
         keep = []
@@ -222,7 +242,7 @@ class LocalReranking:
         """Top-``k`` identities and fused scores per query (``""``/-inf pad)."""
         species = np.array([None if pd.isna(s) else str(s) for s in images.get(
             "species", pd.Series([None] * len(images)))], dtype=object)
-        regions = isolator(images, "queries: regions") if self._on_animal(isolator) else None
+        regions = keypoint_regions(images, self.keypoints_on, isolator, "queries: regions")
         query_keypoints = self.keypoints(images, regions, "queries")
         shortlist, cosines = nearest_images(self.database_features_, self.database_species_,
                                             features, species,
