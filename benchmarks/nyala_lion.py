@@ -85,6 +85,9 @@ def subset(dataset: Dataset, answers: pd.DataFrame, identities: int, seed: int =
 def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str,
                  cache_dir: str | None, isolation: str = "none") -> dict:
     dataset = load_dataset(args.bench, metadata)
+    if args.species:
+        keep = dataset.metadata["species"].isin(args.species.split(","))
+        dataset = Dataset(dataset.metadata[keep].reset_index(drop=True), dataset.source)
     if args.identities:
         dataset = subset(dataset, pd.read_csv(args.bench / solution, dtype=str), args.identities)
     closed = name == "B"
@@ -110,10 +113,15 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
     scores = evaluate(submission, answers, dataset.metadata.astype(object), candidates)
     row = {
         "protocol": name, "identities_per_species": args.identities or "all",
+        "species": args.species or "all",
         "queries": len(dataset.query), "aggregation": aggregation, "isolation": isolation,
         "local": args.local, "shortlist": args.shortlist, "keypoints_on": args.keypoints_on,
         "max_keypoints": args.max_keypoints, "long_side": args.long_side, "mirror": args.mirror,
         "pairs_per_s": identifier.reranking_.pairs_per_second_ if identifier.reranking_ else None,
+        "keypoints_on_chosen": ({str(k): v for k, v in identifier.reranking_.keypoints_on_.items()}
+                                if identifier.reranking_ else None),
+        "keypoint_choice": ({str(k): v for k, v in identifier.reranking_.keypoint_choice_.items()}
+                            if identifier.reranking_ else None),
         "wall_s": round(wall, 2),
         "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()},
@@ -157,13 +165,14 @@ def markdown(row: dict, model: str, device: str, date: str) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
     species = row["metrics"]["species"]
-    per = " / ".join(f"{pct(species[s]['known_top1'])}" for s in ("nyala", "lion"))
+    names = [s for s in ("nyala", "lion") if s in species]
+    per = " / ".join(f"{pct(species[s]['known_top1'])}" for s in names)
     if row["protocol"] == "A":
-        quality = (f"score {row['metrics']['score']:.3f} (nyala {species['nyala']['score']:.3f}, "
-                   f"lion {species['lion']['score']:.3f}); oracle-threshold "
-                   f"{row['oracle']['score']:.3f}; known top-1 nyala/lion {per} %")
+        each = ", ".join(f"{s} {species[s]['score']:.3f}" for s in names)
+        quality = (f"score {row['metrics']['score']:.3f} ({each}); oracle-threshold "
+                   f"{row['oracle']['score']:.3f}; known top-1 {'/'.join(names)} {per} %")
     else:
-        quality = f"top-1 nyala/lion {per} %"
+        quality = f"top-1 {'/'.join(names)} {per} %"
     local = (f" + {row['local']} {row['max_keypoints']} kp on {row['keypoints_on']}, "
              f"shortlist {row['shortlist']}" if row.get("local") else "")
     return (f"| {date} | {row['protocol']} | {model} ({row['aggregation']}, isolation "
@@ -184,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shortlist", type=lambda v: None if v == "all" else int(v), default=100,
                         help="images re-ranked per query, or 'all'")
     parser.add_argument("--max-keypoints", type=int, default=512)
-    parser.add_argument("--keypoints-on", default="animal",
-                        help="animal | image, or per species: nyala=animal,lion=image")
+    parser.add_argument("--keypoints-on", default="auto",
+                        help="animal | image | auto, or per species: nyala=animal,lion=image")
     parser.add_argument("--long-side", type=int, default=512)
+    parser.add_argument("--species", default="", help="only these species, e.g. lion")
     parser.add_argument("--mirror", default="none", help="none | opposite | all")
     parser.add_argument("--identities", type=int, default=0,
                         help="reduced scale: this many random individuals per species")

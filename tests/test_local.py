@@ -366,3 +366,20 @@ def test_keypoints_placed_per_species(real_subset, tmp_path):
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--keypoints-on", "lion=fur",
                                       "--preset", "accurate", "--local", "sift"])
     assert result.exit_code == 2 and "unknown keypoints-on 'fur'" in result.output, result.output
+
+
+def test_keypoint_place_chosen_per_species_on_the_database(real_subset, tmp_path):
+    """``keypoints_on="auto"``: per species, the place (animal mask or whole photo) whose matches
+    name more pseudo-queries right; queries then use the species' choice."""
+    dataset = load_dataset(real_subset)
+    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
+                            device="cpu", keypoints_on="auto").fit(dataset.database)
+    reranking = identifier.reranking_
+    assert set(reranking.keypoint_choice_) == {"nyala", "lion"}
+    for species, top1 in reranking.keypoint_choice_.items():
+        assert set(top1) == {"animal", "image"} and all(0 <= v <= 1 for v in top1.values())
+        expected = "image" if top1["image"] > top1["animal"] else "animal"
+        assert reranking.keypoints_on_[species] == expected
+    assert reranking.keypoints_on_[None] == "animal"
+    candidates = identifier.predict_candidates(dataset.query, k=2)
+    assert set(candidates["image_id"]) == set(dataset.query["image_id"])

@@ -92,6 +92,8 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
     ranked.to_csv(candidates, index=False, float_format="%.5f")
     from wildreid.report import write_run_info
 
+    if identifier.reranking_ is not None:  # "auto" resolved per species on the database
+        configuration["keypoints_on"] = identifier.reranking_.keypoints_on_
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
         "model": model, "preset": preset, "submission": output.name, **configuration,
@@ -140,8 +142,9 @@ def identify(
     long_side: int = typer.Option(512, min=32, help="Long side, in pixels, of the animal's box "
                                   "(or photo) that keypoints are detected on."),
     keypoints_on: str = typer.Option(None, help="Where local keypoints are kept: animal (its "
-                                     "mask) | image (the whole photo), or per species as "
-                                     "'nyala=animal,lion=image' [default: animal]."),
+                                     "mask) | image (the whole photo) | auto (chosen per "
+                                     "species on the database), or per species as "
+                                     "'nyala=animal,lion=image' [default: auto]."),
 ):
     """Name the individual in each query photo, or answer new_individual."""
     if preset not in PRESETS:

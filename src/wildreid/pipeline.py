@@ -18,7 +18,7 @@ from wildreid.rerank import LocalReranking
 #: Named configurations of :class:`Identifier` (``wildreid identify --preset``).
 PRESETS: dict[str, dict] = {
     "fast": {"local": ()},
-    "accurate": {"local": ("aliked",), "keypoints_on": "animal", "max_keypoints": 512},
+    "accurate": {"local": ("aliked",), "keypoints_on": "auto", "max_keypoints": 512},
 }
 
 
@@ -52,7 +52,8 @@ class Identifier:
         every database image of the query's species), with ``max_keypoints`` per image
         detected on the animal's box resized to ``long_side`` pixels and kept on the animal
         (``keypoints_on="animal"``), or on the whole photo (``"image"``), or per species
-        (``{"nyala": "animal", "lion": "image"}``, key ``None``: the rest). Empty: global
+        (``{"nyala": "animal", "lion": "image"}``, key ``None``: the rest); ``"auto"`` (the
+        default) chooses per species on the database's pseudo-queries. Empty: global
         descriptor only. ``mirror``: also match queries flipped left-right, against database
         images of the mirror view (``"opposite"``: ``left`` vs ``right`` orientation) or all
         (``"all"``); ``"none"`` by default.
@@ -67,7 +68,7 @@ class Identifier:
                  isolation: str | dict[str | None, str] = "none",
                  segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
                  shortlist: int | None = 100, max_keypoints: int = 512, long_side: int = 512,
-                 keypoints_on: str | dict[str | None, str] = "animal",
+                 keypoints_on: str | dict[str | None, str] = "auto",
                  mirror: str = "none", keep_pair_scores: bool = False, seed: int = 0):
         self.model = model
         self.weights = weights

@@ -27,8 +27,11 @@ from wildreid.ranking import nearest_images
 
 #: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
 MIRROR_MODES = ("none", "opposite", "all")
-#: Where local keypoints are kept: on the animal's mask, or anywhere on the photo.
-KEYPOINT_PLACES = ("animal", "image")
+#: Where local keypoints are kept: on the animal's mask, or anywhere on the photo; ``auto``
+#: chooses one of the two per species on the database (:meth:`LocalReranking.fit`).
+KEYPOINT_PLACES = ("animal", "image", "auto")
+#: Pseudo-queries per species that choose between the places of ``keypoints_on="auto"``.
+_CHOICE_QUERIES = 100
 
 
 def keypoint_regions(images: pd.DataFrame, keypoints_on: str | dict[str | None, str],
@@ -78,7 +81,9 @@ class LocalReranking:
 
     ``keypoints_on``: ``animal`` keeps keypoints inside the animal's mask (regions from metadata or
     the segmenter, whole image where the guard falls back), ``image`` uses the whole photo; a dict
-    gives it per species (key ``None``: the rest).
+    gives it per species (key ``None``: the rest); ``auto`` chooses per species, on pseudo-queries
+    of the database, the place whose matches name more of them right (``keypoints_on_`` after
+    ``fit``; ``keypoint_choice_`` holds the top-1 of each place).
     ``calibration_queries``: pseudo-queries per species used to fit calibration and thresholds
     (the pair sample stays ``calibration_queries x shortlist`` whatever the database size).
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
@@ -88,15 +93,15 @@ class LocalReranking:
 
     def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int | None = 100,
                  max_keypoints: int = 512, long_side: int = 512,
-                 keypoints_on: str | dict[str | None, str] = "animal",
+                 keypoints_on: str | dict[str | None, str] = "auto",
                  pair_score: str = "confidence_sum", calibration_queries: int = 300,
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, seed: int = 0,
                  keep_pair_scores: bool = False, mirror: str = "none"):
         places = keypoints_on.values() if isinstance(keypoints_on, dict) else [keypoints_on]
         if any(place not in KEYPOINT_PLACES for place in places):
-            raise ValueError(f"keypoints_on must be 'animal' or 'image' (or a dict of them by "
-                             f"species), not {keypoints_on!r}")
+            raise ValueError(f"keypoints_on must be one of {', '.join(KEYPOINT_PLACES)} (or a "
+                             f"dict of them by species), not {keypoints_on!r}")
         if mirror not in MIRROR_MODES:
             raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {mirror!r}")
         self.mirror = mirror
@@ -180,16 +185,17 @@ class LocalReranking:
         identities = images["identity"].astype(str).to_numpy()
         species = np.array([None if pd.isna(s) else str(s) for s in images.get(
             "species", pd.Series([None] * len(images)))], dtype=object)
-        regions = keypoint_regions(images, self.keypoints_on, isolator, "database: regions")
+        rng = np.random.default_rng(self.seed)
+        split = pseudo_split(identities, rng)
+        if split is None:
+            raise ValueError("local re-ranking needs 3 or more database identities to calibrate")
+        self.keypoints_on_ = self._choose_places(images, features, species, split, isolator, rng)
+        regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
         self.database_keypoints_ = self.keypoints(images, regions, "database")
         self.database_features_ = features
         self.database_identities_ = identities
         self.database_species_ = species
         self.database_orientations_ = _orientations(images)
-        rng = np.random.default_rng(self.seed)
-        split = pseudo_split(identities, rng)
-        if split is None:
-            raise ValueError("local re-ranking needs 3 or more database identities to calibrate")
         queries, unknown = self._bounded(split.queries, split.unknown, species, rng)
         reference = split.reference
         shortlist, cosines = nearest_images(features[reference], species[reference],
@@ -226,6 +232,51 @@ class LocalReranking:
         self.calibration_pairs_ = len(pairs)
         return self
 
+    def _choose_places(self, images: pd.DataFrame, features: np.ndarray, species: np.ndarray,
+                       split, isolator: Isolator | None, rng) -> dict[str | None, str]:
+        """``keypoints_on`` with every ``auto`` resolved per species: up to 100 pseudo-known
+        queries of the species against their shortlist, matched with keypoints on the animal
+        and on the whole photo; the place whose raw pair scores name more of them right wins
+        (the animal on a tie, and wherever no region can be had)."""
+        setting = (dict(self.keypoints_on) if isinstance(self.keypoints_on, dict)
+                   else {None: self.keypoints_on})
+        resolved = {key: ("animal" if value == "auto" else value) for key, value in setting.items()}
+        resolved.setdefault(None, "animal")
+        self.keypoint_choice_: dict[str | None, dict[str, float]] = {}
+        identities = images["identity"].astype(str).to_numpy()
+        for name in dict.fromkeys(species):
+            if by_species(setting, [name], "animal")[0] != "auto" or isolator is None:
+                continue
+            known = split.queries[~split.unknown]
+            queries = known[species[known] == name]
+            reference = split.reference[species[split.reference] == name]
+            if len(queries) == 0 or len(reference) == 0:
+                continue
+            if len(queries) > _CHOICE_QUERIES:
+                queries = np.sort(rng.choice(queries, _CHOICE_QUERIES, replace=False))
+            shortlist, cosines = nearest_images(features[reference], None, features[queries],
+                                                None, self.shortlist or len(reference))
+            rows, columns = np.nonzero(shortlist >= 0)
+            members = np.concatenate([queries, reference])  # local rows: queries, then reference
+            pairs = np.stack([rows, len(queries) + shortlist[rows, columns]], 1)
+            subset = images.iloc[members]
+            top1 = {}
+            for place in ("animal", "image"):
+                regions = keypoint_regions(subset, place, isolator, f"{name}: regions")
+                found = self.keypoints(subset, regions, f"{name}: choosing keypoints ({place})")
+                scores = self._pair_scores(found, pairs, cosines[rows, columns],
+                                           f"{name}: keypoints on the {place}")
+                hits = []
+                for matcher in self.matchers:
+                    table = pd.DataFrame({"query": rows, "identity": identities[members][
+                        pairs[:, 1]], "score": scores[matcher], "cosine": scores["cosine"]})
+                    best = _top_identities(table, len(queries), 1)["identity"][:, 0]
+                    hits.append(np.mean(best == identities[queries]))
+                top1[place] = float(np.mean(hits))
+            self.keypoint_choice_[name] = top1
+            resolved[name] = "image" if top1["image"] > top1["animal"] else "animal"
+        return resolved
+
     def _bounded(self, queries: np.ndarray, unknown: np.ndarray, species: np.ndarray, rng
                  ) -> tuple[np.ndarray, np.ndarray]:
         keep = []
@@ -242,7 +293,7 @@ class LocalReranking:
         """Top-``k`` identities and fused scores per query (``""``/-inf pad)."""
         species = np.array([None if pd.isna(s) else str(s) for s in images.get(
             "species", pd.Series([None] * len(images)))], dtype=object)
-        regions = keypoint_regions(images, self.keypoints_on, isolator, "queries: regions")
+        regions = keypoint_regions(images, self.keypoints_on_, isolator, "queries: regions")
         query_keypoints = self.keypoints(images, regions, "queries")
         shortlist, cosines = nearest_images(self.database_features_, self.database_species_,
                                             features, species,
