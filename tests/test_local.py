@@ -72,7 +72,7 @@ def test_keypoints_are_cached_and_resumed(tmp_path, regions):
     for a, b in zip(first, second):
         assert a.size == b.size and len(a) == len(b) and np.allclose(a.box, b.box)
         assert np.abs(a.xy - b.xy).max() < 0.5  # stored as float16
-    assert first[0].box[2] - first[0].box[0] < 0.9  # detected on the animal's box
+    assert first[0].box != (0.0, 0.0, 1.0, 1.0)  # detected on the animal's box
     whole = again(paths)  # no region: a different cache entry, more keypoints
     assert len(whole[0]) > len(second[0])
 
