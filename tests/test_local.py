@@ -315,7 +315,10 @@ def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path):
     assert (table["first"] < queries).all() and (table["second"] >= queries).all()
     per_species = dataset.database["species"].value_counts()
     assert len(table) == dataset.query["species"].map(per_species).sum()  # the whole gallery
-    query_keypoints = reranking.keypoints(dataset.query, identifier.isolator(dataset.query), "q")
+    from wildreid.rerank import keypoint_regions
+
+    regions = keypoint_regions(dataset.query, reranking.keypoints_on_, identifier.isolator)
+    query_keypoints = reranking.keypoints(dataset.query, regions, "q")
     keypoints = query_keypoints["sift"] + reranking.database_keypoints_["sift"]
     pairs = table[["first", "second"]].to_numpy()
     matcher = reranking.matchers["sift"]
