@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import uvicorn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -53,3 +57,29 @@ def real_subset(tmp_path_factory, bench_metadata) -> Path:
     truth = pd.concat(answers).rename(columns={"identity_true": "identity"})
     truth.to_csv(folder / "solution.csv", index=False)
     return folder
+
+
+class LiveServer:
+    """The review app on a free localhost port, in a thread, as ``wildreid serve`` runs it."""
+
+    def __init__(self, folder, **options):
+        from wildreid.app import create_app
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = uvicorn.Config(create_app(folder, **options), host="127.0.0.1", port=self.port,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}/"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -1,45 +1,63 @@
-"""The review app's HTTP API on a real catalog (FastAPI's test client, no browser)."""
+"""The review app's HTTP API on a real catalog (FastAPI's test client, no browser), and what it
+protects against: hosts it was not bound to, cross-site requests, uploads that are pages, uploads
+over the limit, names that cannot be reached."""
 
 from __future__ import annotations
+
+import io
+import socket
 
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
+from tests.conftest import LiveServer
 from wildreid.app import create_app
 from wildreid.catalog import Catalog
+
+LOCAL = "http://127.0.0.1"
 
 
 @pytest.fixture()
 def client(real_subset, tmp_path):
     catalog = Catalog.create(tmp_path / "cat")
     catalog.add_dataset(real_subset)
-    return TestClient(create_app(tmp_path / "cat", max_upload_bytes=2_000_000)), tmp_path / "cat"
+    app = create_app(tmp_path / "cat", max_upload_bytes=2_000_000)
+    return TestClient(app, base_url=LOCAL), tmp_path / "cat"
+
+
+def _queries(real_subset) -> pd.DataFrame:
+    return pd.read_csv(real_subset / "metadata.csv", dtype=str).query("split == 'query'")
 
 
 def test_upload_confirm_new_and_persist(client, real_subset):
     http, folder = client
-    assert "Identify a photo" in http.get("/").text
+    page = http.get("/")
+    assert "Identify a photo" in page.text and "<script>" not in page.text  # no inline script
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert http.get("/static/review.js").headers["content-type"].startswith("text/javascript")
     names = [row["name"] for row in http.get("/api/individuals").json()]
-    first = http.get(f"/api/individuals/{names[0]}/photos").json()
-    assert http.get(f"/photos/{first[0]}").headers["content-type"].startswith("image/")
-    queries = pd.read_csv(real_subset / "metadata.csv", dtype=str).query("split == 'query'")
-    one, two = queries.iloc[0], queries.iloc[-1]
+    first = http.get("/api/photos", params={"individual": names[0]}).json()
+    shown = http.get("/photo", params={"image_id": first[0]})
+    assert shown.headers["content-type"] == "image/jpeg"
+    assert shown.headers["x-content-type-options"] == "nosniff"
+    one, two = _queries(real_subset).iloc[0], _queries(real_subset).iloc[-1]
     with open(one["path"], "rb") as handle:
         answer = http.post("/api/queries", files={"photo": ("q.jpg", handle, "image/jpeg")},
                            data={"species": one["species"]}).json()
     assert answer["candidates"] and answer["candidates"][0]["rank"] == 1
     chosen = answer["candidates"][0]["identity"]
-    assert http.post(f"/api/queries/{answer['image_id']}/confirm",
-                     data={"individual": chosen}).status_code == 200
+    assert http.post("/api/confirm", data={"image_id": answer["image_id"],
+                                           "individual": chosen}).status_code == 200
     with open(two["path"], "rb") as handle:
         second = http.post("/api/queries", files={"photo": ("r.jpg", handle, "image/jpeg")},
                            data={"species": two["species"]}).json()
-    created = http.post(f"/api/queries/{second['image_id']}/new").json()["individual"]
-    restarted = TestClient(create_app(folder))  # a new server on the same catalog
+    created = http.post("/api/new", data={"image_id": second["image_id"]}).json()["individual"]
+    restarted = TestClient(create_app(folder), base_url=LOCAL)  # a new server, same catalog
     rows = {r["name"]: r["photos"] for r in restarted.get("/api/individuals").json()}
     assert rows[created] == 1
-    assert answer["image_id"] in restarted.get(f"/api/individuals/{chosen}/photos").json()
+    assert answer["image_id"] in restarted.get("/api/photos", params={"individual": chosen}).json()
 
 
 def test_uploads_are_checked_and_nothing_outside_is_served(client, tmp_path):
@@ -48,22 +66,97 @@ def test_uploads_are_checked_and_nothing_outside_is_served(client, tmp_path):
     assert refused.status_code == 400 and "notes.jpg" in refused.json()["detail"]
     big = http.post("/api/queries", files={"photo": ("big.jpg", b"0" * 2_000_001, "image/jpeg")})
     assert big.status_code == 413
-    for attempt in ("/photos/..%2F..%2Fcatalog.sqlite", "/photos/../catalog.sqlite",
-                    "/photos/%2Fetc%2Fpasswd", "/photos/nothing"):
-        response = http.get(attempt)
+    for image_id in ("../catalog.sqlite", "../../catalog.sqlite", "/etc/passwd", "nothing"):
+        response = http.get("/photo", params={"image_id": image_id})
         assert response.status_code == 404 and b"SQLite" not in response.content
-    assert http.post("/api/queries/nothing/confirm", data={"individual": "x"}).status_code == 400
+    assert http.post("/api/confirm", data={"image_id": "nothing",
+                                           "individual": "x"}).status_code == 400
+
+
+def test_an_html_polyglot_upload_is_stored_and_served_as_an_image(client):
+    http, folder = client
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(picture, format="PNG")
+    polyglot = picture.getvalue() + b"<html><script>alert(document.domain)</script></html>"
+    answer = http.post("/api/queries", files={"photo": ("page.html", polyglot, "text/html")})
+    assert answer.status_code == 200, answer.text
+    served = http.get("/photo", params={"image_id": answer.json()["image_id"]})
+    assert served.headers["content-type"] == "image/png"
+    assert served.headers["x-content-type-options"] == "nosniff"
+    stored = [p.name for p in (folder / "photos").iterdir()]
+    assert not any(name.endswith((".html", ".htm")) or "page" in name for name in stored)
+
+
+def test_an_upload_over_the_limit_is_refused_before_it_is_read(real_subset, tmp_path):
+    Catalog.create(tmp_path / "cat").add_dataset(real_subset)
+    with LiveServer(tmp_path / "cat", max_upload_bytes=1_000_000) as url:
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as connection:
+            # Headers only: a server that waited for the 5 GB body would never answer.
+            connection.sendall(b"POST /api/queries HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                               b"Content-Type: multipart/form-data; boundary=x\r\n"
+                               b"Content-Length: 5000000000\r\n\r\n")
+            reply = connection.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 413") and b"larger than" in reply
+
+
+def test_a_species_the_catalog_lacks_is_refused_and_nothing_is_stored(client, real_subset):
+    http, folder = client
+    before = len(Catalog(folder).images())
+    with open(_queries(real_subset)["path"].iloc[0], "rb") as handle:
+        refused = http.post("/api/queries", files={"photo": ("q.jpg", handle, "image/jpeg")},
+                            data={"species": "zebra"})
+    assert refused.status_code == 400
+    assert "zebra" in refused.json()["detail"] and "nyala" in refused.json()["detail"]
+    assert len(Catalog(folder).images()) == before and http.get("/api/queries").json()[
+        "queries"] == []
+
+
+def test_requests_for_other_hosts_and_from_other_sites_are_refused(client, real_subset):
+    http, folder = client
+    rebound = http.get("/api/individuals", headers={"host": "attacker.example"})
+    assert rebound.status_code == 400  # DNS rebinding: the name is not one the app was bound to
+    image_id = Catalog(folder).add_photo(_queries(real_subset)["path"].iloc[0], None, "nyala")
+    someone = Catalog(folder).individuals()["name"].iloc[0]
+    relabel = {"image_id": image_id, "individual": someone}
+    for foreign in ({"origin": "http://attacker.example"}, {"origin": "null"},
+                    {"referer": "http://attacker.example/page.html"},
+                    {"origin": "http://127.0.0.1:9999"}):
+        response = http.post("/api/confirm", data=relabel, headers=foreign)
+        assert response.status_code == 403, foreign
+    assert Catalog(folder).decisions().empty and http.get("/api/queries").json()["queries"] == [
+        image_id]
+    own = http.post("/api/confirm", data=relabel, headers={"origin": LOCAL})
+    assert own.status_code == 200 and len(Catalog(folder).decisions()) == 1
+
+
+def test_names_are_checked_and_names_with_slashes_stay_reachable(client, real_subset):
+    http, folder = client
+    paths = _queries(real_subset)["path"]
+    first = Catalog(folder).add_photo(paths.iloc[0], None, "nyala")
+    for bad in ("new_individual", "New_Individual", "x" * 201, "line\nbreak"):  # blank: named for you
+        refused = http.post("/api/new", data={"image_id": first, "name": bad})
+        assert refused.status_code == 400, bad
+    made = http.post("/api/new", data={"image_id": first, "name": "lion/7"}).json()
+    assert made["individual"] == "lion/7"
+    assert http.get("/api/photos", params={"individual": "lion/7"}).json() == [first]
+    second = Catalog(folder).add_photo(paths.iloc[1], None, "nyala", image_id="a/b/../c")
+    assert http.post("/api/confirm", data={"image_id": second,
+                                           "individual": "lion/7"}).status_code == 200
+    assert http.get("/photo", params={"image_id": "a/b/../c"}).status_code == 200
+    assert sorted(http.get("/api/photos", params={"individual": "lion/7"}).json()) == sorted(
+        [first, second])
 
 
 def test_waiting_photos_and_what_scores_mean(client, real_subset, tmp_path):
     http, folder = client
-    queries = pd.read_csv(real_subset / "metadata.csv", dtype=str).query("split == 'query'")
+    queries = _queries(real_subset)
     image_id = Catalog(folder).add_photo(queries["path"].iloc[0], None, queries["species"].iloc[0])
     waiting = http.get("/api/queries").json()
     assert waiting["queries"] == [image_id] and waiting["score"] == "cosine similarity"
-    assert http.get(f"/api/queries/{image_id}/candidates").json()[0]["rank"] == 1
+    assert http.get("/api/candidates", params={"image_id": image_id}).json()[0]["rank"] == 1
     accurate = Catalog.create(tmp_path / "accurate", preset="accurate")
-    assert TestClient(create_app(accurate.folder)).get("/api/queries").json()["score"].startswith(
-        "calibrated")
+    assert TestClient(create_app(accurate.folder), base_url=LOCAL).get(
+        "/api/queries").json()["score"].startswith("calibrated")
     with pytest.raises(ValueError, match="unknown preset"):
         Catalog.create(tmp_path / "bad", preset="slow")

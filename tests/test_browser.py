@@ -1,46 +1,20 @@
-"""The review app driven end to end in real headless Chromium (Debian's, through Playwright)."""
+"""The review app driven end to end in real headless Chromium (Debian's, through Playwright), with
+names and ids that would run script if they reached HTML unescaped. Waits go through Playwright's
+locators, since the page's Content-Security-Policy forbids the eval that wait_for_function uses."""
 
 from __future__ import annotations
 
 import io
 import shutil
-import socket
-import threading
-import time
 
 import numpy as np
 import pandas as pd
-import uvicorn
 from PIL import Image
 
-from wildreid.app import create_app
+from tests.conftest import LiveServer as _Server
 from wildreid.catalog import Catalog
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-class _Server:
-    """The app on a free localhost port, in a thread, as ``wildreid serve`` runs it."""
-
-    def __init__(self, folder):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        config = uvicorn.Config(create_app(folder), host="127.0.0.1", port=self.port,
-                                log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}/"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def _not_blank(png: bytes) -> bool:
@@ -49,7 +23,7 @@ def _not_blank(png: bytes) -> bool:
 
 def test_review_workflow_in_chromium(real_subset, tmp_path):
     assert CHROMIUM, "Debian's chromium is needed (.ci/run installs it: apt-get install chromium)"
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     folder = tmp_path / "cat"
     catalog = Catalog.create(folder)
@@ -57,6 +31,13 @@ def test_review_workflow_in_chromium(real_subset, tmp_path):
     queries = pd.read_csv(real_subset / "metadata.csv", dtype=str).query("split == 'query'")
     one, two = queries.iloc[0], queries.iloc[-1]
     waiting = catalog.add_photo(two["path"], None, two["species"])  # picked in the page below
+    # Stored XSS attempts: names and ids that run script if they ever reach HTML unescaped.
+    hostile_name = '<img src=x onerror="window.pwned=1">lion'
+    hostile_id = '"><img src=y onerror="window.pwned=2">'
+    other = queries[queries["species"] != one["species"]].iloc[0]  # not among one's candidates
+    hostile = catalog.add_photo(other["path"], None, other["species"], image_id=hostile_id)
+    catalog.new_individual(hostile, hostile_name)
+    catalog.add_photo(two["path"], None, two["species"], image_id="<script>window.pwned=3</script>")
     shots = tmp_path / "shots"
     shots.mkdir()
     with sync_playwright() as playwright:
@@ -66,6 +47,14 @@ def test_review_workflow_in_chromium(real_subset, tmp_path):
         with _Server(folder) as url:
             page.goto(url)
             page.wait_for_selector("#individuals li")
+            page.wait_for_selector(".pick")
+            assert hostile_name + " (1)" in page.eval_on_selector_all(
+                "#individuals li", "els => els.map(e => e.textContent)")  # shown as text
+            page.click(f"#individuals li[data-name='{hostile_name}']")
+            page.wait_for_selector("#browse img")
+            assert page.get_attribute("#browse img", "alt") == hostile_id
+            assert page.evaluate("window.pwned") is None
+            assert page.locator("img[src='x'], img[src='y'], #waiting script").count() == 0
             page.set_input_files("#file", one["path"])
             page.fill("#species", one["species"])
             page.click("#send")
@@ -75,13 +64,13 @@ def test_review_workflow_in_chromium(real_subset, tmp_path):
             (shots / "candidates.png").write_bytes(page.screenshot(full_page=True))
             confirmed = page.get_attribute(".cand .confirm", "data-name")
             page.click(".cand .confirm")
-            page.wait_for_function("document.getElementById('status').textContent.includes('->')")
+            assert page.evaluate("window.pwned") is None
+            expect(page.locator("#status")).to_contain_text("->")
             page.click(f".pick[data-id='{waiting}']")
-            page.wait_for_function(
-                f"document.querySelector('#query img').src.endsWith('{waiting}')")
-            page.wait_for_function("document.getElementById('status').textContent === ''")
+            expect(page.locator("#query img")).to_have_attribute("src", f"/photo?image_id={waiting}")
+            expect(page.locator("#status")).to_have_text("")
             page.click("#new")
-            page.wait_for_function("document.getElementById('status').textContent.includes('->')")
+            expect(page.locator("#status")).to_contain_text("->")
             created = page.text_content("#status").split("-> ")[1]
             (shots / "decided.png").write_bytes(page.screenshot(full_page=True))
         with _Server(folder) as url:  # restarted: both decisions must be there
@@ -94,7 +83,7 @@ def test_review_workflow_in_chromium(real_subset, tmp_path):
             (shots / "restarted.png").write_bytes(page.screenshot(full_page=True))
         browser.close()
     decisions = Catalog(folder).decisions()
-    assert decisions["kind"].tolist() == ["confirm", "new"]
-    assert decisions["image_id"].iloc[0] in shown
+    assert decisions["kind"].tolist() == ["new", "confirm", "new"]  # the hostile one, then ours
+    assert decisions["image_id"].iloc[1] in shown
     for shot in shots.iterdir():
         assert _not_blank(shot.read_bytes()), shot.name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
@@ -71,3 +73,87 @@ def test_bad_photos_and_paths_outside_are_refused(catalog, tmp_path):
         catalog.photo_path("evil")
     with pytest.raises(CatalogError, match="not a catalog"):
         Catalog(tmp_path)
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_hostile_ids_never_name_a_file(real_subset, tmp_path):
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
+    database = metadata[metadata["split"] == "database"].head(3).copy()
+    victim = tmp_path / "victim.jpg"
+    shutil.copyfile(database["path"].iloc[2], victim)
+    before = _digest(victim)
+    database["image_id"] = ["../../victim", "/tmp/evil", "a/../../../victim"]
+    database["identity"] = ["../x", "lion/7", "<b>y</b>"]
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    database.to_csv(hostile / "metadata.csv", index=False)
+    catalog = Catalog.create(tmp_path / "cat")
+    assert catalog.add_dataset(hostile).added == 3
+    assert _digest(victim) == before and not (tmp_path / "evil").exists()
+    stored = list((tmp_path / "cat" / "photos").iterdir())
+    assert len(stored) == 3 and all(p.suffix == ".jpg" and len(p.stem) == 32 for p in stored)
+    for image_id in database["image_id"]:
+        assert catalog.photo_path(image_id).parent == catalog.photos
+    assert set(catalog.individuals()["name"]) == {"../x", "lion/7", "<b>y</b>"}
+
+
+def test_the_documented_folder_tree_imports(real_subset, tmp_path):
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
+    database = metadata[metadata["split"] == "database"]
+    tree = tmp_path / "tree"
+    for row in database.head(6).itertuples():
+        folder = tree / "database" / row.species / row.identity
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(row.path, folder / f"{row.image_id}.jpg")
+    catalog = Catalog.create(tmp_path / "cat")
+    imported = catalog.add_dataset(tree)
+    assert imported.added == 6 and imported.skipped == []
+    assert all("/" in i for i in catalog.images()["image_id"])  # ids are paths in the tree
+    assert set(catalog.individuals()["name"]) == set(database.head(6)["identity"])
+
+
+def test_names_are_checked_before_anything_is_added(real_subset, tmp_path):
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
+    database = metadata[metadata["split"] == "database"].head(4).copy()
+    database["identity"] = ["ok", "fine", "x" * 300, "tab\there"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    database.to_csv(bad / "metadata.csv", index=False)
+    catalog = Catalog.create(tmp_path / "cat")
+    with pytest.raises(CatalogError, match="2 rows cannot be imported") as raised:
+        catalog.add_dataset(bad)
+    assert "longer than 200" in str(raised.value) and "control characters" in str(raised.value)
+    assert catalog.images().empty
+    image_id = catalog.add_photo(database["path"].iloc[0], None)
+    for name in ("", "   ", "new_individual"):
+        with pytest.raises(CatalogError):
+            catalog.new_individual(image_id, name)
+
+
+def test_readding_reports_skipped_ids_and_never_overwrites(catalog, real_subset, tmp_path):
+    again = catalog.add_dataset(real_subset)
+    assert again.added == 0 and len(again.skipped) == len(catalog.images())
+    result = CliRunner().invoke(app, ["catalog", "add", str(catalog.folder), str(real_subset)])
+    assert result.exit_code == 0 and f"skipped {len(again.skipped)} photos" in result.output
+    existing = catalog.images().iloc[0]
+    stored = catalog.photo_path(existing["image_id"])
+    before = _digest(stored)
+    other = catalog.images().iloc[-1]
+    with pytest.raises(CatalogError, match="already in the catalog"):
+        catalog.add_photo(catalog.photo_path(other["image_id"]), None,
+                          image_id=existing["image_id"])
+    assert _digest(stored) == before and len(list(catalog.photos.iterdir())) == len(
+        catalog.images())
+
+
+def test_an_identical_photo_keeps_its_individual_among_the_candidates(catalog):
+    known = catalog.images().iloc[0]
+    copy = catalog.add_photo(catalog.photo_path(known["image_id"]), None, known["species"])
+    candidates = catalog.identify(copy)
+    assert candidates["identity"].iloc[0] == known["individual"]
+    assert candidates["score"].iloc[0] == pytest.approx(1.0, abs=1e-4)
+    itself = catalog.identify(known["image_id"])  # an identified photo: ranked without itself
+    assert len(itself) and itself["score"].iloc[0] < 0.9999

@@ -10,18 +10,30 @@ never recomputes the others, and everything survives a restart. Writes run in SQ
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
+import unicodedata
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
+from wildreid.cache import content_key
 from wildreid.data import load_dataset
-from wildreid.images import check_image
+from wildreid.images import ImageError, image_format
+
+#: Longest individual name or image id accepted: longer text is a mistake or an attack, not a name.
+MAX_NAME_LENGTH = 200
+
+#: How stored photos are named by their detected format (never by the client's file name), so a
+#: file is only ever served as the image type its bytes are.
+_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif",
+           "BMP": ".bmp", "GIF": ".gif"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS individuals (
@@ -42,6 +54,30 @@ class CatalogError(ValueError):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_name(text: object, what: str = "individual name") -> str:
+    """``text`` stripped, or :class:`CatalogError` when it cannot name an individual or image:
+    blank, longer than :data:`MAX_NAME_LENGTH`, holding control characters, or the reserved
+    answer ``new_individual``."""
+    name = str(text).strip() if text is not None and not pd.isna(text) else ""
+    if not name:
+        raise CatalogError(f"the {what} is blank")
+    if len(name) > MAX_NAME_LENGTH:
+        raise CatalogError(f"the {what} {name[:40]!r}... is longer than {MAX_NAME_LENGTH} "
+                           "characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise CatalogError(f"the {what} {name!r} holds control characters")
+    if what == "individual name" and name.lower() == "new_individual":
+        raise CatalogError("'new_individual' is the answer for an unseen animal, not a name")
+    return name
+
+
+class Imported(NamedTuple):
+    """What :meth:`Catalog.add_dataset` did: photos added, and ids skipped as already there."""
+
+    added: int
+    skipped: list[str]
 
 
 class Catalog:
@@ -125,17 +161,29 @@ class Catalog:
 
     def add_photo(self, source: str | Path, individual: str | None, species: str | None = None,
                   orientation: str | None = None, image_id: str | None = None) -> str:
-        """Copy a photo in (checked first); ``individual`` None keeps it unassigned (a query)."""
+        """Copy a photo in (checked first); ``individual`` None keeps it unassigned (a query).
+
+        The stored file is named by the hash of its bytes and the image type they hold, never by
+        ``image_id`` or the source's name: ids are free text (``lion/7/a.jpg``) and never reach the
+        file system."""
         source = Path(source)
-        problem = check_image(source)
-        if problem:
-            raise CatalogError(problem)
-        image_id = image_id or uuid.uuid4().hex[:12]
-        target = self.photos / f"{image_id}{source.suffix.lower() or '.jpg'}"
-        shutil.copyfile(source, target)
+        try:
+            kind = image_format(source)
+        except ImageError as error:
+            raise CatalogError(str(error)) from None
+        image_id = check_name(image_id, "image id") if image_id is not None else uuid.uuid4().hex[:12]
+        individual = None if individual is None else check_name(individual)
+        species = None if species is None or pd.isna(species) else check_name(species, "species")
+        target = self.photos / f"{content_key(source)}{_SUFFIX.get(kind, '.img')}"
         with self._write() as connection:
             if connection.execute("SELECT 1 FROM images WHERE image_id = ?", (image_id,)).fetchone():
                 raise CatalogError(f"image {image_id!r} is already in the catalog")
+            if not target.exists():  # the same bytes are stored once
+                partial = self.photos / f".{uuid.uuid4().hex}.partial"
+                shutil.copyfile(source, partial)
+                with open(partial, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(partial, target)
             if individual is not None:
                 connection.execute("INSERT OR IGNORE INTO individuals VALUES (?, ?, ?)",
                                    (individual, species, _now()))
@@ -145,52 +193,92 @@ class Catalog:
         self._identifier = None
         return image_id
 
-    def add_dataset(self, data_dir: str | Path, metadata: str | Path | None = None) -> int:
-        """Import the database photos of a dataset (AnimalCLEF folder or folder tree)."""
+    def species(self) -> list[str]:
+        """The species the catalog holds photos of (identified or not)."""
+        return self._read("SELECT DISTINCT species FROM images WHERE species IS NOT NULL "
+                          "ORDER BY species")["species"].tolist()
+
+    def check_species(self, species: str | None) -> str | None:
+        """``species`` if the catalog can rank photos of it, else :class:`CatalogError`."""
+        if species is None or not str(species).strip():
+            return None
+        known = self._read("SELECT DISTINCT species FROM individuals WHERE species IS NOT NULL "
+                           "ORDER BY species")["species"].tolist()
+        if str(species).strip() not in known:
+            listed = ", ".join(known) if known else "none: leave the species blank"
+            raise CatalogError(f"the catalog has no individuals of species {species!r} "
+                               f"(species it has: {listed})")
+        return str(species).strip()
+
+    def add_dataset(self, data_dir: str | Path, metadata: str | Path | None = None) -> Imported:
+        """Import the database photos of a dataset (AnimalCLEF folder or folder tree). Names are
+        all checked before anything is copied; ids already in the catalog are skipped and
+        returned."""
         dataset = load_dataset(data_dir, metadata)
+        rows = dataset.database.astype(object)
+        problems = []
+        for row in rows.itertuples():
+            for text, what in ((row.identity, "individual name"), (row.image_id, "image id")):
+                try:
+                    check_name(text, what)
+                except CatalogError as error:
+                    problems.append(f"image {row.image_id!r}: {error}")
+        if problems:
+            shown = "\n  ".join(problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise CatalogError(f"{dataset.source}: {len(problems)} rows cannot be imported; fix "
+                               f"them and run again (nothing was added):\n  {shown}{more}")
         known = set(self.images()["image_id"])
-        added = 0
-        for row in dataset.database.astype(object).itertuples():
-            if str(row.image_id) in known:
+        added, skipped = 0, []
+        for row in rows.itertuples():
+            if str(row.image_id).strip() in known:
+                skipped.append(str(row.image_id))
                 continue
             species = None if pd.isna(row.species) else row.species
             orientation = None if pd.isna(row.orientation) else row.orientation
             self.add_photo(row.filepath, str(row.identity), species, orientation, str(row.image_id))
             added += 1
-        return added
+        return Imported(added, skipped)
 
-    def identifier(self):
+    def identifier(self, leave_out: str | None = None):
         """The catalog's fitted :class:`~wildreid.pipeline.Identifier` (features cached on disk,
-        refitted only after the catalog changed)."""
+        refitted only after the catalog changed); ``leave_out`` an image id: one fitted without
+        that photo (to rank an already identified photo against the others), not kept."""
         from wildreid.pipeline import PRESETS, Identifier
 
         with self._lock:
-            if self._identifier is None:
-                labelled = self.images().dropna(subset=["individual"])
-                if labelled["individual"].nunique() < 1:
-                    raise CatalogError("the catalog has no identified photos yet")
-                frame = pd.DataFrame({
-                    "filepath": [str(self.folder / p) for p in labelled["path"]],
-                    "identity": labelled["individual"], "species": labelled["species"]})
-                threshold = "auto" if labelled["individual"].nunique() >= 3 else None
-                settings = PRESETS[self.preset]
-                if labelled["individual"].nunique() < 3:
-                    settings = PRESETS["fast"]  # calibration needs a few individuals
-                self._identifier = Identifier(threshold=threshold, cache_dir=self.cache,
-                                              progress=False, **settings).fit(frame)
-            return self._identifier
+            if self._identifier is not None and leave_out is None:
+                return self._identifier
+            labelled = self.images().dropna(subset=["individual"])
+            labelled = labelled[labelled["image_id"] != leave_out]
+            if labelled["individual"].nunique() < 1:
+                raise CatalogError("the catalog has no identified photos yet")
+            frame = pd.DataFrame({
+                "filepath": [str(self.folder / p) for p in labelled["path"]],
+                "identity": labelled["individual"], "species": labelled["species"]})
+            threshold = "auto" if labelled["individual"].nunique() >= 3 else None
+            settings = PRESETS[self.preset]
+            if labelled["individual"].nunique() < 3:
+                settings = PRESETS["fast"]  # calibration needs a few individuals
+            identifier = Identifier(threshold=threshold, cache_dir=self.cache, progress=False,
+                                    **settings).fit(frame)
+            if leave_out is None:
+                self._identifier = identifier
+            return identifier
 
     def identify(self, image_id: str, k: int = 5) -> pd.DataFrame:
-        """Ranked candidate individuals (``rank, identity, score``) for a catalog photo."""
+        """Ranked candidate individuals (``rank, identity, score``) for a catalog photo. The photo
+        is left out of what it is compared with by its id (an identical photo of an individual
+        stays a candidate, with its score of 1)."""
         rows = self.images()
         row = rows[rows["image_id"] == image_id]
         if row.empty:
             raise CatalogError(f"no image {image_id!r} in the catalog")
         query = pd.DataFrame({"image_id": [image_id], "filepath": [str(self.photo_path(image_id))],
                               "species": row["species"].tolist()})
-        identifier = self.identifier()
-        candidates = identifier.predict_candidates(query, k=k + 1)
-        candidates = candidates[candidates["score"] < 0.999999].head(k)  # not the photo itself
+        assigned = row["individual"].notna().iloc[0]
+        identifier = self.identifier(leave_out=image_id if assigned else None)
+        candidates = identifier.predict_candidates(query, k=k)
         return candidates[["rank", "identity", "score"]].reset_index(drop=True)
 
     def draw_matches(self, image_id: str, individual: str) -> str:
@@ -227,6 +315,7 @@ class Catalog:
 
     def new_individual(self, image_id: str, name: str | None = None) -> str:
         """Declare the photo a new individual; returns its name."""
+        name = None if name is None else check_name(name)
         with self._write() as connection:
             row = connection.execute("SELECT species FROM images WHERE image_id = ?",
                                      (image_id,)).fetchone()

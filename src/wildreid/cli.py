@@ -383,8 +383,13 @@ def catalog_add(
 
     with _clear_errors():
         catalog = Catalog(folder)
-        added = catalog.add_dataset(data_dir, metadata)
-    err.print(f"added {added} photos; the catalog holds {len(catalog.individuals())} individuals")
+        imported = catalog.add_dataset(data_dir, metadata)
+    err.print(f"added {imported.added} photos; the catalog holds {len(catalog.individuals())} "
+              "individuals")
+    if imported.skipped:
+        shown = ", ".join(imported.skipped[:5]) + (" ..." if len(imported.skipped) > 5 else "")
+        err.print(f"[yellow]skipped {len(imported.skipped)} photos whose image_id is already in "
+                  f"the catalog[/] ({shown}); give them other ids to add them as well")
 
 
 @app.command()
@@ -392,14 +397,21 @@ def serve(
     catalog: Path = typer.Option(..., help="Catalog folder (wildreid catalog init/add)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; localhost by default."),
     port: int = typer.Option(8000),
+    allowed_host: list[str] = typer.Option(
+        None, help="Host name the app may be reached by besides localhost and --host (repeat it; "
+        "e.g. the machine's name on the LAN, or the name a reverse proxy forwards)."),
 ):
     """Local review web app: browse individuals, identify a photo, confirm or create."""
     import uvicorn
 
-    from wildreid.app import create_app
+    from wildreid.app import LOCAL_HOSTS, create_app
 
+    hosts = [*LOCAL_HOSTS, *([] if host in ("0.0.0.0", "::") else [host]), *(allowed_host or [])]
     with _clear_errors():  # CatalogError is a ValueError
-        application = create_app(catalog)
+        application = create_app(catalog, allowed_hosts=hosts)
+    if host in ("0.0.0.0", "::") and not allowed_host:
+        err.print("[yellow]bound to every address, but only requests for localhost are answered "
+                  "(DNS-rebinding guard): name the host others use with --allowed-host[/]")
     err.print(f"wildreid review on http://{host}:{port}/  (Ctrl+C to stop)")
     uvicorn.run(application, host=host, port=port, log_level="warning")
 

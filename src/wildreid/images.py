@@ -59,6 +59,13 @@ def check_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> str | None:
     return None
 
 
+def image_format(path: str | Path, max_pixels: int = MAX_PIXELS) -> str:
+    """The format Pillow detects in the file's bytes (``JPEG``, ``PNG``...), whatever its name;
+    raises :class:`ImageError` when it is not a usable image."""
+    with _open(path, max_pixels) as image:
+        return image.format
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT_MODES:
         # Pillow's convert() clips 16-bit values at 255; rescale the real range instead.
