@@ -1,22 +1,50 @@
-"""On-disk cache of per-image arrays keyed by file content, safe against kills mid-run.
+"""On-disk cache of per-image arrays keyed by file content: safe against kills, sharing and damage.
 
-Each flush writes one shard (``*.npz``) to a temporary name and renames it into place, so a shard
-is either whole or absent: a killed run loses at most the batch in flight, and the next run
-resumes from the shards already there.
+Each namespace (one kind of array, e.g. a descriptor's cache key) is one SQLite file,
+``ROOT/NAMESPACE/arrays.sqlite``, holding one row per key: the array's bytes, dtype and shape, and
+a checksum over key, dtype, shape and bytes. SQLite (not a hand-written store) gives what a long
+run and a shared cache need:
+
+- a write is a transaction, committed with ``fsync`` (``synchronous=FULL``) before ``put``
+  returns: a killed run loses at most the batch in flight and the next run resumes;
+- several processes may read and write one cache at once (WAL journal; writers wait their turn),
+  with no temporary files of ours that another process could delete;
+- reads are by key, so memory stays bounded however large the cache grows.
+
+Damage is found, reported by path and healed: a row whose checksum, dtype or shape is wrong (bytes
+flipped, rows swapped, a wrong width) is dropped with a :class:`CacheDamaged` warning and counts as
+missing, so the caller recomputes it; a file SQLite cannot read (truncated, emptied, overwritten)
+is moved aside as ``arrays.sqlite.damaged-<time>`` and the namespace starts empty. Shards of the
+older ``*.npz`` format are imported on open (a damaged one is reported and dropped).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import uuid
+import sqlite3
+import threading
+import time
+import warnings
+import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-_COMPACT_ABOVE = 64  # shards; merged into one on open so a big cache stays quick to load
+FILE_NAME = "arrays.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS arrays (
+    key TEXT PRIMARY KEY, dtype TEXT NOT NULL, shape TEXT NOT NULL, value BLOB NOT NULL,
+    checksum TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS layout (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_CHUNK = 500  # keys per query, under SQLite's limit on bound parameters
+
+
+class CacheDamaged(UserWarning):
+    """Part of the cache was unreadable or inconsistent; it was dropped and will be recomputed."""
 
 
 def content_key(path: str | Path) -> str:
@@ -33,43 +61,243 @@ def content_keys(paths: Iterable[str | Path], workers: int = 8) -> list[str]:
         return list(pool.map(content_key, paths))
 
 
-class ArrayCache:
-    """Arrays of one kind (``namespace``, e.g. a descriptor's cache key) stored by content key."""
+def _checksum(key: str, dtype: str, shape: str, value: bytes) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (key.encode(), b"\0", dtype.encode(), b"\0", shape.encode(), b"\0", value):
+        digest.update(part)
+    return digest.hexdigest()
 
-    def __init__(self, root: str | Path, namespace: str):
+
+def _is_damage(error: sqlite3.DatabaseError) -> bool:
+    """The file is not a readable database (truncated, overwritten...), as opposed to busy,
+    read-only or out of space, which are reported as they are."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return any(word in str(error) for word in ("malformed", "not a database", "corrupt"))
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return ",".join(str(int(n)) for n in shape)
+
+
+class ArrayCache:
+    """Arrays of one kind (``namespace``) stored by content key, each row of one dtype and shape.
+
+    ``key in cache`` reads the row and checks it, so a damaged row is reported and counts as
+    missing before anyone relies on it; ``get`` returns checked rows. ``row_shape``, when the
+    caller knows it (it may set it later, before the first read), is the shape every row must
+    have: rows of another are damage, whatever the file says."""
+
+    def __init__(self, root: str | Path, namespace: str,
+                 row_shape: tuple[int, ...] | None = None):
         self.folder = Path(root) / namespace
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._rows: dict[str, np.ndarray] = {}
-        for leftover in self.folder.glob(".*.tmp.npz"):  # from a run killed mid-write
-            leftover.unlink(missing_ok=True)
-        shards = sorted(p for p in self.folder.glob("*.npz") if not p.name.startswith("."))
-        for shard in shards:
-            with np.load(shard) as data:
-                for key, row in zip(data["keys"], data["values"]):
-                    self._rows[str(key)] = row
-        if len(shards) > _COMPACT_ABOVE:
-            self._write(list(self._rows), np.stack(list(self._rows.values())))
-            for shard in shards:
-                shard.unlink(missing_ok=True)
+        self.path = self.folder / FILE_NAME
+        self.row_shape = row_shape
+        self._lock = threading.Lock()  # one connection, shared by the caller's threads
+        self._connection = self._open()
+        self._checked: set[str] = set()
+        self._imported = False
+
+    # -- the SQLite file -------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=120, isolation_level=None,
+                                     check_same_thread=False)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            if not _is_damage(error):
+                raise
+            self._set_aside(error)
+            return self._open()
+        return connection
+
+    def _set_aside(self, error: Exception) -> None:
+        aside = self.path.with_name(f"{FILE_NAME}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                    f"{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):
+            source = self.path.with_name(FILE_NAME + suffix)
+            if source.exists():
+                os.replace(source, aside.with_name(aside.name + suffix))
+        warnings.warn(f"{self.path}: the cache file is damaged ({error}); moved aside to {aside} "
+                      "and starting empty: its arrays will be recomputed", CacheDamaged,
+                      stacklevel=4)
+
+    def _run(self, statement: str, parameters: Iterable = (), many: bool = False) -> list:
+        """Run one statement; a file found damaged now is set aside and the statement rerun on a
+        fresh one (reads then find nothing, so the caller recomputes)."""
+        with self._lock:
+            for attempt in (0, 1):
+                try:
+                    if many:
+                        self._connection.execute("BEGIN IMMEDIATE")
+                        self._connection.executemany(statement, parameters)
+                        self._connection.execute("COMMIT")
+                        return []
+                    return self._connection.execute(statement, tuple(parameters)).fetchall()
+                except sqlite3.DatabaseError as error:
+                    if self._connection.in_transaction:
+                        self._connection.execute("ROLLBACK")
+                    if attempt or not _is_damage(error):
+                        raise
+                    self._connection.close()
+                    self._set_aside(error)
+                    self._connection = self._open()
+                    self._checked.clear()
+            return []
+
+    # -- rows --------------------------------------------------------------------------------
+    def _stored_layout(self) -> tuple[str, str] | None:
+        """(dtype, shape) the file says its rows have."""
+        if not self._imported:
+            self._imported = True  # first, so the import's own writes do not import again
+            self._import_npz_shards()
+        rows = dict(self._run("SELECT name, value FROM layout"))
+        return (rows["dtype"], rows["shape"]) if "dtype" in rows else None
+
+    def _layout(self) -> tuple[str, str] | None:
+        """(dtype, shape) rows must have: the caller's ``row_shape`` wins over the file."""
+        stored = self._stored_layout()
+        if stored is None or self.row_shape is None:
+            return stored
+        return stored[0], _shape_text(self.row_shape)
+
+    def _decode(self, row: tuple, layout: tuple[str, str] | None) -> np.ndarray | None:
+        key, dtype, shape, value, checksum = row
+        problem = None
+        if _checksum(key, dtype, shape, value) != checksum:
+            problem = "its checksum does not match its contents"
+        elif layout is not None and (dtype, shape) != layout:
+            problem = f"its shape {shape} ({dtype}) is not the cache's {layout[1]} ({layout[0]})"
+        else:
+            try:
+                dims = tuple(int(n) for n in shape.split(",")) if shape else ()
+                return np.frombuffer(value, dtype=np.dtype(dtype)).reshape(dims)
+            except (TypeError, ValueError) as error:
+                problem = f"it cannot be decoded ({error})"
+        self._run("DELETE FROM arrays WHERE key = ?", (key,))
+        self._checked.discard(key)
+        warnings.warn(f"{self.path}: dropped the cached row of {key} ({problem}); it will be "
+                      "recomputed", CacheDamaged, stacklevel=4)
+        return None
+
+    def _rows(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """Checked rows of those ``keys`` present; damaged ones are dropped and left out."""
+        layout = self._layout()
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start:start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._run("SELECT key, dtype, shape, value, checksum FROM arrays "
+                                 f"WHERE key IN ({marks})", chunk):
+                array = self._decode(row, layout)
+                if array is not None:
+                    found[row[0]] = array
+        return found
 
     def __contains__(self, key: str) -> bool:
-        return key in self._rows
+        if key in self._checked:
+            return True
+        if self._rows([key]):
+            self._checked.add(key)
+            return True
+        return False
 
     def __len__(self) -> int:
-        return len(self._rows)
+        self._layout()
+        return self._run("SELECT COUNT(*) FROM arrays")[0][0]
 
     def get(self, keys: list[str]) -> np.ndarray:
-        return np.stack([self._rows[k] for k in keys])
+        """The rows of ``keys``, stacked; a key missing or damaged now is an error naming the file
+        (run again: it is recomputed)."""
+        found = self._rows(list(dict.fromkeys(keys)))
+        lost = [k for k in keys if k not in found]
+        if lost:
+            self._checked.difference_update(lost)
+            raise KeyError(f"{self.path}: {len(lost)} cached rows went missing or were damaged "
+                           f"while in use (first {lost[0]}); run again to recompute them")
+        return np.stack([found[k] for k in keys])
 
     def put(self, keys: list[str], values: np.ndarray) -> None:
         """Store ``values`` (one row per key) durably before returning."""
         if not keys:
             return
-        self._write(keys, values)
-        self._rows.update(zip(keys, values))
+        values = np.ascontiguousarray(values)
+        if len(values) != len(keys):
+            raise ValueError(f"{len(keys)} keys for {len(values)} rows")
+        dtype, shape = values.dtype.str, _shape_text(values.shape[1:])
+        if self.row_shape is not None and tuple(values.shape[1:]) != tuple(self.row_shape):
+            raise ValueError(f"{self.path}: rows of shape {shape} given to a cache of rows "
+                             f"{_shape_text(self.row_shape)}")
+        layout = self._stored_layout()
+        if layout is None:
+            self._run("INSERT OR IGNORE INTO layout VALUES (?, ?)", [("dtype", dtype),
+                                                                   ("shape", shape)], many=True)
+            layout = self._stored_layout()
+        if layout != (dtype, shape):  # rows computed now are right: older ones of another layout
+            stale = self._run("SELECT COUNT(*) FROM arrays WHERE dtype != ? OR shape != ?",
+                              (dtype, shape))[0][0]
+            self._run("DELETE FROM arrays WHERE dtype != ? OR shape != ?", [(dtype, shape)],
+                      many=True)
+            self._run("INSERT OR REPLACE INTO layout VALUES (?, ?)", [("dtype", dtype),
+                                                                    ("shape", shape)], many=True)
+            self._checked.clear()
+            warnings.warn(f"{self.path}: held rows of shape {layout[1]} ({layout[0]}), not the "
+                          f"{shape} ({dtype}) computed now; dropped {stale} of them (they will be "
+                          "recomputed)", CacheDamaged, stacklevel=2)
+        records = []
+        for key, row in zip(keys, values):
+            value = row.tobytes()
+            records.append((key, dtype, shape, value, _checksum(key, dtype, shape, value)))
+        self._run("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?)", records, many=True)
+        self._checked.update(keys)
 
-    def _write(self, keys: list[str], values: np.ndarray) -> None:
-        name = uuid.uuid4().hex
-        temporary = self.folder / f".{name}.tmp.npz"
-        np.savez(temporary, keys=np.asarray(keys), values=np.asarray(values))
-        os.replace(temporary, self.folder / f"{name}.npz")
+    def _import_npz_shards(self) -> None:
+        """Bring shards of the older ``*.npz`` format in, then remove them. Their rows' layout is
+        the one most rows share; a shard of another layout, or unreadable, is reported."""
+        shards: list[tuple[Path, list[str], np.ndarray]] = []
+        for shard in sorted(self.folder.glob("*.npz")):
+            if shard.name.startswith("."):  # an older run's temporary file: never complete
+                if time.time() - shard.stat().st_mtime > 3600:  # else perhaps being written
+                    shard.unlink(missing_ok=True)
+                continue
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    keys, values = [str(k) for k in data["keys"]], data["values"]
+                if len(keys) != len(values):
+                    raise ValueError(f"{len(keys)} keys for {len(values)} rows")
+                shards.append((shard, keys, values))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                warnings.warn(f"{shard}: dropped a damaged cache shard ({error}); its arrays "
+                              "will be recomputed", CacheDamaged, stacklevel=3)
+                shard.unlink(missing_ok=True)
+        if not shards:
+            return
+        counts: dict[tuple, int] = {}
+        for _, keys, values in shards:
+            counts[values.shape[1:]] = counts.get(values.shape[1:], 0) + len(keys)
+        common = tuple(self.row_shape) if self.row_shape is not None else max(counts,
+                                                                             key=counts.get)
+        for shard, keys, values in shards:
+            if values.shape[1:] == common:
+                self.put(keys, values)
+            else:
+                warnings.warn(f"{shard}: dropped a cache shard of rows {values.shape[1:]}, not "
+                              f"{common}; its arrays will be recomputed",
+                              CacheDamaged, stacklevel=3)
+            shard.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    def __getstate__(self):  # pickled (e.g. to a worker process): reopen there
+        return {"root": self.folder.parent, "namespace": self.folder.name,
+                "row_shape": self.row_shape}
+
+    def __setstate__(self, state) -> None:
+        self.__init__(state["root"], state["namespace"], state["row_shape"])

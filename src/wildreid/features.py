@@ -133,20 +133,29 @@ class FeatureExtractor:
         if regions is not None:
             keys = [key if region.is_whole else f"{key}-{region.fingerprint}"
                     for key, region in zip(keys, regions)]
-        missing: dict[str, int] = {}  # identical files are described once
-        for index, key in enumerate(keys):
-            if key not in self._memory and key not in missing and (
-                    self.cache is None or key not in self.cache):
-                missing[key] = index
-        todo = list(missing.values())
-        errors: list[str] = []
-        if todo:
-            errors = self._compute([paths[i] for i in todo], [keys[i] for i in todo], description,
-                                   None if regions is None else [regions[i] for i in todo])
-        if errors:
-            raise ImageError(f"{len(errors)} image(s) could not be decoded "
-                             "(features of the others are cached):\n  - " + "\n  - ".join(errors))
-        return np.stack([self._lookup(k) for k in keys]).astype(np.float32, copy=False)
+        # Twice at most: rows computed now that disagree in width with cached ones show the cache
+        # held damage; it drops those, and the second pass recomputes them.
+        for second_pass in (False, True):
+            missing: dict[str, int] = {}  # identical files are described once
+            for index, key in enumerate(keys):
+                if key not in self._memory and key not in missing and (
+                        self.cache is None or key not in self.cache):
+                    missing[key] = index
+            todo = list(missing.values())
+            errors: list[str] = []
+            if todo:
+                errors = self._compute([paths[i] for i in todo], [keys[i] for i in todo],
+                                       description,
+                                       None if regions is None else [regions[i] for i in todo])
+            if errors:
+                raise ImageError(f"{len(errors)} image(s) could not be decoded (features of the "
+                                 "others are cached):\n  - " + "\n  - ".join(errors))
+            try:
+                return np.stack([self._lookup(k) for k in keys]).astype(np.float32, copy=False)
+            except KeyError:
+                if second_pass:
+                    raise
+        raise AssertionError("unreachable")
 
     def _lookup(self, key: str) -> np.ndarray:
         if key not in self._memory:

@@ -323,7 +323,9 @@ class Isolator:
         from wildreid.features import image_batches
 
         if self._cache is None and self.cache_dir is not None:
-            self._cache = ArrayCache(self.cache_dir, self.segmenter.cache_key)
+            # A row: the packed mask grid, then 8 float32 numbers (see Region.to_row).
+            self._cache = ArrayCache(self.cache_dir, self.segmenter.cache_key,
+                                     (_GRID * _GRID // 8 + 32,))
         keys = content_keys(paths, workers=max(1, self.workers))
         todo = sorted({key: i for i, key in enumerate(keys)
                        if self._cache is None or key not in self._cache}.values())

@@ -264,7 +264,9 @@ class KeypointExtractor:
                  workers: int | None = None, progress: bool = True):
         self.features = features
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
-        self.cache = ArrayCache(cache_dir, features.cache_key) if cache_dir is not None else None
+        row_shape = (_HEADER + features.max_keypoints * (3 + features.dim),)
+        self.cache = (ArrayCache(cache_dir, features.cache_key, row_shape)
+                      if cache_dir is not None else None)
         self.progress = progress
         self._memory: dict[str, Keypoints] = {}
 

@@ -1,0 +1,188 @@
+"""Fault injection on the feature cache: every way a cache file can be damaged is reported by path,
+dropped and recomputed, and the run ends with the answers an uncached run gives; two processes
+share one cache; reads are by key."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import tracemalloc
+import warnings
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wildreid.cache import FILE_NAME, ArrayCache, CacheDamaged, _checksum
+from wildreid.data import load_dataset
+from wildreid.features import FeatureExtractor
+from wildreid.models import create_descriptor
+
+
+@pytest.fixture(scope="module")
+def descriptor():
+    return create_descriptor("efficientnet-lite0")
+
+
+@pytest.fixture(scope="module")
+def described(descriptor, real_subset, tmp_path_factory):
+    """Six real photos, their features without a cache, and a cache holding them."""
+    paths = load_dataset(real_subset).metadata["filepath"].tolist()[:6]
+    reference = FeatureExtractor(descriptor, "cpu", cache_dir=None, progress=False)(paths)
+    cache = tmp_path_factory.mktemp("cache")
+    extractor = FeatureExtractor(descriptor, "cpu", cache_dir=cache, progress=False)
+    extractor(paths)
+    extractor.cache.close()
+    return paths, reference, extractor.cache.folder
+
+
+def _sql(path: Path, *statements: tuple) -> None:
+    with closing(sqlite3.connect(path)) as connection, connection:
+        for statement in statements:
+            connection.execute(*statement)
+
+
+def _damage(folder: Path, kind: str) -> None:
+    """Damage the cache in ``folder`` the way ``kind`` says."""
+    database = folder / FILE_NAME
+    with closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute("SELECT key, dtype, shape, value FROM arrays ORDER BY key"
+                                  ).fetchall()
+    size = database.stat().st_size
+    if kind == "truncated":
+        with open(database, "r+b") as handle:
+            handle.truncate(size // 2)
+    elif kind == "emptied":
+        database.write_bytes(b"")
+    elif kind == "random-bytes":
+        database.write_bytes(np.random.default_rng(0).bytes(size))
+    elif kind == "flipped-bytes":  # bit rot inside one row's array
+        value = bytearray(rows[0][3])
+        value[100] ^= 0xFF
+        _sql(database, ("UPDATE arrays SET value = ? WHERE key = ?", (bytes(value), rows[0][0])))
+    elif kind == "swapped-rows":  # valid format, each row under the other's key
+        (a, _, _, first), (b, _, _, second) = rows[:2]
+        _sql(database, ("UPDATE arrays SET value = ? WHERE key = ?", (second, a)),
+             ("UPDATE arrays SET value = ? WHERE key = ?", (first, b)))
+    elif kind == "wrong-width":  # a well-formed row of another width, checksum and all
+        key, dtype = rows[0][0], rows[0][1]
+        value = np.zeros(640, np.dtype(dtype)).tobytes()
+        _sql(database, ("UPDATE arrays SET shape = '640', value = ?, checksum = ? WHERE key = ?",
+                        (value, _checksum(key, dtype, "640", value), key)))
+    elif kind.startswith("npz-"):  # shards of the older format, imported on open
+        database.unlink()
+        keys = np.asarray([r[0] for r in rows])
+        values = np.stack([np.frombuffer(r[3], np.dtype(r[1])) for r in rows])
+        np.savez(folder / "good.npz", keys=keys[:3], values=values[:3])
+        shard = folder / "bad.npz"
+        if kind == "npz-wrong-width":
+            np.savez(shard, keys=keys[3:], values=values[3:, :640])
+        else:
+            np.savez(shard, keys=keys[3:], values=values[3:])
+            data = shard.read_bytes()
+            shard.write_bytes({"npz-truncated": data[:len(data) // 2], "npz-emptied": b"",
+                               "npz-random-bytes": os.urandom(len(data))}[kind])
+    else:
+        raise ValueError(kind)
+
+
+KINDS = ["truncated", "emptied", "random-bytes", "flipped-bytes", "swapped-rows", "wrong-width",
+         "npz-truncated", "npz-emptied", "npz-random-bytes", "npz-wrong-width"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_damaged_cache_is_reported_dropped_and_recomputed(kind, described, descriptor, tmp_path):
+    paths, reference, built = described
+    folder = tmp_path / "cache" / built.name
+    shutil.copytree(built, folder)
+    _damage(folder, kind)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        extractor = FeatureExtractor(descriptor, "cpu", cache_dir=tmp_path / "cache",
+                                     progress=False)
+        seen = [0]
+        hook = descriptor.model.register_forward_hook(
+            lambda _m, inputs, _o: seen.__setitem__(0, seen[0] + len(inputs[0])))
+        try:
+            features = extractor(paths)
+        finally:
+            hook.remove()
+    np.testing.assert_allclose(features, reference, atol=1e-5)  # the right answers
+    damaged = [str(w.message) for w in caught if issubclass(w.category, CacheDamaged)]
+    if kind == "emptied":  # SQLite reads an empty file as an empty database: nothing to report
+        assert not damaged and seen[0] == len(paths)
+    else:
+        assert damaged and all(str(folder) in message for message in damaged), damaged
+        assert 0 < seen[0] <= len(paths)
+    assert len(extractor.cache) == len(paths)  # healed: every row is back
+    again = FeatureExtractor(descriptor, "cpu", cache_dir=tmp_path / "cache", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheDamaged)
+        np.testing.assert_allclose(again(paths), reference, atol=1e-5)
+    assert not list(folder.glob("*.npz"))
+
+
+_WORKER = """
+import sys
+from wildreid.features import FeatureExtractor
+from wildreid.models import create_descriptor
+paths = sys.argv[2:]
+FeatureExtractor(create_descriptor("efficientnet-lite0"), "cpu", batch_size=1, workers=0,
+                 cache_dir=sys.argv[1], progress=False)(paths)
+"""
+
+
+def test_two_processes_share_one_cache(described, descriptor, tmp_path):
+    paths, reference, _ = described
+    cache = tmp_path / "cache"
+    runs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(cache), *order],
+                             stderr=subprocess.PIPE, text=True)
+            for order in (paths, paths[::-1])]
+    for run in runs:
+        assert run.wait(300) == 0, run.stderr.read()
+    shared = FeatureExtractor(descriptor, "cpu", cache_dir=cache, progress=False)
+    assert len(shared.cache) == len(paths)
+    seen = [0]
+    hook = descriptor.model.register_forward_hook(
+        lambda _m, inputs, _o: seen.__setitem__(0, seen[0] + len(inputs[0])))
+    try:
+        np.testing.assert_allclose(shared(paths), reference, atol=1e-5)
+    finally:
+        hook.remove()
+    assert seen[0] == 0
+
+
+def test_reads_are_by_key_with_bounded_memory(tmp_path):
+    cache = ArrayCache(tmp_path, "big")
+    row = np.zeros(65_536, dtype=np.float16)  # 128 kB, like a row of 512 ALIKED keypoints
+    for start in range(0, 400, 50):  # 51 MB on disk
+        cache.put([f"k{i}" for i in range(start, start + 50)], np.stack([row + i for i in
+                                                                         range(start, start + 50)]))
+    cache.close()
+    tracemalloc.start()
+    reopened = ArrayCache(tmp_path, "big")
+    assert "k7" in reopened and "k400" not in reopened
+    np.testing.assert_array_equal(reopened.get(["k7", "k399"]), np.stack([row + 7, row + 399]))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(reopened) == 400 and peak < 5_000_000, peak  # a few rows, not the 51 MB
+    with pytest.warns(CacheDamaged, match="dropped 400"):  # rows of another width computed now
+        reopened.put(["x"], np.zeros((1, 10), np.float32))
+    assert len(reopened) == 1 and "k7" not in reopened
+
+
+def test_temporary_files_of_a_live_run_are_left_alone(tmp_path):
+    folder = tmp_path / "ns"
+    folder.mkdir()
+    fresh, stale = folder / ".a.tmp.npz", folder / ".b.tmp.npz"
+    fresh.write_bytes(b"being written by another process")
+    stale.write_bytes(b"left by a run killed long ago")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    assert len(ArrayCache(tmp_path, "ns")) == 0
+    assert fresh.exists() and not stale.exists()
