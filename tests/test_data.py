@@ -70,3 +70,39 @@ def test_folder_tree(tmp_path, real_subset):
     assert len(dataset.database) == 24 and len(dataset.query) == 12
     assert set(dataset.database["species"]) == {"nyala", "lion"}
     assert dataset.database["identity"].nunique() == 8
+
+
+def test_a_dataset_without_database_images_is_refused(real_subset, tmp_path):
+    """Only queries (and no species column to catch it): a clear problem, not a TypeError later."""
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
+    queries = metadata[metadata["split"] == "query"].drop(columns="species")
+    queries.to_csv(tmp_path / "metadata.csv", index=False)
+    with pytest.raises(DatasetError, match=r"no database images.*split 'database'") as caught:
+        load_dataset(tmp_path)
+    assert str(tmp_path / "metadata.csv") in str(caught.value)
+
+
+def test_a_folder_tree_of_queries_only_is_refused(real_subset, tmp_path):
+    (tmp_path / "query").mkdir()
+    for row in load_dataset(real_subset).query.head(3).itertuples():
+        shutil.copy(row.filepath, tmp_path / "query" / f"{row.image_id}.jpg")
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(str(tmp_path)) and "no database images" in message
+    assert f"{tmp_path / 'database'}/<identity>/" in message
+
+
+def test_column_names_in_any_letter_case(real_subset, tmp_path):
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
+    metadata.columns = [c.upper() if c == "image_id" else c.capitalize() for c in metadata.columns]
+    metadata.to_csv(tmp_path / "metadata.csv", index=False)
+    dataset = load_dataset(tmp_path)
+    assert {"image_id", "species", "split"} <= set(dataset.metadata.columns)
+    assert set(dataset.database["species"]) == {"nyala", "lion"}
+
+    metadata["species"] = metadata["Species"]  # the same column twice, in two letter cases
+    metadata.to_csv(tmp_path / "metadata.csv", index=False)
+    with pytest.raises(DatasetError, match="columns Species, species are all 'species' once "
+                                           "letter case is ignored; keep one"):
+        load_dataset(tmp_path)

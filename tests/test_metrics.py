@@ -107,3 +107,72 @@ def test_threshold_curve_matches_evaluate(case):
     assert curve["baus"].iloc[0] == pytest.approx(direct["baus"])
     threshold, best = best_threshold(threshold_curve(s1["identity"], top, score, unknown))
     assert best >= curve["score"].iloc[0] and 0.2 < threshold <= 0.8
+
+
+def test_metadata_lacking_columns_names_the_file(case, tmp_path):
+    submission, solution, metadata = case
+    path = tmp_path / "meta.csv"
+    metadata.drop(columns=["split", "identity"]).to_csv(path, index=False)
+    with pytest.raises(SubmissionError) as caught:
+        evaluate(submission, solution, path)
+    message = str(caught.value)
+    assert str(path) in message and "lacks column(s) identity, split" in message
+
+
+def test_solution_lacking_columns_names_the_solution(case, tmp_path):
+    submission, solution, metadata = case
+    path = tmp_path / "truth.csv"
+    solution.rename(columns={"identity": "label"}).to_csv(path, index=False)
+    with pytest.raises(SubmissionError) as caught:
+        evaluate(submission, path, metadata)
+    assert str(caught.value).startswith(f"{path}: 1 problem(s):")
+    assert "solution lacks column(s) identity" in str(caught.value)
+
+
+def test_cli_evaluate_reports_bad_metadata_without_a_traceback(case, tmp_path):
+    from typer.testing import CliRunner
+
+    from wildreid.cli import app
+
+    submission, solution, metadata = case
+    for frame, name in ((submission, "sub.csv"), (solution, "solution.csv")):
+        frame.to_csv(tmp_path / name, index=False)
+    metadata[["image_id", "species"]].to_csv(tmp_path / "meta.csv", index=False)
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "sub.csv"),
+                                      str(tmp_path / "solution.csv"), "--metadata",
+                                      str(tmp_path / "meta.csv")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "meta.csv" in result.output and "identity, split" in result.output
+
+
+def test_metadata_without_the_queries_is_refused(case):
+    """Database rows only: the species of the queries cannot be known; pooling them would
+    silently score one made-up species."""
+    submission, solution, metadata = case
+    with pytest.raises(SubmissionError, match=r"(?s)metadata: 1 problem.*8 query image_id\(s\) of the "
+                                              r"solution are not in it.*q1, q2"):
+        evaluate(submission, solution, metadata[metadata["split"] == "database"])
+    # Without species there is nothing to know: the database rows are enough, queries are pooled.
+    pooled = evaluate(submission, solution,
+                      metadata[metadata["split"] == "database"].drop(columns="species"))
+    assert set(pooled["species"]) == {"all"} and pooled["queries"] == 8
+
+
+def test_metadata_columns_in_any_letter_case(case):
+    submission, solution, metadata = case
+    result = evaluate(submission, solution, metadata.rename(columns=str.capitalize))
+    assert set(result["species"]) == {"s1", "s2"}
+    assert result["score"] == pytest.approx(0.375)
+
+
+def test_repeated_rows_are_refused(case, tmp_path):
+    """A query twice in the solution would count twice in its identity's share."""
+    submission, solution, metadata = case
+    path = tmp_path / "solution.csv"
+    pd.concat([solution, solution.iloc[[2]]]).to_csv(path, index=False)
+    with pytest.raises(SubmissionError) as caught:
+        evaluate(submission, path, metadata)
+    assert str(path) in str(caught.value) and "1 image_id(s) appear more than once: q3" in str(
+        caught.value)
+    with pytest.raises(SubmissionError, match=r"(?s)submission: 1 problem.*more than once: q1"):
+        evaluate(pd.concat([submission, submission.iloc[[0]]]), solution, metadata)

@@ -11,10 +11,29 @@ from typer.testing import CliRunner
 from wildreid.cli import app
 from wildreid.data import load_dataset
 from wildreid.models import WithHead, create_descriptor
-from wildreid.train import LOSSES, TrainConfig, Trainer, _loss, _loss_value, validation_split
+from wildreid.train import (
+    LOSSES,
+    TrainConfig,
+    Trainer,
+    TrainingDataError,
+    _loss,
+    _loss_value,
+    _SeededSampler,
+    batch_shape,
+    validation_split,
+)
 
 SMALL = {"identities_per_batch": 4, "images_per_identity": 2, "steps_per_epoch": 3,
          "unfreeze": 1, "augment": False}
+# Frozen backbone: the head trains on backbone features described once (shared by the tests
+# below through ``views_cache``), so a run takes about a second.
+HEAD = {"loss": "classifier", "unfreeze": 0, "cached_views": 2, "identities_per_batch": 4,
+        "images_per_identity": 2, "steps_per_epoch": 3, "lr_head": 1e-2}
+
+
+@pytest.fixture(scope="module")
+def views_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("frozen-views")
 
 
 def test_loss_goes_down_and_the_checkpoint_is_a_model(real_subset, tmp_path):
@@ -92,7 +111,7 @@ def test_frozen_backbone_trains_the_head_on_cached_views(real_subset, tmp_path):
     assert history[-1]["loss"] < history[0]["loss"]
     assert {"score", "top1", "baks", "baus"} <= set(trainer.baseline)  # the starting model
     (stored,) = tmp_path.glob("frozen-views-*.pt")
-    views = torch.load(stored, weights_only=False)
+    views = torch.load(stored, weights_only=True)  # tensors and plain values only
     train, queries, _ = validation_split(database["identity"].to_numpy(), 0.2, 0)
     assert views["views"].shape == (2, len(train), 1280)
     assert views["validation"].shape == (len(train) + len(queries), 1280)
@@ -132,3 +151,100 @@ def test_every_loss_trains_its_parameters(loss):
         optimizer.step()
         values.append(value.item())
     assert values[-1] < values[0], (loss, values[0], values[-1])
+
+
+def test_batch_shape_fits_the_training_images():
+    assert batch_shape(np.repeat(np.arange(10), 8), 4, 4) == (4, 4, [])
+    p, k, notes = batch_shape(np.repeat(np.arange(3), [1, 1, 5]), 16, 4)
+    assert (p, k) == (3, 2) and len(notes) == 2
+    assert "(P) lowered from 16 to 3" in notes[0] and "(K) lowered from 4 to 2" in notes[1]
+    with pytest.raises(TrainingDataError, match="needs at least 2"):
+        batch_shape(np.zeros(5, int), 4, 4)
+
+
+def test_a_small_database_trains_with_a_smaller_batch(real_subset, tmp_path, views_cache):
+    """P 16 x K 4 on 6 training identities of 2 images: the sampler used to fail an assertion."""
+    database = load_dataset(real_subset).database
+    train, _, _ = validation_split(database["identity"].to_numpy(), 0.2, 0)
+    identities = database["identity"].iloc[train].nunique()
+    config = TrainConfig(**{**HEAD, "identities_per_batch": 16, "images_per_identity": 4,
+                            "epochs": 1})
+    trainer = Trainer("efficientnet-lite0", tmp_path / "m.pt", config, device="cpu", workers=0,
+                      progress=False, cache_dir=views_cache)
+    assert len(trainer.fit(database)) == 1
+    assert (trainer.config.identities_per_batch, trainer.config.images_per_identity) == (
+        identities, 2)
+    assert f"(P) lowered from 16 to {identities}" in trainer.notes[0]
+    assert "(K) lowered from 4 to 2" in trainer.notes[1]
+
+
+def test_too_few_identities_name_the_dataset(real_subset, tmp_path):
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
+    two = metadata[metadata["identity"].isin(metadata["identity"].dropna().unique()[:2])]
+    two.to_csv(tmp_path / "metadata.csv", index=False)
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "m.pt"),
+                                      "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert str(tmp_path / "metadata.csv") in result.output
+    assert "at least 3 identities" in result.output
+
+
+def test_runs_repeat_batch_for_batch(real_subset, tmp_path, views_cache):
+    """The sampler draws from its own seeded generator, not numpy's global one."""
+    labels = np.repeat(np.arange(6), 2)
+    sampler = _SeededSampler(labels, 2, 8, 24, seed=0)
+    first = list(sampler)
+    np.random.seed(5)
+    assert list(sampler) == first
+    sampler.epoch = 1
+    assert list(sampler) != first
+    assert list(_SeededSampler(labels, 2, 8, 24, seed=1)) != first
+
+    database = load_dataset(real_subset).database
+    histories = []
+    for run, global_seed in (("a", 1), ("b", 2)):
+        np.random.seed(global_seed)  # whatever else drew from numpy's global generator
+        trainer = Trainer("efficientnet-lite0", tmp_path / run / "m.pt",
+                          TrainConfig(**HEAD, epochs=2), device="cpu", workers=0, progress=False,
+                          cache_dir=views_cache)
+        histories.append([row["loss"] for row in trainer.fit(database)])
+    assert histories[0] == histories[1]
+
+
+def test_training_state_loads_as_tensors_only(real_subset, tmp_path, views_cache):
+    database = load_dataset(real_subset).database
+    trainer = Trainer("efficientnet-lite0", tmp_path / "m.pt", TrainConfig(**HEAD, epochs=1),
+                      device="cpu", workers=0, progress=False, cache_dir=views_cache)
+    trainer.fit(database)
+    state = torch.load(trainer.resume_path, weights_only=True)
+    assert state["epoch"] == 0 and isinstance(state["best"], float)
+    (store,) = views_cache.glob("frozen-views-*.pt")
+    assert torch.load(store, weights_only=True)["views"].shape[0] == 2
+    resumed = Trainer("efficientnet-lite0", tmp_path / "m.pt", TrainConfig(**HEAD, epochs=2),
+                      device="cpu", workers=0, progress=False, cache_dir=views_cache)
+    assert [row["epoch"] for row in resumed.fit(database)] == [1, 2]
+    # A damaged store of backbone features is only a cache: described again, and said so.
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / store.name).write_bytes(b"truncated")
+    again = Trainer("efficientnet-lite0", tmp_path / "again.pt", TrainConfig(**HEAD, epochs=1),
+                    device="cpu", workers=0, progress=False, cache_dir=tmp_path / "cache")
+    again.fit(database)
+    (note,) = again.notes
+    assert note.startswith(f"{tmp_path / 'cache' / store.name}: unreadable stored backbone "
+                           "features") and note.endswith("computing them again")
+    assert torch.equal(torch.load(tmp_path / "cache" / store.name, weights_only=True)["views"],
+                       torch.load(store, weights_only=True)["views"])
+
+
+def test_a_damaged_resume_file_asks_for_fresh(real_subset, tmp_path, views_cache):
+    out = tmp_path / "m.pt"
+    (tmp_path / "m.last.pt").write_bytes(b"not a checkpoint")
+    command = ["train", str(real_subset), "--out", str(out), "--loss", "classifier", "--epochs",
+               "1", "--steps-per-epoch", "2", "--cached-views", "2", "--device", "cpu",
+               "--workers", "0", "--cache-dir", str(views_cache)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert str(tmp_path / "m.last.pt") in result.output and "--fresh" in result.output
+    result = CliRunner().invoke(app, [*command, "--fresh"])  # default --p 16: more than there are
+    assert result.exit_code == 0, result.output
+    assert "identities per batch (P) lowered from 16" in result.output

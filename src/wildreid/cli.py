@@ -311,7 +311,7 @@ def train(
     seed: int = typer.Option(0),
 ):
     """Fine-tune a descriptor on the database (never on queries), validated inside it."""
-    from wildreid.train import LOSSES, TrainConfig, Trainer
+    from wildreid.train import LOSSES, TrainConfig, Trainer, TrainingDataError
 
     if loss not in LOSSES:
         raise typer.BadParameter(f"use one of {', '.join(LOSSES)}", param_hint="--loss")
@@ -324,7 +324,10 @@ def train(
     with _clear_errors():
         dataset = load_dataset(data_dir, metadata)
         trainer = Trainer(model, out, config, device=device, workers=workers, cache_dir=cache_dir)
-        history = trainer.fit(dataset.database, resume=not fresh)
+        try:
+            history = trainer.fit(dataset.database, resume=not fresh)
+        except TrainingDataError as error:  # a problem of the dataset: name its file
+            raise DatasetError(dataset.source, [str(error)]) from None
     start = trainer.baseline
     err.print(f"starting model: validation score {start['score']:.3f}, top-1 {start['top1']:.3f}")
     for row in history:

@@ -5,6 +5,7 @@ Every problem is collected and reported at once, so a user fixes a dataset in on
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ NEW_INDIVIDUAL = "new_individual"
 #: Optional columns: ``bbox`` "x, y, w, h" in pixels, or ``mask``, the path of a mask image
 #: (nonzero = animal) relative to the dataset folder.
 REGION_COLUMNS = ("bbox", "mask")
+#: Column names read in any letter case (``Species``, ``IMAGE_ID``) and stored in lower case.
+DOCUMENTED_COLUMNS = (*COLUMNS, *REGION_COLUMNS)
 _SHOWN = 8  # examples listed per kind of problem
 
 
@@ -35,10 +38,28 @@ class DatasetError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem(s) found:\n{lines}")
 
 
-def _examples(values) -> str:
+def list_examples(values: Iterable) -> str:
+    """The first few ``values``, comma-separated, and how many more there are."""
     values = [str(v) for v in values]
     shown = ", ".join(values[:_SHOWN])
     return shown + (f" ... (+{len(values) - _SHOWN} more)" if len(values) > _SHOWN else "")
+
+
+def canonical_columns(columns: Iterable, names: Sequence[str] = DOCUMENTED_COLUMNS
+                      ) -> tuple[list[str], list[str]]:
+    """``columns`` stripped, with those that are one of ``names`` in another letter case renamed
+    to it, and the problems: columns that are the same name once case is ignored (which one was
+    meant cannot be told). Other columns keep their name."""
+    columns = list(columns)
+    lower = {name.lower(): name for name in names}
+    renamed = [lower.get(str(c).strip().lower(), str(c).strip()) for c in columns]
+    problems = []
+    for name in dict.fromkeys(renamed):
+        given = [str(c).strip() for c, new in zip(columns, renamed) if new == name]
+        if len(given) > 1 and name in lower.values():
+            problems.append(f"columns {', '.join(given)} are all '{name}' once letter case is "
+                            "ignored; keep one of them (or rename the others)")
+    return renamed, problems
 
 
 @dataclass
@@ -88,28 +109,32 @@ def validate(frame: pd.DataFrame, source: str | Path, check_files: bool = True,
     problems: list[str] = []
     duplicated = frame["image_id"][frame["image_id"].duplicated(keep=False)].dropna().unique()
     if len(duplicated):
-        problems.append(f"{len(duplicated)} duplicate image_id value(s): {_examples(duplicated)}")
+        problems.append(f"{len(duplicated)} duplicate image_id value(s): "
+                        f"{list_examples(duplicated)}")
     if frame["image_id"].isna().any():
         rows = (frame.index[frame["image_id"].isna()] + 2).tolist()
-        problems.append(f"blank image_id on CSV line(s) {_examples(rows)}")
+        problems.append(f"blank image_id on CSV line(s) {list_examples(rows)}")
     bad_split = frame["split"][~frame["split"].isin(SPLITS)].fillna("<blank>").unique()
     if len(bad_split):
-        problems.append(f"unknown split value(s) {_examples(bad_split)}; use 'database' or 'query'")
+        problems.append(f"unknown split value(s) {list_examples(bad_split)}; use 'database' or 'query'")
     database = frame[frame["split"] == "database"]
+    if database.empty:  # every use (identify, train, a catalog) compares against known animals
+        problems.append("no database images (no row with split 'database'): add the known "
+                        "individuals' photos as rows with split 'database' and their identity")
     no_identity = database["image_id"][database["identity"].isna()]
     if len(no_identity):
         problems.append(f"{len(no_identity)} database image(s) without identity: "
-                        f"{_examples(no_identity)}")
+                        f"{list_examples(no_identity)}")
     if (database["identity"] == NEW_INDIVIDUAL).any():
         problems.append(f"'{NEW_INDIVIDUAL}' is reserved for answers and cannot be a database identity")
     query = frame[frame["split"] == "query"]
     known_species = set(database["species"].dropna())
     orphan = sorted(set(query["species"].dropna()) - known_species)
     if orphan:
-        problems.append(f"query species with no database images: {_examples(orphan)}")
+        problems.append(f"query species with no database images: {list_examples(orphan)}")
     no_path = frame["image_id"][frame["path"].isna()]
     if len(no_path):
-        problems.append(f"{len(no_path)} image(s) with blank path: {_examples(no_path)}")
+        problems.append(f"{len(no_path)} image(s) with blank path: {list_examples(no_path)}")
     if "bbox" in frame.columns:
         bad = []
         for image_id, text in zip(frame["image_id"], frame["bbox"]):
@@ -120,11 +145,11 @@ def validate(frame: pd.DataFrame, source: str | Path, check_files: bool = True,
                     bad.append(f"{image_id} ({text!r})")
         if bad:
             problems.append(f"{len(bad)} bbox value(s) are not 'x, y, w, h' with positive width "
-                            f"and height: {_examples(bad)}")
+                            f"and height: {list_examples(bad)}")
     if check_files and "maskpath" in frame.columns:
         masks = [m for m in frame["maskpath"].dropna() if not Path(m).is_file()]
         if masks:
-            problems.append(f"{len(masks)} mask file(s) missing: {_examples(masks)}")
+            problems.append(f"{len(masks)} mask file(s) missing: {list_examples(masks)}")
     if check_files:
         paths = frame["filepath"].dropna().tolist()
         with ThreadPoolExecutor(workers) as pool:
@@ -132,9 +157,9 @@ def validate(frame: pd.DataFrame, source: str | Path, check_files: bool = True,
         missing = [p for p, c in zip(paths, checks) if c and c.endswith("file not found")]
         unreadable = [c for c in checks if c and not c.endswith("file not found")]
         if missing:
-            problems.append(f"{len(missing)} image file(s) missing: {_examples(missing)}")
+            problems.append(f"{len(missing)} image file(s) missing: {list_examples(missing)}")
         if unreadable:
-            problems.append(f"{len(unreadable)} image file(s) unreadable: {_examples(unreadable)}")
+            problems.append(f"{len(unreadable)} image file(s) unreadable: {list_examples(unreadable)}")
     if problems:
         raise DatasetError(source, problems)
 
@@ -149,12 +174,13 @@ def from_metadata(metadata: str | Path, root: str | Path | None = None,
         frame = pd.read_csv(metadata, dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
         raise DatasetError(metadata, [f"not a readable CSV ({error})"]) from None
-    frame.columns = [c.strip() for c in frame.columns]
+    frame.columns, problems = canonical_columns(frame.columns)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
-        raise DatasetError(metadata, [f"missing column(s) {', '.join(missing)}; expected "
-                                      f"{', '.join(COLUMNS)} (species, orientation, date, "
-                                      "dataset optional)"])
+        problems.append(f"missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)} "
+                        "(species, orientation, date, dataset optional)")
+    if problems:
+        raise DatasetError(metadata, problems)
     frame = _normalise(frame, Path(root) if root is not None else metadata.parent)
     validate(frame, metadata, check_files=check_files)
     return Dataset(frame, metadata)
@@ -186,6 +212,10 @@ def from_folders(root: str | Path, check_files: bool = True) -> Dataset:
                          "species": pd.NA, "split": "query"})
     if not rows:
         raise DatasetError(root, ["no images found (looked for metadata.csv and folders of images)"])
+    if all(row["split"] == "query" for row in rows):  # only root/query/: nothing to compare with
+        raise DatasetError(root, [f"no database images to compare the queries with: put the known "
+                                  f"individuals' photos in {root / 'database'}/<identity>/ "
+                                  "beside query/ (or give a metadata.csv)"])
     frame = pd.DataFrame(rows)
     frame["image_id"] = [str(Path(p).with_suffix("")) for p in frame["path"]]
     frame = _normalise(frame, root)

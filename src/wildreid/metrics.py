@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
-from wildreid.data import NEW_INDIVIDUAL
+from wildreid.data import DOCUMENTED_COLUMNS, NEW_INDIVIDUAL, canonical_columns, list_examples
 
 
 class SubmissionError(ValueError):
@@ -97,64 +97,101 @@ def best_threshold(curve: pd.DataFrame) -> tuple[float, float]:
     return middle, float(np.nanmax(scores))
 
 
-def _read(frame_or_path, what: str) -> pd.DataFrame:
+#: Columns each input needs; names are read in any letter case, as in a dataset's metadata.
+_NEEDED = {"submission": ("image_id", "identity"), "solution": ("image_id", "identity"),
+           "metadata": ("image_id", "identity", "split"),
+           "candidates": ("image_id", "rank", "identity")}
+_KNOWN_COLUMNS = (*DOCUMENTED_COLUMNS, "rank", "score")
+
+
+def _read(frame_or_path, what: str) -> tuple[pd.DataFrame, str, list[str]]:
+    """The ``what`` input (a DataFrame or CSV path) with its known columns in lower case, the
+    name that messages give it, and its problems: columns missing or ambiguous, repeated ids."""
     if isinstance(frame_or_path, pd.DataFrame):
-        return frame_or_path
-    path = Path(frame_or_path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: {what} file not found")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise SubmissionError(f"{path}: {what} is not a readable CSV ({error})") from None
+        frame, name = frame_or_path, what
+    else:
+        path = Path(frame_or_path)
+        name = str(path)
+        if not path.is_file():
+            raise SubmissionError(f"{path}: {what} file not found")
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise SubmissionError(f"{path}: {what} is not a readable CSV ({error})") from None
+    columns, problems = canonical_columns(frame.columns, _KNOWN_COLUMNS)
+    frame = frame.set_axis(columns, axis=1)
+    missing = [c for c in _NEEDED[what] if c not in columns]
+    if missing:
+        problems.append(f"{what} lacks column(s) {', '.join(missing)}; it needs "
+                        f"{', '.join(_NEEDED[what])}")
+    elif what != "candidates":  # candidates list several ranks per image
+        # A repeated query would count twice in its identity's share (and could disagree).
+        repeated = frame["image_id"][frame["image_id"].duplicated()].astype(str).unique()
+        if len(repeated):
+            problems.append(f"{len(repeated)} image_id(s) appear more than once: "
+                            f"{list_examples(repeated)}; keep one row per image")
+    return frame, name, problems
+
+
+def _refuse(problems: dict[str, list[str]]) -> None:
+    """One :class:`SubmissionError` listing every problem, under the name of its input."""
+    blocks = [f"{name}: {len(found)} problem(s):\n  - " + "\n  - ".join(found)
+              for name, found in problems.items() if found]
+    if blocks:
+        raise SubmissionError("\n".join(blocks))
 
 
 def _check_submission(submission: pd.DataFrame, solution: pd.DataFrame,
-                      database_identities: set[str], name: str) -> None:
+                      database_identities: set[str]) -> list[str]:
+    """Problems of a submission against the solution and the database."""
     problems = []
-    for frame, what in ((submission, "submission"), (solution, "solution")):
-        missing = {"image_id", "identity"} - set(frame.columns)
-        if missing:
-            problems.append(f"{what} lacks column(s) {', '.join(sorted(missing))}")
-    if problems:
-        raise SubmissionError(f"{name}: " + "; ".join(problems))
-    duplicated = submission["image_id"][submission["image_id"].duplicated()].unique()
-    if len(duplicated):
-        problems.append(f"duplicate image_id(s): {', '.join(map(str, duplicated[:8]))}")
     missing = sorted(set(solution["image_id"]) - set(submission["image_id"]))
     if missing:
-        problems.append(f"{len(missing)} query image_id(s) without an answer: "
-                        f"{', '.join(missing[:8])}")
+        problems.append(f"{len(missing)} query image_id(s) without an answer: {list_examples(missing)}")
     extra = sorted(set(submission["image_id"]) - set(solution["image_id"]))
     if extra:
-        problems.append(f"{len(extra)} image_id(s) that are not queries: {', '.join(extra[:8])}")
+        problems.append(f"{len(extra)} image_id(s) that are not queries: {list_examples(extra)}")
     answers = set(submission["identity"]) - database_identities - {NEW_INDIVIDUAL}
     if answers:
-        shown = ", ".join(sorted(map(str, answers))[:8])
         problems.append(f"{len(answers)} identity answer(s) not in the database and not "
-                        f"'{NEW_INDIVIDUAL}': {shown}")
-    if problems:
-        raise SubmissionError(f"{name}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+                        f"'{NEW_INDIVIDUAL}': {list_examples(sorted(map(str, answers)))}")
+    return problems
 
 
 def evaluate(submission, solution, metadata, candidates=None) -> dict:
     """Score a submission. Inputs are DataFrames or CSV paths; ``metadata`` gives each query's
     species and the database identities. ``candidates`` (image_id, rank, identity, score) adds
-    closed-set top-1/top-5 that ignore the new_individual decision."""
-    name = str(submission) if not isinstance(submission, pd.DataFrame) else "submission"
-    submission = _read(submission, "submission")
-    solution = _read(solution, "solution")
-    metadata = _read(metadata, "metadata")
-    metadata = metadata.astype({"image_id": str})
-    if "species" not in metadata.columns:
+    closed-set top-1/top-5 that ignore the new_individual decision. Raises
+    :class:`SubmissionError` listing every problem of the inputs."""
+    inputs = {"submission": submission, "solution": solution, "metadata": metadata}
+    frames, names, problems = {}, {}, {}
+    for what, given in inputs.items():
+        frames[what], names[what], found = _read(given, what)
+        problems.setdefault(names[what], []).extend(found)
+    _refuse(problems)
+    submission, solution = frames["submission"], frames["solution"]
+    metadata = frames["metadata"].astype({"image_id": str})
+    problems = {names["submission"]: []}
+    if "species" in metadata.columns and (
+            metadata["species"].fillna("").astype(str).str.strip() != "").any():
+        # Queries absent from a metadata with species would be pooled into one made-up species
+        # (without species, all queries are pooled anyway and the database rows are enough).
+        absent = sorted(set(solution["image_id"].astype(str)) - set(metadata["image_id"]))
+        if absent:
+            problems[names["metadata"]] = [
+                f"{len(absent)} query image_id(s) of the solution are not in it, so their species "
+                f"is unknown: {list_examples(absent)}; give the dataset's metadata.csv with its "
+                "query rows"]
+    else:
         metadata = metadata.assign(species="all")
     database = metadata[metadata["split"] == "database"]
     database_identities = set(database["identity"].astype(str))
-    _check_submission(submission, solution, database_identities, name)
+    problems[names["submission"]] = _check_submission(submission, solution, database_identities)
+    _refuse(problems)
+    species = metadata.set_index("image_id")["species"]
 
     table = solution[["image_id", "identity"]].rename(columns={"identity": "truth"}).merge(
         submission[["image_id", "identity"]].rename(columns={"identity": "answer"}), on="image_id")
-    species = metadata.set_index("image_id")["species"]
     table["species"] = table["image_id"].map(species).fillna("all").replace("", "all")
     table["unknown"] = ~table["truth"].isin(database_identities) | (table["truth"] == NEW_INDIVIDUAL)
     unknown_ids = set(table.loc[table["unknown"], "truth"])
@@ -186,7 +223,9 @@ def evaluate(submission, solution, metadata, candidates=None) -> dict:
         "queries": len(table),
     }
     if candidates is not None:
-        result.update(_closed_set(_read(candidates, "candidates"), known))
+        candidates, name, found = _read(candidates, "candidates")
+        _refuse({name: found})
+        result.update(_closed_set(candidates, known))
     return result
 
 

@@ -2,7 +2,8 @@
 
 Metric learning with pytorch-metric-learning: ArcFace, sub-center ArcFace, triplet with batch-hard
 or semi-hard mining, or a cross-entropy baseline (frozen backbone, 512-d head). Batches hold P
-identities x K images (identities with fewer than K images are oversampled). Validation stays
+identities x K images (identities with fewer than K images are oversampled; P and K shrink, with a
+note, to what a small database allows), drawn from the run's seed. Validation stays
 inside the database: some identities are held out entirely (pseudo-unknowns) and one image of
 each other identity with three or more (pseudo-known queries); each epoch reports the open-set
 score and top-1 there. Query images and solutions are never read.
@@ -13,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from rich.console import Console
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from wildreid.features import FeatureExtractor, resolve_device
@@ -59,6 +61,14 @@ class TrainConfig:
     # first plain, the rest augmented) are computed once and the head trains on them.
     cached_views: int = 4
     seed: int = 0
+
+
+class TrainingDataError(ValueError):
+    """A database that cannot be trained on (too few identities or images)."""
+
+
+class CheckpointError(ValueError):
+    """A ``.last.pt`` file that cannot be resumed from."""
 
 
 class _CachedViews(TorchDataset):
@@ -117,9 +127,68 @@ def validation_split(identities: np.ndarray, unknown_fraction: float, seed: int
     split = pseudo_split(np.asarray(identities), np.random.default_rng(seed), unknown_fraction,
                          query_fraction=0.0)
     if split is None:
-        raise ValueError("training needs at least 3 identities in the database, and at least "
-                         "one with two or more images")
+        raise TrainingDataError("training needs at least 3 identities in the database, and at "
+                                "least one with two or more images; add more labelled "
+                                "individuals")
     return split.reference, split.queries, split.unknown
+
+
+def batch_shape(labels: np.ndarray, identities_per_batch: int, images_per_identity: int
+                ) -> tuple[int, int, list[str]]:
+    """P identities x K images per batch that the training ``labels`` allow, and a note for
+    each value shrunk from the one asked for. A batch cannot hold more identities than there
+    are; K shrinks (not below 2, which positive pairs need) so that a batch does not exceed the
+    training images, rather than repeating each image many times."""
+    classes, images = len(np.unique(labels)), len(labels)
+    if classes < 2:  # losses need negatives: two identities in every batch
+        raise TrainingDataError(f"only {classes} identity left to train on after holding out "
+                                "the validation; training needs at least 2: add more labelled "
+                                "individuals")
+    p = min(identities_per_batch, classes)
+    k = min(images_per_identity, max(2, images // p))
+    notes = []
+    if p < identities_per_batch:
+        notes.append(f"identities per batch (P) lowered from {identities_per_batch} to {p}: "
+                     f"the training part of the database has {classes} identities")
+    if k < images_per_identity:
+        notes.append(f"images per identity (K) lowered from {images_per_identity} to {k}: "
+                     f"a batch of {p} x {images_per_identity} would exceed the {images} "
+                     "training images")
+    return p, k, notes
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's draws: a run repeats, and a resumed epoch draws what the
+    uninterrupted run did."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class _SeededSampler(Sampler):
+    """pytorch-metric-learning's ``MPerClassSampler`` (``per_identity`` images of each identity
+    per batch), drawing from a generator seeded by ``seed`` and ``epoch`` instead of numpy's
+    unseeded global one."""
+
+    def __init__(self, labels: np.ndarray, per_identity: int, batch: int, length: int, seed: int):
+        from pytorch_metric_learning.samplers import MPerClassSampler
+
+        self.inner = MPerClassSampler(labels, per_identity, batch_size=batch,
+                                      length_before_new_iter=length)
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        from pytorch_metric_learning.utils import common_functions
+
+        # The library shuffles its label list in place; start each epoch from the same order.
+        self.inner.labels = sorted(self.inner.labels_to_indices)
+        shared = common_functions.NUMPY_RANDOM  # the library's indirection for its randomness
+        common_functions.NUMPY_RANDOM = np.random.RandomState(_epoch_seed(self.seed, self.epoch))
+        try:
+            return iter(list(self.inner))  # drawn now, while the seeded generator is in place
+        finally:
+            common_functions.NUMPY_RANDOM = shared
 
 
 def _loss(config: TrainConfig, classes: int, dim: int):
@@ -174,6 +243,8 @@ class Trainer:
         self.progress = progress
         self.cache_dir = cache_dir
         self.history: list[dict] = []
+        #: What the run changed from what was asked (e.g. a smaller batch), also printed.
+        self.notes: list[str] = []
         #: Validation scores of the starting model (before any training), set by ``fit``.
         self.baseline: dict | None = None
 
@@ -181,9 +252,36 @@ class Trainer:
     def resume_path(self) -> Path:
         return self.out.with_name(self.out.stem + ".last.pt")
 
-    def fit(self, database: pd.DataFrame, resume: bool = True) -> list[dict]:
-        from pytorch_metric_learning.samplers import MPerClassSampler
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        if self.progress:  # beside the progress lines, on stderr
+            Console(stderr=True).print(f"[yellow]note:[/] {text}", highlight=False)
 
+    def _resume(self, model: nn.Module, criterion: nn.Module, optimizer, scheduler) -> dict:
+        """Load ``resume_path`` into the training objects; returns the whole state (counters,
+        history)."""
+        path = self.resume_path
+        fresh = "rerun with --fresh (resume=False) to start over, which replaces it"
+        try:  # tensors and plain values only: loading runs no code from the file
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # unreadable for any reason: truncated, not torch, pickled code
+            raise CheckpointError(f"{path}: not a training state that can be resumed "
+                                  f"({type(error).__name__}: {str(error)[:200]}); {fresh}") from None
+        needed = ("model", "criterion", "optimizer", "scheduler", "epoch", "best", "stale", "history")
+        if not isinstance(state, dict) or not all(key in state for key in needed):
+            raise CheckpointError(f"{path}: not a wildreid training state (it needs "
+                                  f"{', '.join(needed)}); {fresh}")
+        try:
+            model.load_state_dict(state["model"])
+            criterion.load_state_dict(state["criterion"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{path}: written for another model or loss "
+                                  f"({type(error).__name__}: {str(error)[:200]}); {fresh}") from None
+        return state
+
+    def fit(self, database: pd.DataFrame, resume: bool = True) -> list[dict]:
         config = self.config
         torch.manual_seed(config.seed)
         paths = database["filepath" if "filepath" in database.columns else "path"].astype(str)
@@ -202,6 +300,11 @@ class Trainer:
                 pd.DataFrame({"filepath": paths}), "training images: regions")
         self._regions = regions
         names, labels = np.unique(identities[train], return_inverse=True)
+        p, k, notes = batch_shape(labels, config.identities_per_batch, config.images_per_identity)
+        for note in notes:
+            self._note(note)
+        # What was trained with, as the checkpoint records it.
+        self.config = config = replace(config, identities_per_batch=p, images_per_identity=k)
 
         descriptor = create_descriptor(self.model_name)
         backbone = descriptor.model
@@ -240,11 +343,7 @@ class Trainer:
         scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda")
         start_epoch, best, stale = 0, -math.inf, 0
         if resume and self.resume_path.is_file():
-            state = torch.load(self.resume_path, map_location="cpu", weights_only=False)
-            model.load_state_dict(state["model"])
-            criterion.load_state_dict(state["criterion"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            state = self._resume(model, criterion, optimizer, scheduler)
             start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
             self.history, self.baseline = state["history"], state.get("baseline")
 
@@ -276,12 +375,16 @@ class Trainer:
 
         if self.baseline is None:  # the starting model on the same validation: what to beat
             self.baseline = validate(start=True)
-        sampler = MPerClassSampler(labels, config.images_per_identity, batch_size=batch,
-                                   length_before_new_iter=steps * batch)
+        sampler = _SeededSampler(labels, config.images_per_identity, batch, steps * batch,
+                                 config.seed)
         loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
                             num_workers=workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=workers > 0)
         for epoch in range(start_epoch, config.epochs):
+            # Batches, augmentations and cached-view draws: the same whether or not this run
+            # described the images first (which draws random numbers) or resumed.
+            sampler.epoch = epoch
+            torch.manual_seed(_epoch_seed(config.seed, epoch))
             model.train()
             if config.unfreeze == 0:
                 backbone.eval()  # frozen: keep its batch-norm statistics
@@ -317,7 +420,7 @@ class Trainer:
             # Top-1 breaks ties of the open-set score (small validations often score 0).
             key = scores["score"] + 1e-3 * np.nan_to_num(scores["top1"])
             if key > best:
-                best, stale = key, 0
+                best, stale = float(key), 0  # a plain float: the state loads with weights_only
                 save_descriptor(descriptor, self.out, extra={"config": asdict(self.config),
                                                              "validation": record,
                                                              "baseline": self.baseline,
@@ -359,8 +462,12 @@ class Trainer:
         folder = Path(self.cache_dir) if self.cache_dir is not None else self.out.parent
         store = folder / f"frozen-views-{digest}.pt"
         if store.is_file():
-            saved = torch.load(store, map_location="cpu", weights_only=False)
-            return saved["views"], saved["validation"]
+            try:
+                saved = torch.load(store, map_location="cpu", weights_only=True)
+                return saved["views"], saved["validation"]
+            except Exception as error:  # a damaged cache is recomputed, not fatal
+                self._note(f"{store}: unreadable stored backbone features "
+                           f"({type(error).__name__}); computing them again")
         backbone.eval()
         plain = _Training(paths[rows], np.zeros(len(rows), int), np.zeros(len(rows), bool),
                           _transform(descriptor, False),
