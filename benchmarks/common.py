@@ -3,6 +3,8 @@ files are named (never overwritten)."""
 
 from pathlib import Path
 
+import pandas as pd
+
 #: ../shared/bench/nyala-lion beside the repository, as in CI.
 DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "nyala-lion"
 
@@ -16,3 +18,36 @@ def unused_path(path: Path) -> Path:
         number += 1
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
     return candidate
+
+
+def write_subset(bench: Path, folder: Path, known: int = 4, unknown: int = 2) -> Path:
+    """An AnimalCLEF folder in ``folder`` (``metadata.csv`` with absolute paths into ``bench``,
+    ``solution.csv``): per species ``known`` identities with 3 database images and 1 query each,
+    and ``unknown`` query images of identities absent from the database."""
+    metadata_all = pd.read_csv(bench / "metadata.csv", dtype=str, keep_default_na=False)
+    solution = pd.read_csv(bench / "solution.csv", dtype=str)
+    rows, answers = [], []
+    for species in ("nyala", "lion"):
+        meta = metadata_all[metadata_all["species"] == species]
+        database = meta[meta["split"] == "database"]
+        counts = database.groupby("identity").size()
+        queries = meta[meta["split"] == "query"].merge(solution, on="image_id",
+                                                       suffixes=("", "_true"))
+        queried = set(queries["identity_true"])
+        chosen = sorted(i for i in counts[counts >= 3].index if i in queried)[:known]
+        for identity in chosen:
+            rows.append(database[database["identity"] == identity].head(3))
+            query = queries[queries["identity_true"] == identity].head(1)
+            rows.append(query.drop(columns="identity_true"))
+            answers.append(query[["image_id", "identity_true"]])
+        absent = queries[~queries["identity_true"].isin(database["identity"])]
+        first = absent.drop_duplicates("identity_true").head(unknown)
+        rows.append(first.drop(columns="identity_true"))
+        answers.append(first[["image_id", "identity_true"]])
+    metadata = pd.concat(rows, ignore_index=True)
+    metadata["path"] = [str(bench / p) for p in metadata["path"]]
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata.to_csv(folder / "metadata.csv", index=False)
+    truth = pd.concat(answers).rename(columns={"identity_true": "identity"})
+    truth.to_csv(folder / "solution.csv", index=False)
+    return folder

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import uvicorn
 
+from benchmarks.common import write_subset
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "nyala-lion"
@@ -28,35 +30,10 @@ def bench_metadata() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def real_subset(tmp_path_factory, bench_metadata) -> Path:
+def real_subset(tmp_path_factory) -> Path:
     """An AnimalCLEF folder of 36 real images (absolute paths into the shared benchmark):
     per species 4 known identities (3 database + 1 query images) and 2 unknown query images."""
-    solution = pd.read_csv(BENCH / "solution.csv", dtype=str)
-    folder = tmp_path_factory.mktemp("real-subset")
-    rows, answers = [], []
-    for species in ("nyala", "lion"):
-        meta = bench_metadata[bench_metadata["species"] == species]
-        database = meta[meta["split"] == "database"]
-        counts = database.groupby("identity").size()
-        queries = meta[meta["split"] == "query"].merge(solution, on="image_id",
-                                                       suffixes=("", "_true"))
-        queried = set(queries["identity_true"])
-        known = sorted(i for i in counts[counts >= 3].index if i in queried)[:4]
-        for identity in known:
-            rows.append(database[database["identity"] == identity].head(3))
-            query = queries[queries["identity_true"] == identity].head(1)
-            rows.append(query.drop(columns="identity_true"))
-            answers.append(query[["image_id", "identity_true"]])
-        unknown = queries[~queries["identity_true"].isin(database["identity"])]
-        first_two = unknown.drop_duplicates("identity_true").head(2)
-        rows.append(first_two.drop(columns="identity_true"))
-        answers.append(first_two[["image_id", "identity_true"]])
-    metadata = pd.concat(rows, ignore_index=True)
-    metadata["path"] = [str(BENCH / p) for p in metadata["path"]]
-    metadata.to_csv(folder / "metadata.csv", index=False)
-    truth = pd.concat(answers).rename(columns={"identity_true": "identity"})
-    truth.to_csv(folder / "solution.csv", index=False)
-    return folder
+    return write_subset(BENCH, tmp_path_factory.mktemp("real-subset"))
 
 
 class LiveServer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import socket
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -87,17 +88,68 @@ def test_an_html_polyglot_upload_is_stored_and_served_as_an_image(client):
     assert not any(name.endswith((".html", ".htm")) or "page" in name for name in stored)
 
 
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as connection:
+        connection.sendall(request)
+        return connection.recv(4096)
+
+
 def test_an_upload_over_the_limit_is_refused_before_it_is_read(real_subset, tmp_path):
     Catalog.create(tmp_path / "cat").add_dataset(real_subset)
     with LiveServer(tmp_path / "cat", max_upload_bytes=1_000_000) as url:
         port = int(url.rsplit(":", 1)[1].strip("/"))
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as connection:
-            # Headers only: a server that waited for the 5 GB body would never answer.
-            connection.sendall(b"POST /api/queries HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                               b"Content-Type: multipart/form-data; boundary=x\r\n"
-                               b"Content-Length: 5000000000\r\n\r\n")
-            reply = connection.recv(4096)
-    assert reply.startswith(b"HTTP/1.1 413") and b"larger than" in reply
+        # Headers only: a server that waited for the 5 GB body would never answer.
+        reply = _raw(port, b"POST /api/queries HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: multipart/form-data; boundary=x\r\n"
+                           b"Content-Length: 5000000000\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 413") and b"larger than" in reply
+        # A small Content-Length beside a chunked body of any size: refused, not read.
+        reply = _raw(port, b"POST /api/queries HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: multipart/form-data; boundary=x\r\n"
+                           b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"100000\r\n")
+        assert reply.startswith(b"HTTP/1.1 4"), reply[:40]  # 400 from h11 or our 411
+        # Decisions are small: a 1 MB form is refused by its length.
+        reply = _raw(port, b"POST /api/new HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: application/x-www-form-urlencoded\r\n"
+                           b"Content-Length: 1000000\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 413")
+
+
+def test_only_whole_camera_images_are_stored(client, real_subset):
+    http, folder = client
+    before = len(Catalog(folder).images())
+    jpeg = Path(_queries(real_subset)["path"].iloc[0]).read_bytes()
+    ppm = b"P6\n64 48\n255\n" + bytes(64 * 48 * 3)
+    broken_ppm = b"P6\n64 4x\n255\n" + bytes(64 * 48 * 3)  # a malformed header
+    for name, data in (("cut.jpg", jpeg[:3000]), ("a.ppm", ppm), ("b.ppm", broken_ppm)):
+        refused = http.post("/api/queries", files={"photo": (name, data, "image/jpeg")},
+                            data={"species": "nyala"})
+        assert refused.status_code == 400, (name, refused.text)
+        assert name in refused.json()["detail"] and "/tmp" not in refused.json()["detail"]
+    assert len(Catalog(folder).images()) == before
+
+
+def test_decisions_are_not_replayed_and_no_page_elsewhere_drives_the_app(client, real_subset):
+    http, folder = client
+    image_id = Catalog(folder).add_photo(_queries(real_subset)["path"].iloc[0], None, "nyala")
+    assert http.post("/api/new", data={"image_id": image_id}).status_code == 200
+    assert http.post("/api/new", data={"image_id": image_id}).status_code == 409  # a double click
+    someone = Catalog(folder).individuals()["name"].iloc[0]
+    assert http.post("/api/confirm", data={"image_id": image_id,
+                                           "individual": someone}).status_code == 409
+    for site in ("cross-site", "same-site"):  # e.g. <img src=http://127.0.0.1:8000/api/...>
+        response = http.get("/api/candidates", params={"image_id": image_id},
+                            headers={"sec-fetch-site": site})
+        assert response.status_code == 403
+    assert http.get("/api/individuals", headers={"sec-fetch-site": "same-origin"}).status_code == 200
+    missing = http.get("/photo", params={"image_id": "nothing"})
+    assert missing.status_code == 404 and "/" not in missing.json()["detail"].replace(
+        "image 'nothing'", "")
+    other = Catalog(folder).add_photo(_queries(real_subset)["path"].iloc[1], None, "nyala")
+    behind_https_proxy = http.post("/api/new", data={"image_id": other},
+                                   headers={"origin": "https://127.0.0.1"})
+    assert behind_https_proxy.status_code == 200
 
 
 def test_a_species_the_catalog_lacks_is_refused_and_nothing_is_stored(client, real_subset):

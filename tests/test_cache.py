@@ -1,24 +1,23 @@
-"""Fault injection on the feature cache: every way a cache file can be damaged is reported by path,
-dropped and recomputed, and the run ends with the answers an uncached run gives; two processes
-share one cache; reads are by key."""
+"""Fault injection on the feature cache: every way a cache file can be damaged (the damages of
+``benchmarks/cache_faults.py``, which runs them end to end on every namespace) is reported by
+path, dropped and recomputed, and the run ends with the answers an uncached run gives; two
+processes share one cache; reads are by key."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
 import tracemalloc
 import warnings
-from contextlib import closing
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from wildreid.cache import FILE_NAME, ArrayCache, CacheDamaged, _checksum
+from benchmarks.cache_faults import KINDS, damage
+from wildreid.cache import ArrayCache, CacheDamaged
 from wildreid.data import load_dataset
 from wildreid.features import FeatureExtractor
 from wildreid.models import create_descriptor
@@ -41,66 +40,12 @@ def described(descriptor, real_subset, tmp_path_factory):
     return paths, reference, extractor.cache.folder
 
 
-def _sql(path: Path, *statements: tuple) -> None:
-    with closing(sqlite3.connect(path)) as connection, connection:
-        for statement in statements:
-            connection.execute(*statement)
-
-
-def _damage(folder: Path, kind: str) -> None:
-    """Damage the cache in ``folder`` the way ``kind`` says."""
-    database = folder / FILE_NAME
-    with closing(sqlite3.connect(database)) as connection:
-        rows = connection.execute("SELECT key, dtype, shape, value FROM arrays ORDER BY key"
-                                  ).fetchall()
-    size = database.stat().st_size
-    if kind == "truncated":
-        with open(database, "r+b") as handle:
-            handle.truncate(size // 2)
-    elif kind == "emptied":
-        database.write_bytes(b"")
-    elif kind == "random-bytes":
-        database.write_bytes(np.random.default_rng(0).bytes(size))
-    elif kind == "flipped-bytes":  # bit rot inside one row's array
-        value = bytearray(rows[0][3])
-        value[100] ^= 0xFF
-        _sql(database, ("UPDATE arrays SET value = ? WHERE key = ?", (bytes(value), rows[0][0])))
-    elif kind == "swapped-rows":  # valid format, each row under the other's key
-        (a, _, _, first), (b, _, _, second) = rows[:2]
-        _sql(database, ("UPDATE arrays SET value = ? WHERE key = ?", (second, a)),
-             ("UPDATE arrays SET value = ? WHERE key = ?", (first, b)))
-    elif kind == "wrong-width":  # a well-formed row of another width, checksum and all
-        key, dtype = rows[0][0], rows[0][1]
-        value = np.zeros(640, np.dtype(dtype)).tobytes()
-        _sql(database, ("UPDATE arrays SET shape = '640', value = ?, checksum = ? WHERE key = ?",
-                        (value, _checksum(key, dtype, "640", value), key)))
-    elif kind.startswith("npz-"):  # shards of the older format, imported on open
-        database.unlink()
-        keys = np.asarray([r[0] for r in rows])
-        values = np.stack([np.frombuffer(r[3], np.dtype(r[1])) for r in rows])
-        np.savez(folder / "good.npz", keys=keys[:3], values=values[:3])
-        shard = folder / "bad.npz"
-        if kind == "npz-wrong-width":
-            np.savez(shard, keys=keys[3:], values=values[3:, :640])
-        else:
-            np.savez(shard, keys=keys[3:], values=values[3:])
-            data = shard.read_bytes()
-            shard.write_bytes({"npz-truncated": data[:len(data) // 2], "npz-emptied": b"",
-                               "npz-random-bytes": os.urandom(len(data))}[kind])
-    else:
-        raise ValueError(kind)
-
-
-KINDS = ["truncated", "emptied", "random-bytes", "flipped-bytes", "swapped-rows", "wrong-width",
-         "npz-truncated", "npz-emptied", "npz-random-bytes", "npz-wrong-width"]
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_damaged_cache_is_reported_dropped_and_recomputed(kind, described, descriptor, tmp_path):
     paths, reference, built = described
     folder = tmp_path / "cache" / built.name
     shutil.copytree(built, folder)
-    _damage(folder, kind)
+    damage(folder, kind)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         extractor = FeatureExtractor(descriptor, "cpu", cache_dir=tmp_path / "cache",

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from wildreid.catalog import Catalog, CatalogError
+from wildreid.catalog import Catalog, CatalogError, check_name
 from wildreid.cli import app
 
 
@@ -157,3 +157,18 @@ def test_an_identical_photo_keeps_its_individual_among_the_candidates(catalog):
     assert candidates["score"].iloc[0] == pytest.approx(1.0, abs=1e-4)
     itself = catalog.identify(known["image_id"])  # an identified photo: ranked without itself
     assert len(itself) and itself["score"].iloc[0] < 0.9999
+
+
+def test_a_change_from_another_process_refits_and_names_are_normalised(catalog, real_subset):
+    first = catalog.identifier()
+    assert catalog.identifier() is first  # unchanged catalog: the fitted model is kept
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
+    query = metadata[metadata["split"] == "query"].iloc[0]
+    other = Catalog(catalog.folder)  # e.g. 'wildreid catalog add' in another process
+    image_id = other.add_photo(query["path"], None, query["species"])
+    other.new_individual(image_id, "Zoe\u0308")  # decomposed
+    assert catalog.identifier() is not first
+    with pytest.raises(CatalogError, match="already exists"):
+        other.new_individual(other.add_photo(query["path"], None, query["species"]), "Zo\u00eb")
+    with pytest.raises(CatalogError, match="unseen animal"):
+        check_name("\uff4e\uff45\uff57_individual")  # full-width letters

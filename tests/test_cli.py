@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
+from benchmarks.cache_faults import damage
 from wildreid.cli import app
 from wildreid.data import NEW_INDIVIDUAL
 
@@ -34,6 +35,17 @@ def test_identify_then_evaluate(real_subset, tmp_path):
     species = metadata.set_index("image_id")["species"]
     id_species = database.set_index("identity")["species"].to_dict()
     assert (candidates["identity"].map(id_species) == candidates["image_id"].map(species)).all()
+
+    # A damaged cache: named in one warning line, recomputed, the same answers.
+    (features_cache,) = [p for p in (tmp_path / "cache").glob("*/arrays.sqlite")
+                         if not p.parent.name.startswith(("regions", "local"))]
+    damage(features_cache.parent, "swapped-rows")
+    again = runner.invoke(app, ["identify", str(real_subset), "--output", str(tmp_path / "b.csv"),
+                                "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    assert again.exit_code == 0, again.output
+    assert "warning:" in again.output and "dropped" in again.output
+    assert "Traceback" not in again.output and "CacheDamaged" not in again.output
+    assert pd.read_csv(tmp_path / "b.csv", dtype=str).equals(answers)
 
     scored = runner.invoke(app, ["evaluate", str(submission), str(real_subset / "solution.csv"),
                                  "--metadata", str(real_subset / "metadata.csv"), "--json",
@@ -64,10 +76,11 @@ def test_wrong_extension_query_of_a_database_photo_is_named(real_subset, tmp_pat
 
 
 def test_bad_dataset_is_one_clear_message(tmp_path):
-    (tmp_path / "metadata.csv").write_text("image_id,identity,path,split\na,x,missing.jpg,train\n")
+    (tmp_path / "metadata.csv").write_text("image_id,identity,path,split\n"
+                                           "a,x,[/red]missing.jpg,train\n")
     result = runner.invoke(app, ["identify", str(tmp_path), "--no-cache"])
-    assert result.exit_code == 2
-    assert "missing.jpg" in result.output and "unknown split value(s) train" in result.output
+    assert result.exit_code == 2  # the name is text, not console markup
+    assert "[/red]missing.jpg" in result.output and "unknown split value(s) train" in result.output
     assert "Traceback" not in result.output
 
 

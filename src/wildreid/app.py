@@ -13,14 +13,20 @@ What it protects against (each kept by a test in ``tests/test_app.py`` or ``test
   properties, never HTML strings; a Content-Security-Policy allows only the app's own script file.
 - **Cross-site requests (CSRF) and DNS rebinding**: requests whose ``Host`` is not one the app was
   bound to are refused (400), and so are state-changing requests whose ``Origin`` (or ``Referer``)
-  is another site (403).
-- **Uploads as pages**: an upload must decode as an image, is stored by the type its bytes hold and
-  served as ``image/*`` with ``X-Content-Type-Options: nosniff``; an upload larger than the limit is
-  refused by its ``Content-Length`` before it is read (413; 411 without a length).
+  is another site, and any request a browser marks as sent by another site (``Sec-Fetch-Site``),
+  so no page elsewhere can make it compute or show photos (403).
+- **Uploads as pages**: an upload must decode whole as a camera or web image (JPEG, PNG, WebP,
+  TIFF, BMP, GIF; at most 40 Mpx), is stored by the type its bytes hold and served as ``image/*``
+  with ``X-Content-Type-Options: nosniff``.
+- **Oversized bodies**: every POST must state its ``Content-Length`` (no chunked bodies) within
+  the limit (the upload size, 64 KiB for decisions), checked before the body is read and counted
+  while it is (413; 411 without a length).
+- **Replayed decisions**: a photo already decided is not decided again (409).
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,12 +38,16 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from wildreid.catalog import Catalog, CatalogError
+from wildreid.catalog import Catalog, CatalogError, DecisionConflict
 from wildreid.images import ImageError, image_format
 
 MAX_UPLOAD_BYTES = 30 * 1024 * 1024
-#: Room for the multipart envelope (boundaries, field headers, the species field) around the photo.
-_FORM_OVERHEAD = 64 * 1024
+#: Uploads above this many pixels are refused: plenty for any field photo, and it bounds the
+#: memory one request can take (a small file can claim a huge image).
+MAX_UPLOAD_PIXELS = 40_000_000
+#: Room for the multipart envelope (boundaries, field headers, the species field) around the photo,
+#: and the most a decision form (image id, name) may hold.
+_FORM_BYTES = 64 * 1024
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 _STATIC = Path(__file__).parent / "static"
 _ASSETS = {"review.js": "text/javascript", "review.css": "text/css"}
@@ -55,17 +65,60 @@ _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 def _same_origin(request: Request) -> bool:
     """A browser names the page that sent a state-changing request in ``Origin`` (or at least
-    ``Referer``); it must be this app. Clients that send neither (curl, scripts) are not
-    browsers a foreign page can drive, so they pass."""
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    origin = request.headers.get("origin")
-    if origin is not None:
-        return origin == own
-    referer = request.headers.get("referer")
-    if referer is not None:
-        parts = urlsplit(referer)
-        return f"{parts.scheme}://{parts.netloc}" == own
+    ``Referer``); it must be this app's host and port (the scheme may differ behind an HTTPS
+    proxy). Clients that send neither (curl, scripts) are not browsers a foreign page can drive,
+    so they pass."""
+    own = request.headers.get("host", "").lower()
+    for header in ("origin", "referer"):
+        value = request.headers.get(header)
+        if value is not None:
+            parts = urlsplit(value)
+            return parts.scheme in ("http", "https") and parts.netloc.lower() == own
     return True
+
+
+class _BodyLimit:
+    """ASGI guard: a POST must state a ``Content-Length`` within its route's limit, and is cut
+    off if its body runs past it. Chunked bodies are refused: their length is unknown until read,
+    and a ``Content-Length`` beside them would not be what the server reads."""
+
+    def __init__(self, app, limits: dict[str, int], default: int):
+        self.app, self.limits, self.default = app, limits, default
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        limit = self.limits.get(scope["path"], self.default)
+        length = headers.get("content-length", "")
+        if "transfer-encoding" in headers or not length.isdigit():
+            return await _refuse(send, 411, "a request body must state its Content-Length "
+                                            "(chunked bodies are refused)")
+        if int(length) > limit:
+            return await _refuse(send, 413, f"refused: the request is larger than "
+                                            f"{limit / 2**20:.2f} MiB")
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:  # more than it said: stop reading it
+                return {"type": "http.disconnect"}
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+async def _refuse(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"),
+                            *((k.lower().encode(), v.encode()) for k, v in
+                              _SECURITY_HEADERS.items())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
@@ -77,26 +130,19 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 
     @app.middleware("http")
     async def guard(request: Request, call_next) -> Response:
-        if request.method in _UNSAFE_METHODS and not _same_origin(request):
+        foreign = request.headers.get("sec-fetch-site") in ("cross-site", "same-site")
+        if foreign or (request.method in _UNSAFE_METHODS and not _same_origin(request)):
             response = JSONResponse({"detail": "refused: the request comes from another site"},
                                     status_code=403)
-        elif request.method == "POST" and request.url.path == "/api/queries":
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                response = JSONResponse({"detail": "an upload must state its Content-Length"},
-                                        status_code=411)
-            elif int(length) > max_upload_bytes + _FORM_OVERHEAD:
-                response = JSONResponse(
-                    {"detail": f"upload refused: larger than {max_upload_bytes / 2**20:g} MiB"},
-                    status_code=413)
-            else:
-                response = await call_next(request)
         else:
             response = await call_next(request)
         response.headers.update(_SECURITY_HEADERS)
         return response
 
-    # Added last, so it runs first: a request for another host is refused before anything else.
+    # Added after, so they run first: a request for another host is refused before anything
+    # else, a body too large before it is read.
+    app.add_middleware(_BodyLimit, limits={"/api/queries": max_upload_bytes + _FORM_BYTES},
+                       default=_FORM_BYTES)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     def refuse(error: Exception, status: int = 400):
@@ -133,8 +179,8 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         try:
             path = catalog.photo_path(image_id)
             kind = image_format(path)
-        except (CatalogError, ImageError) as error:
-            refuse(CatalogError(f"no photo for image {image_id!r}: {error}"), 404)
+        except (CatalogError, ImageError):  # the reason would name server paths
+            refuse(CatalogError(f"no photo for image {image_id!r}"), 404)
         media_type = Image.MIME.get(kind, "")
         if not media_type.startswith("image/"):
             refuse(CatalogError(f"image {image_id!r} is not in a format browsers show"), 404)
@@ -148,13 +194,17 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             refuse(ValueError(f"{shown}: larger than {max_upload_bytes / 2**20:g} MiB"), 413)
         try:  # before the photo is stored, so a refused upload leaves nothing behind
             species = catalog.check_species(species)
+            if not catalog.has_identified_photos():
+                raise CatalogError("the catalog has no identified photos to compare with yet; "
+                                   "import some with 'wildreid catalog add'")
         except CatalogError as error:
             refuse(error)
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / "upload"  # the client's name never names a file
             path.write_bytes(data)
             try:
-                image_id = await run_in_threadpool(catalog.add_photo, path, None, species)
+                image_id = await run_in_threadpool(catalog.add_photo, path, None, species,
+                                                   None, None, MAX_UPLOAD_PIXELS)
             except CatalogError as error:
                 refuse(ValueError(str(error).replace(str(path), shown)))
         return {"image_id": image_id, "candidates": await candidates(image_id)}
@@ -165,11 +215,14 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             ranked = await run_in_threadpool(catalog.identify, image_id)
         except CatalogError as error:
             refuse(error, 404)
+        except ImageError:
+            refuse(CatalogError(f"image {image_id!r} can no longer be decoded"), 422)
         rows = []
         for row in ranked.itertuples():
             photos_of = catalog.images(row.identity)["image_id"].tolist()
-            rows.append({"rank": int(row.rank), "identity": row.identity,
-                         "score": round(float(row.score), 4), "photo": photos_of[0]})
+            if photos_of:  # an individual emptied since the model was fitted is no candidate
+                rows.append({"rank": int(row.rank), "identity": row.identity,
+                             "score": round(float(row.score), 4), "photo": photos_of[0]})
         return rows
 
     @app.get("/api/matches")
@@ -180,12 +233,16 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             picture = await run_in_threadpool(catalog.draw_matches, image_id, individual)
         except CatalogError as error:
             refuse(error, 404)
+        except ImageError:
+            refuse(CatalogError(f"a photo of {individual!r} can no longer be decoded"), 422)
         return {"image": picture}
 
     @app.post("/api/confirm")
     def confirm(image_id: str = Form(...), individual: str = Form(...)) -> dict:
         try:
             catalog.confirm(image_id, individual)
+        except DecisionConflict as error:
+            refuse(error, 409)
         except CatalogError as error:
             refuse(error)
         return {"image_id": image_id, "individual": individual}
@@ -195,6 +252,8 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         try:
             return {"image_id": image_id,
                     "individual": catalog.new_individual(image_id, name if name.strip() else None)}
+        except DecisionConflict as error:
+            refuse(error, 409)
         except CatalogError as error:
             refuse(error)
 

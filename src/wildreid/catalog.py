@@ -25,7 +25,7 @@ import pandas as pd
 
 from wildreid.cache import content_key
 from wildreid.data import load_dataset
-from wildreid.images import ImageError, image_format
+from wildreid.images import MAX_PIXELS, ImageError, image_format, load_image
 
 #: Longest individual name or image id accepted: longer text is a mistake or an attack, not a name.
 MAX_NAME_LENGTH = 200
@@ -34,6 +34,9 @@ MAX_NAME_LENGTH = 200
 #: file is only ever served as the image type its bytes are.
 _SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif",
            "BMP": ".bmp", "GIF": ".gif"}
+#: The only formats a photo may be in: camera and web formats, not Pillow's every plug-in (EPS
+#: would run Ghostscript; rare formats are rarely hardened).
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")  # JPEG opens phones' MPO too
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS individuals (
@@ -52,6 +55,10 @@ class CatalogError(ValueError):
     """A request the catalog cannot honour; the message says why."""
 
 
+class DecisionConflict(CatalogError):
+    """A decision about a photo that was already decided (a replay, a double click)."""
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -61,6 +68,7 @@ def check_name(text: object, what: str = "individual name") -> str:
     blank, longer than :data:`MAX_NAME_LENGTH`, holding control characters, or the reserved
     answer ``new_individual``."""
     name = str(text).strip() if text is not None and not pd.isna(text) else ""
+    name = unicodedata.normalize("NFC", name)  # "Zoë" typed two ways is one name
     if not name:
         raise CatalogError(f"the {what} is blank")
     if len(name) > MAX_NAME_LENGTH:
@@ -68,7 +76,8 @@ def check_name(text: object, what: str = "individual name") -> str:
                            "characters")
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
         raise CatalogError(f"the {what} {name!r} holds control characters")
-    if what == "individual name" and name.lower() == "new_individual":
+    if what == "individual name" and unicodedata.normalize(
+            "NFKC", name).casefold() == "new_individual":
         raise CatalogError("'new_individual' is the answer for an unseen animal, not a name")
     return name
 
@@ -91,7 +100,7 @@ class Catalog:
                                "with 'wildreid catalog init FOLDER'")
         self.photos = self.folder / "photos"
         self.cache = self.folder / "cache"
-        self._identifier = None
+        self._identifier: tuple[int, object] | None = None  # (generation fitted at, model)
         self._lock = threading.Lock()
 
     @classmethod
@@ -116,6 +125,14 @@ class Catalog:
         rows = self._read("SELECT value FROM settings WHERE key = 'preset'")
         return rows["value"].iloc[0] if len(rows) else "fast"
 
+    def generation(self) -> int:
+        """How many writes the catalog has seen (any process)."""
+        rows = self._read("SELECT value FROM settings WHERE key = 'generation'")
+        return int(rows["value"].iloc[0]) if len(rows) else 0
+
+    def has_identified_photos(self) -> bool:
+        return not self._read("SELECT 1 FROM images WHERE individual IS NOT NULL LIMIT 1").empty
+
     def unassigned(self) -> list[str]:
         """Photos added without an individual (queries waiting for a decision)."""
         return self._read("SELECT image_id FROM images WHERE individual IS NULL ORDER BY added")[
@@ -127,6 +144,11 @@ class Catalog:
         try:
             connection.execute("BEGIN IMMEDIATE")  # one writer at a time, no lost update
             yield connection
+            # Every write moves the generation on, so a fitted model of an older catalog (in this
+            # process or another) is known to be stale.
+            connection.execute("INSERT OR IGNORE INTO settings VALUES ('generation', '0')")
+            connection.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 "
+                               "WHERE key = 'generation'")
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -160,21 +182,23 @@ class Catalog:
         return path
 
     def add_photo(self, source: str | Path, individual: str | None, species: str | None = None,
-                  orientation: str | None = None, image_id: str | None = None) -> str:
+                  orientation: str | None = None, image_id: str | None = None,
+                  max_pixels: int = MAX_PIXELS) -> str:
         """Copy a photo in (checked first); ``individual`` None keeps it unassigned (a query).
 
         The stored file is named by the hash of its bytes and the image type they hold, never by
         ``image_id`` or the source's name: ids are free text (``lion/7/a.jpg``) and never reach the
         file system."""
         source = Path(source)
-        try:
-            kind = image_format(source)
+        try:  # decoded whole: a photo stored here must never fail later
+            kind = image_format(source, max_pixels, PHOTO_FORMATS)
+            load_image(source, max_pixels, PHOTO_FORMATS)
         except ImageError as error:
             raise CatalogError(str(error)) from None
         image_id = check_name(image_id, "image id") if image_id is not None else uuid.uuid4().hex[:12]
         individual = None if individual is None else check_name(individual)
         species = None if species is None or pd.isna(species) else check_name(species, "species")
-        target = self.photos / f"{content_key(source)}{_SUFFIX.get(kind, '.img')}"
+        target = self.photos / f"{content_key(source)}{_SUFFIX[kind]}"
         with self._write() as connection:
             if connection.execute("SELECT 1 FROM images WHERE image_id = ?", (image_id,)).fetchone():
                 raise CatalogError(f"image {image_id!r} is already in the catalog")
@@ -190,7 +214,6 @@ class Catalog:
             connection.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)",
                                (image_id, individual, species, orientation,
                                 str(target.relative_to(self.folder)), _now()))
-        self._identifier = None
         return image_id
 
     def species(self) -> list[str]:
@@ -206,8 +229,8 @@ class Catalog:
                            "ORDER BY species")["species"].tolist()
         if str(species).strip() not in known:
             listed = ", ".join(known) if known else "none: leave the species blank"
-            raise CatalogError(f"the catalog has no individuals of species {species!r} "
-                               f"(species it has: {listed})")
+            raise CatalogError(f"the catalog has no individuals of species "
+                               f"{str(species)[:60]!r} (species it has: {listed})")
         return str(species).strip()
 
     def add_dataset(self, data_dir: str | Path, metadata: str | Path | None = None) -> Imported:
@@ -247,8 +270,10 @@ class Catalog:
         from wildreid.pipeline import PRESETS, Identifier
 
         with self._lock:
-            if self._identifier is not None and leave_out is None:
-                return self._identifier
+            generation = self.generation()  # read first: a write during the fit makes it stale
+            if self._identifier is not None and leave_out is None and (
+                    self._identifier[0] == generation):
+                return self._identifier[1]
             labelled = self.images().dropna(subset=["individual"])
             labelled = labelled[labelled["image_id"] != leave_out]
             if labelled["individual"].nunique() < 1:
@@ -263,7 +288,7 @@ class Catalog:
             identifier = Identifier(threshold=threshold, cache_dir=self.cache, progress=False,
                                     **settings).fit(frame)
             if leave_out is None:
-                self._identifier = identifier
+                self._identifier = (generation, identifier)
             return identifier
 
     def identify(self, image_id: str, k: int = 5) -> pd.DataFrame:
@@ -298,29 +323,37 @@ class Catalog:
         panels = match_panels(info, database, query, candidates, "auto", self.cache)
         return panels[(image_id, individual)]
 
-    def confirm(self, image_id: str, individual: str) -> None:
-        """Assign the photo to an existing individual."""
+    @staticmethod
+    def _undecided(connection: sqlite3.Connection, image_id: str, reassign: bool) -> tuple:
+        """The photo's (species, individual) row, checked to be open to a decision."""
+        row = connection.execute("SELECT species, individual FROM images WHERE image_id = ?",
+                                 (image_id,)).fetchone()
+        if row is None:
+            raise CatalogError(f"no image {image_id!r} in the catalog")
+        if row[1] is not None and not reassign:
+            raise DecisionConflict(f"image {image_id!r} is already assigned to {row[1]!r}; "
+                                   "reassign it explicitly to change that")
+        return row
+
+    def confirm(self, image_id: str, individual: str, reassign: bool = False) -> None:
+        """Assign the photo (not yet decided, unless ``reassign``) to an existing individual."""
         with self._write() as connection:
             if not connection.execute("SELECT 1 FROM individuals WHERE name = ?",
                                       (individual,)).fetchone():
                 raise CatalogError(f"no individual {individual!r}; create a new one instead")
-            if not connection.execute("SELECT 1 FROM images WHERE image_id = ?",
-                                      (image_id,)).fetchone():
-                raise CatalogError(f"no image {image_id!r} in the catalog")
+            self._undecided(connection, image_id, reassign)
             connection.execute("UPDATE images SET individual = ? WHERE image_id = ?",
                                (individual, image_id))
             connection.execute("INSERT INTO decisions (image_id, individual, kind, created) "
                                "VALUES (?, ?, 'confirm', ?)", (image_id, individual, _now()))
-        self._identifier = None
 
-    def new_individual(self, image_id: str, name: str | None = None) -> str:
-        """Declare the photo a new individual; returns its name."""
+    def new_individual(self, image_id: str, name: str | None = None,
+                       reassign: bool = False) -> str:
+        """Declare the photo (not yet decided, unless ``reassign``) a new individual; returns its
+        name."""
         name = None if name is None else check_name(name)
         with self._write() as connection:
-            row = connection.execute("SELECT species FROM images WHERE image_id = ?",
-                                     (image_id,)).fetchone()
-            if row is None:
-                raise CatalogError(f"no image {image_id!r} in the catalog")
+            row = self._undecided(connection, image_id, reassign)
             if name is None:
                 count = connection.execute("SELECT COUNT(*) FROM individuals").fetchone()[0]
                 name = f"{row[0] or 'individual'}_{count + 1:04d}"
@@ -336,7 +369,6 @@ class Catalog:
                                (name, image_id))
             connection.execute("INSERT INTO decisions (image_id, individual, kind, created) "
                                "VALUES (?, ?, 'new', ?)", (image_id, name, _now()))
-        self._identifier = None
         return name
 
     def decisions(self) -> pd.DataFrame:

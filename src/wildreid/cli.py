@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from wildreid.cache import CacheDamaged
 from wildreid.data import DatasetError, load_dataset
 from wildreid.features import DEFAULT_CACHE_DIR
 from wildreid.images import ImageError
@@ -29,13 +32,22 @@ err = Console(stderr=True)
 
 @contextmanager
 def _clear_errors():
-    """Known failures end with one clear message and exit code 2, not a traceback."""
-    try:
-        yield
-    except (DatasetError, ImageError, ModelError, SubmissionError, ValueError,
-            FileNotFoundError) as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
-        raise typer.Exit(2) from None
+    """Known failures end with one clear message and exit code 2, not a traceback; warnings
+    (such as damaged cache rows being recomputed) print as one line each. Messages are escaped:
+    a file named ``[red]x.jpg`` is text, not console markup."""
+
+    def show(message, category, *_ignored, **_more) -> None:
+        err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CacheDamaged)  # each damaged row or file, by path
+        warnings.showwarning = show
+        try:
+            yield
+        except (DatasetError, ImageError, ModelError, SubmissionError, ValueError,
+                FileNotFoundError) as error:
+            err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+            raise typer.Exit(2) from None
 
 
 def _threshold(value: str) -> str | float | None:
@@ -172,7 +184,7 @@ def identify(
                            for k, v in identifier.decision_.thresholds.items())
     err.print(f"thresholds: {thresholds}")
     err.print(f"{len(submission)} queries: {len(submission) - new} named, {new} new_individual")
-    err.print(f"wrote {output} and {written}")
+    err.print(f"wrote {escape(str(output))} and {escape(str(written))}")
 
 
 def _shortlist(text: str) -> int | None:
@@ -244,7 +256,7 @@ def demo(
     with tempfile.TemporaryDirectory() as scratch:
         root = out_dir or Path(scratch) / "wildreid-demo"
         make_demo_dataset(root, individuals, unknown, database_images, query_images, seed=seed)
-        err.print(f"synthetic dataset in {root}")
+        err.print(f"synthetic dataset in {escape(str(root))}")
         with _clear_errors():
             run_identify(root, model=model, output=root / "submission.csv", device=device,
                          cache_dir=None)
@@ -274,7 +286,7 @@ def sheet(
         images = [load_image(p) for p in sample["filepath"]]
         contact_sheet(images, regions, sample["image_id"].tolist()).save(output)
     guarded = sum(r.source == "guard" for r in regions)
-    err.print(f"wrote {output}: {len(images)} images, {guarded} fell back to the whole image")
+    err.print(f"wrote {escape(str(output))}: {len(images)} images, {guarded} fell back to the whole image")
 
 
 @app.command()
@@ -333,7 +345,8 @@ def train(
     for row in history:
         err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}, validation score "
                   f"{row['score']:.3f}, top-1 {row['top1']:.3f}, {row['images_per_s']:.0f} images/s")
-    err.print(f"wrote {out} (best validation) — use: wildreid identify DATA --model {out}")
+    err.print(f"wrote {escape(str(out))} (best validation) — use: wildreid identify DATA "
+              f"--model {escape(str(out))}")
 
 
 @app.command()
@@ -353,7 +366,7 @@ def report(
 
     with _clear_errors():
         written = build_report(run_dir, solution, output, queries, matches, device, cache_dir)
-    err.print(f"wrote {written}")
+    err.print(f"wrote {escape(str(written))}")
 
 
 catalog_app = typer.Typer(help="A persistent catalog of individuals (SQLite + photos + features).",
@@ -372,7 +385,7 @@ def catalog_init(
 
     with _clear_errors():
         Catalog.create(folder, preset)
-    err.print(f"created catalog {folder}")
+    err.print(f"created catalog {escape(str(folder))}")
 
 
 @catalog_app.command("add")
@@ -392,7 +405,7 @@ def catalog_add(
     if imported.skipped:
         shown = ", ".join(imported.skipped[:5]) + (" ..." if len(imported.skipped) > 5 else "")
         err.print(f"[yellow]skipped {len(imported.skipped)} photos whose image_id is already in "
-                  f"the catalog[/] ({shown}); give them other ids to add them as well")
+                  f"the catalog[/] ({escape(shown)}); give them other ids to add them as well")
 
 
 @app.command()
@@ -409,12 +422,15 @@ def serve(
 
     from wildreid.app import LOCAL_HOSTS, create_app
 
-    hosts = [*LOCAL_HOSTS, *([] if host in ("0.0.0.0", "::") else [host]), *(allowed_host or [])]
+    everywhere = host in ("0.0.0.0", "::")
+    named = [f"[{name}]" if ":" in name and not name.startswith("[") else name  # IPv6 as in Host
+             for name in ([] if everywhere else [host]) + list(allowed_host or [])]
     with _clear_errors():  # CatalogError is a ValueError
-        application = create_app(catalog, allowed_hosts=hosts)
-    if host in ("0.0.0.0", "::") and not allowed_host:
-        err.print("[yellow]bound to every address, but only requests for localhost are answered "
-                  "(DNS-rebinding guard): name the host others use with --allowed-host[/]")
+        application = create_app(catalog, allowed_hosts=[*LOCAL_HOSTS, "[::1]", *named])
+    if everywhere:
+        err.print("[yellow]bound to every address: anyone on your network who can reach this "
+                  "machine can use the app (it has no accounts). Requests must name this "
+                  "machine as localhost or a --allowed-host (DNS-rebinding guard).[/]")
     err.print(f"wildreid review on http://{host}:{port}/  (Ctrl+C to stop)")
     uvicorn.run(application, host=host, port=port, log_level="warning")
 

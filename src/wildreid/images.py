@@ -23,7 +23,8 @@ class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and the problem."""
 
 
-def _open(path: str | Path, max_pixels: int) -> Image.Image:
+def _open(path: str | Path, max_pixels: int, formats: tuple[str, ...] | None = None
+          ) -> Image.Image:
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -32,15 +33,20 @@ def _open(path: str | Path, max_pixels: int) -> Image.Image:
             # Our own limit below applies; Pillow's stricter warning would refuse real photos.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             # PIL sniffs the format from the bytes, so a JPEG named .png still opens.
-            image = Image.open(path)
+            image = Image.open(path, formats=formats)
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image format Pillow can read") from None
+        accepted = f" (accepted: {', '.join(formats)})" if formats else ""
+        raise ImageError(f"{path}: not an image format Pillow can read{accepted}") from None
     except Image.DecompressionBombError:
         raise ImageError(f"{path}: refused, too many pixels (possible decompression bomb)") from None
     except OSError as error:
         raise ImageError(f"{path}: cannot be read ({error})") from None
+    except Exception as error:  # a malformed header trips Pillow's plug-ins in many ways
+        raise ImageError(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(
@@ -59,17 +65,18 @@ def check_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> str | None:
     return None
 
 
-def image_format(path: str | Path, max_pixels: int = MAX_PIXELS) -> str:
+def image_format(path: str | Path, max_pixels: int = MAX_PIXELS,
+                 formats: tuple[str, ...] | None = None) -> str:
     """The format Pillow detects in the file's bytes (``JPEG``, ``PNG``...), whatever its name;
-    raises :class:`ImageError` when it is not a usable image."""
-    with _open(path, max_pixels) as image:
+    raises :class:`ImageError` when it is not a usable image (or not one of ``formats``)."""
+    with _open(path, max_pixels, formats) as image:
         return image.format
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT_MODES:
         # Pillow's convert() clips 16-bit values at 255; rescale the real range instead.
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image, dtype=np.float32)  # float32: exact for 16-bit, half the memory
         top = 65535.0 if array.max(initial=0) > 255 else 255.0
         gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
@@ -85,14 +92,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS,
+               formats: tuple[str, ...] | None = None) -> Image.Image:
     """Decode ``path`` into an upright 8-bit RGB image or raise :class:`ImageError`."""
-    image = _open(path, max_pixels)
+    image = _open(path, max_pixels, formats)
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError) as error:
+    except Exception as error:  # whatever a damaged file makes the decoder raise
         raise ImageError(f"{path}: corrupt or truncated image data ({error})") from None

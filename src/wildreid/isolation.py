@@ -338,12 +338,14 @@ class Isolator:
             for indices, batch, errors in batches:
                 failed.extend(errors)
                 if batch is not None:
-                    regions = [self.segmenter.region_from_probability(p)
-                               for p in self.segmenter.probability(batch.numpy())]
+                    rows = np.stack([self.segmenter.region_from_probability(p).to_row()
+                                     for p in self.segmenter.probability(batch.numpy())])
                     batch_keys = [keys[todo[i]] for i in indices]
-                    computed.update(zip(batch_keys, regions))
+                    # Through the cache row even when not cached (float32 box): answers never
+                    # depend on whether a region was computed now or read back.
+                    computed.update(zip(batch_keys, map(Region.from_row, rows)))
                     if self._cache is not None:
-                        self._cache.put(batch_keys, np.stack([r.to_row() for r in regions]))
+                        self._cache.put(batch_keys, rows)
                 bar.advance(task, len(indices) + len(errors))
         if failed:
             raise ImageError(f"{len(failed)} image(s) could not be decoded (regions of the others "

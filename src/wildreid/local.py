@@ -297,10 +297,12 @@ class KeypointExtractor:
                     image = Image.fromarray(batch[0].numpy())
                     if mirrored:
                         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-                    found = self.features.detect(image, regions[position])
-                    self._memory[keys[position]] = found
+                    row = self.features.detect(image, regions[position]).to_row(capacity, dim)
+                    # Through the cache row even when not cached: answers never depend on
+                    # whether the keypoints were computed now or read back (float16).
+                    self._memory[keys[position]] = Keypoints.from_row(row, dim)
                     if self.cache is not None:
-                        self.cache.put([keys[position]], found.to_row(capacity, dim)[None])
+                        self.cache.put([keys[position]], row[None])
                 bar.advance(task, len(indices) + len(errors))
         if failed:
             raise ImageError(f"{len(failed)} image(s) could not be decoded (keypoints of the "
