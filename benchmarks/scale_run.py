@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 
 from wildreid.data import load_dataset
+from wildreid.defaults import PRESETS
 from wildreid.demo import make_demo_dataset
 from wildreid.features import resolve_device
 from wildreid.metrics import evaluate
-from wildreid.pipeline import PRESETS, Identifier
+from wildreid.pipeline import Identifier
 
 
 def main() -> int:

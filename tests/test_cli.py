@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -90,8 +91,31 @@ def test_bad_threshold_option(real_subset):
 
 
 def test_demo_runs_and_scores(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--individuals", "4",
-                                 "--unknown", "2", "--database-images", "3", "--device", "cpu"])
+    options = ["--individuals", "4", "--unknown", "2", "--database-images", "3", "--device",
+               "cpu", "--cache-dir", str(tmp_path / "cache")]
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), *options])
     assert result.exit_code == 0, result.output
     assert "score (mean over species)" in result.output
     assert (tmp_path / "demo" / "submission.csv").is_file()
+    (features,) = (tmp_path / "cache").glob("*/arrays.sqlite")
+    stored = features.stat().st_mtime_ns
+    again = runner.invoke(app, ["demo", *options])  # same seed, same photos: all from the cache
+    assert again.exit_code == 0, again.output
+    assert features.stat().st_mtime_ns == stored  # nothing written: nothing computed
+    assert again.output.split("score (mean over species)")[1] == result.output.split(
+        "score (mean over species)")[1]
+
+
+def test_help_is_quick_and_whole(tmp_path):
+    """--help answers without importing torch, and is not cut at 80 columns through a pipe."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from wildreid.cli import app; "
+            "app(['identify', '--help'], standalone_mode=False); "
+            "assert 'torch' not in sys.modules, 'torch imported for --help'")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "WILDREID_CACHE": str(tmp_path)})
+    assert shown.returncode == 0, shown.stderr
+    assert "--no-no-cache" not in shown.stdout and "--no-cache" in shown.stdout
+    assert str(tmp_path) in shown.stdout  # the default cache folder shown whole

@@ -8,11 +8,25 @@ Data flows data -> images -> features -> ranking -> open-set decision -> outputs
     answers = identifier.predict(dataset.query)
 """
 
-from wildreid.data import NEW_INDIVIDUAL, Dataset, DatasetError, load_dataset
-from wildreid.images import ImageError, load_image
-from wildreid.metrics import evaluate
-from wildreid.models import create_descriptor, save_descriptor
-from wildreid.pipeline import Identifier
+import importlib
+
+#: Public names and their modules, imported on first use: ``import wildreid`` (and the command
+#: line's ``--help``) stays instant, without loading torch.
+_EXPORTS = {
+    "NEW_INDIVIDUAL": "wildreid.data", "Dataset": "wildreid.data",
+    "DatasetError": "wildreid.data", "load_dataset": "wildreid.data",
+    "ImageError": "wildreid.images", "load_image": "wildreid.images",
+    "evaluate": "wildreid.metrics",
+    "create_descriptor": "wildreid.models", "save_descriptor": "wildreid.models",
+    "Identifier": "wildreid.pipeline",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'wildreid' has no attribute {name!r}")
+
 
 __all__ = [
     "NEW_INDIVIDUAL",

@@ -108,7 +108,7 @@ class Catalog:
         """A new empty catalog; ``preset`` (``fast`` or ``accurate``, see ``wildreid identify``)
         sets how photos are ranked: ``accurate`` re-ranks by local matches and shows calibrated
         match probabilities."""
-        from wildreid.pipeline import PRESETS
+        from wildreid.defaults import PRESETS
 
         if preset not in PRESETS:
             raise CatalogError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
@@ -267,7 +267,8 @@ class Catalog:
         """The catalog's fitted :class:`~wildreid.pipeline.Identifier` (features cached on disk,
         refitted only after the catalog changed); ``leave_out`` an image id: one fitted without
         that photo (to rank an already identified photo against the others), not kept."""
-        from wildreid.pipeline import PRESETS, Identifier
+        from wildreid.defaults import PRESETS
+        from wildreid.pipeline import Identifier
 
         with self._lock:
             generation = self.generation()  # read first: a write during the fit makes it stale

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -11,18 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from wildreid.cache import CacheDamaged
-from wildreid.data import DatasetError, load_dataset
-from wildreid.features import DEFAULT_CACHE_DIR
-from wildreid.images import ImageError
-from wildreid.isolation import parse_by_species, parse_isolation
-from wildreid.metrics import SubmissionError, evaluate
-from wildreid.models import DEFAULT_MODEL, ModelError, available
-from wildreid.pipeline import PRESETS
+# Only light imports here: torch, timm and OpenCV load inside the commands that need them, so
+# --help and usage errors answer at once.
+from wildreid.defaults import DEFAULT_CACHE_DIR, DEFAULT_MODEL, PRESETS
+
+if not sys.stdout.isatty() and not os.environ.get("TERMINAL_WIDTH"):
+    # Help read through a pipe or a file is not cut at 80 columns (typer's default there).
+    typer.rich_utils.MAX_WIDTH = 120
 
 app = typer.Typer(help="wildreid: tell individual animals apart from photographs (open-set re-ID).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -39,13 +41,14 @@ def _clear_errors():
     def show(message, category, *_ignored, **_more) -> None:
         err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
 
+    from wildreid.cache import CacheDamaged
+
     with warnings.catch_warnings():
         warnings.simplefilter("always", CacheDamaged)  # each damaged row or file, by path
         warnings.showwarning = show
         try:
             yield
-        except (DatasetError, ImageError, ModelError, SubmissionError, ValueError,
-                FileNotFoundError) as error:
+        except (ValueError, FileNotFoundError) as error:  # DatasetError, ImageError... among them
             err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(2) from None
 
@@ -73,6 +76,8 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                  keypoints_on: str | None = None):
     """Identify every query of a dataset; writes the submission and the candidates CSV.
     ``local``: matchers replacing the preset's (``()``: none)."""
+    from wildreid.data import load_dataset
+    from wildreid.isolation import parse_by_species, parse_isolation
     from wildreid.pipeline import Identifier
 
     configuration = dict(PRESETS[preset])
@@ -111,7 +116,11 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
         "model": model, "preset": preset, "submission": output.name, **configuration,
         "mirror": mirror, "shortlist": shortlist,
         "candidates": str(Path(candidates).resolve()),
-        "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()}})
+        # Per species, and the pooled one (for species without their own) apart: JSON keys are
+        # strings, and a species may be called anything.
+        "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()
+                       if k is not None},
+        "default_threshold": identifier.decision_.thresholds.get(None)})
     return dataset, identifier, submission, candidates
 
 
@@ -134,7 +143,7 @@ def identify(
     aggregation: str = typer.Option("max", help="Identity score from its images: max | mean."),
     batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
     cache_dir: Path = typer.Option(DEFAULT_CACHE_DIR, help="Feature cache folder."),
-    no_cache: bool = typer.Option(False, help="Do not read or write the feature cache."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),
     isolation: str = typer.Option("none", help="What the global descriptor sees: none | crop (the "
                                   "animal's box) | mask (box, background filled), or per species "
                                   "as 'nyala=crop,lion=none'. Regions: metadata bbox/mask "
@@ -231,6 +240,8 @@ def evaluate_command(
 ):
     """Score a submission exactly as AnimalCLEF 2025 (BAKS, BAUS, sqrt(BAKS x BAUS) per species)."""
     with _clear_errors():
+        from wildreid.metrics import evaluate
+
         result = evaluate(submission, solution, metadata, candidates)
     if as_json:
         print(json.dumps(result, indent=2, default=lambda v: None))
@@ -249,9 +260,13 @@ def demo(
     model: str = typer.Option(DEFAULT_MODEL, help="Descriptor to use."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0, help="Random seed of the synthetic animals and photos."),
+    cache_dir: Path = typer.Option(DEFAULT_CACHE_DIR, help="Feature cache folder (the photos are "
+                                   "the same for a seed: a second run computes nothing)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache."),
 ):
     """Synthesise a small open-set dataset (spotted and striped animals), identify, evaluate."""
     from wildreid.demo import make_demo_dataset
+    from wildreid.metrics import evaluate
 
     with tempfile.TemporaryDirectory() as scratch:
         root = out_dir or Path(scratch) / "wildreid-demo"
@@ -259,7 +274,7 @@ def demo(
         err.print(f"synthetic dataset in {escape(str(root))}")
         with _clear_errors():
             run_identify(root, model=model, output=root / "submission.csv", device=device,
-                         cache_dir=None)
+                         cache_dir=None if no_cache else cache_dir)
             result = evaluate(root / "submission.csv", root / "solution.csv",
                               root / "metadata.csv", root / "submission.candidates.csv")
         print_scores(result)
@@ -276,6 +291,7 @@ def sheet(
     cache_dir: Path = typer.Option(DEFAULT_CACHE_DIR, help="Region cache folder."),
 ):
     """Contact sheet of the animal-isolation stage: images with their masks and boxes."""
+    from wildreid.data import load_dataset
     from wildreid.images import load_image
     from wildreid.isolation import Isolator, Segmenter, contact_sheet
 
@@ -323,6 +339,7 @@ def train(
     seed: int = typer.Option(0),
 ):
     """Fine-tune a descriptor on the database (never on queries), validated inside it."""
+    from wildreid.data import DatasetError, load_dataset
     from wildreid.train import LOSSES, TrainConfig, Trainer, TrainingDataError
 
     if loss not in LOSSES:
@@ -438,6 +455,7 @@ def serve(
 @app.command()
 def models():
     """List the registered model names (any timm or hf-hub: name works too)."""
-    for name, summary in available().items():
-        out.print(f"[bold]{name}[/]  {summary}" + ("  [green](default)[/]" if name == DEFAULT_MODEL
-                                                 else ""))
+    from wildreid.models import available
+
+    for name, summary in available().items():  # one line each, whatever the width: greppable
+        out.print(f"[bold]{name}[/]  {escape(summary)}", soft_wrap=True, highlight=False)

@@ -12,11 +12,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from wildreid.cache import ArrayCache, content_keys
+from wildreid.defaults import DEFAULT_CACHE_DIR
 from wildreid.images import ImageError, load_image
 from wildreid.models import Descriptor
 from wildreid.progress import progress_bar
-
-DEFAULT_CACHE_DIR = Path(os.environ.get("WILDREID_CACHE", Path.home() / ".cache" / "wildreid"))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -22,7 +22,8 @@ import timm
 import torch
 from torch import nn
 
-DEFAULT_MODEL = "efficientnet-lite0"
+from wildreid.defaults import DEFAULT_MODEL
+
 CHECKPOINT_FORMAT = "wildreid-descriptor-v1"
 
 

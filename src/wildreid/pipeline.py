@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wildreid.features import DEFAULT_CACHE_DIR, FeatureExtractor
+from wildreid.defaults import DEFAULT_CACHE_DIR
+from wildreid.features import FeatureExtractor
 from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter, by_species
 from wildreid.models import DEFAULT_MODEL, create_descriptor
 from wildreid.openset import OpenSetDecision
@@ -16,10 +17,6 @@ from wildreid.ranking import IdentityIndex
 from wildreid.rerank import LocalReranking
 
 #: Named configurations of :class:`Identifier` (``wildreid identify --preset``).
-PRESETS: dict[str, dict] = {
-    "fast": {"local": ()},
-    "accurate": {"local": ("aliked",), "keypoints_on": "auto", "max_keypoints": 512},
-}
 
 
 def _filepaths(images: pd.DataFrame) -> list[str]:

@@ -198,8 +198,10 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
     metadata = dataset.metadata.astype(object)
     paths = metadata.set_index("image_id")["filepath"]
     species_of = metadata.set_index("image_id")["species"]
-    thresholds = {(None if k in ("None", "null") else k): v
+    thresholds = {(None if k in ("None", "null") else k): v  # "None": runs before 2026-12
                   for k, v in info.get("thresholds", {}).items()}
+    if info.get("default_threshold") is not None:
+        thresholds[None] = info["default_threshold"]
     solution_path = Path(solution) if solution else None
     if solution_path is None and (dataset.source.parent / "solution.csv").is_file() and (
             info.get("metadata") in (None, "metadata.csv")):

@@ -1,0 +1,19 @@
+"""Defaults that the command line needs before any model is loaded: kept free of heavy imports
+(torch, timm, OpenCV), so ``wildreid --help`` and usage errors answer at once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The descriptor used when none is named: offline ImageNet EfficientNet-Lite0.
+DEFAULT_MODEL = "efficientnet-lite0"
+
+#: Where features, regions and keypoints are cached (``$WILDREID_CACHE`` overrides).
+DEFAULT_CACHE_DIR = Path(os.environ.get("WILDREID_CACHE", Path.home() / ".cache" / "wildreid"))
+
+#: ``--preset``: what each adds to the global descriptor.
+PRESETS: dict[str, dict] = {
+    "fast": {"local": ()},
+    "accurate": {"local": ("aliked",), "keypoints_on": "auto", "max_keypoints": 512},
+}
