@@ -5,16 +5,36 @@ locators, since the page's Content-Security-Policy forbids the eval that wait_fo
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import subprocess
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from tests.conftest import LiveServer as _Server
 from wildreid.catalog import Catalog
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+def _chromium() -> str:
+    """Debian's Chromium, installed with apt-get when missing (as root, or with sudo without a
+    password), so the README's test command needs no other step."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if shutil.which("apt-get") and (not prefix or shutil.which("sudo")):
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq",
+                                                      "chromium"]):
+            subprocess.run([*prefix, *command], check=False, capture_output=True, timeout=900,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail("the browser test drives Debian's Chromium and could not install it: run "
+                    "'sudo apt-get install chromium' (or put chromium on PATH)")
+    return found
 
 
 def _not_blank(png: bytes) -> bool:
@@ -22,7 +42,7 @@ def _not_blank(png: bytes) -> bool:
 
 
 def test_review_workflow_in_chromium(real_subset, tmp_path):
-    assert CHROMIUM, "Debian's chromium is needed (.ci/run installs it: apt-get install chromium)"
+    chromium = _chromium()
     from playwright.sync_api import expect, sync_playwright
 
     folder = tmp_path / "cat"
@@ -41,7 +61,7 @@ def test_review_workflow_in_chromium(real_subset, tmp_path):
     shots = tmp_path / "shots"
     shots.mkdir()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True,
                                              args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         with _Server(folder) as url:

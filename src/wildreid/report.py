@@ -35,6 +35,26 @@ def write_run_info(folder: Path, info: dict) -> Path:
     return path
 
 
+def _confusion(table: pd.DataFrame) -> str:
+    """Per species, what happened to known and unknown queries: named right, named wrong (another
+    database individual), wrongly new (a known animal answered new_individual), wrongly known
+    (an unseen animal given a database name), rightly new."""
+    known, new = ~table["unknown"], table["answer"] == NEW_INDIVIDUAL
+    outcome = pd.Series("", index=table.index)
+    outcome[known & (table["answer"] == table["truth"])] = "named right"
+    outcome[known & ~new & (table["answer"] != table["truth"])] = "named wrong"
+    outcome[known & new] = "wrongly new"
+    outcome[~known & ~new] = "wrongly known"
+    outcome[~known & new] = "rightly new"
+    columns = ["named right", "named wrong", "wrongly new", "wrongly known", "rightly new"]
+    counts = pd.crosstab(table["species"], outcome).reindex(columns=columns, fill_value=0)
+    rows = "".join(f"<tr><td>{html.escape(str(name))}</td>"
+                   + "".join(f"<td>{int(counts.loc[name, c])}</td>" for c in columns) + "</tr>"
+                   for name in counts.index)
+    return ("<h2>Known and unknown queries</h2><table><tr><th>species</th>"
+            + "".join(f"<th>{c}</th>" for c in columns) + f"</tr>{rows}</table>")
+
+
 def _png(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
@@ -232,22 +252,28 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
         table = top.reset_index()
         table["truth"] = table["image_id"].map(truth)
         table["unknown"] = ~table["truth"].isin(database_ids)
-        table["species"] = table["image_id"].map(species_of)
+        # A dataset without species is one pool: still curves, histograms and confusion.
+        table["species"] = table["image_id"].map(species_of).fillna("all").astype(str)
+        answers = submission.set_index("image_id")["identity"]
+        table["answer"] = table["image_id"].map(answers)
+        parts.append(_confusion(table))
         plots = []
         for name, group in table.groupby("species"):
-            chosen = thresholds.get(name, thresholds.get(None, float("nan")))
+            chosen = thresholds.get(name if name != "all" else None,
+                                    thresholds.get(None, float("nan")))
             chosen = float("nan") if chosen is None else float(chosen)
             curve = threshold_curve(group["truth"], group["identity"], group["score"],
                                     group["unknown"])
             plots.append(f'<img src="{_curve_plot(curve, chosen, str(name))}">'
                          f'<img src="{_histogram(group.loc[~group["unknown"], "score"].to_numpy(), group.loc[group["unknown"], "score"].to_numpy(), chosen, str(name))}">')  # noqa: E501
-        parts.append("<h2>Thresholds and score distributions</h2>" + "".join(plots))
-        answers = submission.set_index("image_id")["identity"]
-        table["answer"] = table["image_id"].map(answers)
+        parts.append("<h2>Thresholds and score distributions</h2><div class='plots'>"
+                     + "".join(plots) + "</div>")
         table["expected"] = np.where(table["unknown"], NEW_INDIVIDUAL, table["truth"])
         wrong = table[table["answer"] != table["expected"]].sort_values("score", ascending=False)
-        parts.append(f"<h2>Hardest errors ({len(wrong)} wrong answers; most confident first)</h2>")
-        order = list(wrong["image_id"]) + [i for i in order if i not in set(wrong["image_id"])]
+        errors = list(wrong["image_id"])
+        order = errors + [i for i in order if i not in set(errors)]
+    else:
+        errors = []
     shown = order[:queries]
     database = dataset.database.astype(object)
     first_image = database.groupby("identity")["filepath"].first()
@@ -255,30 +281,62 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
     if info.get("local") and matches > 0:
         query_rows = metadata.set_index("image_id").loc[shown[:matches]].reset_index()
         panels = match_panels(info, database, query_rows, candidates, device, cache_dir)
+    answers_of = submission.set_index("image_id")["identity"]
     cards = []
     for image_id in shown:
-        answer = submission.set_index("image_id")["identity"].get(image_id, "")
-        expected = "" if truth is None else truth.get(image_id, "")
-        head = (f"<div class='query'><img src='{_thumbnail(paths[image_id])}'><br>"
-                f"<b>{html.escape(image_id)}</b><br>answer: {html.escape(str(answer))}"
-                + (f"<br>truth: {html.escape(str(expected))}" if truth is not None else "")
-                + "</div>")
+        answer = answers_of.get(image_id, "")
+        expected = "" if truth is None else str(truth.get(image_id, ""))
+        unseen = truth is not None and expected not in database_ids
+        if truth is None:
+            verdict = ""
+        elif unseen:  # the right answer was new_individual: say so, and who it really was
+            verdict = (f"<br>right answer: <b>{NEW_INDIVIDUAL}</b> (individual "
+                       f"{html.escape(expected)}, not in the database)")
+        else:
+            verdict = f"<br>right answer: <b>{html.escape(expected)}</b>"
+        mark = "" if truth is None else (" right" if str(answer) == (
+            NEW_INDIVIDUAL if unseen else expected) else " wrong")
+        head = (f"<div class='query{mark}'><img src='{_thumbnail(paths[image_id])}'><br>"
+                f"<b>{html.escape(image_id)}</b><br>answer: {html.escape(str(answer))}{verdict}"
+                "</div>")
         ranked = candidates[candidates["image_id"] == image_id].sort_values("rank")
         tiles = "".join(
             f"<div class='candidate{' hit' if row.identity == expected else ''}'>"
             f"<img src='{_thumbnail(first_image[row.identity])}'><br>{int(row.rank)}. "
             f"{html.escape(row.identity)}<br>score {row.score:.3f}</div>"
             for row in ranked.itertuples() if row.identity in first_image.index)
+        if (truth is not None and not unseen and expected in first_image.index
+                and expected not in set(ranked["identity"])):  # the right one, beyond the top-k
+            tiles += (f"<div class='candidate hit'><img src='{_thumbnail(first_image[expected])}'>"
+                      f"<br>right: {html.escape(expected)}<br>not in the top "
+                      f"{len(ranked)}</div>")
         drawn = "".join(f"<div class='candidate'><img src='{panels[(image_id, row.identity)]}'>"
                         f"<br>{int(row.rank)}. {html.escape(row.identity)}: local matches</div>"
                         for row in ranked.itertuples() if (image_id, row.identity) in panels)
         cards.append(f"<div class='row'>{head}{tiles}</div>"
                      + (f"<div class='row wrap'>{drawn}</div>" if drawn else ""))
-    parts.append(f"<h2>Queries and their top candidates ({len(shown)} shown)</h2>" + "".join(cards))
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}.row{display:flex;gap:8px;"
-             "margin:10px 0;align-items:flex-start}.query{background:#eef;padding:4px}"
-             ".wrap{flex-wrap:wrap}.candidate{padding:4px;font-size:12px}.hit{background:#cfc}img{max-width:100%}")
+    hardest = [card for image_id, card in zip(shown, cards) if image_id in set(errors)]
+    others = [card for image_id, card in zip(shown, cards) if image_id not in set(errors)]
+    if truth is not None:
+        parts.append(f"<h2>Hardest errors ({len(errors)} wrong answers; most confident first)</h2>"
+                     + ("".join(hardest) if errors else "<p>No wrong answers.</p>"))
+        if len(hardest) < len(errors):
+            parts.append(f"<p>{len(errors) - len(hardest)} more errors not shown "
+                         "(<code>--queries</code> shows more).</p>")
+    if others:
+        title = "Other queries" if truth is not None else "Queries"
+        parts.append(f"<h2>{title} and their top candidates ({len(others)} shown)</h2>"
+                     + "".join(others))
+    style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1600px;padding:0 1em;"
+             "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+             "padding:4px 10px;text-align:right}th{background:#f3f3f3}.row{display:flex;gap:10px;"
+             "margin:12px 0;align-items:flex-start;flex-wrap:wrap}.query{background:#eef;"
+             "padding:6px;width:170px;font-size:13px}.query.wrong{background:#fde8e8}"
+             ".query.right{background:#e8f6e8}.candidate{padding:6px;font-size:13px;width:160px;"
+             "text-align:center}.candidate img,.query img{width:150px;height:150px;"
+             "object-fit:contain;background:#fafafa}.row.wrap .candidate{width:auto}"
+             ".row.wrap .candidate img{width:auto;height:auto;max-width:100%}"
+             ".hit{background:#cfc}.plots img{max-width:49%;height:auto}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wildreid report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     output = Path(output) if output else run_dir / "report.html"
