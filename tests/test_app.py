@@ -23,7 +23,7 @@ LOCAL = "http://127.0.0.1"
 @pytest.fixture()
 def client(real_subset, tmp_path):
     catalog = Catalog.create(tmp_path / "cat")
-    catalog.add_dataset(real_subset)
+    catalog.add_dataset(real_subset, queries=False)  # no photo waits: each test adds its own
     app = create_app(tmp_path / "cat", max_upload_bytes=2_000_000)
     return TestClient(app, base_url=LOCAL), tmp_path / "cat"
 
@@ -35,7 +35,7 @@ def _queries(real_subset) -> pd.DataFrame:
 def test_upload_confirm_new_and_persist(client, real_subset):
     http, folder = client
     page = http.get("/")
-    assert "Identify a photo" in page.text and "<script>" not in page.text  # no inline script
+    assert "Upload a photo to identify" in page.text and "<script>" not in page.text  # no inline
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert http.get("/static/review.js").headers["content-type"].startswith("text/javascript")
     names = [row["name"] for row in http.get("/api/individuals").json()]
@@ -89,13 +89,17 @@ def test_an_html_polyglot_upload_is_stored_and_served_as_an_image(client):
 
 
 def _raw(port: int, request: bytes) -> bytes:
+    """The server's whole answer to ``request`` (it closes the connection after refusing)."""
+    reply = b""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as connection:
         connection.sendall(request)
-        return connection.recv(4096)
+        while chunk := connection.recv(4096):
+            reply += chunk
+    return reply
 
 
 def test_an_upload_over_the_limit_is_refused_before_it_is_read(real_subset, tmp_path):
-    Catalog.create(tmp_path / "cat").add_dataset(real_subset)
+    Catalog.create(tmp_path / "cat").add_dataset(real_subset, queries=False)
     with LiveServer(tmp_path / "cat", max_upload_bytes=1_000_000) as url:
         port = int(url.rsplit(":", 1)[1].strip("/"))
         # Headers only: a server that waited for the 5 GB body would never answer.
@@ -206,9 +210,41 @@ def test_waiting_photos_and_what_scores_mean(client, real_subset, tmp_path):
     image_id = Catalog(folder).add_photo(queries["path"].iloc[0], None, queries["species"].iloc[0])
     waiting = http.get("/api/queries").json()
     assert waiting["queries"] == [image_id] and waiting["score"] == "cosine similarity"
-    assert http.get("/api/candidates", params={"image_id": image_id}).json()[0]["rank"] == 1
+    ranked = http.get("/api/candidates", params={"image_id": image_id}).json()
+    assert ranked["candidates"][0]["rank"] == 1 and len(ranked["candidates"][0]["photos"]) >= 1
+    assert ranked["verdict"].startswith(("likely", "probably a new individual"))
+    assert ranked["threshold"] is not None and str(round(ranked["threshold"], 2)) in ranked[
+        "verdict"]
     accurate = Catalog.create(tmp_path / "accurate", preset="accurate")
     assert TestClient(create_app(accurate.folder), base_url=LOCAL).get(
         "/api/queries").json()["score"].startswith("calibrated")
     with pytest.raises(ValueError, match="unknown preset"):
         Catalog.create(tmp_path / "bad", preset="slow")
+
+
+def test_undo_merge_export_and_individual_pages(client, real_subset, tmp_path):
+    http, folder = client
+    paths = _queries(real_subset)["path"]
+    image_id = Catalog(folder).add_photo(paths.iloc[0], None, "nyala")
+    names = Catalog(folder).individuals().query("species == 'nyala'")["name"].tolist()
+    assert http.post("/api/confirm", data={"image_id": image_id,
+                                           "individual": names[0]}).status_code == 200
+    assert http.get("/api/queries").json()["reviewed"] == 1
+    page = http.get("/api/individual", params={"name": names[0]}).json()
+    assert image_id in page["photos"] and page["count"] == len(page["photos"])
+    assert page["first"] <= page["last"] and page["species"] == "nyala"
+    merged = http.post("/api/merge", data={"source": names[0], "target": names[1]}).json()
+    assert merged["moved"] == page["count"]
+    assert http.get("/api/individual", params={"name": names[0]}).status_code == 404
+    assert http.post("/api/merge", data={"source": names[1], "target": "lion_x"}).status_code == 400
+    assert http.post("/api/undo").json()["kind"] == "merge"  # the merge, then the confirm
+    assert http.get("/api/individual", params={"name": names[0]}).json()["count"] == page["count"]
+    assert http.post("/api/undo").json() == {"kind": "confirm", "image_id": image_id,
+                                             "individual": names[0]}
+    assert http.get("/api/queries").json()["queries"] == [image_id]
+    assert http.post("/api/undo").status_code == 409  # nothing left to undo
+    exported = http.get("/api/export")
+    assert exported.headers["content-type"].startswith("text/csv")
+    table = pd.read_csv(io.StringIO(exported.text), dtype=str)
+    assert (folder / table["path"].iloc[0]).is_file()  # relative to the catalog folder
+    assert table.set_index("image_id").loc[image_id, "split"] == "query"

@@ -1,13 +1,18 @@
-"""The review app driven end to end in real headless Chromium (Debian's, through Playwright), with
-names and ids that would run script if they reached HTML unescaped. Waits go through Playwright's
-locators, since the page's Content-Security-Policy forbids the eval that wait_for_function uses."""
+"""The review app driven end to end in real headless Chromium (Debian's, through Playwright): the
+queue walked with the keyboard (confirm, new individual, undo, move), the local matches, an
+individual's page, a merge and its undo, the export — with names and ids that would run script if
+they reached HTML unescaped. Waits go through Playwright's locators, since the page's
+Content-Security-Policy forbids the eval that wait_for_function uses. Screenshots are kept in
+``$WILDREID_TEST_ARTIFACTS/browser`` (else the test's temporary folder)."""
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,69 +46,112 @@ def _not_blank(png: bytes) -> bool:
     return len(png) > 2000 and np.asarray(Image.open(io.BytesIO(png)).convert("L")).std() > 5
 
 
-def test_review_workflow_in_chromium(real_subset, tmp_path):
+def test_review_queue_in_chromium(real_subset, tmp_path):
     chromium = _chromium()
     from playwright.sync_api import expect, sync_playwright
 
     folder = tmp_path / "cat"
     catalog = Catalog.create(folder)
-    catalog.add_dataset(real_subset)
-    queries = pd.read_csv(real_subset / "metadata.csv", dtype=str).query("split == 'query'")
-    one, two = queries.iloc[0], queries.iloc[-1]
-    waiting = catalog.add_photo(two["path"], None, two["species"])  # picked in the page below
+    imported = catalog.add_dataset(real_subset)  # the dataset's queries wait for review
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
+    queries = metadata[metadata["split"] == "query"]
+    assert imported.waiting == len(queries)
     # Stored XSS attempts: names and ids that run script if they ever reach HTML unescaped.
     hostile_name = '<img src=x onerror="window.pwned=1">lion'
     hostile_id = '"><img src=y onerror="window.pwned=2">'
-    other = queries[queries["species"] != one["species"]].iloc[0]  # not among one's candidates
-    hostile = catalog.add_photo(other["path"], None, other["species"], image_id=hostile_id)
-    catalog.new_individual(hostile, hostile_name)
-    catalog.add_photo(two["path"], None, two["species"], image_id="<script>window.pwned=3</script>")
-    shots = tmp_path / "shots"
-    shots.mkdir()
+    lion = metadata[(metadata["split"] == "database") & (metadata["species"] == "lion")]
+    catalog.new_individual(catalog.add_photo(lion["path"].iloc[0], None, "lion",
+                                             image_id=hostile_id), hostile_name)
+    catalog.add_photo(lion["path"].iloc[1], None, "lion",
+                      image_id="<script>window.pwned=3</script>")
+    done, total = catalog.reviewed(), catalog.reviewed() + len(catalog.unassigned())
+    shots = Path(os.environ.get("WILDREID_TEST_ARTIFACTS", tmp_path)) / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+
+    def shoot(page, name: str) -> None:
+        (shots / f"{name}.png").write_bytes(page.screenshot(full_page=True))
+
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True,
                                              args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
         with _Server(folder) as url:
             page.goto(url)
-            page.wait_for_selector("#individuals li")
-            page.wait_for_selector(".pick")
-            assert hostile_name + " (1)" in page.eval_on_selector_all(
-                "#individuals li", "els => els.map(e => e.textContent)")  # shown as text
-            page.click(f"#individuals li[data-name='{hostile_name}']")
-            page.wait_for_selector("#browse img")
-            assert page.get_attribute("#browse img", "alt") == hostile_id
+            expect(page.locator("#individuals li").filter(has_text=hostile_name)).to_have_text(
+                hostile_name + " (1)")  # shown as text
+            expect(page.locator("#progress")).to_have_text(f"{done} of {total} reviewed")
+            expect(page.locator(".cand .confirm").first).to_be_visible(timeout=60_000)
+            expect(page.locator("#verdict")).to_contain_text(re.compile("likely|new individual"))
             assert page.evaluate("window.pwned") is None
-            assert page.locator("img[src='x'], img[src='y'], #waiting script").count() == 0
-            page.set_input_files("#file", one["path"])
-            page.fill("#species", one["species"])
-            page.click("#send")
-            page.wait_for_selector(".cand .confirm", timeout=60_000)
-            page.click(".cand .show")  # local matches drawn with the animal outlined
-            page.wait_for_selector("#matches img", timeout=120_000)
-            (shots / "candidates.png").write_bytes(page.screenshot(full_page=True))
-            confirmed = page.get_attribute(".cand .confirm", "data-name")
-            page.click(".cand .confirm")
+            assert page.locator("img[src='x'], img[src='y'], script:not([src])").count() == 0
+            shoot(page, "1-queue")
+
+            first = page.text_content("#query-id")
+            chosen = page.get_attribute(".cand .confirm >> nth=0", "data-name")
+            page.keyboard.press("1")  # confirm the first candidate
+            expect(page.locator("#status")).to_have_text(f"{first} -> {chosen}")
+            expect(page.locator("#progress")).to_have_text(f"{done + 1} of {total} reviewed")
+            expect(page.locator("#query-id")).not_to_have_text(first)
+            expect(page.locator(".cand .confirm").first).to_be_visible(timeout=60_000)
+            second = page.text_content("#query-id")
+            page.keyboard.press("n")  # a new individual
+            expect(page.locator("#status")).to_contain_text(f"{second} -> ")
+            created = page.text_content("#status").split(" -> ")[1]
+            expect(page.locator("#progress")).to_have_text(f"{done + 2} of {total} reviewed")
+            expect(page.locator("#individuals li").filter(has_text=created)).to_have_count(1)
+            page.keyboard.press("u")  # undo the new individual: the photo waits again
+            expect(page.locator("#status")).to_have_text(f"undone: {second} -> {created}")
+            expect(page.locator("#progress")).to_have_text(f"{done + 1} of {total} reviewed")
+            expect(page.locator("#individuals li").filter(has_text=created)).to_have_count(0)
+            expect(page.locator("#query-id")).to_have_text(second)
+            expect(page.locator("#position")).to_have_text(re.compile(r"^1 / "))
+            page.keyboard.press("ArrowRight")
+            expect(page.locator("#position")).to_have_text(re.compile(r"^2 / "))
+            page.keyboard.press("ArrowLeft")
+            expect(page.locator("#position")).to_have_text(re.compile(r"^1 / "))
+
+            expect(page.locator(".cand .show").first).to_be_visible(timeout=60_000)
+            page.click(".cand .show >> nth=0")  # local matches, drawn on the animal
+            expect(page.locator("#matches img")).to_be_visible(timeout=120_000)
+            shoot(page, "2-matches")
+
+            page.locator("#individuals li").filter(has_text=re.compile(
+                "^" + re.escape(chosen) + r" \(")).click()  # the individual's own page
+            expect(page.locator("#individual-name")).to_have_text(chosen)
+            expect(page.locator("#individual-facts")).to_contain_text("photos")
+            assert page.url.endswith("#individual=" + chosen.replace("/", "%2F"))
+            target = page.get_attribute("#merge-target option >> nth=0", "value")
+            shoot(page, "3-individual")
+            page.click("#merge")
+            expect(page.locator("#status")).to_contain_text(f"merged {chosen} into {target}")
+            expect(page.locator("#individual-name")).to_have_text(target)
+            expect(page.locator("#individuals li").filter(has_text=re.compile(
+                "^" + re.escape(chosen) + r" \("))).to_have_count(0)
+            page.click("#home")
+            expect(page.locator("#review")).to_be_visible()
+            page.keyboard.press("u")  # undo the merge
+            expect(page.locator("#status")).to_have_text(f"undone: the merge into {target}")
+            expect(page.locator("#individuals li").filter(has_text=re.compile(
+                "^" + re.escape(chosen) + r" \("))).to_have_count(1)
+
+            with page.expect_download() as download:
+                page.click("#export")
+            exported = pd.read_csv(download.value.path(), dtype=str)
+            assert set(exported["split"]) == {"database", "query"}
+            assert exported.loc[exported["image_id"] == first, "identity"].item() == chosen
             assert page.evaluate("window.pwned") is None
-            expect(page.locator("#status")).to_contain_text("->")
-            page.click(f".pick[data-id='{waiting}']")
-            expect(page.locator("#query img")).to_have_attribute("src", f"/photo?image_id={waiting}")
-            expect(page.locator("#status")).to_have_text("")
-            page.click("#new")
-            expect(page.locator("#status")).to_contain_text("->")
-            created = page.text_content("#status").split("-> ")[1]
-            (shots / "decided.png").write_bytes(page.screenshot(full_page=True))
-        with _Server(folder) as url:  # restarted: both decisions must be there
+            shoot(page, "4-after")
+        with _Server(folder) as url:  # restarted: the decisions are kept
             page.goto(url)
-            page.wait_for_selector(f"#individuals li[data-name='{created}']")
-            assert page.text_content(f"#individuals li[data-name='{created}']").endswith("(1)")
-            page.click(f"#individuals li[data-name='{confirmed}']")
-            page.wait_for_selector("#browse img")
-            shown = page.eval_on_selector_all("#browse img", "els => els.map(e => e.alt)")
-            (shots / "restarted.png").write_bytes(page.screenshot(full_page=True))
+            expect(page.locator("#progress")).to_have_text(f"{done + 1} of {total} reviewed")
+        page.set_viewport_size({"width": 820, "height": 1180})  # a tablet, upright
+        with _Server(folder) as url:
+            page.goto(url)
+            expect(page.locator(".cand .confirm").first).to_be_visible(timeout=60_000)
+            shoot(page, "5-tablet")
         browser.close()
-    decisions = Catalog(folder).decisions()
-    assert decisions["kind"].tolist() == ["new", "confirm", "new"]  # the hostile one, then ours
-    assert decisions["image_id"].iloc[1] in shown
+    kinds = Catalog(folder).decisions()[["kind", "undone"]].values.tolist()
+    assert kinds == [["new", 0], ["confirm", 0], ["new", 1], ["undo", 0], ["merge", 1],
+                     ["undo", 0]]
     for shot in shots.iterdir():
         assert _not_blank(shot.read_bytes()), shot.name

@@ -27,7 +27,9 @@ def catalog(real_subset, tmp_path):
 def test_identify_confirm_new_and_restart(catalog, real_subset, tmp_path):
     metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
     solution = pd.read_csv(real_subset / "solution.csv", dtype=str)
-    assert len(catalog.images()) == (metadata["split"] == "database").sum()
+    identified = catalog.images().dropna(subset=["individual"])
+    assert len(identified) == (metadata["split"] == "database").sum()
+    assert len(catalog.unassigned()) == (metadata["split"] == "query").sum()  # waiting for review
     query = metadata[metadata["split"] == "query"].iloc[0]
     image_id = catalog.add_photo(query["path"], None, query["species"])
     candidates = catalog.identify(image_id)
@@ -67,7 +69,8 @@ def test_bad_photos_and_paths_outside_are_refused(catalog, tmp_path):
 
 
     with sqlite3.connect(catalog.database) as connection:
-        connection.execute("INSERT INTO images VALUES ('evil', NULL, NULL, NULL, "
+        connection.execute("INSERT INTO images (image_id, individual, species, orientation, "
+                           "path, added) VALUES ('evil', NULL, NULL, NULL, "
                            "'photos/../../../../etc/passwd', 'now')")
     with pytest.raises(CatalogError, match="outside the catalog"):
         catalog.photo_path("evil")
@@ -150,7 +153,7 @@ def test_readding_reports_skipped_ids_and_never_overwrites(catalog, real_subset,
 
 
 def test_an_identical_photo_keeps_its_individual_among_the_candidates(catalog):
-    known = catalog.images().iloc[0]
+    known = catalog.images().dropna(subset=["individual"]).iloc[0]
     copy = catalog.add_photo(catalog.photo_path(known["image_id"]), None, known["species"])
     candidates = catalog.identify(copy)
     assert candidates["identity"].iloc[0] == known["individual"]
@@ -172,3 +175,16 @@ def test_a_change_from_another_process_refits_and_names_are_normalised(catalog, 
         other.new_individual(other.add_photo(query["path"], None, query["species"]), "Zo\u00eb")
     with pytest.raises(CatalogError, match="unseen animal"):
         check_name("\uff4e\uff45\uff57_individual")  # full-width letters
+
+
+def test_export_is_a_dataset_identify_reads(catalog, tmp_path):
+    from wildreid.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["catalog", "export", str(catalog.folder), "--output",
+                                      str(tmp_path / "out" / "metadata.csv")])
+    assert result.exit_code == 0, result.output
+    from wildreid.data import load_dataset
+
+    dataset = load_dataset(tmp_path / "out")
+    assert len(dataset.database) == catalog.images()["individual"].notna().sum()
+    assert len(dataset.query) == len(catalog.unassigned())

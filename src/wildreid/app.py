@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pandas as pd
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -167,12 +168,28 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     def photos(individual: str) -> list[str]:
         return catalog.images(individual)["image_id"].tolist()
 
+    @app.get("/api/individual")
+    def individual(name: str) -> dict:
+        """An individual's page: photos, count, first/last date, orientations."""
+        try:
+            return catalog.individual(name)
+        except CatalogError as error:
+            refuse(error, 404)
+
     @app.get("/api/queries")
     def waiting() -> dict:
-        """Photos in the catalog without an individual yet, and what the scores mean."""
-        return {"queries": catalog.unassigned(),
+        """The review queue: photos without an individual yet, how many were reviewed, and what
+        the scores mean."""
+        return {"queries": catalog.unassigned(), "reviewed": catalog.reviewed(),
                 "score": "calibrated probability of the same individual"
                 if catalog.preset == "accurate" else "cosine similarity"}
+
+    @app.get("/api/export")
+    def export() -> Response:
+        """The catalog as an AnimalCLEF metadata.csv (paths relative to the catalog folder)."""
+        table = catalog.metadata(catalog.folder)
+        return Response(table.to_csv(index=False), media_type="text/csv", headers={
+            "Content-Disposition": 'attachment; filename="metadata.csv"'})
 
     @app.get("/photo")
     def photo(image_id: str) -> FileResponse:
@@ -207,10 +224,12 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                                                    None, None, MAX_UPLOAD_PIXELS)
             except CatalogError as error:
                 refuse(ValueError(str(error).replace(str(path), shown)))
-        return {"image_id": image_id, "candidates": await candidates(image_id)}
+        return await candidates(image_id)
 
     @app.get("/api/candidates")
-    async def candidates(image_id: str) -> list[dict]:
+    async def candidates(image_id: str) -> dict:
+        """Ranked candidates (each with up to 3 photos), the verdict in words and the threshold
+        it was reached with."""
         try:
             ranked = await run_in_threadpool(catalog.identify, image_id)
         except CatalogError as error:
@@ -222,8 +241,12 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             photos_of = catalog.images(row.identity)["image_id"].tolist()
             if photos_of:  # an individual emptied since the model was fitted is no candidate
                 rows.append({"rank": int(row.rank), "identity": row.identity,
-                             "score": round(float(row.score), 4), "photo": photos_of[0]})
-        return rows
+                             "score": round(float(row.score), 4), "photos": photos_of[:3],
+                             "count": len(photos_of)})
+        species = catalog.images().set_index("image_id")["species"].get(image_id)
+        species = None if species is None or pd.isna(species) else str(species)
+        return {"image_id": image_id, "candidates": rows, "threshold": ranked.attrs["threshold"],
+                "verdict": Catalog.verdict(ranked, species)}
 
     @app.get("/api/matches")
     async def matches(image_id: str, individual: str) -> dict:
@@ -254,6 +277,20 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                     "individual": catalog.new_individual(image_id, name if name.strip() else None)}
         except DecisionConflict as error:
             refuse(error, 409)
+        except CatalogError as error:
+            refuse(error)
+
+    @app.post("/api/undo")
+    def undo() -> dict:
+        try:
+            return catalog.undo()
+        except CatalogError as error:
+            refuse(error, 409)
+
+    @app.post("/api/merge")
+    def merge(source: str = Form(...), target: str = Form(...)) -> dict:
+        try:
+            return {"source": source, "target": target, "moved": catalog.merge(source, target)}
         except CatalogError as error:
             refuse(error)
 

@@ -10,6 +10,7 @@ never recomputes the others, and everything survives a restart. Writes run in SQ
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 
 from wildreid.cache import content_key
@@ -49,6 +51,13 @@ CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, image_id TEXT NOT NULL, individual TEXT NOT NULL,
     kind TEXT NOT NULL, created TEXT NOT NULL);
 """
+#: Columns added since the first catalogs: added on open, so older catalogs keep working.
+_ADDED_COLUMNS = {
+    "images": {"date": "TEXT"},
+    # previous: the photo's individual before the decision (what undo restores); undone: 1 once
+    # undone; detail: what a merge moved (JSON), so it can be undone.
+    "decisions": {"previous": "TEXT", "undone": "INTEGER NOT NULL DEFAULT 0", "detail": "TEXT"},
+}
 
 
 class CatalogError(ValueError):
@@ -83,10 +92,12 @@ def check_name(text: object, what: str = "individual name") -> str:
 
 
 class Imported(NamedTuple):
-    """What :meth:`Catalog.add_dataset` did: photos added, and ids skipped as already there."""
+    """What :meth:`Catalog.add_dataset` did: identified photos added, query photos added to wait
+    for a decision, and ids skipped as already there."""
 
     added: int
     skipped: list[str]
+    waiting: int = 0
 
 
 class Catalog:
@@ -102,6 +113,15 @@ class Catalog:
         self.cache = self.folder / "cache"
         self._identifier: tuple[int, object] | None = None  # (generation fitted at, model)
         self._lock = threading.Lock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with sqlite3.connect(self.database, timeout=30) as connection:
+            for table, columns in _ADDED_COLUMNS.items():
+                present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+                for column, kind in columns.items():
+                    if column not in present:
+                        connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @classmethod
     def create(cls, folder: str | Path, preset: str = "fast") -> Catalog:
@@ -183,7 +203,7 @@ class Catalog:
 
     def add_photo(self, source: str | Path, individual: str | None, species: str | None = None,
                   orientation: str | None = None, image_id: str | None = None,
-                  max_pixels: int = MAX_PIXELS) -> str:
+                  max_pixels: int = MAX_PIXELS, date: str | None = None) -> str:
         """Copy a photo in (checked first); ``individual`` None keeps it unassigned (a query).
 
         The stored file is named by the hash of its bytes and the image type they hold, never by
@@ -211,9 +231,10 @@ class Catalog:
             if individual is not None:
                 connection.execute("INSERT OR IGNORE INTO individuals VALUES (?, ?, ?)",
                                    (individual, species, _now()))
-            connection.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)",
+            connection.execute("INSERT INTO images (image_id, individual, species, orientation, "
+                               "path, added, date) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (image_id, individual, species, orientation,
-                                str(target.relative_to(self.folder)), _now()))
+                                str(target.relative_to(self.folder)), _now(), date))
         return image_id
 
     def species(self) -> list[str]:
@@ -233,15 +254,23 @@ class Catalog:
                                f"{str(species)[:60]!r} (species it has: {listed})")
         return str(species).strip()
 
-    def add_dataset(self, data_dir: str | Path, metadata: str | Path | None = None) -> Imported:
-        """Import the database photos of a dataset (AnimalCLEF folder or folder tree). Names are
-        all checked before anything is copied; ids already in the catalog are skipped and
+    def add_dataset(self, data_dir: str | Path, metadata: str | Path | None = None,
+                    queries: bool = True) -> Imported:
+        """Import a dataset (AnimalCLEF folder or folder tree): its database photos with their
+        identities, and (``queries``) its query photos as photos waiting for a decision. Names
+        are all checked before anything is copied; ids already in the catalog are skipped and
         returned."""
         dataset = load_dataset(data_dir, metadata)
-        rows = dataset.database.astype(object)
+        parts = [dataset.database.assign(identity=dataset.database["identity"].astype(str))]
+        if queries:
+            parts.append(dataset.query.assign(identity=None))
+        rows = pd.concat(parts, ignore_index=True).astype(object)
         problems = []
         for row in rows.itertuples():
-            for text, what in ((row.identity, "individual name"), (row.image_id, "image id")):
+            checks = [(row.image_id, "image id")]
+            if row.identity is not None:
+                checks.append((row.identity, "individual name"))
+            for text, what in checks:
                 try:
                     check_name(text, what)
                 except CatalogError as error:
@@ -252,16 +281,18 @@ class Catalog:
             raise CatalogError(f"{dataset.source}: {len(problems)} rows cannot be imported; fix "
                                f"them and run again (nothing was added):\n  {shown}{more}")
         known = set(self.images()["image_id"])
-        added, skipped = 0, []
+        added, waiting, skipped = 0, 0, []
         for row in rows.itertuples():
             if str(row.image_id).strip() in known:
                 skipped.append(str(row.image_id))
                 continue
-            species = None if pd.isna(row.species) else row.species
-            orientation = None if pd.isna(row.orientation) else row.orientation
-            self.add_photo(row.filepath, str(row.identity), species, orientation, str(row.image_id))
-            added += 1
-        return Imported(added, skipped)
+            optional = {name: None if name not in rows.columns or pd.isna(getattr(row, name))
+                        else str(getattr(row, name)) for name in ("species", "orientation", "date")}
+            self.add_photo(row.filepath, row.identity, optional["species"],
+                           optional["orientation"], str(row.image_id), date=optional["date"])
+            added += row.identity is not None
+            waiting += row.identity is None
+        return Imported(added, skipped, waiting)
 
     def identifier(self, leave_out: str | None = None):
         """The catalog's fitted :class:`~wildreid.pipeline.Identifier` (features cached on disk,
@@ -305,7 +336,26 @@ class Catalog:
         assigned = row["individual"].notna().iloc[0]
         identifier = self.identifier(leave_out=image_id if assigned else None)
         candidates = identifier.predict_candidates(query, k=k)
-        return candidates[["rank", "identity", "score"]].reset_index(drop=True)
+        threshold = identifier.decision_.threshold_for(row["species"].iloc[0])
+        ranked = candidates[["rank", "identity", "score"]].reset_index(drop=True)
+        ranked.attrs["threshold"] = None if not np.isfinite(threshold) else float(threshold)
+        return ranked
+
+    @staticmethod
+    def verdict(ranked: pd.DataFrame, species: str | None = None) -> str:
+        """What the system would answer, in words, from :meth:`identify`'s candidates."""
+        if ranked.empty:
+            return "no candidates: the catalog has no individuals of this species yet"
+        best, score = ranked["identity"].iloc[0], float(ranked["score"].iloc[0])
+        threshold = ranked.attrs.get("threshold")
+        where = f"{species}'s" if species else "the"
+        if threshold is None:
+            return (f"most like {best} ({score:.2f}); too few individuals for a new-individual "
+                    "threshold yet")
+        if score >= threshold:
+            return f"likely {best}: {score:.2f}, at or over {where} threshold {threshold:.2f}"
+        return (f"probably a new individual: the best, {best}, scores {score:.2f}, under "
+                f"{where} threshold {threshold:.2f}")
 
     def draw_matches(self, image_id: str, individual: str) -> str:
         """A JPEG data URI: the photo's local matches with the individual's best-matching photo
@@ -342,11 +392,12 @@ class Catalog:
             if not connection.execute("SELECT 1 FROM individuals WHERE name = ?",
                                       (individual,)).fetchone():
                 raise CatalogError(f"no individual {individual!r}; create a new one instead")
-            self._undecided(connection, image_id, reassign)
+            previous = self._undecided(connection, image_id, reassign)[1]
             connection.execute("UPDATE images SET individual = ? WHERE image_id = ?",
                                (individual, image_id))
-            connection.execute("INSERT INTO decisions (image_id, individual, kind, created) "
-                               "VALUES (?, ?, 'confirm', ?)", (image_id, individual, _now()))
+            connection.execute("INSERT INTO decisions (image_id, individual, kind, created, "
+                               "previous) VALUES (?, ?, 'confirm', ?, ?)",
+                               (image_id, individual, _now(), previous))
 
     def new_individual(self, image_id: str, name: str | None = None,
                        reassign: bool = False) -> str:
@@ -368,9 +419,115 @@ class Catalog:
             connection.execute("INSERT INTO individuals VALUES (?, ?, ?)", (name, row[0], _now()))
             connection.execute("UPDATE images SET individual = ? WHERE image_id = ?",
                                (name, image_id))
-            connection.execute("INSERT INTO decisions (image_id, individual, kind, created) "
-                               "VALUES (?, ?, 'new', ?)", (image_id, name, _now()))
+            connection.execute("INSERT INTO decisions (image_id, individual, kind, created, "
+                               "previous) VALUES (?, ?, 'new', ?, ?)",
+                               (image_id, name, _now(), row[1]))
         return name
 
     def decisions(self) -> pd.DataFrame:
+        """The decision log, oldest first (undone decisions stay, marked ``undone``)."""
         return self._read("SELECT * FROM decisions ORDER BY id")
+
+    def merge(self, source: str, target: str) -> int:
+        """Move every photo of individual ``source`` to ``target`` (a reviewer found they are
+        one animal) and remove ``source``; returns how many photos moved. Undoable."""
+        if source == target:
+            raise CatalogError("an individual cannot be merged into itself")
+        with self._write() as connection:
+            found = {name: connection.execute("SELECT species, created FROM individuals WHERE "
+                                              "name = ?", (name,)).fetchone()
+                     for name in (source, target)}
+            for name, row in found.items():
+                if row is None:
+                    raise CatalogError(f"no individual {name!r}")
+            if found[source][0] != found[target][0]:
+                raise CatalogError(f"{source!r} is a {found[source][0]}, {target!r} a "
+                                   f"{found[target][0]}: individuals of two species are not merged")
+            moved = [r[0] for r in connection.execute(
+                "SELECT image_id FROM images WHERE individual = ? ORDER BY image_id", (source,))]
+            connection.execute("UPDATE images SET individual = ? WHERE individual = ?",
+                               (target, source))
+            connection.execute("DELETE FROM individuals WHERE name = ?", (source,))
+            detail = json.dumps({"source": source, "species": found[source][0],
+                                 "created": found[source][1], "moved": moved})
+            connection.execute("INSERT INTO decisions (image_id, individual, kind, created, "
+                               "previous, detail) VALUES ('', ?, 'merge', ?, ?, ?)",
+                               (target, _now(), source, detail))
+        return len(moved)
+
+    def undo(self) -> dict:
+        """Undo the latest decision not undone yet (confirm, new individual or merge): the
+        photos go back where they were, an individual the decision created is removed. The
+        decision stays in the log, marked undone, and the undo is logged too. Returns what was
+        undone (``kind``, ``image_id``, ``individual``)."""
+        with self._write() as connection:
+            row = connection.execute(
+                "SELECT id, kind, image_id, individual, previous, detail FROM decisions "
+                "WHERE undone = 0 AND kind IN ('confirm', 'new', 'merge') ORDER BY id DESC "
+                "LIMIT 1").fetchone()
+            if row is None:
+                raise CatalogError("nothing to undo")
+            number, kind, image_id, individual, previous, detail = row
+            if kind == "merge":
+                moved = json.loads(detail)
+                connection.execute("INSERT INTO individuals VALUES (?, ?, ?)",
+                                   (moved["source"], moved["species"], moved["created"]))
+                connection.executemany(
+                    "UPDATE images SET individual = ? WHERE image_id = ? AND individual = ?",
+                    [(moved["source"], i, individual) for i in moved["moved"]])
+            else:
+                connection.execute("UPDATE images SET individual = ? WHERE image_id = ?",
+                                   (previous, image_id))
+                if kind == "new" and not connection.execute(
+                        "SELECT 1 FROM images WHERE individual = ?", (individual,)).fetchone():
+                    connection.execute("DELETE FROM individuals WHERE name = ?", (individual,))
+            connection.execute("UPDATE decisions SET undone = 1 WHERE id = ?", (number,))
+            connection.execute("INSERT INTO decisions (image_id, individual, kind, created, "
+                               "detail) VALUES (?, ?, 'undo', ?, ?)",
+                               (image_id, individual, _now(), json.dumps({"undid": number})))
+        return {"kind": kind, "image_id": image_id, "individual": individual}
+
+    def reviewed(self) -> int:
+        """Photos decided in review (confirmed or made new individuals, not undone)."""
+        return int(self._read(
+            "SELECT COUNT(DISTINCT d.image_id) AS n FROM decisions d JOIN images i "
+            "ON i.image_id = d.image_id WHERE d.kind IN ('confirm', 'new') AND d.undone = 0 "
+            "AND i.individual IS NOT NULL")["n"].iloc[0])
+
+    def individual(self, name: str) -> dict:
+        """An individual's page: species, photos (ids), photo count, first and last date (the
+        photos' dates, else when they were added) and orientations."""
+        found = self._read("SELECT name, species, created FROM individuals WHERE name = ?",
+                           (name,))
+        if found.empty:
+            raise CatalogError(f"no individual {name!r}")
+        photos = self.images(name)
+        # The photos' own dates; else the day they were added (a time to the second is noise).
+        dates = photos["date"].fillna(photos["added"].str[:10]).astype(str).sort_values()
+        return {"name": name, "species": found["species"].iloc[0],
+                "created": found["created"].iloc[0], "photos": photos["image_id"].tolist(),
+                "count": len(photos), "first": dates.iloc[0] if len(dates) else None,
+                "last": dates.iloc[-1] if len(dates) else None,
+                "orientations": sorted(photos["orientation"].dropna().unique().tolist())}
+
+    def export(self, output: str | Path) -> Path:
+        """The catalog as an AnimalCLEF ``metadata.csv`` at ``output`` (paths relative to it):
+        identified photos as the database, waiting ones as queries; ready for ``identify``,
+        ``train`` and ``evaluate``."""
+        output = Path(output).resolve()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.metadata(output.parent).to_csv(output, index=False)
+        return output
+
+    def metadata(self, base: str | Path) -> pd.DataFrame:
+        """The catalog's photos as AnimalCLEF metadata rows, paths relative to ``base``."""
+        images = self.images()
+        return pd.DataFrame({
+            "image_id": images["image_id"],
+            "identity": images["individual"],
+            "path": [os.path.relpath(self.folder / p, base) for p in images["path"]],
+            "date": images["date"], "orientation": images["orientation"],
+            "species": images["species"],
+            "split": np.where(images["individual"].notna(), "database", "query"),
+            "dataset": self.folder.name,
+        })

@@ -417,12 +417,27 @@ def catalog_add(
     with _clear_errors():
         catalog = Catalog(folder)
         imported = catalog.add_dataset(data_dir, metadata)
-    err.print(f"added {imported.added} photos; the catalog holds {len(catalog.individuals())} "
-              "individuals")
+    err.print(f"added {imported.added} identified photos and {imported.waiting} waiting for "
+              f"review; the catalog holds {len(catalog.individuals())} individuals")
     if imported.skipped:
         shown = ", ".join(imported.skipped[:5]) + (" ..." if len(imported.skipped) > 5 else "")
         err.print(f"[yellow]skipped {len(imported.skipped)} photos whose image_id is already in "
                   f"the catalog[/] ({escape(shown)}); give them other ids to add them as well")
+
+
+@catalog_app.command("export")
+def catalog_export(
+    folder: Path = typer.Argument(..., help="Catalog folder."),
+    output: Path = typer.Option(Path("metadata.csv"), help="AnimalCLEF metadata.csv to write "
+                                "(paths relative to it)."),
+):
+    """Write the catalog as an AnimalCLEF metadata.csv: identified photos as the database,
+    waiting ones as queries (for identify, train and evaluate)."""
+    from wildreid.catalog import Catalog
+
+    with _clear_errors():
+        written = Catalog(folder).export(output)
+    err.print(f"wrote {escape(str(written))}")
 
 
 @app.command()

@@ -1,9 +1,12 @@
 // The review page. Every element is built with the DOM and every user-given text (names, image
 // ids, error messages) is set as textContent or an attribute, never as HTML: a name such as
 // <img onerror=...> shows as text. The Content-Security-Policy forbids inline script besides.
+//
+// Views: the review queue ("#" or "#photo=ID") and an individual's page ("#individual=NAME").
+// Keys in the queue: 1-5 confirm a candidate, N new individual, U undo, arrows move.
 "use strict";
 const $ = (id) => document.getElementById(id);
-let current = null;
+const state = {queue: [], reviewed: 0, current: null, candidates: [], individuals: []};
 
 function element(tag, properties = {}, children = []) {
   const node = document.createElement(tag);
@@ -23,88 +26,191 @@ async function call(url, options) {
   if (!response.ok) throw new Error(body.detail || response.statusText);
   return body;
 }
-function fail(error) { $("error").textContent = error.message; }
-
-async function loadIndividuals() {
-  const list = await call("/api/individuals");
-  $("individuals").replaceChildren(...list.map((row) => {
-    const item = element("li", {textContent: `${row.name} (${row.photos})`,
-                                data: {name: row.name}});
-    item.addEventListener("click", () => browse(row.name).catch(fail));
-    return item;
-  }));
-}
-async function loadWaiting() {
-  const waiting = await call("/api/queries");
-  $("meaning").textContent = `scores: ${waiting.score}`;
-  $("waiting").replaceChildren(...waiting.queries.map((imageId) => {
-    const image = element("img", {className: "pick", alt: imageId, height: 60,
-                                  src: photoUrl(imageId), data: {id: imageId}});
-    image.addEventListener("click", async () => {
-      try { show(imageId, await call(`/api/candidates?${query({image_id: imageId})}`)); }
-      catch (e) { fail(e); }
-    });
-    return image;
-  }));
-}
-async function browse(name) {
-  const ids = await call(`/api/photos?${query({individual: name})}`);
-  $("browse-title").textContent = name;
-  $("browse").replaceChildren(...ids.map((i) => element("img", {alt: i, src: photoUrl(i)})));
-}
-function decide(url, fields) {
+function post(url, fields) {
   const form = new FormData();
   for (const [key, value] of Object.entries(fields)) form.append(key, value);
-  return call(url, {method: "POST", body: form}).then(async (result) => {
-    $("status").textContent = `${current} -> ${result.individual}`;
-    $("candidates").replaceChildren(); $("matches").replaceChildren();
-    $("decide-new").hidden = true;
-    await loadIndividuals(); await loadWaiting();
-  }).catch(fail);
+  return call(url, {method: "POST", body: form});
 }
-function candidate(c) {
-  const confirm = element("button", {className: "confirm", textContent: "Confirm",
-                                     data: {name: c.identity}});
-  confirm.addEventListener("click", () =>
-    decide("/api/confirm", {image_id: current, individual: c.identity}));
-  const matches = element("button", {className: "show", textContent: "Matches",
-                                     data: {name: c.identity}});
-  matches.addEventListener("click", async () => {
-    $("matches").textContent = "matching...";
-    try {
-      const drawn = await call(`/api/matches?${query({image_id: current, individual: c.identity})}`);
-      $("matches").replaceChildren(element("img", {alt: `matches ${c.identity}`, src: drawn.image}));
-    } catch (e) { $("matches").textContent = ""; fail(e); }
-  });
-  return element("div", {className: "cand"}, [
-    element("img", {alt: c.identity, src: photoUrl(c.photo)}), element("br"),
-    `${c.rank}. ${c.identity} (${c.score})`, element("br"), confirm, " ", matches]);
+function fail(error) { $("error").textContent = error.message; }
+function say(text) { $("error").textContent = ""; $("status").textContent = text; }
+
+// -- individuals ---------------------------------------------------------------------------
+async function loadIndividuals() {
+  state.individuals = await call("/api/individuals");
+  const filter = $("filter").value.trim().toLowerCase();
+  $("individuals").replaceChildren(...state.individuals
+    .filter((row) => !filter || row.name.toLowerCase().includes(filter))
+    .map((row) => {
+      const item = element("li", {textContent: `${row.name} (${row.photos})`,
+                                  data: {name: row.name}, tabIndex: 0});
+      item.addEventListener("click", () => { location.hash = `individual=${encodeURIComponent(row.name)}`; });
+      return item;
+    }));
 }
-function show(imageId, candidates) {
-  current = imageId;
-  $("status").textContent = ""; $("error").textContent = "";
-  $("query").replaceChildren(element("img", {alt: "query", height: 160, src: photoUrl(imageId)}));
-  $("candidates").replaceChildren(...candidates.map(candidate));
-  $("matches").replaceChildren();
-  $("new-name").value = "";
-  $("decide-new").hidden = false;
+async function showIndividual(name) {
+  const page = await call(`/api/individual?${query({name})}`);
+  $("review").hidden = true; $("individual-page").hidden = false;
+  $("individual-name").textContent = page.name;
+  const orientations = page.orientations.length ? page.orientations.join(", ") : "not recorded";
+  $("individual-facts").textContent = `${page.species || "species not recorded"} · ` +
+    `${page.count} photo${page.count === 1 ? "" : "s"} · first ${page.first || "–"} · ` +
+    `last ${page.last || "–"} · orientations: ${orientations}`;
+  $("individual-photos").replaceChildren(...page.photos.map((i) =>
+    element("img", {alt: i, src: photoUrl(i), title: i})));
+  const others = state.individuals.filter((row) => row.name !== page.name &&
+                                                   row.species === page.species);
+  $("merge-target").replaceChildren(...others.map((row) =>
+    element("option", {value: row.name, textContent: `${row.name} (${row.photos})`})));
+  $("merge-form").hidden = !others.length;
+  for (const item of document.querySelectorAll("#individuals li"))
+    item.classList.toggle("selected", item.dataset.name === page.name);
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+// -- the review queue ----------------------------------------------------------------------
+async function loadQueue() {
+  const waiting = await call("/api/queries");
+  state.queue = waiting.queries; state.reviewed = waiting.reviewed;
+  $("meaning").textContent = `scores: ${waiting.score}`;
+  const total = state.reviewed + state.queue.length;
+  $("progress").textContent = `${state.reviewed} of ${total} reviewed`;
+}
+function position() { return state.queue.indexOf(state.current); }
+async function showPhoto(imageId) {
+  $("review").hidden = false; $("individual-page").hidden = true;
+  if (!imageId) {
+    state.current = null;
+    $("current").hidden = true; $("empty").hidden = state.queue.length > 0;
+    $("position").textContent = "";
+    if (state.queue.length) return showPhoto(state.queue[0]);
+    return;
+  }
+  state.current = imageId;
+  $("empty").hidden = true; $("current").hidden = false;
+  const index = position();
+  $("position").textContent = index >= 0 ? `${index + 1} / ${state.queue.length} waiting` : "";
+  $("query").replaceChildren(element("img", {alt: "query", src: photoUrl(imageId)}));
+  $("query-id").textContent = imageId;
+  $("verdict").textContent = "ranking…";
+  $("candidates").replaceChildren(); $("matches").replaceChildren();
+  $("new-name").value = "";
+  const ranked = await call(`/api/candidates?${query({image_id: imageId})}`);
+  if (state.current !== imageId) return;  // moved on meanwhile
+  state.candidates = ranked.candidates;
+  $("verdict").textContent = ranked.verdict;
+  $("candidates").replaceChildren(...ranked.candidates.map(candidate));
+}
+function candidate(c, index) {
+  const confirm = element("button", {className: "confirm", textContent: `Confirm (${index + 1})`,
+                                     data: {name: c.identity}});
+  confirm.addEventListener("click", () => decide("confirm", c.identity));
+  const matches = element("button", {className: "show", textContent: "Matches",
+                                     data: {name: c.identity}});
+  matches.addEventListener("click", () => showMatches(c.identity).catch(fail));
+  const thumbs = element("div", {className: "thumbs"}, c.photos.map((i) =>
+    element("img", {alt: `${c.identity}: ${i}`, src: photoUrl(i), title: i})));
+  return element("div", {className: "cand", data: {name: c.identity}}, [
+    thumbs, element("div", {className: "title", textContent: `${c.rank}. ${c.identity}`}),
+    element("div", {textContent: `score ${c.score} · ${c.count} photo${c.count === 1 ? "" : "s"}`}),
+    element("div", {className: "actions"}, [confirm, matches])]);
+}
+async function showMatches(name) {
+  $("matches").textContent = "matching…";
+  const drawn = await call(`/api/matches?${query({image_id: state.current, individual: name})}`);
+  $("matches").replaceChildren(element("figure", {}, [
+    element("img", {alt: `matches ${name}`, src: drawn.image}),
+    element("figcaption", {textContent: `left: ${state.current} · right: best photo of ${name}`})]));
+}
+async function decide(kind, name) {
+  if (!state.current) return;
+  const decided = state.current, next = state.queue[position() + 1] || null;
+  try {
+    const result = kind === "confirm"
+      ? await post("/api/confirm", {image_id: decided, individual: name})
+      : await post("/api/new", {image_id: decided, name: $("new-name").value});
+    say(`${decided} -> ${result.individual}`);
+    await refresh(next);
+  } catch (e) { fail(e); }
+}
+async function undo() {
+  try {
+    const undone = await post("/api/undo", {});
+    say(undone.kind === "merge" ? `undone: the merge into ${undone.individual}`
+                                : `undone: ${undone.image_id} -> ${undone.individual}`);
+    await refresh(undone.kind === "merge" ? state.current : undone.image_id);
+  } catch (e) { fail(e); }
+}
+async function refresh(show) {
+  await loadIndividuals(); await loadQueue();
+  if (location.hash.startsWith("#individual=")) return route();
+  await showPhoto(show && (state.queue.includes(show) || !state.queue.length) ? show : state.queue[0]);
+}
+function move(step) {
+  const index = position();
+  const target = state.queue[Math.min(Math.max(index + step, 0), state.queue.length - 1)];
+  if (target && target !== state.current) showPhoto(target).catch(fail);
+}
+
+// -- routing and keys ----------------------------------------------------------------------
+async function route() {
+  const hash = decodeURIComponent(location.hash.slice(1));
+  try {
+    if (hash.startsWith("individual=")) await showIndividual(hash.slice("individual=".length));
+    else if (hash.startsWith("photo=")) await showPhoto(hash.slice("photo=".length));
+    else await showPhoto(state.current && state.queue.includes(state.current)
+                         ? state.current : state.queue[0]);
+  } catch (e) { fail(e); }
+}
+document.addEventListener("keydown", (event) => {
+  if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey ||
+      event.altKey || $("review").hidden) return;
+  const number = Number(event.key);
+  if (number >= 1 && number <= 5 && state.candidates[number - 1] && state.current) {
+    decide("confirm", state.candidates[number - 1].identity);
+  } else if (event.key === "n" || event.key === "N") {
+    decide("new");
+  } else if (event.key === "u" || event.key === "U") {
+    undo();
+  } else if (event.key === "ArrowRight") {
+    move(1);
+  } else if (event.key === "ArrowLeft") {
+    move(-1);
+  } else {
+    return;
+  }
+  event.preventDefault();
+});
+
+document.addEventListener("DOMContentLoaded", async () => {
   $("upload").addEventListener("submit", async (event) => {
     event.preventDefault();
-    $("error").textContent = ""; $("status").textContent = "";
     if (!$("file").files.length) { $("error").textContent = "choose a photo first"; return; }
     const form = new FormData();
     form.append("photo", $("file").files[0]);
     form.append("species", $("species").value);
     try {
       const result = await call("/api/queries", {method: "POST", body: form});
-      show(result.image_id, result.candidates);
-      await loadWaiting();
+      await loadQueue();
+      location.hash = "";
+      await showPhoto(result.image_id);
     } catch (e) { fail(e); }
   });
-  $("new").addEventListener("click", () =>
-    decide("/api/new", {image_id: current, name: $("new-name").value}));
-  loadIndividuals().catch(fail); loadWaiting().catch(fail);
+  $("new").addEventListener("click", () => decide("new"));
+  $("undo").addEventListener("click", undo);
+  $("next").addEventListener("click", () => move(1));
+  $("previous").addEventListener("click", () => move(-1));
+  $("home").addEventListener("click", () => { location.hash = ""; });
+  $("filter").addEventListener("input", () => loadIndividuals().catch(fail));
+  $("merge-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const source = $("individual-name").textContent, target = $("merge-target").value;
+    try {
+      const merged = await post("/api/merge", {source, target});
+      say(`merged ${merged.source} into ${merged.target} (${merged.moved} photos)`);
+      location.hash = `individual=${encodeURIComponent(target)}`;
+      await loadIndividuals();
+    } catch (e) { fail(e); }
+  });
+  window.addEventListener("hashchange", route);
+  try { await loadIndividuals(); await loadQueue(); } catch (e) { fail(e); }
+  await route();
 });
