@@ -119,3 +119,42 @@ def test_help_is_quick_and_whole(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "--no-no-cache" not in shown.stdout and "--no-cache" in shown.stdout
     assert str(tmp_path) in shown.stdout  # the default cache folder shown whole
+
+
+def test_folder_layout_end_to_end_without_metadata(real_subset, tmp_path):
+    """A user with only folders: database/<species>/<identity>/, query/, and the answers as query
+    photos sorted into <identity>/ folders. identify, evaluate and report need no metadata.csv."""
+    import shutil
+
+    metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
+    truth = pd.read_csv(real_subset / "solution.csv", dtype=str).set_index("image_id")["identity"]
+    data, answers = tmp_path / "my-data", tmp_path / "answers"
+    for row in metadata.itertuples():
+        if row.split == "database":
+            target = data / "database" / row.species / row.identity / f"{row.image_id}.jpg"
+        else:
+            target = data / "query" / f"{row.image_id}.jpg"
+            sorted_copy = answers / truth[row.image_id] / f"copy-{row.image_id}.jpg"
+            sorted_copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(row.path, sorted_copy)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(row.path, target)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["identify", str(data), "--output", str(run / "submission.csv"),
+                                 "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    ids = pd.read_csv(run / "submission.csv", dtype=str)["image_id"]
+    assert ids.str.startswith("query/").all()  # folder-layout ids: query/<file name stem>
+    scored = runner.invoke(app, ["evaluate", str(run / "submission.csv"), str(answers), "--json"])
+    assert scored.exit_code == 0, scored.output
+    scores = json.loads(scored.output)
+    assert scores["queries"] == len(truth) == 12  # query/ holds no species: one pool
+    assert set(scores["species"]) == {"all"}
+    assert scores["closed_set_top1"] is not None  # the run's candidates were found too
+    reported = runner.invoke(app, ["report", str(run), "--solution", str(answers)])
+    assert reported.exit_code == 0, reported.output
+    assert "score (mean over species)" in (run / "report.html").read_text()
+    stray = answers / "nobody.jpg"
+    shutil.copyfile(metadata["path"].iloc[0], stray)
+    refused = runner.invoke(app, ["evaluate", str(run / "submission.csv"), str(answers)])
+    assert refused.exit_code == 2 and "not inside an identity folder" in refused.output

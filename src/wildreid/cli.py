@@ -232,17 +232,38 @@ def print_scores(result: dict) -> None:
 @app.command("evaluate")
 def evaluate_command(
     submission: Path = typer.Argument(..., help="Submission CSV: image_id,identity."),
-    solution: Path = typer.Argument(..., help="Solution CSV: image_id,identity (true identities)."),
-    metadata: Path = typer.Option(..., help="metadata.csv of the dataset (species, database)."),
+    solution: Path = typer.Argument(..., help="True identities: a CSV (image_id,identity), or a "
+                                    "folder of the query photos sorted as <identity>/<photo> "
+                                    "(an identity not in the database: a new individual)."),
+    metadata: Path = typer.Option(None, help="metadata.csv of the dataset (species, database) "
+                                  "[default: the dataset of the run, from run.json beside the "
+                                  "submission]."),
     candidates: Path = typer.Option(None, help="Candidates CSV from identify: adds closed-set "
-                                    "top-1/top-5."),
+                                    "top-1/top-5 [default: the run's, when metadata comes from "
+                                    "it]."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ):
     """Score a submission exactly as AnimalCLEF 2025 (BAKS, BAUS, sqrt(BAKS x BAUS) per species)."""
     with _clear_errors():
+        from wildreid.data import answers_from_folders, load_dataset
         from wildreid.metrics import evaluate
 
-        result = evaluate(submission, solution, metadata, candidates)
+        if metadata is not None:
+            table = metadata
+            dataset = load_dataset(metadata.parent, metadata) if solution.is_dir() else None
+        else:  # what the run read: a folder-layout user has no metadata.csv to give
+            run = Path(submission).parent / "run.json"
+            if not run.is_file():
+                raise FileNotFoundError(f"{submission}: no run.json beside it to find the "
+                                        "dataset; give --metadata DATA/metadata.csv")
+            info = json.loads(run.read_text())
+            dataset = load_dataset(info["data_dir"], info.get("metadata"), check_files=False)
+            table = dataset.metadata
+            if candidates is None and Path(info.get("candidates", "")).is_file():
+                candidates = Path(info["candidates"])
+        if solution.is_dir():
+            solution = answers_from_folders(solution, dataset.query)
+        result = evaluate(submission, solution, table, candidates)
     if as_json:
         print(json.dumps(result, indent=2, default=lambda v: None))
     else:

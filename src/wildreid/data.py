@@ -223,6 +223,37 @@ def from_folders(root: str | Path, check_files: bool = True) -> Dataset:
     return Dataset(frame, root)
 
 
+def answers_from_folders(folder: str | Path, queries: pd.DataFrame) -> pd.DataFrame:
+    """A solution (``image_id, identity``) from query photos sorted into folders named by their
+    true identity, ``folder/<identity>/<photo>`` (an identity not in the database means a new
+    individual): what a user of the folder layout can write without knowing image ids. Photos
+    are matched to ``queries`` by file content, so renamed or re-encoded copies do not count as
+    matches and the folder may hold copies of the photos anywhere."""
+    from wildreid.cache import content_keys
+
+    folder = Path(folder)
+    photos = list(_images_under(folder))
+    if not photos:
+        raise DatasetError(folder, ["no photos found: sort copies of the query photos into "
+                                    "folders named by their true identity, <identity>/<photo>"])
+    loose = [str(p) for p in photos if p.parent == folder]
+    if loose:
+        raise DatasetError(folder, [f"{len(loose)} photo(s) not inside an identity folder: "
+                                    f"{list_examples(loose)}"])
+    by_content = dict(zip(content_keys(queries["filepath"].astype(str)),
+                          queries["image_id"].astype(str)))
+    rows, unknown = [], []
+    for photo, key in zip(photos, content_keys(photos)):
+        if key in by_content:
+            rows.append({"image_id": by_content[key], "identity": photo.parent.name})
+        else:
+            unknown.append(str(photo))
+    if unknown:
+        raise DatasetError(folder, [f"{len(unknown)} photo(s) are none of the dataset's query "
+                                    f"photos (compared by content): {list_examples(unknown)}"])
+    return pd.DataFrame(rows)
+
+
 def load_dataset(path: str | Path, metadata: str | Path | None = None,
                  check_files: bool = True) -> Dataset:
     """Load ``path``: its ``metadata.csv`` (or the ``metadata`` file given), else a folder tree."""

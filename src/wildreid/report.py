@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from wildreid.data import NEW_INDIVIDUAL, load_dataset
+from wildreid.data import NEW_INDIVIDUAL, answers_from_folders, load_dataset
 from wildreid.images import ImageError, load_image
 from wildreid.metrics import evaluate, threshold_curve
 
@@ -226,8 +226,11 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
     if solution_path is None and (dataset.source.parent / "solution.csv").is_file() and (
             info.get("metadata") in (None, "metadata.csv")):
         solution_path = dataset.source.parent / "solution.csv"
-    truth = (pd.read_csv(solution_path, dtype=str).set_index("image_id")["identity"]
-             if solution_path else None)
+    if solution_path is not None and solution_path.is_dir():  # query photos sorted by identity
+        solution_path = answers_from_folders(solution_path, dataset.query)
+    answers_table = (solution_path if isinstance(solution_path, pd.DataFrame)
+                     else pd.read_csv(solution_path, dtype=str) if solution_path else None)
+    truth = answers_table.set_index("image_id")["identity"] if answers_table is not None else None
     database_ids = set(dataset.database["identity"].astype(str))
     top = candidates[candidates["rank"] == 1].set_index("image_id")
     parts = [f"<h1>wildreid report</h1><p>run: <code>{html.escape(str(run_dir))}</code> — "
@@ -237,7 +240,7 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
              f"{(submission['identity'] == NEW_INDIVIDUAL).sum()} answered {NEW_INDIVIDUAL}.</p>"]
     order = list(submission["image_id"])
     if truth is not None:
-        result = evaluate(submission, solution_path, metadata, candidates)
+        result = evaluate(submission, answers_table, metadata, candidates)
         rows = "".join(
             f"<tr><td>{html.escape(str(name))}</td><td>{v['queries']}</td><td>{v['known_queries']}"
             f"</td><td>{v['unknown_queries']}</td><td>{_fmt(v['baks'])}</td><td>{_fmt(v['baus'])}"
