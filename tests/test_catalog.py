@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -188,3 +189,23 @@ def test_export_is_a_dataset_identify_reads(catalog, tmp_path):
     dataset = load_dataset(tmp_path / "out")
     assert len(dataset.database) == catalog.images()["individual"].notna().sum()
     assert len(dataset.query) == len(catalog.unassigned())
+
+
+def test_a_decision_grows_the_model_instead_of_fitting_it_again(catalog):
+    first = catalog.identifier()
+    waiting = catalog.unassigned()
+    individual = catalog.individuals()["name"].iloc[0]
+    catalog.confirm(waiting[0], individual)
+    grown = catalog.identifier()
+    assert grown is first  # grown in place: only the confirmed photo was described
+    copy = catalog.add_photo(catalog.photo_path(waiting[0]), None,
+                             catalog.images().set_index("image_id").loc[waiting[0], "species"])
+    ranked = catalog.identify(copy)
+    assert ranked["identity"].iloc[0] == individual and ranked["score"].iloc[0] > 0.9999
+    catalog._identifier = None  # the same catalog fitted from scratch ranks the same
+    fitted = catalog.identify(copy)
+    assert fitted["identity"].tolist() == ranked["identity"].tolist()
+    np.testing.assert_allclose(fitted["score"], ranked["score"], atol=1e-6)
+    refit = catalog.identifier()
+    catalog.undo()  # anything but an addition: fitted again
+    assert catalog.identifier() is not refit

@@ -111,7 +111,9 @@ class Catalog:
                                "with 'wildreid catalog init FOLDER'")
         self.photos = self.folder / "photos"
         self.cache = self.folder / "cache"
-        self._identifier: tuple[int, object] | None = None  # (generation fitted at, model)
+        #: (generation, model, {image_id: individual} it knows, photos at its last fit,
+        #: whether it has thresholds): what an update can grow instead of fitting again.
+        self._identifier: tuple | None = None
         self._lock = threading.Lock()
         self._migrate()
 
@@ -295,33 +297,48 @@ class Catalog:
         return Imported(added, skipped, waiting)
 
     def identifier(self, leave_out: str | None = None):
-        """The catalog's fitted :class:`~wildreid.pipeline.Identifier` (features cached on disk,
-        refitted only after the catalog changed); ``leave_out`` an image id: one fitted without
-        that photo (to rank an already identified photo against the others), not kept."""
+        """The catalog's fitted :class:`~wildreid.pipeline.Identifier` (features cached on disk).
+        After decisions that only add identified photos, it is grown in place
+        (:meth:`~wildreid.pipeline.Identifier.partial_fit`: only the new photos are read), not
+        fitted again; it is fitted again after any other change (undo, merge, reassignment),
+        once the identified photos grew by a tenth since the last fit (thresholds follow), and
+        with the accurate preset. ``leave_out`` an image id: one fitted without that photo (to
+        rank an already identified photo against the others), not kept."""
         from wildreid.defaults import PRESETS
         from wildreid.pipeline import Identifier
 
         with self._lock:
             generation = self.generation()  # read first: a write during the fit makes it stale
-            if self._identifier is not None and leave_out is None and (
-                    self._identifier[0] == generation):
-                return self._identifier[1]
             labelled = self.images().dropna(subset=["individual"])
             labelled = labelled[labelled["image_id"] != leave_out]
             if labelled["individual"].nunique() < 1:
                 raise CatalogError("the catalog has no identified photos yet")
-            frame = pd.DataFrame({
-                "filepath": [str(self.folder / p) for p in labelled["path"]],
-                "identity": labelled["individual"], "species": labelled["species"]})
-            threshold = "auto" if labelled["individual"].nunique() >= 3 else None
-            settings = PRESETS[self.preset]
-            if labelled["individual"].nunique() < 3:
-                settings = PRESETS["fast"]  # calibration needs a few individuals
-            identifier = Identifier(threshold=threshold, cache_dir=self.cache, progress=False,
-                                    **settings).fit(frame)
+            current = dict(zip(labelled["image_id"], labelled["individual"]))
+            calibrated = labelled["individual"].nunique() >= 3  # thresholds need a few
+            if leave_out is None and self._identifier is not None:
+                fitted_at, model, fitted, fitted_size, fitted_calibrated = self._identifier
+                if fitted_at == generation:
+                    return model
+                added = labelled[~labelled["image_id"].isin(list(fitted))]
+                only_added = all(current.get(i) == name for i, name in fitted.items())
+                if (only_added and model.reranking_ is None and calibrated == fitted_calibrated
+                        and len(current) <= 1.1 * fitted_size):
+                    model.partial_fit(self._frame(added))
+                    self._identifier = (generation, model, current, fitted_size, calibrated)
+                    return model
+            settings = PRESETS[self.preset] if calibrated else PRESETS["fast"]
+            identifier = Identifier(threshold="auto" if calibrated else None,
+                                    cache_dir=self.cache, progress=False,
+                                    **settings).fit(self._frame(labelled))
             if leave_out is None:
-                self._identifier = (generation, identifier)
+                self._identifier = (generation, identifier, current, len(current), calibrated)
             return identifier
+
+    def _frame(self, images: pd.DataFrame) -> pd.DataFrame:
+        """Catalog photos as the pipeline reads them."""
+        return pd.DataFrame({"filepath": [str(self.folder / p) for p in images["path"]],
+                             "identity": images["individual"].to_numpy(),
+                             "species": images["species"].to_numpy()})
 
     def identify(self, image_id: str, k: int = 5) -> pd.DataFrame:
         """Ranked candidate individuals (``rank, identity, score``) for a catalog photo. The photo

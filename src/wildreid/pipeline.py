@@ -140,6 +140,8 @@ class Identifier:
         identities = database["identity"].astype(str).to_numpy()
         species = _species(database)
         self.index_ = IdentityIndex(features, identities, species, self.aggregation)
+        self.database_ = (features, identities, None if species is None else np.asarray(
+            species, dtype=object))
         self.reranking_ = None
         if self.local:
             self.reranking_ = LocalReranking(
@@ -156,6 +158,33 @@ class Identifier:
         else:
             fixed = -np.inf if self.threshold is None else float(self.threshold)
             self.decision_ = OpenSetDecision.fixed(fixed)
+        return self
+
+    def partial_fit(self, database: pd.DataFrame) -> Identifier:
+        """Add images of known identities (new or existing) to a fitted identifier without
+        fitting again: only they are described, the index grows; the open-set thresholds stay
+        those of the last :meth:`fit` (fit again once the database has changed much). Only for
+        the global descriptor: local re-ranking calibrates on the whole database, so with
+        ``local`` set this raises ``NotImplementedError`` (call ``fit``)."""
+        if not hasattr(self, "index_"):
+            return self.fit(database)
+        if self.reranking_ is not None:
+            raise NotImplementedError("local re-ranking is calibrated on the whole database: "
+                                      "call fit with the grown database instead")
+        if "identity" not in database.columns or database["identity"].isna().any():
+            raise ValueError("every database image needs an identity")
+        if database.empty:
+            return self
+        features, identities, species = self.database_
+        added_species = _species(database)
+        if (species is None) != (added_species is None):
+            raise ValueError("species given for some database images and not for others")
+        features = np.concatenate([features, self.describe(database, "database")])
+        identities = np.concatenate([identities, database["identity"].astype(str).to_numpy()])
+        if species is not None:
+            species = np.concatenate([species, np.asarray(added_species, dtype=object)])
+        self.index_ = IdentityIndex(features, identities, species, self.aggregation)
+        self.database_ = (features, identities, species)
         return self
 
     def predict_candidates(self, queries: pd.DataFrame, k: int = 5) -> pd.DataFrame:
