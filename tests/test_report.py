@@ -20,7 +20,8 @@ def test_report_of_a_real_run_is_self_contained(real_subset, tmp_path):
     assert result.exit_code == 0, result.output
     page = (run / "report.html").read_text()
     assert "score (mean over species)" in page and "<td>nyala</td>" in page and "<td>lion</td>" in page
-    assert len(re.findall(r"data:image/png;base64,", page)) == 4  # a curve and a histogram per species
+    # per species: the threshold curves, precision-recall and the score histograms
+    assert len(re.findall(r"data:image/png;base64,", page)) == 6
     assert len(re.findall(r"data:image/jpeg;base64,", page)) >= 12 * 2  # queries and candidates
     assert not re.search(r"(src|href)=['\"]https?:", page)  # opens offline
     missing = runner.invoke(app, ["report", str(tmp_path)])
@@ -51,5 +52,5 @@ def test_report_without_species_has_its_curves(real_subset, tmp_path):
     result = runner.invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     page = (run / "report.html").read_text()
-    assert len(re.findall(r"data:image/png;base64,", page)) == 2  # one pool: curve + histogram
+    assert len(re.findall(r"data:image/png;base64,", page)) == 3  # one pool: its three plots
     assert "<td>all</td>" in page

@@ -180,6 +180,31 @@ def _curve_plot(curve: pd.DataFrame, chosen: float, species: str) -> str:
     return _png(figure)
 
 
+def _precision_recall(group: pd.DataFrame, chosen: float, species: str) -> str:
+    """The threshold as a reviewer weighs it: of the queries given a name (top score at or over
+    the threshold), the share named right (precision), against the share of known queries named
+    right (recall); the chosen threshold marked."""
+    figure, axis = _figure()
+    known = ~group["unknown"].to_numpy()
+    right = (group["identity"].to_numpy() == group["truth"].to_numpy()) & known
+    order = np.argsort(-group["score"].to_numpy())
+    named = np.arange(1, len(order) + 1)
+    precision = np.cumsum(right[order]) / named
+    recall = np.cumsum(right[order]) / max(1, known.sum())
+    axis.plot(recall, precision, marker=".", markersize=3)
+    if math.isfinite(chosen):
+        at = int((group["score"].to_numpy() >= chosen).sum()) - 1
+        if at >= 0:
+            axis.plot(recall[at], precision[at], "ko", label=f"chosen {chosen:.3f}")
+            axis.legend(fontsize=7)
+    axis.set_xlabel("recall: known queries named right")
+    axis.set_ylabel("precision: named queries right")
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(0, 1.02)
+    axis.set_title(species)
+    return _png(figure)
+
+
 def _histogram(known: np.ndarray, unknown: np.ndarray, chosen: float, species: str) -> str:
     figure, axis = _figure()
     values = np.concatenate([known, unknown])
@@ -267,8 +292,11 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
             chosen = float("nan") if chosen is None else float(chosen)
             curve = threshold_curve(group["truth"], group["identity"], group["score"],
                                     group["unknown"])
+            known_scores = group.loc[~group["unknown"], "score"].to_numpy()
+            unknown_scores = group.loc[group["unknown"], "score"].to_numpy()
             plots.append(f'<img src="{_curve_plot(curve, chosen, str(name))}">'
-                         f'<img src="{_histogram(group.loc[~group["unknown"], "score"].to_numpy(), group.loc[group["unknown"], "score"].to_numpy(), chosen, str(name))}">')  # noqa: E501
+                         f'<img src="{_precision_recall(group, chosen, str(name))}">'
+                         f'<img src="{_histogram(known_scores, unknown_scores, chosen, str(name))}">')
         parts.append("<h2>Thresholds and score distributions</h2><div class='plots'>"
                      + "".join(plots) + "</div>")
         table["expected"] = np.where(table["unknown"], NEW_INDIVIDUAL, table["truth"])
@@ -283,7 +311,12 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
     panels = {}
     if info.get("local") and matches > 0:
         query_rows = metadata.set_index("image_id").loc[shown[:matches]].reset_index()
-        panels = match_panels(info, database, query_rows, candidates, device, cache_dir)
+        pairs = candidates
+        if truth is not None:  # an error also shows its matches with the right individual
+            right = pd.DataFrame({"image_id": shown[:matches],
+                                  "identity": [str(truth.get(i, "")) for i in shown[:matches]]})
+            pairs = pd.concat([candidates, right[right["identity"].isin(database_ids)]])
+        panels = match_panels(info, database, query_rows, pairs, device, cache_dir)
     answers_of = submission.set_index("image_id")["identity"]
     cards = []
     for image_id in shown:
@@ -316,6 +349,9 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
         drawn = "".join(f"<div class='candidate'><img src='{panels[(image_id, row.identity)]}'>"
                         f"<br>{int(row.rank)}. {html.escape(row.identity)}: local matches</div>"
                         for row in ranked.itertuples() if (image_id, row.identity) in panels)
+        if (image_id, expected) in panels and expected not in set(ranked["identity"]):
+            drawn += (f"<div class='candidate hit'><img src='{panels[(image_id, expected)]}'>"
+                      f"<br>right: {html.escape(expected)}: local matches</div>")
         cards.append(f"<div class='row'>{head}{tiles}</div>"
                      + (f"<div class='row wrap'>{drawn}</div>" if drawn else ""))
     hardest = [card for image_id, card in zip(shown, cards) if image_id in set(errors)]
@@ -338,8 +374,8 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
              ".query.right{background:#e8f6e8}.candidate{padding:6px;font-size:13px;width:160px;"
              "text-align:center}.candidate img,.query img{width:150px;height:150px;"
              "object-fit:contain;background:#fafafa}.row.wrap .candidate{width:auto}"
-             ".row.wrap .candidate img{width:auto;height:auto;max-width:100%}"
-             ".hit{background:#cfc}.plots img{max-width:49%;height:auto}")
+             ".row.wrap .candidate img{width:440px;height:auto;max-width:100%}"
+             ".hit{background:#cfc}.plots img{max-width:32%;height:auto}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wildreid report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     output = Path(output) if output else run_dir / "report.html"
