@@ -113,7 +113,11 @@ def test_review_queue_in_chromium(real_subset, tmp_path):
             expect(page.locator(".cand .show").first).to_be_visible(timeout=60_000)
             page.click(".cand .show >> nth=0")  # local matches, drawn on the animal
             expect(page.locator("#matches img")).to_be_visible(timeout=120_000)
+            expect(page.locator("#matches figcaption")).to_contain_text(
+                re.compile(r"^\d+ keypoint matches \(strength [\d.]+\)"))
             shoot(page, "2-matches")
+            page.click("#matches img")  # zoom in
+            expect(page.locator("#matches img")).to_have_class("zoomed")
 
             page.locator("#individuals li").filter(has_text=re.compile(
                 "^" + re.escape(chosen) + r" \(")).click()  # the individual's own page

@@ -258,7 +258,8 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             refuse(error, 404)
         except ImageError:
             refuse(CatalogError(f"a photo of {individual!r} can no longer be decoded"), 422)
-        return {"image": picture}
+        return {"image": picture.image, "matches": picture.matches,
+                "strength": round(picture.strength, 2)}
 
     @app.post("/api/confirm")
     def confirm(image_id: str = Form(...), individual: str = Form(...)) -> dict:

@@ -374,9 +374,10 @@ class Catalog:
         return (f"probably a new individual: the best, {best}, scores {score:.2f}, under "
                 f"{where} threshold {threshold:.2f}")
 
-    def draw_matches(self, image_id: str, individual: str) -> str:
-        """A JPEG data URI: the photo's local matches with the individual's best-matching photo
-        (ALIKED on the animal + LightGlue; keypoints cached in the catalog)."""
+    def draw_matches(self, image_id: str, individual: str):
+        """The photo's local matches with the individual's best-matching photo (ALIKED on the
+        animal + LightGlue; keypoints cached in the catalog): a
+        :class:`~wildreid.report.MatchPanel` (JPEG data URI, match count, strength)."""
         from wildreid.report import match_panels
 
         photos = self.images(individual)

@@ -16,6 +16,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -119,8 +120,18 @@ def _jpeg(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+class MatchPanel(NamedTuple):
+    """Drawn matches of a query with an identity's best-matching photo (JPEG data URI), how
+    many keypoints matched, and their summed confidence."""
+
+    image: str
+    matches: int
+    strength: float
+
+
 def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
-                  candidates: pd.DataFrame, device: str, cache_dir) -> dict[tuple[str, str], str]:
+                 candidates: pd.DataFrame, device: str, cache_dir
+                 ) -> dict[tuple[str, str], MatchPanel]:
     """Per (query, candidate identity): the drawn matches with the identity's best image."""
     from wildreid.isolation import Isolator
     from wildreid.local import KeypointExtractor, create_local_features
@@ -154,7 +165,8 @@ def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
         for identity, row in best.items():
             picture = draw_matches(query_image, load_image(frame["filepath"][row]), keypoints[0],
                                    keypoints[row], matched[row - 1], regions[0], regions[row])
-            panels[(query.image_id, identity)] = _jpeg(picture)
+            panels[(query.image_id, identity)] = MatchPanel(
+                _jpeg(picture), len(matched[row - 1]), float(strength[row - 1]))
     return panels
 
 
@@ -176,7 +188,7 @@ def _curve_plot(curve: pd.DataFrame, chosen: float, species: str) -> str:
         axis.axvline(chosen, color="black", linestyle="--", label=f"chosen {chosen:.3f}")
     axis.set_xlabel("threshold on the top score")
     axis.set_title(species)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=9)
     return _png(figure)
 
 
@@ -196,7 +208,7 @@ def _precision_recall(group: pd.DataFrame, chosen: float, species: str) -> str:
         at = int((group["score"].to_numpy() >= chosen).sum()) - 1
         if at >= 0:
             axis.plot(recall[at], precision[at], "ko", label=f"chosen {chosen:.3f}")
-            axis.legend(fontsize=7)
+            axis.legend(fontsize=9)
     axis.set_xlabel("recall: known queries named right")
     axis.set_ylabel("precision: named queries right")
     axis.set_xlim(0, 1.02)
@@ -215,7 +227,7 @@ def _histogram(known: np.ndarray, unknown: np.ndarray, chosen: float, species: s
         axis.axvline(chosen, color="black", linestyle="--")
     axis.set_xlabel("top score")
     axis.set_title(species)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=9)
     return _png(figure)
 
 
@@ -346,11 +358,11 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
             tiles += (f"<div class='candidate hit'><img src='{_thumbnail(first_image[expected])}'>"
                       f"<br>right: {html.escape(expected)}<br>not in the top "
                       f"{len(ranked)}</div>")
-        drawn = "".join(f"<div class='candidate'><img src='{panels[(image_id, row.identity)]}'>"
+        drawn = "".join(f"<div class='candidate'><img src='{panels[(image_id, row.identity)].image}'>"
                         f"<br>{int(row.rank)}. {html.escape(row.identity)}: local matches</div>"
                         for row in ranked.itertuples() if (image_id, row.identity) in panels)
         if (image_id, expected) in panels and expected not in set(ranked["identity"]):
-            drawn += (f"<div class='candidate hit'><img src='{panels[(image_id, expected)]}'>"
+            drawn += (f"<div class='candidate hit'><img src='{panels[(image_id, expected)].image}'>"
                       f"<br>right: {html.escape(expected)}: local matches</div>")
         cards.append(f"<div class='row'>{head}{tiles}</div>"
                      + (f"<div class='row wrap'>{drawn}</div>" if drawn else ""))

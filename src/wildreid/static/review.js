@@ -116,9 +116,12 @@ function candidate(c, index) {
 async function showMatches(name) {
   $("matches").textContent = "matching…";
   const drawn = await call(`/api/matches?${query({image_id: state.current, individual: name})}`);
-  $("matches").replaceChildren(element("figure", {}, [
-    element("img", {alt: `matches ${name}`, src: drawn.image}),
-    element("figcaption", {textContent: `left: ${state.current} · right: best photo of ${name}`})]));
+  const picture = element("img", {alt: `matches ${name}`, src: drawn.image,
+                                  title: "click to zoom"});
+  picture.addEventListener("click", () => picture.classList.toggle("zoomed"));
+  $("matches").replaceChildren(element("figure", {}, [picture, element("figcaption", {
+    textContent: `${drawn.matches} keypoint matches (strength ${drawn.strength}) · left: ` +
+                 `${state.current} · right: the best-matching photo of ${name}`})]));
 }
 async function decide(kind, name) {
   if (!state.current) return;
