@@ -59,3 +59,48 @@ def test_unknown_species_is_an_error(gallery):
     features, identities, species, queries = gallery
     with pytest.raises(ValueError, match="species 'zebra' has no database images"):
         IdentityIndex(features, identities, species).search(queries[:1], ["zebra"])
+
+
+def _clustered(count: int, identities: int, dim: int = 32, seed: int = 0, spread: float = 0.2):
+    """Embeddings like a descriptor's: each identity a direction, its images spread around it
+    (cosine about 0.75 to the direction with the default spread)."""
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.normal(size=(identities, dim)).astype(np.float32))
+    owners = rng.integers(0, identities, count)
+    features = _unit(centres[owners] + spread * rng.normal(size=(count, dim)).astype(np.float32))
+    queries = _unit(centres[rng.integers(0, identities, 200)]
+                    + spread * rng.normal(size=(200, dim)).astype(np.float32))
+    return features, np.array([f"id{o}" for o in owners]), queries
+
+
+def test_approximate_search_of_a_large_species_agrees_with_exact(monkeypatch):
+    features, identities, queries = _clustered(6000, 400)
+    species = np.where(np.arange(6000) % 3 == 0, "small", "large")  # 2000 and 4000 images
+    query_species = np.where(np.arange(200) % 4 == 0, "small", "large")
+    exact = IdentityIndex(features, identities, species).search(queries, query_species, k=5)
+    monkeypatch.setattr(ranking, "APPROXIMATE_ABOVE", 3000)  # only "large" goes approximate
+    index = IdentityIndex(features, identities, species)
+    names, scores = index.search(queries, query_species, k=5)
+    assert index._galleries["large"].index is not None and index._galleries["small"].index is None
+    small = query_species == "small"
+    assert (names[small] == exact[0][small]).all()  # exact where it should be
+    same = names[:, 0] == exact[0][:, 0]
+    assert same.mean() >= 0.95
+    np.testing.assert_allclose(scores[same, 0], exact[1][same, 0], atol=1e-5)  # exact cosines
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+def test_approximate_shortlist_recall_padding_and_reuse(monkeypatch):
+    features, _, queries = _clustered(5000, 300)
+    exact, _ = ranking.nearest_images(features, None, queries, None, 100)
+    monkeypatch.setattr(ranking, "APPROXIMATE_ABOVE", 1000)
+    kept: dict = {}
+    found, cosines = ranking.nearest_images(features, None, queries, None, 100, kept)
+    recall = np.mean([len(set(a) & set(e)) / 100 for a, e in zip(found, exact)])
+    assert recall >= 0.9, recall
+    assert (found >= -1).all() and (np.diff(cosines, axis=1) <= 1e-6).all()
+    index = kept[None]
+    ranking.nearest_images(features, None, queries[:3], None, 100, kept)
+    assert kept[None] is index  # built once per database
+    few, few_cosines = ranking.nearest_images(features, None, queries[:5], None, 4990, kept)
+    assert ((few == -1) == np.isinf(few_cosines)).all()  # probed cells hold fewer: -1 pads

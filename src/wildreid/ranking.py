@@ -2,7 +2,10 @@
 
 Queries are compared only with database images of their own species (all of them when the query's
 species is blank). Similarities are computed in chunks of queries and reduced to one score per
-identity at once, so a 100k-image database never needs the full query x database matrix.
+identity at once, so a 100k-image database never needs the full query x database matrix. A
+species with more than :data:`wildreid.ann.APPROXIMATE_ABOVE` images is searched through an
+approximate index instead (``ann.py``; identity scores with ``max`` aggregation from each query's
+nearest images).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from wildreid.ann import APPROXIMATE_ABOVE, ImageIndex
 
 AGGREGATIONS = ("max", "mean")
 _CHUNK_ELEMENTS = 1 << 24  # similarities held at once: 64 MB of float32
@@ -22,6 +27,12 @@ class _Gallery:
     starts: np.ndarray  # first row of each identity
     counts: np.ndarray
     identities: np.ndarray
+    index: ImageIndex | None = None  # built on first search, for very large galleries only
+
+    def approximate(self) -> ImageIndex | None:
+        if self.index is None and len(self.features) > APPROXIMATE_ABOVE:
+            self.index = ImageIndex(self.features)
+        return self.index
 
 
 def _gallery(features: np.ndarray, identities: np.ndarray) -> _Gallery:
@@ -77,6 +88,10 @@ class IdentityIndex:
                 raise ValueError(f"species {key!r} has no database images")
             rows = np.flatnonzero([q == key for q in keys])
             width = min(k, len(gallery.identities))
+            if self.aggregation == "max" and gallery.approximate() is not None:
+                names[rows, :width], scores[rows, :width] = _approximate_identities(
+                    gallery, queries[rows], width)
+                continue
             step = max(1, _CHUNK_ELEMENTS // len(gallery.features))
             for begin in range(0, len(rows), step):
                 chunk = rows[begin:begin + step]
@@ -90,10 +105,31 @@ class IdentityIndex:
         return names, scores
 
 
+def _approximate_identities(gallery: _Gallery, queries: np.ndarray, k: int
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` identities by their best image among each query's nearest images (the
+    approximate index; ``max`` aggregation), best first; short lists pad with ""/-inf."""
+    depth = min(len(gallery.features), max(256, 16 * k))  # images fetched per query
+    rows, similarities = gallery.index.search(queries, depth)
+    owners = np.searchsorted(gallery.starts, np.maximum(rows, 0), side="right") - 1
+    names = np.full((len(queries), k), "", dtype=object)
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    for query in range(len(queries)):
+        valid = rows[query] >= 0  # sorted best first: an identity's first hit is its best image
+        _, first = np.unique(owners[query][valid], return_index=True)
+        best = first[np.argsort(first, kind="stable")][:k]
+        names[query, :len(best)] = gallery.identities[owners[query][valid][best]]
+        scores[query, :len(best)] = similarities[query][valid][best]
+    return names, scores
+
+
 def nearest_images(database: np.ndarray, database_species, queries: np.ndarray, query_species,
-                   size: int) -> tuple[np.ndarray, np.ndarray]:
+                   size: int, indexes: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The shortlist: per query the ``size`` most similar database images of its species (all of
-    them when fewer), as row indices into ``database`` (-1 pads) and cosines, best first."""
+    them when fewer), as row indices into ``database`` (-1 pads) and cosines, best first. A
+    species over :data:`~wildreid.ann.APPROXIMATE_ABOVE` images is searched approximately;
+    ``indexes`` (a dict kept by the caller for the same ``database``) keeps those indexes between
+    calls."""
     database = np.asarray(database, np.float32)
     queries = np.asarray(queries, np.float32)
     db_keys = np.array([_species_key(s) for s in (database_species if database_species is not None
@@ -108,6 +144,14 @@ def nearest_images(database: np.ndarray, database_species, queries: np.ndarray, 
         if len(members) == 0:
             raise ValueError(f"species {key!r} has no database images")
         width = min(size, len(members))
+        if len(members) > APPROXIMATE_ABOVE:
+            index = (indexes or {}).get(key) or ImageIndex(database[members])
+            if indexes is not None:
+                indexes[key] = index
+            found, similarity = index.search(queries[rows], width)
+            indices[rows, :width] = np.where(found >= 0, members[np.maximum(found, 0)], -1)
+            cosines[rows, :width] = similarity
+            continue
         step = max(1, _CHUNK_ELEMENTS // len(members))
         for begin in range(0, len(rows), step):
             chunk = rows[begin:begin + step]

@@ -193,6 +193,7 @@ class LocalReranking:
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
         self.database_keypoints_ = self.keypoints(images, regions, "database")
         self.database_features_ = features
+        self.shortlist_indexes_: dict = {}  # approximate indexes of very large species, by species
         self.database_identities_ = identities
         self.database_species_ = species
         self.database_orientations_ = _orientations(images)
@@ -297,7 +298,8 @@ class LocalReranking:
         query_keypoints = self.keypoints(images, regions, "queries")
         shortlist, cosines = nearest_images(self.database_features_, self.database_species_,
                                             features, species,
-                                            self.shortlist or len(self.database_features_))
+                                            self.shortlist or len(self.database_features_),
+                                            self.shortlist_indexes_)
         rows, columns = np.nonzero(shortlist >= 0)
         # (query, database), the direction of the calibration pairs: one-sided scores (SIFT's
         # ratio test) would otherwise be calibrated on another function than they are used as.
