@@ -64,6 +64,8 @@ def test_review_queue_in_chromium(real_subset, tmp_path):
                                              image_id=hostile_id), hostile_name)
     catalog.add_photo(lion["path"].iloc[1], None, "lion",
                       image_id="<script>window.pwned=3</script>")
+    slashed = "lion / 7 b"  # an individual page reached by a name with a slash and spaces
+    catalog.new_individual(catalog.add_photo(lion["path"].iloc[2], None, "lion"), slashed)
     done, total = catalog.reviewed(), catalog.reviewed() + len(catalog.unassigned())
     shots = Path(os.environ.get("WILDREID_TEST_ARTIFACTS", tmp_path)) / "browser"
     shots.mkdir(parents=True, exist_ok=True)
@@ -119,6 +121,9 @@ def test_review_queue_in_chromium(real_subset, tmp_path):
             page.click("#matches img")  # zoom in
             expect(page.locator("#matches img")).to_have_class("zoomed")
 
+            page.locator("#individuals li").filter(has_text=slashed).click()
+            expect(page.locator("#individual-name")).to_have_text(slashed)
+            expect(page.locator("#individual-facts")).to_contain_text("1 photo ·")
             page.locator("#individuals li").filter(has_text=re.compile(
                 "^" + re.escape(chosen) + r" \(")).click()  # the individual's own page
             expect(page.locator("#individual-name")).to_have_text(chosen)
@@ -155,7 +160,7 @@ def test_review_queue_in_chromium(real_subset, tmp_path):
             shoot(page, "5-tablet")
         browser.close()
     kinds = Catalog(folder).decisions()[["kind", "undone"]].values.tolist()
-    assert kinds == [["new", 0], ["confirm", 0], ["new", 1], ["undo", 0], ["merge", 1],
-                     ["undo", 0]]
+    assert kinds == [["new", 0], ["new", 0], ["confirm", 0], ["new", 1], ["undo", 0],
+                     ["merge", 1], ["undo", 0]]
     for shot in shots.iterdir():
         assert _not_blank(shot.read_bytes()), shot.name
