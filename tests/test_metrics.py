@@ -176,3 +176,13 @@ def test_repeated_rows_are_refused(case, tmp_path):
         caught.value)
     with pytest.raises(SubmissionError, match=r"(?s)submission: 1 problem.*more than once: q1"):
         evaluate(pd.concat([submission, submission.iloc[[0]]]), solution, metadata)
+
+
+def test_best_threshold_lies_on_a_plateau_not_between_two():
+    # Two best plateaus with a valley between: the median of all maxima (2.5) would sit in it.
+    valley = pd.DataFrame({"threshold": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+                           "score": [0.5, 0.9, 0.2, 0.2, 0.9, 0.3]})
+    assert best_threshold(valley) == (1.0, 0.9)
+    wide = pd.DataFrame({"threshold": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                         "score": [0.9, 0.2, 0.9, 0.9, 0.9, 0.2, 0.1]})
+    assert best_threshold(wide) == (3.0, 0.9)  # the widest plateau's middle

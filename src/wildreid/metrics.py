@@ -91,7 +91,11 @@ def best_threshold(curve: pd.DataFrame) -> tuple[float, float]:
     if np.all(np.isnan(scores)):
         return -math.inf, math.nan
     best = np.flatnonzero(scores >= np.nanmax(scores) - 1e-12)
-    threshold = curve["threshold"].to_numpy()[best]
+    # Maxima need not be contiguous: the median of all of them can fall in a valley between two
+    # plateaus. Take the widest plateau (the first of equally wide ones), then its middle.
+    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
+    widest = max(runs, key=len)
+    threshold = curve["threshold"].to_numpy()[widest]
     finite = threshold[np.isfinite(threshold)]
     middle = float(np.median(finite)) if len(finite) else float(threshold[0])
     return middle, float(np.nanmax(scores))
