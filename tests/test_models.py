@@ -10,10 +10,12 @@ from huggingface_hub import constants
 
 from wildreid.images import load_image
 from wildreid.models import (
+    Descriptor,
     ModelError,
     available,
     create_descriptor,
     efficientnet_lite_weights,
+    parse_ensemble,
     rename_to_timm,
     save_descriptor,
 )
@@ -95,3 +97,38 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, path)
     with pytest.raises(ModelError, match="not a wildreid descriptor checkpoint"):
         create_descriptor(str(path))
+
+
+def test_ensemble_names_and_weights():
+    assert parse_ensemble("efficientnet-lite0") == [("efficientnet-lite0", 1.0)]
+    assert parse_ensemble("a+b") == [("a", 0.5), ("b", 0.5)]
+    assert parse_ensemble("a:3+b:1") == [("a", 0.75), ("b", 0.25)]
+    assert parse_ensemble("hf-hub:org/x+local-dir:/m") == [("hf-hub:org/x", 0.5),
+                                                           ("local-dir:/m", 0.5)]
+    for bad, message in (("a:1+b", "every model"), ("a:-1+b:2", "positive"), ("a++b", "empty")):
+        with pytest.raises(ModelError, match=message):
+            parse_ensemble(bad)
+
+
+def test_an_ensemble_scores_the_weighted_mean_of_its_models(lite0, tmp_path, real_subset):
+    """lite0 + a second, different network (random tiny ViT saved as a checkpoint): the
+    ensemble's cosine is 0.7 x lite0's + 0.3 x the other's, each model cached apart."""
+    from wildreid.data import load_dataset
+    from wildreid.pipeline import Identifier
+
+    tiny = timm.create_model("test_vit", pretrained=False, num_classes=0)
+    other = save_descriptor(Descriptor("tiny", tiny, "test_vit", input_size=(160, 160),
+                                       weights_id="random-test"), tmp_path / "tiny.pt")
+    images = load_dataset(real_subset).metadata.head(8)
+    alone = {name: Identifier(name, cache_dir=tmp_path / "cache", progress=False,
+                              device="cpu").describe(images)
+             for name in ("efficientnet-lite0", str(other))}
+    both = Identifier(f"efficientnet-lite0:0.7+{other}:0.3", cache_dir=tmp_path / "cache",
+                      progress=False, device="cpu").describe(images)
+    np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1, atol=1e-5)
+    expected = (0.7 * alone["efficientnet-lite0"] @ alone["efficientnet-lite0"].T
+                + 0.3 * alone[str(other)] @ alone[str(other)].T)
+    np.testing.assert_allclose(both @ both.T, expected, atol=1e-5)
+    assert len(list((tmp_path / "cache").glob("*/arrays.sqlite"))) == 2  # one cache per model
+    with pytest.raises(ValueError, match="one model, not to an ensemble"):
+        Identifier(f"efficientnet-lite0+{other}", weights=str(other)).describe(images)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,31 @@ def register(name: str, summary: str) -> Callable:
         return factory
 
     return decorate
+
+
+def parse_ensemble(text: str) -> list[tuple[str, float]]:
+    """``A+B`` or ``A:0.7+B:0.3``: the models of an ensemble and their weights (summing to 1;
+    equal when not given). A single name (or a path to a file) is an ensemble of one. A weight
+    is what follows the last ``:`` when it is a number, so ``hf-hub:ORG/NAME`` stays a name."""
+    if Path(text).is_file() or "+" not in text:
+        return [(text, 1.0)]
+    members = []
+    for part in text.split("+"):
+        name, _, weight = part.strip().rpartition(":")
+        try:
+            members.append((name, float(weight)))
+        except ValueError:
+            members.append((part.strip(), math.nan))
+    if any(not name for name, _ in members):
+        raise ModelError(f"{text!r}: an empty model name in the ensemble; write A+B or "
+                         "A:0.7+B:0.3")
+    given = [w for _, w in members if not math.isnan(w)]
+    if given and len(given) != len(members):
+        raise ModelError(f"{text!r}: give a weight to every model of the ensemble, or to none")
+    if any(w <= 0 for w in given):
+        raise ModelError(f"{text!r}: ensemble weights must be positive")
+    total = sum(given) if given else len(members)
+    return [(name, (1.0 if math.isnan(w) else w) / total) for name, w in members]
 
 
 def available() -> dict[str, str]:

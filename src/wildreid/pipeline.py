@@ -11,7 +11,7 @@ import pandas as pd
 from wildreid.defaults import DEFAULT_CACHE_DIR
 from wildreid.features import FeatureExtractor
 from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter, by_species
-from wildreid.models import DEFAULT_MODEL, create_descriptor
+from wildreid.models import DEFAULT_MODEL, create_descriptor, parse_ensemble
 from wildreid.openset import OpenSetDecision
 from wildreid.ranking import IdentityIndex
 from wildreid.rerank import LocalReranking
@@ -35,7 +35,10 @@ class Identifier:
 
     Parameters
     ----------
-    model: a name from the model registry, a timm name, or a wildreid ``.pt`` checkpoint.
+    model: a name from the model registry, a timm name, or a wildreid ``.pt`` checkpoint; or an
+        ensemble ``A+B`` (weights ``A:0.7+B:0.3``): each model's embedding, L2-normalised and
+        scaled by the square root of its weight, concatenated, so a cosine is the weighted mean
+        of the models' cosines (each model cached apart).
     threshold: ``"auto"`` fits a per-species ``new_individual`` threshold on the database
         (pseudo-queries); a float applies that cosine threshold everywhere; ``None`` never answers
         ``new_individual`` (closed set).
@@ -83,7 +86,7 @@ class Identifier:
         self.mirror, self.keep_pair_scores = mirror, keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.seed = seed
-        self._extractors: dict[str, FeatureExtractor] = {}
+        self._extractors: dict[tuple[str, str], FeatureExtractor] = {}
         self._isolator: Isolator | None = None
         for mode in self._modes().values():
             if mode not in ISOLATION_MODES:
@@ -98,14 +101,20 @@ class Identifier:
         """The isolation mode of each image (by its species)."""
         return by_species(self.isolation, _species(images) or [None] * len(images), "none")
 
-    def extractor(self, isolation: str = "none") -> FeatureExtractor:
-        if isolation not in self._extractors:
-            descriptor = (next(iter(self._extractors.values())).descriptor if self._extractors
-                          else create_descriptor(self.model, self.weights))
-            self._extractors[isolation] = FeatureExtractor(
+    def extractor(self, isolation: str = "none", model: str | None = None) -> FeatureExtractor:
+        """The feature extractor of ``model`` (one member of the ensemble; default: the only
+        one) on images isolated as ``isolation``; the network is loaded once per model."""
+        members = parse_ensemble(self.model)
+        model = members[0][0] if model is None else model
+        if len(members) > 1 and self.weights is not None:
+            raise ValueError("weights= applies to one model, not to an ensemble")
+        if (model, isolation) not in self._extractors:
+            loaded = [e.descriptor for (name, _), e in self._extractors.items() if name == model]
+            descriptor = loaded[0] if loaded else create_descriptor(model, self.weights)
+            self._extractors[(model, isolation)] = FeatureExtractor(
                 descriptor, device=self.device, batch_size=self.batch_size, workers=self.workers,
                 cache_dir=self.cache_dir, progress=self.progress, isolation=isolation)
-        return self._extractors[isolation]
+        return self._extractors[(model, isolation)]
 
     @property
     def isolator(self) -> Isolator:
@@ -125,7 +134,12 @@ class Identifier:
             regions = None
             if mode != "none":
                 regions = self.isolator(images.iloc[rows], f"{description}: regions")
-            part = self.extractor(mode)(paths[rows].tolist(), description, regions)
+            members = parse_ensemble(self.model)
+            part = np.concatenate([  # sqrt(weight): cosines add up weighted, norms to 1
+                np.sqrt(weight) * self.extractor(mode, name)(
+                    paths[rows].tolist(), f"{description}{f' ({name})' if len(members) > 1 else ''}",
+                    regions)
+                for name, weight in members], axis=1).astype(np.float32)
             if features is None:
                 features = np.empty((len(images), part.shape[1]), np.float32)
             features[rows] = part
