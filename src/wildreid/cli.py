@@ -131,7 +131,8 @@ def identify(
     metadata: Path = typer.Option(None, help="Metadata CSV to use instead of DATA_DIR/metadata.csv "
                                   "(paths inside are relative to DATA_DIR)."),
     model: str = typer.Option(DEFAULT_MODEL, help="Registered name (see 'wildreid models'), timm "
-                              "name, hf-hub:ORG/NAME, or a wildreid .pt checkpoint."),
+                              "name, hf-hub:ORG/NAME, or a wildreid .pt checkpoint; an ensemble "
+                              "as A+B or A:0.7+B:0.3 (cosines averaged with the weights)."),
     weights: Path = typer.Option(None, help="Bare state_dict file to load into timm arch --model."),
     output: Path = typer.Option(Path("submission.csv"), help="Submission CSV (image_id,identity)."),
     candidates: Path = typer.Option(None, help="Top-k candidates CSV "
