@@ -29,8 +29,7 @@ class ImageIndex:
     """Approximate inner-product search over ``features`` (rows L2-normalised), faiss IVF.
 
     ``lists`` defaults to about 4 sqrt(N) cells; k-means (10 iterations) is trained on at most
-    40 images per cell, faiss' own minimum. ``add`` extends the index with new images without
-    training again (ids continue)."""
+    40 images per cell, faiss' own minimum."""
 
     def __init__(self, features: np.ndarray, lists: int | None = None,
                  probes: int = DEFAULT_PROBES, seed: int = 0):
@@ -51,12 +50,6 @@ class ImageIndex:
         self._index.add(features)
         self.probes = probes
         self._quantizer = quantizer  # faiss holds a pointer: keep the object alive
-
-    def __len__(self) -> int:
-        return self._index.ntotal
-
-    def add(self, features: np.ndarray) -> None:
-        self._index.add(np.ascontiguousarray(features, dtype=np.float32))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Row indices (-1 pads) and inner products of each query's ``k`` nearest images."""

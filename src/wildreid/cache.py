@@ -84,8 +84,8 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 class ArrayCache:
     """Arrays of one kind (``namespace``) stored by content key, each row of one dtype and shape.
 
-    ``key in cache`` reads the row and checks it, so a damaged row is reported and counts as
-    missing before anyone relies on it; ``get`` returns checked rows. ``row_shape``, when the
+    ``fetch`` reads the rows asked for once and checks them, so a damaged row is reported and
+    counts as missing before anyone relies on it. ``row_shape``, when the
     caller knows it (it may set it later, before the first read), is the shape every row must
     have: rows of another are damage, whatever the file says."""
 
@@ -97,7 +97,6 @@ class ArrayCache:
         self.row_shape = row_shape
         self._lock = threading.Lock()  # one connection, shared by the caller's threads
         self._connection = self._open()
-        self._checked: set[str] = set()
         self._imported = False
 
     # -- the SQLite file -------------------------------------------------------------------
@@ -147,7 +146,6 @@ class ArrayCache:
                     self._connection.close()
                     self._set_aside(error)
                     self._connection = self._open()
-                    self._checked.clear()
             return []
 
     # -- rows --------------------------------------------------------------------------------
@@ -180,13 +178,14 @@ class ArrayCache:
             except (TypeError, ValueError) as error:
                 problem = f"it cannot be decoded ({error})"
         self._run("DELETE FROM arrays WHERE key = ?", (key,))
-        self._checked.discard(key)
         warnings.warn(f"{self.path}: dropped the cached row of {key} ({problem}); it will be "
                       "recomputed", CacheDamaged, stacklevel=4)
         return None
 
-    def _rows(self, keys: list[str]) -> dict[str, np.ndarray]:
-        """Checked rows of those ``keys`` present; damaged ones are dropped and left out."""
+    def fetch(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The checked rows of those ``keys`` the cache holds, read once; damaged ones are
+        dropped (with a warning) and left out, so the caller computes them."""
+        keys = list(dict.fromkeys(keys))
         layout = self._layout()
         found: dict[str, np.ndarray] = {}
         for start in range(0, len(keys), _CHUNK):
@@ -199,28 +198,9 @@ class ArrayCache:
                     found[row[0]] = array
         return found
 
-    def __contains__(self, key: str) -> bool:
-        if key in self._checked:
-            return True
-        if self._rows([key]):
-            self._checked.add(key)
-            return True
-        return False
-
     def __len__(self) -> int:
         self._layout()
         return self._run("SELECT COUNT(*) FROM arrays")[0][0]
-
-    def get(self, keys: list[str]) -> np.ndarray:
-        """The rows of ``keys``, stacked; a key missing or damaged now is an error naming the file
-        (run again: it is recomputed)."""
-        found = self._rows(list(dict.fromkeys(keys)))
-        lost = [k for k in keys if k not in found]
-        if lost:
-            self._checked.difference_update(lost)
-            raise KeyError(f"{self.path}: {len(lost)} cached rows went missing or were damaged "
-                           f"while in use (first {lost[0]}); run again to recompute them")
-        return np.stack([found[k] for k in keys])
 
     def put(self, keys: list[str], values: np.ndarray) -> None:
         """Store ``values`` (one row per key) durably before returning."""
@@ -245,7 +225,6 @@ class ArrayCache:
                       many=True)
             self._run("INSERT OR REPLACE INTO layout VALUES (?, ?)", [("dtype", dtype),
                                                                     ("shape", shape)], many=True)
-            self._checked.clear()
             warnings.warn(f"{self.path}: held rows of shape {layout[1]} ({layout[0]}), not the "
                           f"{shape} ({dtype}) computed now; dropped {stale} of them (they will be "
                           "recomputed)", CacheDamaged, stacklevel=2)
@@ -254,7 +233,6 @@ class ArrayCache:
             value = row.tobytes()
             records.append((key, dtype, shape, value, _checksum(key, dtype, shape, value)))
         self._run("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?)", records, many=True)
-        self._checked.update(keys)
 
     def _import_npz_shards(self) -> None:
         """Bring shards of the older ``*.npz`` format in, then remove them. Their rows' layout is
@@ -294,10 +272,3 @@ class ArrayCache:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
-
-    def __getstate__(self):  # pickled (e.g. to a worker process): reopen there
-        return {"root": self.folder.parent, "namespace": self.folder.name,
-                "row_shape": self.row_shape}
-
-    def __setstate__(self, state) -> None:
-        self.__init__(state["root"], state["namespace"], state["row_shape"])

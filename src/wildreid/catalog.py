@@ -239,11 +239,6 @@ class Catalog:
                                 str(target.relative_to(self.folder)), _now(), date))
         return image_id
 
-    def species(self) -> list[str]:
-        """The species the catalog holds photos of (identified or not)."""
-        return self._read("SELECT DISTINCT species FROM images WHERE species IS NOT NULL "
-                          "ORDER BY species")["species"].tolist()
-
     def check_species(self, species: str | None) -> str | None:
         """``species`` if the catalog can rank photos of it, else :class:`CatalogError`."""
         if species is None or not str(species).strip():

@@ -132,34 +132,36 @@ class FeatureExtractor:
         if regions is not None:
             keys = [key if region.is_whole else f"{key}-{region.fingerprint}"
                     for key, region in zip(keys, regions)]
-        # Twice at most: rows computed now that disagree in width with cached ones show the cache
-        # held damage; it drops those, and the second pass recomputes them.
-        for second_pass in (False, True):
-            missing: dict[str, int] = {}  # identical files are described once
-            for index, key in enumerate(keys):
-                if key not in self._memory and key not in missing and (
-                        self.cache is None or key not in self.cache):
-                    missing[key] = index
-            todo = list(missing.values())
-            errors: list[str] = []
-            if todo:
-                errors = self._compute([paths[i] for i in todo], [keys[i] for i in todo],
-                                       description,
-                                       None if regions is None else [regions[i] for i in todo])
+        fetched, computed = self._fill(paths, keys, regions, description)
+        rows = [self._memory[k] for k in keys]
+        if computed and len({row.shape for row in rows}) > 1:
+            # Cached rows of another width than the descriptor gives now: the cache dropped them
+            # when these were stored (damage); compute them again too.
+            width = self._memory[computed[0]].shape
+            for key in [k for k, row in fetched.items() if row.shape != width]:
+                del self._memory[key]
+            self._fill(paths, keys, regions, description)
+            rows = [self._memory[k] for k in keys]
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def _fill(self, paths: list[str], keys: list[str], regions, description: str
+              ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Bring every key's embedding into memory: from the cache (each row read once), else
+        computed (identical files once). Returns the rows read and the keys computed."""
+        wanted = [k for k in dict.fromkeys(keys) if k not in self._memory]
+        fetched = self.cache.fetch(wanted) if self.cache is not None and wanted else {}
+        self._memory.update(fetched)
+        missing = {key: index for index, key in reversed(list(enumerate(keys)))
+                   if key not in self._memory}
+        todo = sorted(missing.values())
+        if todo:
+            errors = self._compute([paths[i] for i in todo], [keys[i] for i in todo],
+                                   description,
+                                   None if regions is None else [regions[i] for i in todo])
             if errors:
                 raise ImageError(f"{len(errors)} image(s) could not be decoded (features of the "
                                  "others are cached):\n  - " + "\n  - ".join(errors))
-            try:
-                return np.stack([self._lookup(k) for k in keys]).astype(np.float32, copy=False)
-            except KeyError:
-                if second_pass:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _lookup(self, key: str) -> np.ndarray:
-        if key not in self._memory:
-            self._memory[key] = self.cache.get([key])[0]
-        return self._memory[key]
+        return fetched, [keys[i] for i in todo]
 
     def _compute(self, paths: list[str], keys: list[str], description: str,
                  regions: list | None) -> list[str]:

@@ -327,9 +327,9 @@ class Isolator:
             self._cache = ArrayCache(self.cache_dir, self.segmenter.cache_key,
                                      (_GRID * _GRID // 8 + 32,))
         keys = content_keys(paths, workers=max(1, self.workers))
-        todo = sorted({key: i for i, key in enumerate(keys)
-                       if self._cache is None or key not in self._cache}.values())
-        computed: dict[str, Region] = {}
+        cached = self._cache.fetch(keys) if self._cache is not None else {}
+        computed = {key: Region.from_row(row) for key, row in cached.items()}
+        todo = sorted({key: i for i, key in enumerate(keys) if key not in computed}.values())
         failed: list[str] = []
         batches = image_batches([paths[i] for i in todo], network_input, self.batch_size,
                                self.workers)
@@ -350,8 +350,7 @@ class Isolator:
         if failed:
             raise ImageError(f"{len(failed)} image(s) could not be decoded (regions of the others "
                              "are cached):\n  - " + "\n  - ".join(failed))
-        return [computed[key] if key in computed else Region.from_row(self._cache.get([key])[0])
-                for key in keys]
+        return [computed[key] for key in keys]
 
 
 def parse_by_species(text: str, choices: Sequence[str], what: str, example: str

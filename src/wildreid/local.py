@@ -283,10 +283,13 @@ class KeypointExtractor:
                 for key, region in zip(content_keys(paths, max(1, self.workers)), regions)]
         if mirrored:
             keys = [f"{key}-mirrored" for key in keys]
-        todo = sorted({k: i for i, k in enumerate(keys) if k not in self._memory and (
-            self.cache is None or k not in self.cache)}.values())
-        failed: list[str] = []
         dim, capacity = self.features.dim, self.features.max_keypoints
+        wanted = [k for k in keys if k not in self._memory]
+        if self.cache is not None and wanted:  # each cached row read (and checked) once
+            self._memory.update((k, Keypoints.from_row(row, dim))
+                                for k, row in self.cache.fetch(wanted).items())
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self._memory}.values())
+        failed: list[str] = []
         loader = image_batches([paths[i] for i in todo], _PassImage(), 1, self.workers)
         with progress_bar("images", self.progress) as bar:
             task = bar.add_task(description, total=len(todo))
@@ -307,12 +310,7 @@ class KeypointExtractor:
         if failed:
             raise ImageError(f"{len(failed)} image(s) could not be decoded (keypoints of the "
                              "others are cached):\n  - " + "\n  - ".join(failed))
-        return [self._lookup(key) for key in keys]
-
-    def _lookup(self, key: str) -> Keypoints:
-        if key not in self._memory:
-            self._memory[key] = Keypoints.from_row(self.cache.get([key])[0], self.features.dim)
-        return self._memory[key]
+        return [self._memory[key] for key in keys]
 
 
 class _PassImage:
