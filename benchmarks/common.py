@@ -51,3 +51,28 @@ def write_subset(bench: Path, folder: Path, known: int = 4, unknown: int = 2) ->
     truth = pd.concat(answers).rename(columns={"identity_true": "identity"})
     truth.to_csv(folder / "solution.csv", index=False)
     return folder
+
+
+def labelled_table(bench: Path) -> pd.DataFrame:
+    """Every photo of ``bench`` with its true identity (queries' from ``solution.csv``), absolute
+    paths, no split: the labelled photos a user would split into a benchmark of their own."""
+    metadata = pd.read_csv(bench / "metadata.csv", dtype=str, keep_default_na=False)
+    truth = pd.read_csv(bench / "solution.csv", dtype=str).set_index("image_id")["identity"]
+    query = metadata["split"] == "query"
+    metadata.loc[query, "identity"] = metadata.loc[query, "image_id"].map(truth)
+    metadata["path"] = [str(bench / p) for p in metadata["path"]]
+    return metadata.drop(columns="split")
+
+
+def write_labelled(bench: Path, folder: Path, identities: int = 12, per_identity: int = 4) -> Path:
+    """``folder/labelled.csv``: per species the first ``identities`` individuals with at least
+    ``per_identity`` photos, ``per_identity`` photos each (real photos, absolute paths)."""
+    table = labelled_table(bench)
+    chosen = []
+    for _, part in table.groupby("species", sort=False):
+        counts = part.groupby("identity").size()
+        names = sorted(counts[counts >= per_identity].index)[:identities]
+        chosen.append(part[part["identity"].isin(names)].groupby("identity").head(per_identity))
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.concat(chosen).to_csv(folder / "labelled.csv", index=False)
+    return folder / "labelled.csv"

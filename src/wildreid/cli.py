@@ -48,7 +48,7 @@ def _clear_errors():
         warnings.showwarning = show
         try:
             yield
-        except (ValueError, FileNotFoundError) as error:  # DatasetError, ImageError... among them
+        except (ValueError, FileNotFoundError, FileExistsError) as error:  # DatasetError, ImageError...
             err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(2) from None
 
@@ -73,7 +73,7 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                  preset: str = "fast", shortlist: int | None = 100,
                  local: Sequence[str] | None = None, mirror: str = "none",
                  max_keypoints: int | None = None, long_side: int = 512,
-                 keypoints_on: str | None = None):
+                 keypoints_on: str | None = None, wildlife_dataset: str | None = None):
     """Identify every query of a dataset; writes the submission and the candidates CSV.
     ``local``: matchers replacing the preset's (``()``: none)."""
     from wildreid.data import load_dataset
@@ -92,7 +92,7 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
         configuration["keypoints_on"] = parse_by_species(keypoints_on, KEYPOINT_PLACES,
                                                          "keypoints-on", "nyala=animal,lion=image")
 
-    dataset = load_dataset(data_dir, metadata)
+    dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_dataset)
     if dataset.query.empty:
         raise ValueError(f"{dataset.source}: no query images (split == 'query') to identify")
     identifier = Identifier(model, weights=weights, threshold=_threshold(threshold),
@@ -113,6 +113,7 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
         configuration["keypoints_on"] = identifier.reranking_.keypoints_on_
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
+        "wildlife_dataset": wildlife_dataset,
         "model": model, "preset": preset, "submission": output.name, **configuration,
         "mirror": mirror, "shortlist": shortlist,
         "candidates": str(Path(candidates).resolve()),
@@ -130,6 +131,9 @@ def identify(
                                     "folders of images named by identity."),
     metadata: Path = typer.Option(None, help="Metadata CSV to use instead of DATA_DIR/metadata.csv "
                                   "(paths inside are relative to DATA_DIR)."),
+    wildlife_datasets: str = typer.Option(None, "--wildlife-datasets", help="Read DATA_DIR as "
+                                          "this wildlife-datasets dataset (its loader's name, "
+                                          "e.g. NyalaData; pip install 'wildreid[wildlife]')."),
     model: str = typer.Option(DEFAULT_MODEL, help="Registered name (see 'wildreid models'), timm "
                               "name, hf-hub:ORG/NAME, or a wildreid .pt checkpoint; an ensemble "
                               "as A+B or A:0.7+B:0.3 (cosines averaged with the weights)."),
@@ -188,7 +192,7 @@ def identify(
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
             local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side,
-            keypoints_on=keypoints_on)
+            keypoints_on=keypoints_on, wildlife_dataset=wildlife_datasets)
     new = int((submission["identity"] == "new_individual").sum())
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
                            for k, v in identifier.decision_.thresholds.items())
@@ -272,6 +276,55 @@ def evaluate_command(
 
 
 @app.command()
+def split(
+    data_dir: Path = typer.Argument(..., help="Labelled photos: a metadata CSV folder, folders "
+                                    "<species>/<identity>/*.jpg, or a wildlife-datasets folder."),
+    output: Path = typer.Option(..., help="Folder for metadata.csv and solution.csv (new files)."),
+    kind: str = typer.Option("open", help="closed (every individual in both) | open (some "
+                             "individuals only among queries: AnimalCLEF) | disjoint (none in "
+                             "both) | time (open, each individual's later days as queries)."),
+    query_share: float = typer.Option(0.3, help="Share of each known individual's photos that "
+                                      "become queries (closed, open, time)."),
+    unknown_share: float = typer.Option(0.3, help="Share of the photos whose individuals appear "
+                                        "only as queries (open, time; disjoint: all queries)."),
+    seed: int = typer.Option(0, help="Seed of the splitter (same seed, same split)."),
+    metadata: Path = typer.Option(None, help="Metadata CSV instead of DATA_DIR/metadata.csv "
+                                  "(a split column in it is ignored)."),
+    wildlife_datasets: str = typer.Option(None, "--wildlife-datasets", help="Read DATA_DIR as "
+                                          "this wildlife-datasets dataset (its loader's name, "
+                                          "e.g. NyalaData; pip install 'wildreid[wildlife]')."),
+):
+    """Make a benchmark of your own labelled photos, in the AnimalCLEF layout (splitters of
+    wildlife-datasets, per species)."""
+    from wildreid.splits import SPLIT_KINDS
+
+    if kind not in SPLIT_KINDS:
+        raise typer.BadParameter(f"use one of {', '.join(SPLIT_KINDS)}", param_hint="--kind")
+    from wildreid.data import load_dataset
+    from wildreid.splits import split_labelled, split_summary, write_split
+
+    with _clear_errors():
+        dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_datasets,
+                               labelled=True)
+        try:
+            metadata_out, solution = split_labelled(dataset.metadata, kind, query_share,
+                                                    unknown_share, seed, dataset.source)
+        except ImportError as error:
+            raise ValueError(str(error)) from None
+        written = write_split(metadata_out, solution, output)
+    table = Table(title=f"{kind} split of {escape(str(dataset.source))} (seed {seed})")
+    summary = split_summary(metadata_out)
+    for column in summary.columns:
+        table.add_column(column, justify="left" if column == "species" else "right")
+    for row in summary.itertuples(index=False):
+        table.add_row(*(escape(str(value)) for value in row))
+    out.print(table)
+    err.print(f"wrote {escape(str(written[0]))} and {escape(str(written[1]))} — next: wildreid "
+              f"identify {escape(str(output))} --output RUN/submission.csv; wildreid evaluate "
+              f"RUN/submission.csv {escape(str(written[1]))}")
+
+
+@app.command()
 def demo(
     out_dir: Path = typer.Option(None, "--out", help="Where to write the synthetic dataset "
                                  "[default: a temporary folder]."),
@@ -329,12 +382,16 @@ def sheet(
 
 @app.command()
 def train(
-    data_dir: Path = typer.Argument(..., help="Dataset folder; only its database images are used."),
+    data_dir: Path = typer.Argument(..., help="Dataset folder; only its database images are used "
+                                    "(of a wildlife-datasets folder: every identified photo)."),
     out: Path = typer.Option(Path("model.pt"), help="Best checkpoint (then: identify --model OUT); "
                              "OUT.last.pt holds the state to resume."),
     model: str = typer.Option(DEFAULT_MODEL, help="Starting descriptor (registry name, timm name, "
                               "hf-hub:..., or a .pt checkpoint)."),
     metadata: Path = typer.Option(None, help="Metadata CSV instead of DATA_DIR/metadata.csv."),
+    wildlife_datasets: str = typer.Option(None, "--wildlife-datasets", help="Read DATA_DIR as "
+                                          "this wildlife-datasets dataset (its loader's name, "
+                                          "e.g. NyalaData; pip install 'wildreid[wildlife]')."),
     loss: str = typer.Option("arcface", help="arcface | subcenter-arcface | triplet-hard | "
                              "triplet-semihard | classifier (frozen backbone + 512-d head)."),
     epochs: int = typer.Option(20, min=1),
@@ -373,7 +430,9 @@ def train(
                          cached_views=cached_views, patience=patience,
                          steps_per_epoch=steps_per_epoch, seed=seed, isolation=isolation)
     with _clear_errors():
-        dataset = load_dataset(data_dir, metadata)
+        # A wildlife-datasets folder is all labelled photos (those of unknown animals left out).
+        dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_datasets,
+                               labelled=wildlife_datasets is not None)
         trainer = Trainer(model, out, config, device=device, workers=workers, cache_dir=cache_dir)
         try:
             history = trainer.fit(dataset.database, resume=not fresh)

@@ -5,6 +5,8 @@ Every problem is collected and reported at once, so a user fixes a dataset in on
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -165,8 +167,9 @@ def validate(frame: pd.DataFrame, source: str | Path, check_files: bool = True,
 
 
 def from_metadata(metadata: str | Path, root: str | Path | None = None,
-                  check_files: bool = True) -> Dataset:
-    """Load an AnimalCLEF ``metadata.csv``; image paths are relative to ``root`` (the CSV's folder)."""
+                  check_files: bool = True, labelled: bool = False) -> Dataset:
+    """Load an AnimalCLEF ``metadata.csv``; image paths are relative to ``root`` (the CSV's folder).
+    ``labelled``: every image is a labelled one (no ``split`` needed; one given is ignored)."""
     metadata = Path(metadata)
     if not metadata.is_file():
         raise DatasetError(metadata, ["metadata file not found"])
@@ -175,15 +178,78 @@ def from_metadata(metadata: str | Path, root: str | Path | None = None,
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
         raise DatasetError(metadata, [f"not a readable CSV ({error})"]) from None
     frame.columns, problems = canonical_columns(frame.columns)
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns
+               and not (labelled and c == "split")]
     if missing:
         problems.append(f"missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)} "
                         "(species, orientation, date, dataset optional)")
     if problems:
         raise DatasetError(metadata, problems)
+    if labelled:
+        frame["split"] = "database"
     frame = _normalise(frame, Path(root) if root is not None else metadata.parent)
     validate(frame, metadata, check_files=check_files)
     return Dataset(frame, metadata)
+
+
+def _wildlife_catalogue(root: Path, name: str) -> pd.DataFrame:
+    """The metadata table of wildlife-datasets' loader ``name`` on ``root``, in our columns."""
+    try:
+        from wildlife_datasets import datasets
+    except ImportError:
+        raise DatasetError(root, [f"reading it as wildlife-datasets' {name} needs that library: "
+                                  "pip install 'wildreid[wildlife]'"]) from None
+    loader = getattr(datasets, name, None)
+    if not (isinstance(loader, type) and issubclass(loader, datasets.WildlifeDataset)):
+        known = sorted(c.__name__ for c in datasets.names_all)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {list_examples(known)}"
+        raise DatasetError(root, [f"wildlife-datasets has no dataset {name!r}; {hint}"])
+    try:  # our own validation reports missing or unreadable files, all at once
+        table = loader(str(root), check_files=False).df
+    except Exception as error:  # whatever the loader met in a folder it does not recognise
+        raise DatasetError(root, [f"wildlife-datasets' {name} could not read this folder "
+                                  f"({type(error).__name__}: {error}); is it that dataset, "
+                                  "as downloaded?"]) from None
+    frame = pd.DataFrame({"image_id": table["image_id"].astype(str),
+                          "identity": table["identity"].astype(str),
+                          "path": table["path"].astype(str)})
+    for column in ("date", "orientation", "species", "split"):
+        if column in table.columns:
+            frame[column] = table[column].astype(object).where(table[column].notna(), pd.NA)
+    animals = getattr(loader, "summary", {}).get("animals") or ()
+    if "species" not in frame.columns and len(animals) == 1:
+        frame["species"] = next(iter(animals))
+    if "bbox" in table.columns:
+        frame["bbox"] = [", ".join(f"{float(v):g}" for v in box) if isinstance(box, list | tuple)
+                         and len(box) == 4 else pd.NA for box in table["bbox"]]
+    frame["dataset"] = name
+    unidentified = frame["identity"].isin(["unknown", "nan", "None"])
+    if unidentified.any():  # wildlife-datasets' mark for photos of unidentified animals
+        warnings.warn(f"{root}: {int(unidentified.sum())} photo(s) that {name} marks as of an "
+                      "unknown individual are left out", stacklevel=3)
+        frame = frame[~unidentified].reset_index(drop=True)
+    return frame
+
+
+def from_wildlife_datasets(root: str | Path, name: str, check_files: bool = True,
+                           labelled: bool = False) -> Dataset:
+    """Load a dataset folder as downloaded by wildlife-datasets, read by its loader ``name``
+    (``NyalaData``, ``SeaTurtleID2022``...). Without ``labelled``, the table must hold a
+    ``database``/``query`` split (as ``AnimalCLEF2025`` does); ``wildreid split`` makes one."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(root, ["no such folder"])
+    frame = _wildlife_catalogue(root, name)
+    if labelled:
+        frame["split"] = "database"
+    elif "split" not in frame.columns or not frame["split"].isin(SPLITS).any():
+        raise DatasetError(root, [f"{name} has no database/query split: make one with "
+                                  f"'wildreid split {root} --wildlife-datasets {name} "
+                                  "--output SPLIT_DIR' and identify SPLIT_DIR"])
+    frame = _normalise(frame, root)
+    validate(frame, f"{root} ({name})", check_files=check_files)
+    return Dataset(frame, root)
 
 
 def _images_under(folder: Path) -> list[Path]:
@@ -255,19 +321,25 @@ def answers_from_folders(folder: str | Path, queries: pd.DataFrame) -> pd.DataFr
 
 
 def load_dataset(path: str | Path, metadata: str | Path | None = None,
-                 check_files: bool = True) -> Dataset:
-    """Load ``path``: its ``metadata.csv`` (or the ``metadata`` file given), else a folder tree."""
+                 check_files: bool = True, wildlife_dataset: str | None = None,
+                 labelled: bool = False) -> Dataset:
+    """Load ``path``: its ``metadata.csv`` (or the ``metadata`` file given), a wildlife-datasets
+    folder read by its loader ``wildlife_dataset``, else a folder tree. ``labelled``: every
+    image is a labelled one (for ``split`` and ``train``; a ``split`` column is ignored)."""
     path = Path(path)
+    if wildlife_dataset is not None:
+        return from_wildlife_datasets(path, wildlife_dataset, check_files, labelled)
     if metadata is not None:
         metadata = Path(metadata)
         if not metadata.is_absolute() and not metadata.exists():
             metadata = path / metadata
         return from_metadata(metadata, root=path if path.is_dir() else None,
-                             check_files=check_files)
+                             check_files=check_files, labelled=labelled)
     if path.is_file():
-        return from_metadata(path, check_files=check_files)
+        return from_metadata(path, check_files=check_files, labelled=labelled)
     if not path.is_dir():
         raise DatasetError(path, ["no such file or folder"])
     if (path / "metadata.csv").is_file():
-        return from_metadata(path / "metadata.csv", check_files=check_files)
-    return from_folders(path, check_files=check_files)
+        return from_metadata(path / "metadata.csv", check_files=check_files, labelled=labelled)
+    dataset = from_folders(path, check_files=check_files)
+    return Dataset(dataset.database, dataset.source) if labelled else dataset
