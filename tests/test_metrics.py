@@ -186,3 +186,29 @@ def test_best_threshold_lies_on_a_plateau_not_between_two():
     wide = pd.DataFrame({"threshold": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
                          "score": [0.9, 0.2, 0.9, 0.9, 0.9, 0.2, 0.1]})
     assert best_threshold(wide) == (3.0, 0.9)  # the widest plateau's middle
+
+
+def test_proposed_new_individuals_count_as_new_and_their_grouping_is_scored(case):
+    submission, solution, metadata = case
+    # q4, q5 are X, q6 is Y (unknown); q8 is Z. Proposed: q4 and q6 together (wrong), q5 alone.
+    grouped = submission.copy()
+    grouped["identity"] = ["A", NEW, "B", "new_individual_1", "A", "new_individual_1", "D", "D"]
+    plain = evaluate(submission.assign(identity=np.where(
+        grouped["identity"].str.startswith("new_individual"), NEW, grouped["identity"])),
+        solution, metadata)
+    result = evaluate(grouped, solution, metadata)
+    assert result["species"] == plain["species"]  # BAKS/BAUS as for plain new_individual
+    assert result["score"] == plain["score"]
+    grouping = result["new_individuals"]
+    # Unknown queries q4 (X), q5 (X), q6 (Y), q8 (Z); groups: {q4, q6}, q5 named A, q8 named D.
+    # Pairs: true together {q4,q5}; put together {q4,q6}: TP 0, FP 1, FN 1.
+    assert grouping["unknown_queries"] == 4 and grouping["unknown_individuals"] == 3
+    assert grouping["pairwise_precision"] == 0 and grouping["pairwise_recall"] == 0
+    assert grouping["proposed_individuals"] == 1 and grouping["proposed_with_several_photos"] == 1
+    right = grouped.assign(identity=["A", NEW, "B", "new_individual_1", "new_individual_1",
+                                     "new_individual_2", "D", "new_individual_3"])
+    perfect = evaluate(right, solution, metadata)["new_individuals"]
+    assert perfect["pairwise_f1"] == 1 and perfect["ari"] == 1
+    assert "new_individuals" not in evaluate(submission, solution, metadata)
+    with pytest.raises(SubmissionError, match="new_individual_x"):
+        evaluate(grouped.assign(identity=["new_individual_x"] * 8), solution, metadata)

@@ -281,6 +281,27 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         except CatalogError as error:
             refuse(error)
 
+    @app.get("/api/groups")
+    async def groups() -> dict:
+        """Waiting photos that look like one new individual together (as ``identify
+        --cluster-new`` groups them), largest group first."""
+        try:
+            found = await run_in_threadpool(catalog.proposed_groups)
+        except ImageError:
+            refuse(CatalogError("a waiting photo can no longer be decoded"), 422)
+        return {"groups": found}
+
+    @app.post("/api/new-group")
+    def new_group(image_id: list[str] = Form(...), name: str = Form("")) -> dict:
+        """Several waiting photos become one new individual, in one decision (one undo)."""
+        try:
+            return {"image_ids": image_id, "individual": catalog.new_group(
+                image_id, name if name.strip() else None)}
+        except DecisionConflict as error:
+            refuse(error, 409)
+        except CatalogError as error:
+            refuse(error)
+
     @app.post("/api/undo")
     def undo() -> dict:
         try:

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import unicodedata
 import uuid
+from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ import pandas as pd
 
 from wildreid.cache import content_key
 from wildreid.data import load_dataset
+from wildreid.grouping import is_new, is_proposed
 from wildreid.images import MAX_PIXELS, ImageError, image_format, load_image
 
 #: Longest individual name or image id accepted: longer text is a mistake or an attack, not a name.
@@ -74,8 +76,8 @@ def _now() -> str:
 
 def check_name(text: object, what: str = "individual name") -> str:
     """``text`` stripped, or :class:`CatalogError` when it cannot name an individual or image:
-    blank, longer than :data:`MAX_NAME_LENGTH`, holding control characters, or the reserved
-    answer ``new_individual``."""
+    blank, longer than :data:`MAX_NAME_LENGTH`, holding control characters, or a reserved
+    answer (``new_individual``, ``new_individual_<n>``)."""
     name = str(text).strip() if text is not None and not pd.isna(text) else ""
     name = unicodedata.normalize("NFC", name)  # "Zoë" typed two ways is one name
     if not name:
@@ -85,9 +87,9 @@ def check_name(text: object, what: str = "individual name") -> str:
                            "characters")
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
         raise CatalogError(f"the {what} {name!r} holds control characters")
-    if what == "individual name" and unicodedata.normalize(
-            "NFKC", name).casefold() == "new_individual":
-        raise CatalogError("'new_individual' is the answer for an unseen animal, not a name")
+    if what == "individual name" and is_new([unicodedata.normalize("NFKC", name).casefold()])[0]:
+        raise CatalogError("'new_individual' and 'new_individual_<n>' are answers for unseen "
+                           "animals, not names")
     return name
 
 
@@ -115,6 +117,7 @@ class Catalog:
         #: whether it has thresholds): what an update can grow instead of fitting again.
         self._identifier: tuple | None = None
         self._lock = threading.Lock()
+        self._grouping = None  # (generation, NewIndividualGrouping) of the last proposed_groups
         self._migrate()
 
     def _migrate(self) -> None:
@@ -419,16 +422,7 @@ class Catalog:
         name = None if name is None else check_name(name)
         with self._write() as connection:
             row = self._undecided(connection, image_id, reassign)
-            if name is None:
-                count = connection.execute("SELECT COUNT(*) FROM individuals").fetchone()[0]
-                name = f"{row[0] or 'individual'}_{count + 1:04d}"
-                while connection.execute("SELECT 1 FROM individuals WHERE name = ?",
-                                         (name,)).fetchone():
-                    count += 1
-                    name = f"{row[0] or 'individual'}_{count + 1:04d}"
-            elif connection.execute("SELECT 1 FROM individuals WHERE name = ?",
-                                    (name,)).fetchone():
-                raise CatalogError(f"individual {name!r} already exists")
+            name = self._new_name(connection, row[0], name)
             connection.execute("INSERT INTO individuals VALUES (?, ?, ?)", (name, row[0], _now()))
             connection.execute("UPDATE images SET individual = ? WHERE image_id = ?",
                                (name, image_id))
@@ -436,6 +430,76 @@ class Catalog:
                                "previous) VALUES (?, ?, 'new', ?, ?)",
                                (image_id, name, _now(), row[1]))
         return name
+
+    @staticmethod
+    def _new_name(connection: sqlite3.Connection, species: str | None, name: str | None) -> str:
+        """``name`` checked to be free, or a free ``<species>_<number>``."""
+        exists = lambda candidate: connection.execute(  # noqa: E731
+            "SELECT 1 FROM individuals WHERE name = ?", (candidate,)).fetchone()
+        if name is not None:
+            if exists(name):
+                raise CatalogError(f"individual {name!r} already exists")
+            return name
+        count = connection.execute("SELECT COUNT(*) FROM individuals").fetchone()[0]
+        name = f"{species or 'individual'}_{count + 1:04d}"
+        while exists(name):
+            count += 1
+            name = f"{species or 'individual'}_{count + 1:04d}"
+        return name
+
+    def new_group(self, image_ids: Sequence[str], name: str | None = None) -> str:
+        """Declare several waiting photos one new individual, in one decision (one undo); the
+        photos must be of one species. Returns the individual's name."""
+        image_ids = list(dict.fromkeys(str(i) for i in image_ids))
+        if len(image_ids) < 2:
+            raise CatalogError("a group needs two photos or more (one photo: new individual)")
+        name = None if name is None else check_name(name)
+        with self._write() as connection:
+            rows = [self._undecided(connection, image_id, False) for image_id in image_ids]
+            species = {row[0] for row in rows}
+            if len(species) > 1:
+                raise CatalogError("the photos of one individual are of one species, not of "
+                                   f"{', '.join(sorted(str(s) for s in species))}")
+            name = self._new_name(connection, rows[0][0], name)
+            connection.execute("INSERT INTO individuals VALUES (?, ?, ?)", (name, rows[0][0], _now()))
+            connection.executemany("UPDATE images SET individual = ? WHERE image_id = ?",
+                                   [(name, image_id) for image_id in image_ids])
+            connection.execute("INSERT INTO decisions (image_id, individual, kind, created, "
+                               "detail) VALUES (?, ?, 'group', ?, ?)",
+                               (image_ids[0], name, _now(), json.dumps({"photos": image_ids})))
+        return name
+
+    def proposed_groups(self) -> list[dict]:
+        """Waiting photos the identifier would answer ``new_individual``, grouped as
+        ``wildreid identify --cluster-new`` groups them (cut fitted on the catalog's identified
+        photos): each group of two photos or more as ``{"species", "photos"}``, largest first.
+        Empty while the catalog has too few individuals with two photos to fit the cut."""
+        waiting = self.images()
+        waiting = waiting[waiting["individual"].isna()]
+        if waiting.empty:
+            return []
+        identifier = self.identifier()
+        if identifier.decision_.threshold_for(None) == -np.inf:
+            return []  # too few individuals for a new_individual threshold yet
+        with self._lock:
+            generation = self.generation()
+            if self._grouping is None or self._grouping[0] != generation:
+                labelled = self.images().dropna(subset=["individual"])
+                try:
+                    identifier.fit_grouping(self._frame(labelled))
+                except ValueError:
+                    return []
+                self._grouping = (generation, identifier.grouping_)
+            identifier.grouping_ = self._grouping[1]
+        queries = self._frame(waiting).assign(image_id=waiting["image_id"].to_numpy())
+        answers = identifier.group_new(
+            queries, identifier.decide(identifier.predict_candidates(queries, k=1)))
+        answers = answers.assign(species=queries["species"].to_numpy())
+        grouped = answers[is_proposed(answers["identity"])]
+        groups = [{"species": None if pd.isna(part["species"].iloc[0]) else part["species"].iloc[0],
+                   "photos": part["image_id"].tolist()}
+                  for _, part in grouped.groupby("identity", sort=False) if len(part) > 1]
+        return sorted(groups, key=lambda group: -len(group["photos"]))
 
     def decisions(self) -> pd.DataFrame:
         """The decision log, oldest first (undone decisions stay, marked ``undone``)."""
@@ -476,12 +540,17 @@ class Catalog:
         with self._write() as connection:
             row = connection.execute(
                 "SELECT id, kind, image_id, individual, previous, detail FROM decisions "
-                "WHERE undone = 0 AND kind IN ('confirm', 'new', 'merge') ORDER BY id DESC "
+                "WHERE undone = 0 AND kind IN ('confirm', 'new', 'merge', 'group') ORDER BY id DESC "
                 "LIMIT 1").fetchone()
             if row is None:
                 raise CatalogError("nothing to undo")
             number, kind, image_id, individual, previous, detail = row
-            if kind == "merge":
+            if kind == "group":  # the photos wait again, the individual goes
+                connection.executemany(
+                    "UPDATE images SET individual = NULL WHERE image_id = ? AND individual = ?",
+                    [(i, individual) for i in json.loads(detail)["photos"]])
+                connection.execute("DELETE FROM individuals WHERE name = ?", (individual,))
+            elif kind == "merge":
                 moved = json.loads(detail)
                 connection.execute("INSERT INTO individuals VALUES (?, ?, ?)",
                                    (moved["source"], moved["species"], moved["created"]))
@@ -501,11 +570,14 @@ class Catalog:
         return {"kind": kind, "image_id": image_id, "individual": individual}
 
     def reviewed(self) -> int:
-        """Photos decided in review (confirmed or made new individuals, not undone)."""
-        return int(self._read(
-            "SELECT COUNT(DISTINCT d.image_id) AS n FROM decisions d JOIN images i "
-            "ON i.image_id = d.image_id WHERE d.kind IN ('confirm', 'new') AND d.undone = 0 "
-            "AND i.individual IS NOT NULL")["n"].iloc[0])
+        """Photos decided in review (confirmed, made new individuals or groups, not undone)."""
+        decided = self._read("SELECT image_id, kind, detail FROM decisions WHERE kind IN "
+                             "('confirm', 'new', 'group') AND undone = 0")
+        photos = set(decided.loc[decided["kind"] != "group", "image_id"])
+        for detail in decided.loc[decided["kind"] == "group", "detail"]:
+            photos.update(json.loads(detail)["photos"])
+        assigned = self.images().dropna(subset=["individual"])["image_id"]
+        return len(photos & set(assigned))
 
     def individual(self, name: str) -> dict:
         """An individual's page: species, photos (ids), photo count, first and last date (the

@@ -73,7 +73,8 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
                  preset: str = "fast", shortlist: int | None = 100,
                  local: Sequence[str] | None = None, mirror: str = "none",
                  max_keypoints: int | None = None, long_side: int = 512,
-                 keypoints_on: str | None = None, wildlife_dataset: str | None = None):
+                 keypoints_on: str | None = None, wildlife_dataset: str | None = None,
+                 cluster_new: bool = False):
     """Identify every query of a dataset; writes the submission and the candidates CSV.
     ``local``: matchers replacing the preset's (``()``: none)."""
     from wildreid.data import load_dataset
@@ -95,14 +96,19 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
     dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_dataset)
     if dataset.query.empty:
         raise ValueError(f"{dataset.source}: no query images (split == 'query') to identify")
-    identifier = Identifier(model, weights=weights, threshold=_threshold(threshold),
+    from wildreid.models import parse_models
+
+    identifier = Identifier(parse_models(model), weights=weights, threshold=_threshold(threshold),
                             aggregation=aggregation, device=device, batch_size=batch_size,
                             cache_dir=cache_dir, progress=progress,
                             isolation=parse_isolation(isolation),
                             segmenter_weights=segmenter_weights, shortlist=shortlist,
-                            mirror=mirror, **configuration).fit(dataset.database)
+                            mirror=mirror, cluster_new=cluster_new,
+                            **configuration).fit(dataset.database)
     ranked = identifier.predict_candidates(dataset.query, k=top_k)
     submission = identifier.decide(ranked)
+    if cluster_new:
+        submission = identifier.group_new(dataset.query, submission)
     output.parent.mkdir(parents=True, exist_ok=True)
     submission[["image_id", "identity"]].to_csv(output, index=False)
     candidates = candidates or output.with_name(output.stem + ".candidates.csv")
@@ -121,7 +127,12 @@ def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFA
         # strings, and a species may be called anything.
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()
                        if k is not None},
-        "default_threshold": identifier.decision_.thresholds.get(None)})
+        "default_threshold": identifier.decision_.thresholds.get(None),
+        "cluster_new": cluster_new,
+        **({"grouping": {str(k): {"linkage": method, "threshold": cut,
+                                  "pseudo_unknown_f1": identifier.grouping_.quality.get(k)}
+                         for k, (method, cut) in identifier.grouping_.cuts.items()}}
+           if cluster_new else {})})
     return dataset, identifier, submission, candidates
 
 
@@ -136,7 +147,9 @@ def identify(
                                           "e.g. NyalaData; pip install 'wildreid[wildlife]')."),
     model: str = typer.Option(DEFAULT_MODEL, help="Registered name (see 'wildreid models'), timm "
                               "name, hf-hub:ORG/NAME, or a wildreid .pt checkpoint; an ensemble "
-                              "as A+B or A:0.7+B:0.3 (cosines averaged with the weights)."),
+                              "as A+B or A:0.7+B:0.3 (cosines averaged with the weights); per "
+                              "species as nyala=NAME,lion=NAME (*=NAME: the rest, and the "
+                              "species router's)."),
     weights: Path = typer.Option(None, help="Bare state_dict file to load into timm arch --model."),
     output: Path = typer.Option(Path("submission.csv"), help="Submission CSV (image_id,identity)."),
     candidates: Path = typer.Option(None, help="Top-k candidates CSV "
@@ -171,6 +184,9 @@ def identify(
                                      "mask) | image (the whole photo) | auto (chosen per "
                                      "species on the database), or per species as "
                                      "'nyala=animal,lion=image' [default: auto]."),
+    cluster_new: bool = typer.Option(False, "--cluster-new", help="Group the queries answered "
+                                     "new_individual into proposed new individuals "
+                                     "(new_individual_1, ...), cut as fitted on the database."),
 ):
     """Name the individual in each query photo, or answer new_individual."""
     if preset not in PRESETS:
@@ -192,8 +208,15 @@ def identify(
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
             local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side,
-            keypoints_on=keypoints_on, wildlife_dataset=wildlife_datasets)
-    new = int((submission["identity"] == "new_individual").sum())
+            keypoints_on=keypoints_on, wildlife_dataset=wildlife_datasets,
+            cluster_new=cluster_new)
+    from wildreid.grouping import is_new, is_proposed
+
+    new = int(is_new(submission["identity"]).sum())
+    if cluster_new:
+        groups = submission["identity"][is_proposed(submission["identity"])].value_counts()
+        err.print(f"new individuals: {len(groups)} proposed for {new} queries "
+                  f"({int((groups > 1).sum())} with two photos or more)")
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
                            for k, v in identifier.decision_.thresholds.items())
     err.print(f"thresholds: {thresholds}")
@@ -216,6 +239,8 @@ def _shortlist(text: str) -> int | None:
 
 
 def print_scores(result: dict) -> None:
+    from wildreid.data import list_examples
+
     table = Table(title="AnimalCLEF 2025 score")
     for column in ("species", "queries", "known", "unknown", "BAKS", "BAUS", "score", "known top-1"):
         table.add_column(column, justify="right" if column != "species" else "left")
@@ -232,6 +257,20 @@ def print_scores(result: dict) -> None:
     extras = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "known_top1",
               "closed_set_top1", "closed_set_top5"]
     out.print("  ".join(f"{k}={fmt(result[k])}" for k in extras if k in result))
+    router = result.get("species_router")
+    if router:
+        out.print(f"species router: {router['routed_queries']} queries without species routed; "
+                  f"right for {fmt(router['accuracy'])} of the {router['checked']} whose species "
+                  f"is known" + (f"; wrong: {escape(list_examples(router['wrong']))}"
+                                 if router["wrong"] else ""))
+    grouped = result.get("new_individuals")
+    if grouped:
+        out.print(f"new individuals: {grouped['proposed_individuals']} proposed for "
+                  f"{grouped['unknown_queries']} unknown queries of "
+                  f"{grouped['unknown_individuals']} individuals; pairwise precision "
+                  f"{fmt(grouped.get('pairwise_precision'))}, recall "
+                  f"{fmt(grouped.get('pairwise_recall'))}, F1 {fmt(grouped.get('pairwise_f1'))}, "
+                  f"ARI {fmt(grouped.get('ari'))}")
 
 
 @app.command("evaluate")
@@ -244,8 +283,8 @@ def evaluate_command(
                                   "[default: the dataset of the run, from run.json beside the "
                                   "submission]."),
     candidates: Path = typer.Option(None, help="Candidates CSV from identify: adds closed-set "
-                                    "top-1/top-5 [default: the run's, when metadata comes from "
-                                    "it]."),
+                                    "top-1/top-5 and the species router's accuracy [default: "
+                                    "the run's, from run.json beside the submission]."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ):
     """Score a submission exactly as AnimalCLEF 2025 (BAKS, BAUS, sqrt(BAKS x BAUS) per species)."""
@@ -262,10 +301,13 @@ def evaluate_command(
                 raise FileNotFoundError(f"{submission}: no run.json beside it to find the "
                                         "dataset; give --metadata DATA/metadata.csv")
             info = json.loads(run.read_text())
-            dataset = load_dataset(info["data_dir"], info.get("metadata"), check_files=False)
+            dataset = load_dataset(info["data_dir"], info.get("metadata"), check_files=False,
+                                   wildlife_dataset=info.get("wildlife_dataset"))
             table = dataset.metadata
-            if candidates is None and Path(info.get("candidates", "")).is_file():
-                candidates = Path(info["candidates"])
+        run = Path(submission).parent / "run.json"
+        if candidates is None and run.is_file():  # the run's own candidates, when it has them
+            found = Path(json.loads(run.read_text()).get("candidates", ""))
+            candidates = found if found.is_file() else None
         if solution.is_dir():
             solution = answers_from_folders(solution, dataset.query)
         result = evaluate(submission, solution, table, candidates)

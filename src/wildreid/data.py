@@ -127,8 +127,11 @@ def validate(frame: pd.DataFrame, source: str | Path, check_files: bool = True,
     if len(no_identity):
         problems.append(f"{len(no_identity)} database image(s) without identity: "
                         f"{list_examples(no_identity)}")
-    if (database["identity"] == NEW_INDIVIDUAL).any():
-        problems.append(f"'{NEW_INDIVIDUAL}' is reserved for answers and cannot be a database identity")
+    reserved = database["identity"].dropna().astype(str)
+    reserved = reserved[reserved.str.fullmatch(NEW_INDIVIDUAL + r"(_[0-9]+)?")].unique()
+    if len(reserved):  # the answers for unseen animals (and proposed new individuals)
+        problems.append(f"'{NEW_INDIVIDUAL}' and '{NEW_INDIVIDUAL}_<n>' are reserved for answers "
+                        f"and cannot be database identities: {list_examples(reserved)}")
     query = frame[frame["split"] == "query"]
     known_species = set(database["species"].dropna())
     orphan = sorted(set(query["species"].dropna()) - known_species)

@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
 from wildreid.data import DOCUMENTED_COLUMNS, NEW_INDIVIDUAL, canonical_columns, list_examples
+from wildreid.grouping import grouping_scores, is_new, is_proposed
 
 
 class SubmissionError(ValueError):
@@ -156,9 +157,11 @@ def _check_submission(submission: pd.DataFrame, solution: pd.DataFrame,
     if extra:
         problems.append(f"{len(extra)} image_id(s) that are not queries: {list_examples(extra)}")
     answers = set(submission["identity"]) - database_identities - {NEW_INDIVIDUAL}
+    answers = {a for a in answers if not is_proposed([a])[0]}
     if answers:
         problems.append(f"{len(answers)} identity answer(s) not in the database and not "
-                        f"'{NEW_INDIVIDUAL}': {list_examples(sorted(map(str, answers)))}")
+                        f"'{NEW_INDIVIDUAL}' (or a proposed '{NEW_INDIVIDUAL}_<n>'): "
+                        f"{list_examples(sorted(map(str, answers)))}")
     return problems
 
 
@@ -195,8 +198,21 @@ def evaluate(submission, solution, metadata, candidates=None) -> dict:
     species = metadata.set_index("image_id")["species"]
 
     table = solution[["image_id", "identity"]].rename(columns={"identity": "truth"}).merge(
-        submission[["image_id", "identity"]].rename(columns={"identity": "answer"}), on="image_id")
-    table["species"] = table["image_id"].map(species).fillna("all").replace("", "all")
+        submission[["image_id", "identity"]].rename(columns={"identity": "proposed"}),
+        on="image_id")
+    # A proposed new individual (new_individual_<n>) is a new_individual answer for BAKS/BAUS.
+    table["answer"] = np.where(is_new(table["proposed"]), NEW_INDIVIDUAL, table["proposed"])
+    table["species"] = table["image_id"].map(species).replace("", np.nan)
+    routed = None
+    if candidates is not None:
+        candidates, name, found = _read(candidates, "candidates")
+        _refuse({name: found})
+        if "species_source" in candidates.columns:  # queries the species router gave a species
+            best = candidates[candidates["rank"].astype(int) == 1]
+            routed = best[best["species_source"] == "predicted"].set_index("image_id")
+            # Scored in the species they were routed to, when the metadata does not say.
+            table["species"] = table["species"].fillna(table["image_id"].map(routed["species"]))
+    table["species"] = table["species"].fillna("all")
     table["unknown"] = ~table["truth"].isin(database_identities) | (table["truth"] == NEW_INDIVIDUAL)
     unknown_ids = set(table.loc[table["unknown"], "truth"])
 
@@ -226,11 +242,48 @@ def evaluate(submission, solution, metadata, candidates=None) -> dict:
         "known_top1": float((known["answer"] == known["truth"]).mean()) if len(known) else math.nan,
         "queries": len(table),
     }
+    if is_proposed(table["proposed"]).any():
+        result["new_individuals"] = grouping_quality(table)
     if candidates is not None:
-        candidates, name, found = _read(candidates, "candidates")
-        _refuse({name: found})
         result.update(_closed_set(candidates, known))
+    if routed is not None and len(routed):
+        result["species_router"] = _router_quality(routed, table, species, database)
     return result
+
+
+def _router_quality(routed: pd.DataFrame, table: pd.DataFrame, given: pd.Series,
+                    database: pd.DataFrame) -> dict:
+    """How often the species router named the right species, where the truth is known: the
+    metadata's species of the query, else the species of its true (database) individual."""
+    species_of = database.drop_duplicates("identity").set_index("identity")["species"]
+    truth = table.set_index("image_id")["truth"]
+    rows = []
+    for image_id, row in routed.iterrows():
+        real = given.get(image_id)
+        if real is None or pd.isna(real) or str(real).strip() == "":
+            real = species_of.get(truth.get(image_id))
+        if real is not None and not pd.isna(real):
+            rows.append((image_id, str(row["species"]), str(real)))
+    wrong = [f"{image_id} ({said}, really {real})" for image_id, said, real in rows if said != real]
+    return {"routed_queries": len(routed), "checked": len(rows),
+            "accuracy": (1 - len(wrong) / len(rows)) if rows else math.nan,
+            "mean_confidence": float(routed["species_confidence"].astype(float).mean()),
+            "wrong": wrong}
+
+
+def grouping_quality(table: pd.DataFrame) -> dict:
+    """How well the unknown queries were grouped into proposed new individuals: pairwise
+    precision/recall/F1 and adjusted Rand index against their true identities. Each query's
+    group is its answer; a plain ``new_individual`` is a group of its own."""
+    unknown = table[table["unknown"]]
+    groups = [answer if answer != NEW_INDIVIDUAL else f"\0{image_id}"
+              for answer, image_id in zip(unknown["proposed"], unknown["image_id"])]
+    scores = grouping_scores(unknown["truth"].to_numpy(), groups) if len(unknown) else {}
+    proposed = table["proposed"][is_proposed(table["proposed"])]
+    return {**scores, "unknown_queries": len(unknown),
+            "unknown_individuals": int(unknown["truth"].nunique()),
+            "proposed_individuals": int(proposed.nunique()),
+            "proposed_with_several_photos": int((proposed.value_counts() > 1).sum())}
 
 
 def _closed_set(candidates: pd.DataFrame, known: pd.DataFrame) -> dict:

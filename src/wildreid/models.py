@@ -114,6 +114,21 @@ def parse_ensemble(text: str) -> list[tuple[str, float]]:
     return [(name, (1.0 if math.isnan(w) else w) / total) for name, w in members]
 
 
+def parse_models(text: str) -> str | dict[str | None, str]:
+    """``--model``: one model (or ensemble) for every species, or per species as
+    ``nyala=NAME,lion=NAME`` (``*=NAME`` for the rest; default :data:`DEFAULT_MODEL`)."""
+    if "=" not in text or Path(text).is_file():
+        return text.strip()
+    models: dict[str | None, str] = {}
+    for pair in text.split(","):
+        species, _, name = pair.partition("=")
+        if not name.strip():
+            raise ModelError(f"{text!r}: no model for species {species.strip()!r}; write "
+                             "nyala=NAME,lion=NAME")
+        models[None if species.strip() in ("*", "") else species.strip()] = name.strip()
+    return models
+
+
 def available() -> dict[str, str]:
     """Registered names with a one-line summary each."""
     return {name: summary for name, (_, summary) in sorted(_REGISTRY.items())}

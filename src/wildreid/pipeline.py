@@ -8,13 +8,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wildreid.data import NEW_INDIVIDUAL
 from wildreid.defaults import DEFAULT_CACHE_DIR
 from wildreid.features import FeatureExtractor
+from wildreid.grouping import NewIndividualGrouping, name_groups
 from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter, by_species
 from wildreid.models import DEFAULT_MODEL, create_descriptor, parse_ensemble
 from wildreid.openset import OpenSetDecision
 from wildreid.ranking import IdentityIndex
 from wildreid.rerank import LocalReranking
+from wildreid.routing import SpeciesRouter, blank_species
 
 #: Named configurations of :class:`Identifier` (``wildreid identify --preset``).
 
@@ -38,7 +41,9 @@ class Identifier:
     model: a name from the model registry, a timm name, or a wildreid ``.pt`` checkpoint; or an
         ensemble ``A+B`` (weights ``A:0.7+B:0.3``): each model's embedding, L2-normalised and
         scaled by the square root of its weight, concatenated, so a cosine is the weighted mean
-        of the models' cosines (each model cached apart).
+        of the models' cosines (each model cached apart). A dict gives one per species (key
+        ``None``: the rest, and the species router's); images are only ever compared with
+        images of their species, so each species' embeddings may differ in size (zero-padded).
     threshold: ``"auto"`` fits a per-species ``new_individual`` threshold on the database
         (pseudo-queries); a float applies that cosine threshold everywhere; ``None`` never answers
         ``new_individual`` (closed set).
@@ -57,8 +62,17 @@ class Identifier:
         descriptor only. ``mirror``: also match queries flipped left-right, against database
         images of the mirror view (``"opposite"``: ``left`` vs ``right`` orientation) or all
         (``"all"``); ``"none"`` by default.
+    cluster_new: :meth:`predict` gives the queries answered ``new_individual`` proposed new
+        individuals (``new_individual_1``...): clustered on the similarity that ranks candidates
+        (:meth:`similarity`), cut as fitted on the database's pseudo-unknowns
+        (:mod:`wildreid.grouping`).
 
-    After ``fit``: ``index_`` (searchable database) and ``decision_`` (thresholds per species).
+    Queries without species (a blank ``species``) are given one by ``router_``
+    (:class:`~wildreid.routing.SpeciesRouter`, fitted when the database has species): the
+    species of their nearest database identities by the default model's descriptor.
+
+    After ``fit``: ``index_`` (searchable database), ``decision_`` (thresholds per species),
+    ``router_`` and, with ``cluster_new``, ``grouping_`` (the cut per species).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, weights: str | Path | None = None,
@@ -69,7 +83,8 @@ class Identifier:
                  segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
                  shortlist: int | None = 100, max_keypoints: int = 512, long_side: int = 512,
                  keypoints_on: str | dict[str | None, str] = "auto",
-                 mirror: str = "none", keep_pair_scores: bool = False, seed: int = 0):
+                 mirror: str = "none", keep_pair_scores: bool = False,
+                 cluster_new: bool = False, seed: int = 0):
         self.model = model
         self.weights = weights
         self.threshold = threshold
@@ -85,6 +100,7 @@ class Identifier:
                                                                  keypoints_on)
         self.mirror, self.keep_pair_scores = mirror, keep_pair_scores
         self.segmenter_weights = segmenter_weights
+        self.cluster_new = cluster_new
         self.seed = seed
         self._extractors: dict[tuple[str, str], FeatureExtractor] = {}
         self._isolator: Isolator | None = None
@@ -101,13 +117,24 @@ class Identifier:
         """The isolation mode of each image (by its species)."""
         return by_species(self.isolation, _species(images) or [None] * len(images), "none")
 
+    def _models(self) -> dict[str | None, str]:
+        models = dict(self.model) if isinstance(self.model, dict) else {None: self.model}
+        models.setdefault(None, DEFAULT_MODEL)
+        return models
+
+    def model_of(self, images: pd.DataFrame) -> np.ndarray:
+        """The model (or ensemble) that describes each image (by its species)."""
+        return by_species(self.model, _species(images) or [None] * len(images), DEFAULT_MODEL)
+
     def extractor(self, isolation: str = "none", model: str | None = None) -> FeatureExtractor:
-        """The feature extractor of ``model`` (one member of the ensemble; default: the only
-        one) on images isolated as ``isolation``; the network is loaded once per model."""
-        members = parse_ensemble(self.model)
-        model = members[0][0] if model is None else model
-        if len(members) > 1 and self.weights is not None:
-            raise ValueError("weights= applies to one model, not to an ensemble")
+        """The feature extractor of ``model`` (one network, a member of an ensemble; default:
+        the default model's first) on images isolated as ``isolation``; the network is loaded
+        once per model."""
+        members = [m for spec in self._models().values() for m in parse_ensemble(spec)]
+        model = parse_ensemble(self._models()[None])[0][0] if model is None else model
+        if len({name for name, _ in members}) > 1 and self.weights is not None:
+            raise ValueError("weights= applies to one model, not to an ensemble or to models "
+                             "by species")
         if (model, isolation) not in self._extractors:
             loaded = [e.descriptor for (name, _), e in self._extractors.items() if name == model]
             descriptor = loaded[0] if loaded else create_descriptor(model, self.weights)
@@ -124,26 +151,52 @@ class Identifier:
                                       progress=self.progress)
         return self._isolator
 
-    def describe(self, images: pd.DataFrame, description: str = "features") -> np.ndarray:
-        """L2-normalised global descriptors of ``images``, isolated as ``isolation`` says (cached)."""
+    def describe(self, images: pd.DataFrame, description: str = "features",
+                 model: str | None = None) -> np.ndarray:
+        """L2-normalised global descriptors of ``images``, isolated as ``isolation`` says and
+        described by their species' model, or by ``model`` for all (cached). Species whose
+        models give shorter embeddings are zero-padded (norms and cosines unchanged)."""
         paths = np.array(_filepaths(images), dtype=object)
         modes = self.isolation_of(images)
-        features = None
-        for mode in dict.fromkeys(modes):
-            rows = np.flatnonzero(modes == mode)
+        models = np.full(len(images), model, dtype=object) if model else self.model_of(images)
+        parts = []
+        for mode, spec in dict.fromkeys(zip(modes, models)):
+            rows = np.flatnonzero((modes == mode) & (models == spec))
             regions = None
             if mode != "none":
                 regions = self.isolator(images.iloc[rows], f"{description}: regions")
-            members = parse_ensemble(self.model)
-            part = np.concatenate([  # sqrt(weight): cosines add up weighted, norms to 1
+            members = parse_ensemble(spec)
+            named = len(members) > 1 or len(set(self._models().values())) > 1
+            parts.append((rows, np.concatenate([  # sqrt(weight): cosines add up weighted
                 np.sqrt(weight) * self.extractor(mode, name)(
-                    paths[rows].tolist(), f"{description}{f' ({name})' if len(members) > 1 else ''}",
+                    paths[rows].tolist(), f"{description}{f' ({name})' if named else ''}",
                     regions)
-                for name, weight in members], axis=1).astype(np.float32)
-            if features is None:
-                features = np.empty((len(images), part.shape[1]), np.float32)
-            features[rows] = part
+                for name, weight in members], axis=1).astype(np.float32)))
+        width = max((part.shape[1] for _, part in parts), default=0)
+        features = np.zeros((len(images), width), np.float32)
+        for rows, part in parts:
+            features[rows, :part.shape[1]] = part
         return features
+
+    def _route(self, images: pd.DataFrame, description: str) -> pd.DataFrame:
+        """``images`` with a species for each row that had none (``router_``), and columns
+        ``species_source`` (``given``/``predicted``) and ``species_confidence``."""
+        routed = images.copy()
+        blank = blank_species(images)
+        routed["species_source"] = np.where(blank, "predicted", "given")
+        routed["species_confidence"] = np.where(blank, np.nan, 1.0)
+        if getattr(self, "router_", None) is None or not blank.any():
+            routed["species_source"] = np.where(blank, "none", "given")
+            return routed
+        species, confidence = self.router_.predict(self.describe(
+            images.iloc[np.flatnonzero(blank)], f"{description}: species",
+            self._models()[None]))
+        column = routed["species"].astype(object) if "species" in routed.columns else pd.Series(
+            [None] * len(routed), index=routed.index, dtype=object)
+        column.iloc[np.flatnonzero(blank)] = species
+        routed["species"] = column.to_numpy()
+        routed.loc[routed.index[blank], "species_confidence"] = confidence
+        return routed
 
     def fit(self, database: pd.DataFrame) -> Identifier:
         """Describe the database images (``filepath``/``path``, ``identity``, optional ``species``)
@@ -156,6 +209,13 @@ class Identifier:
         self.index_ = IdentityIndex(features, identities, species, self.aggregation)
         self.database_ = (features, identities, None if species is None else np.asarray(
             species, dtype=object))
+        self.router_ = None
+        if species is not None and not blank_species(database).any():
+            default = self._models()[None]
+            same = (self.model_of(database) == default).all()  # else the default model's
+            self.router_ = SpeciesRouter().fit(
+                features if same else self.describe(database, "database: species", default),
+                identities, species)
         self.reranking_ = None
         if self.local:
             self.reranking_ = LocalReranking(
@@ -172,7 +232,55 @@ class Identifier:
         else:
             fixed = -np.inf if self.threshold is None else float(self.threshold)
             self.decision_ = OpenSetDecision.fixed(fixed)
+        self.grouping_ = None
+        if self.cluster_new:
+            self.fit_grouping(database, features)
         return self
+
+    def fit_grouping(self, database: pd.DataFrame, features: np.ndarray | None = None
+                     ) -> Identifier:
+        """Fit how new individuals are grouped (``grouping_``) on the pseudo-unknowns of the
+        database this identifier was fitted on (``fit`` does it with ``cluster_new``); raises
+        ``ValueError`` when too few identities have two photos or more."""
+        features = self.describe(database, "database") if features is None else features
+        self.grouping_ = NewIndividualGrouping.fit(
+            lambda rows: self.similarity(database.iloc[rows], features[rows]),
+            database["identity"].astype(str).to_numpy(), _species(database), seed=self.seed)
+        return self
+
+    def similarity(self, images: pd.DataFrame, features: np.ndarray | None = None) -> np.ndarray:
+        """Pairwise similarity of ``images`` (one species) as candidates are ranked: the cosine
+        of global descriptors, or with local re-ranking their fused, calibrated scores
+        (:meth:`wildreid.rerank.LocalReranking.similarity`). ``features``: the images'
+        descriptors when already at hand."""
+        features = self.describe(images, "similarity") if features is None else features
+        if self.reranking_ is None:
+            return np.asarray(features, np.float32) @ np.asarray(features, np.float32).T
+        return self.reranking_.similarity(images, features, self.isolator)
+
+    def group_new(self, queries: pd.DataFrame, answers: pd.DataFrame) -> pd.DataFrame:
+        """``answers`` (from :meth:`decide`, rows in the order of ``queries``) with each
+        ``new_individual`` replaced by a proposed new individual, ``new_individual_<n>``: the
+        new queries of each species clustered with the cut fitted on the database."""
+        if getattr(self, "grouping_", None) is None:
+            raise RuntimeError("fit with cluster_new=True before grouping new individuals")
+        answers = answers.copy()
+        new = np.flatnonzero(answers["identity"].to_numpy() == NEW_INDIVIDUAL)
+        if len(new) == 0:
+            return answers
+        # The species the answers were reached in (routed where the query had none).
+        queries = queries.assign(species=answers["species"].to_numpy()) if (
+            "species" in answers.columns) else queries
+        species = np.array(_species(queries) or [None] * len(queries), dtype=object)[new]
+        keys = np.array(["" if s is None or pd.isna(s) else str(s) for s in species], dtype=object)
+        labels = np.empty(len(new), dtype=object)
+        for key in dict.fromkeys(keys):
+            members = np.flatnonzero(keys == key)
+            rows = queries.iloc[new[members]]
+            found = self.grouping_.predict(self.similarity(rows), key or None)
+            labels[members] = [(key, int(label)) for label in found]
+        answers.loc[answers.index[new], "identity"] = name_groups(pd.Series(labels)).to_numpy()
+        return answers
 
     def partial_fit(self, database: pd.DataFrame) -> Identifier:
         """Add images of known identities (new or existing) to a fitted identifier without
@@ -193,18 +301,32 @@ class Identifier:
         added_species = _species(database)
         if (species is None) != (added_species is None):
             raise ValueError("species given for some database images and not for others")
-        features = np.concatenate([features, self.describe(database, "database")])
-        identities = np.concatenate([identities, database["identity"].astype(str).to_numpy()])
+        added = self.describe(database, "database")
+        if added.shape[1] != features.shape[1]:  # a species whose model is wider came in
+            width = max(added.shape[1], features.shape[1])
+            features, added = (np.pad(f, ((0, 0), (0, width - f.shape[1]))) for f in (features, added))
+        features = np.concatenate([features, added])
+        added_identities = database["identity"].astype(str).to_numpy()
+        identities = np.concatenate([identities, added_identities])
         if species is not None:
             species = np.concatenate([species, np.asarray(added_species, dtype=object)])
         self.index_ = IdentityIndex(features, identities, species, self.aggregation)
         self.database_ = (features, identities, species)
+        if self.router_ is not None and not blank_species(database).any():
+            default = self._models()[None]
+            seen = (added if (self.model_of(database) == default).all()
+                    else self.describe(database, "database: species", default))
+            self.router_ = SpeciesRouter(self.router_.neighbours).fit(
+                np.concatenate([self.router_.features_, seen[:, :self.router_.features_.shape[1]]]),
+                np.concatenate([self.router_.identities_, added_identities]),
+                np.concatenate([self.router_.species_, np.asarray(added_species, dtype=object)]))
         return self
 
     def predict_candidates(self, queries: pd.DataFrame, k: int = 5) -> pd.DataFrame:
         """Long table ``image_id, species, rank, identity, score``: top-``k`` identities per query."""
         if not hasattr(self, "index_"):
             raise RuntimeError("call fit(database) before predicting")
+        queries = self._route(queries, "queries")
         features = self.describe(queries, "queries")
         species = _species(queries)
         if self.reranking_ is not None:
@@ -221,6 +343,8 @@ class Identifier:
             "rank": np.tile(np.arange(1, k + 1), len(queries)),
             "identity": names.ravel(),
             "score": scores.ravel(),
+            "species_source": np.repeat(queries["species_source"].to_numpy(), k),
+            "species_confidence": np.repeat(queries["species_confidence"].to_numpy(), k),
         })
         return table[table["identity"] != ""].reset_index(drop=True)
 
@@ -229,8 +353,11 @@ class Identifier:
         best = candidates[candidates["rank"] == 1]
         identity = self.decision_.decide(best["identity"], best["score"], best["species"])
         return pd.DataFrame({"image_id": best["image_id"].to_numpy(), "identity": identity,
-                             "score": best["score"].to_numpy()})
+                             "score": best["score"].to_numpy(),
+                             "species": best["species"].to_numpy()})
 
     def predict(self, queries: pd.DataFrame) -> pd.DataFrame:
-        """For each query: the database identity, or ``new_individual``, with its score."""
-        return self.decide(self.predict_candidates(queries, k=1))
+        """For each query: the database identity, or ``new_individual`` (with ``cluster_new``:
+        a proposed ``new_individual_<n>``), with its score."""
+        answers = self.decide(self.predict_candidates(queries, k=1))
+        return self.group_new(queries, answers) if self.cluster_new else answers

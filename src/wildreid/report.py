@@ -23,6 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from wildreid.data import NEW_INDIVIDUAL, answers_from_folders, load_dataset
+from wildreid.grouping import is_new, is_proposed
 from wildreid.images import ImageError, load_image
 from wildreid.metrics import evaluate, threshold_curve
 
@@ -54,6 +55,40 @@ def _confusion(table: pd.DataFrame) -> str:
                    for name in counts.index)
     return ("<h2>Known and unknown queries</h2><table><tr><th>species</th>"
             + "".join(f"<th>{c}</th>" for c in columns) + f"</tr>{rows}</table>")
+
+
+def _proposed_groups(submission: pd.DataFrame, paths: pd.Series, truth: pd.Series | None,
+                     database_ids: set[str], quality: dict | None, shown: int = 40) -> str:
+    """The proposed new individuals (``--cluster-new``), largest first, each with its photos;
+    with the answers, each photo's true individual and the grouping's pairwise scores."""
+    proposed = submission[is_proposed(submission["identity"])]
+    sizes = proposed["identity"].value_counts(sort=False)
+    order = sorted(sizes.index, key=lambda name: (-sizes[name], int(name.rsplit("_", 1)[1])))
+    several = [name for name in order if sizes[name] > 1]
+    summary = (f"<p>{len(sizes)} proposed for {len(proposed)} queries answered "
+               f"{NEW_INDIVIDUAL}: {len(several)} with two photos or more, "
+               f"{len(sizes) - len(several)} alone.")
+    if quality:
+        summary += (f" Against the true individuals of the unknown queries: pairwise precision "
+                    f"{_fmt(quality.get('pairwise_precision'))}, recall "
+                    f"{_fmt(quality.get('pairwise_recall'))}, F1 {_fmt(quality.get('pairwise_f1'))},"
+                    f" adjusted Rand index {_fmt(quality.get('ari'))}.")
+    rows = []
+    for name in several[:shown]:
+        tiles = []
+        for image_id in proposed.loc[proposed["identity"] == name, "image_id"]:
+            who = ""
+            if truth is not None:
+                real = str(truth.get(image_id, ""))
+                who = (f"<br>really {html.escape(real)}" if real not in database_ids
+                       else f"<br>known: {html.escape(real)}")
+            tiles.append(f"<div class='candidate'><img src='{_thumbnail(paths[image_id])}'><br>"
+                         f"{html.escape(str(image_id))}{who}</div>")
+        rows.append(f"<div class='row'><div class='query'><b>{html.escape(name)}</b><br>"
+                    f"{sizes[name]} photos</div>{''.join(tiles)}</div>")
+    more = (f"<p>{len(several) - shown} more groups not shown.</p>"
+            if len(several) > shown else "")
+    return f"<h2>Proposed new individuals</h2>{summary}</p>{''.join(rows)}{more}"
 
 
 def _png(figure) -> str:
@@ -249,7 +284,8 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
         raise FileNotFoundError(f"{run_dir}: no {RUN_FILE}; write the run with "
                                 f"'wildreid identify DATA --output {run_dir}/submission.csv'")
     info = json.loads(info_path.read_text())
-    dataset = load_dataset(info["data_dir"], info.get("metadata"), check_files=False)
+    dataset = load_dataset(info["data_dir"], info.get("metadata"), check_files=False,
+                           wildlife_dataset=info.get("wildlife_dataset"))
     submission = pd.read_csv(run_dir / info["submission"], dtype=str)
     candidates = pd.read_csv(run_dir / info["candidates"], dtype={"image_id": str, "identity": str})
     metadata = dataset.metadata.astype(object)
@@ -274,7 +310,7 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
              f"data <code>{html.escape(str(info['data_dir']))}</code>, model "
              f"<code>{html.escape(str(info.get('model')))}</code>, preset "
              f"<code>{html.escape(str(info.get('preset')))}</code>; {len(submission)} queries, "
-             f"{(submission['identity'] == NEW_INDIVIDUAL).sum()} answered {NEW_INDIVIDUAL}.</p>"]
+             f"{is_new(submission['identity']).sum()} answered {NEW_INDIVIDUAL}.</p>"]
     order = list(submission["image_id"])
     if truth is not None:
         result = evaluate(submission, answers_table, metadata, candidates)
@@ -296,6 +332,7 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
         table["species"] = table["image_id"].map(species_of).fillna("all").astype(str)
         answers = submission.set_index("image_id")["identity"]
         table["answer"] = table["image_id"].map(answers)
+        table["answer"] = np.where(is_new(table["answer"]), NEW_INDIVIDUAL, table["answer"])
         parts.append(_confusion(table))
         plots = []
         for name, group in table.groupby("species"):
@@ -342,7 +379,8 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
                        f"{html.escape(expected)}, not in the database)")
         else:
             verdict = f"<br>right answer: <b>{html.escape(expected)}</b>"
-        mark = "" if truth is None else (" right" if str(answer) == (
+        decided = NEW_INDIVIDUAL if is_new([answer])[0] else str(answer)
+        mark = "" if truth is None else (" right" if decided == (
             NEW_INDIVIDUAL if unseen else expected) else " wrong")
         head = (f"<div class='query{mark}'><img src='{_thumbnail(paths[image_id])}'><br>"
                 f"<b>{html.escape(image_id)}</b><br>answer: {html.escape(str(answer))}{verdict}"
@@ -366,6 +404,9 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
                       f"<br>right: {html.escape(expected)}: local matches</div>")
         cards.append(f"<div class='row'>{head}{tiles}</div>"
                      + (f"<div class='row wrap'>{drawn}</div>" if drawn else ""))
+    if is_proposed(submission["identity"]).any():
+        parts.append(_proposed_groups(submission, paths, truth, database_ids,
+                                      result.get("new_individuals") if truth is not None else None))
     hardest = [card for image_id, card in zip(shown, cards) if image_id in set(errors)]
     others = [card for image_id, card in zip(shown, cards) if image_id not in set(errors)]
     if truth is not None:

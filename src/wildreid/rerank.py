@@ -318,6 +318,36 @@ class LocalReranking:
         return top["identity"], top["score"]
 
 
+    def similarity(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None,
+                   neighbours: int = 10, description: str = "new individuals") -> np.ndarray:
+        """The fused score of every two of ``images`` (one species), as candidates are ranked:
+        each image is matched with its ``neighbours`` most similar others by cosine, both ways
+        scored once (lower row first) and fused; pairs never matched score 0."""
+        count = len(images)
+        similarity = np.zeros((count, count), np.float32)
+        np.fill_diagonal(similarity, 1.0)
+        if count < 2:
+            return similarity
+        cosines = np.asarray(features, np.float32) @ np.asarray(features, np.float32).T
+        ranked = cosines.copy()
+        np.fill_diagonal(ranked, -np.inf)
+        width = min(neighbours, count - 1)
+        nearest = np.argpartition(-ranked, width - 1, axis=1)[:, :width]
+        pairs = np.sort(np.stack([np.repeat(np.arange(count), width), nearest.ravel()], 1), axis=1)
+        pairs = np.unique(pairs, axis=0)
+        regions = keypoint_regions(images, self.keypoints_on_, isolator, f"{description}: regions")
+        keypoints = self.keypoints(images, regions, description)
+        orientation = _orientations(images)
+        flipped = self._mirrored(orientation[pairs[:, 0]], orientation[pairs[:, 1]])
+        mirrored = self._mirrored_queries(images, regions, pairs, flipped, 0, description)
+        scores = self._pair_scores(keypoints, pairs, cosines[pairs[:, 0], pairs[:, 1]],
+                                   f"{description} pairs", mirrored)
+        fused = self.calibration_.fuse(scores)
+        similarity[pairs[:, 0], pairs[:, 1]] = fused
+        similarity[pairs[:, 1], pairs[:, 0]] = fused
+        return similarity
+
+
 def _orientations(images: pd.DataFrame) -> np.ndarray:
     column = images["orientation"] if "orientation" in images.columns else [None] * len(images)
     return np.array([value if isinstance(value, str) else None for value in column], dtype=object)

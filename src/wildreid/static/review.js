@@ -28,7 +28,9 @@ async function call(url, options) {
 }
 function post(url, fields) {
   const form = new FormData();
-  for (const [key, value] of Object.entries(fields)) form.append(key, value);
+  for (const [key, value] of Object.entries(fields)) {
+    for (const item of Array.isArray(value) ? value : [value]) form.append(key, item);
+  }
   return call(url, {method: "POST", body: form});
 }
 function fail(error) { $("error").textContent = error.message; }
@@ -153,6 +155,37 @@ function move(step) {
   if (target && target !== state.current) showPhoto(target).catch(fail);
 }
 
+// -- proposed new individuals ---------------------------------------------------------------
+async function loadGroups() {
+  $("groups").textContent = "grouping the waiting photos…";
+  const found = await call("/api/groups");
+  if (!found.groups.length) {
+    $("groups").textContent = "No waiting photos look like one new individual together.";
+    return;
+  }
+  $("groups").replaceChildren(...found.groups.map(group));
+}
+function group(g) {
+  const name = element("input", {placeholder: "name (optional)", maxLength: 200,
+                                 ariaLabel: "name of the new individual"});
+  const accept = element("button", {className: "accept-group",
+                                    textContent: `Accept as one new individual (${g.photos.length} photos)`});
+  accept.addEventListener("click", async () => {
+    try {
+      const made = await post("/api/new-group", {image_id: g.photos, name: name.value});
+      say(`${made.image_ids.length} photos -> ${made.individual}`);
+      await refresh(null);
+      await loadGroups();
+    } catch (e) { fail(e); }
+  });
+  const thumbs = element("div", {className: "thumbs"}, g.photos.map((i) =>
+    element("img", {alt: i, src: photoUrl(i), title: i})));
+  return element("div", {className: "group"}, [
+    element("div", {className: "title", textContent: `${g.species || "species not recorded"}: ` +
+                                                      `${g.photos.join(", ")}`}),
+    thumbs, element("div", {className: "actions"}, [name, accept])]);
+}
+
 // -- routing and keys ----------------------------------------------------------------------
 async function route() {
   const hash = decodeURIComponent(location.hash.slice(1));
@@ -198,6 +231,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     } catch (e) { fail(e); }
   });
   $("new").addEventListener("click", () => decide("new"));
+  $("find-groups").addEventListener("click", () => loadGroups().catch(fail));
   $("undo").addEventListener("click", undo);
   $("next").addEventListener("click", () => move(1));
   $("previous").addEventListener("click", () => move(-1));
