@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import uvicorn
+from PIL import Image
 
 from benchmarks.common import write_subset
 
@@ -34,6 +35,42 @@ def real_subset(tmp_path_factory) -> Path:
     """An AnimalCLEF folder of 36 real images (absolute paths into the shared benchmark):
     per species 4 known identities (3 database + 1 query images) and 2 unknown query images."""
     return write_subset(BENCH, tmp_path_factory.mktemp("real-subset"))
+
+
+@pytest.fixture(scope="session")
+def bursts(tmp_path_factory):
+    """An AnimalCLEF folder: the real photos of 30 lions (4 each) as the database, and as queries
+    three lions absent from it, each seen in a burst of 4 frames (one real photo, the animal
+    shifted and zoomed from frame to frame, as camera traps shoot)."""
+    folder = tmp_path_factory.mktemp("bursts")
+    metadata = pd.read_csv(BENCH / "metadata.csv", dtype=str)
+    truth = pd.read_csv(BENCH / "solution.csv", dtype=str).set_index("image_id")["identity"]
+    lion = metadata[metadata["species"] == "lion"]
+    database = lion[lion["split"] == "database"]
+    counts = database.groupby("identity").size()
+    chosen = sorted(counts[counts >= 4].index)[:30]
+    database = database[database["identity"].isin(chosen)].groupby("identity").head(4).copy()
+    database["path"] = [str(BENCH / p) for p in database["path"]]
+    queries = lion[lion["split"] == "query"].copy()
+    queries["truth"] = queries["image_id"].map(truth)
+    unseen = queries[~queries["truth"].isin(set(lion["identity"].dropna()))]
+    rows, answers = [], []
+    for name in sorted(unseen["truth"].unique())[:3]:
+        photo = Image.open(BENCH / unseen.loc[unseen["truth"] == name, "path"].iloc[0])
+        photo = photo.convert("RGB")
+        width, height = photo.size
+        for frame, (dx, dy, zoom) in enumerate([(0, 0, 1.0), (.04, .02, .95), (.02, .05, .9),
+                                                (.06, 0, .92)]):
+            box = (int(dx * width), int(dy * height), int(dx * width + zoom * width * (1 - dx)),
+                   int(dy * height + zoom * height * (1 - dy)))
+            image_id = f"burst-{name}-{frame}"
+            photo.crop(box).save(folder / f"{image_id}.jpg", quality=88)
+            rows.append({"image_id": image_id, "path": f"{image_id}.jpg", "species": "lion",
+                         "split": "query"})
+            answers.append({"image_id": image_id, "identity": name})
+    pd.concat([database, pd.DataFrame(rows)]).to_csv(folder / "metadata.csv", index=False)
+    pd.DataFrame(answers).to_csv(folder / "solution.csv", index=False)
+    return folder
 
 
 class LiveServer:

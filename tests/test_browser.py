@@ -164,3 +164,41 @@ def test_review_queue_in_chromium(real_subset, tmp_path):
                      ["merge", 1], ["undo", 0]]
     for shot in shots.iterdir():
         assert _not_blank(shot.read_bytes()), shot.name
+
+
+def test_a_proposed_group_is_accepted_in_chromium(bursts, tmp_path):
+    """The waiting bursts of unseen lions proposed as groups; one accepted as one new individual
+    with one click, and undone with one key."""
+    chromium = _chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    folder = tmp_path / "cat"
+    Catalog.create(folder).add_dataset(bursts)
+    shots = Path(os.environ.get("WILDREID_TEST_ARTIFACTS", tmp_path)) / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True,
+                                             args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        with _Server(folder) as url:
+            page.goto(url)
+            expect(page.locator(".cand .confirm").first).to_be_visible(timeout=60_000)
+            page.click(".groups-box summary")
+            page.click("#find-groups")
+            expect(page.locator(".group").first).to_be_visible(timeout=120_000)
+            assert page.locator(".group").count() >= 2
+            expect(page.locator(".group >> nth=0").locator("img")).to_have_count(4)
+            page.locator(".group >> nth=0").locator("input").fill("Burst lion")
+            (shots / "6-groups.png").write_bytes(page.screenshot(full_page=True))
+            page.click(".group >> nth=0 >> .accept-group")
+            expect(page.locator("#status")).to_have_text("4 photos -> Burst lion")
+            expect(page.locator("#individuals li").filter(has_text="Burst lion")).to_have_text(
+                "Burst lion (4)")
+            expect(page.locator("#progress")).to_have_text(re.compile(r"^4 of \d+ reviewed"))
+            page.locator("body").click()  # keys go to the page, not the name field
+            page.keyboard.press("u")
+            expect(page.locator("#status")).to_have_text(
+                "undone: the new individual Burst lion (a group)")
+            expect(page.locator("#individuals li").filter(has_text="Burst lion")).to_have_count(0)
+        browser.close()
+    assert _not_blank((shots / "6-groups.png").read_bytes())

@@ -321,7 +321,7 @@ def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path):
     query_keypoints = reranking.keypoints(dataset.query, regions, "q")
     keypoints = query_keypoints["sift"] + reranking.database_keypoints_["sift"]
     pairs = table[["first", "second"]].to_numpy()
-    matcher = reranking.matchers["sift"]
+    matcher = reranking.matchers_["sift"]
     forward = score_pairs(matcher, keypoints, pairs, progress=False)["confidence_sum"]
     backward = score_pairs(matcher, keypoints, pairs[:, ::-1], progress=False)["confidence_sum"]
     assert np.allclose(table["sift:confidence_sum"], forward)

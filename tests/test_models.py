@@ -132,3 +132,51 @@ def test_an_ensemble_scores_the_weighted_mean_of_its_models(lite0, tmp_path, rea
     assert len(list((tmp_path / "cache").glob("*/arrays.sqlite"))) == 2  # one cache per model
     with pytest.raises(ValueError, match="one model, not to an ensemble"):
         Identifier(f"efficientnet-lite0+{other}", weights=str(other)).describe(images)
+
+
+def test_the_identifier_is_a_scikit_learn_estimator(real_subset, tmp_path):
+    """get_params/set_params/clone as scikit-learn's contract says; parameters stored as given
+    and checked in fit; a changed parameter is honoured by the next fit (no stale network)."""
+    from sklearn.base import clone
+
+    from wildreid.data import load_dataset
+    from wildreid.pipeline import Identifier
+
+    identifier = Identifier("efficientnet-lite0", local=["sift"], isolation={"lion": "crop"},
+                            cache_dir=tmp_path / "cache", progress=False, device="cpu")
+    assert identifier.get_params()["local"] == ["sift"]  # as given, not rewritten
+    twin = clone(identifier)
+    assert twin.get_params() == identifier.get_params() and twin is not identifier
+    assert "Identifier(" in repr(identifier)
+    Identifier(isolation="blurred")  # constructing never fails: fit checks
+    with pytest.raises(ValueError, match="unknown isolation"):
+        Identifier(isolation="blurred").fit(load_dataset(real_subset).database)
+
+    tiny = timm.create_model("test_vit", pretrained=False, num_classes=0)
+    other = str(save_descriptor(Descriptor("tiny", tiny, "test_vit", input_size=(160, 160),
+                                           weights_id="random-test"), tmp_path / "tiny.pt"))
+    database = load_dataset(real_subset).database
+    model = Identifier("efficientnet-lite0", cache_dir=tmp_path / "cache", progress=False,
+                       device="cpu").fit(database)
+    assert model.database_[0].shape[1] == 1280  # EfficientNet-Lite0
+    model.set_params(model=other).fit(database)
+    narrow = Identifier(other, cache_dir=tmp_path / "cache", progress=False,
+                        device="cpu").describe(database)
+    np.testing.assert_allclose(model.database_[0], narrow, atol=1e-6)  # the new network's
+
+
+def test_every_plug_in_kind_has_one_registry_shape():
+    from wildreid.local import LOCAL_FEATURES
+    from wildreid.matching import MATCHERS
+    from wildreid.models import DESCRIPTORS
+    from wildreid.registry import Registry
+    from wildreid.train import LOSSES
+
+    for registry in (DESCRIPTORS, LOCAL_FEATURES, MATCHERS, LOSSES):
+        assert isinstance(registry, Registry) and len(registry) >= 3
+        assert all(registry.summaries().values())  # each with its one-line summary
+    assert set(LOCAL_FEATURES) == set(MATCHERS)  # every local feature has its matcher
+    with pytest.raises(ValueError, match="unknown local features 'orb'; use one of aliked"):
+        LOCAL_FEATURES.create("orb")
+    with pytest.raises(ValueError, match="registered twice"):
+        LOSSES.register("arcface")(lambda classes, dim: None)

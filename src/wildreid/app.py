@@ -32,7 +32,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pandas as pd
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -243,10 +242,13 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                 rows.append({"rank": int(row.rank), "identity": row.identity,
                              "score": round(float(row.score), 4), "photos": photos_of[:3],
                              "count": len(photos_of)})
-        species = catalog.images().set_index("image_id")["species"].get(image_id)
-        species = None if species is None or pd.isna(species) else str(species)
+        species = ranked.attrs["species"]
+        verdict = Catalog.verdict(ranked, species)
+        if ranked.attrs["species_predicted"]:
+            verdict += f" (species predicted: {species})"
         return {"image_id": image_id, "candidates": rows, "threshold": ranked.attrs["threshold"],
-                "verdict": Catalog.verdict(ranked, species)}
+                "verdict": verdict, "species": species,
+                "species_predicted": ranked.attrs["species_predicted"]}
 
     @app.get("/api/matches")
     async def matches(image_id: str, individual: str) -> dict:

@@ -351,9 +351,14 @@ class Catalog:
         assigned = row["individual"].notna().iloc[0]
         identifier = self.identifier(leave_out=image_id if assigned else None)
         candidates = identifier.predict_candidates(query, k=k)
-        threshold = identifier.decision_.threshold_for(row["species"].iloc[0])
+        # The species it was compared in: its own, or the router's for a photo without one.
+        species = candidates["species"].iloc[0] if len(candidates) else row["species"].iloc[0]
+        threshold = identifier.decision_.threshold_for(species)
         ranked = candidates[["rank", "identity", "score"]].reset_index(drop=True)
         ranked.attrs["threshold"] = None if not np.isfinite(threshold) else float(threshold)
+        ranked.attrs["species"] = None if species is None or pd.isna(species) else str(species)
+        ranked.attrs["species_predicted"] = bool(len(candidates)) and (
+            candidates["species_source"].iloc[0] == "predicted")
         return ranked
 
     @staticmethod

@@ -8,7 +8,6 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,87 +52,14 @@ def _clear_errors():
             raise typer.Exit(2) from None
 
 
-def _threshold(value: str) -> str | float | None:
-    if value == "auto":
-        return "auto"
-    if value == "none":
-        return None
+def _threshold(value: str) -> str:
+    from wildreid.run import parse_threshold
+
     try:
-        return float(value)
+        parse_threshold(value)
     except ValueError:
         raise typer.BadParameter("use 'auto', 'none' (closed set) or a number such as 0.6") from None
-
-
-def run_identify(data_dir: Path, metadata: Path | None = None, model: str = DEFAULT_MODEL,
-                 weights: Path | None = None, output: Path = Path("submission.csv"),
-                 candidates: Path | None = None, device: str = "auto", threshold: str = "auto",
-                 top_k: int = 5, aggregation: str = "max", batch_size: int = 64,
-                 cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
-                 isolation: str = "none", segmenter_weights: Path | None = None,
-                 preset: str = "fast", shortlist: int | None = 100,
-                 local: Sequence[str] | None = None, mirror: str = "none",
-                 max_keypoints: int | None = None, long_side: int = 512,
-                 keypoints_on: str | None = None, wildlife_dataset: str | None = None,
-                 cluster_new: bool = False):
-    """Identify every query of a dataset; writes the submission and the candidates CSV.
-    ``local``: matchers replacing the preset's (``()``: none)."""
-    from wildreid.data import load_dataset
-    from wildreid.isolation import parse_by_species, parse_isolation
-    from wildreid.pipeline import Identifier
-
-    configuration = dict(PRESETS[preset])
-    if local is not None:
-        configuration["local"] = tuple(local)
-    if max_keypoints is not None:
-        configuration["max_keypoints"] = max_keypoints
-    configuration["long_side"] = long_side
-    if keypoints_on is not None:
-        from wildreid.rerank import KEYPOINT_PLACES
-
-        configuration["keypoints_on"] = parse_by_species(keypoints_on, KEYPOINT_PLACES,
-                                                         "keypoints-on", "nyala=animal,lion=image")
-
-    dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_dataset)
-    if dataset.query.empty:
-        raise ValueError(f"{dataset.source}: no query images (split == 'query') to identify")
-    from wildreid.models import parse_models
-
-    identifier = Identifier(parse_models(model), weights=weights, threshold=_threshold(threshold),
-                            aggregation=aggregation, device=device, batch_size=batch_size,
-                            cache_dir=cache_dir, progress=progress,
-                            isolation=parse_isolation(isolation),
-                            segmenter_weights=segmenter_weights, shortlist=shortlist,
-                            mirror=mirror, cluster_new=cluster_new,
-                            **configuration).fit(dataset.database)
-    ranked = identifier.predict_candidates(dataset.query, k=top_k)
-    submission = identifier.decide(ranked)
-    if cluster_new:
-        submission = identifier.group_new(dataset.query, submission)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    submission[["image_id", "identity"]].to_csv(output, index=False)
-    candidates = candidates or output.with_name(output.stem + ".candidates.csv")
-    ranked.to_csv(candidates, index=False, float_format="%.5f")
-    from wildreid.report import write_run_info
-
-    if identifier.reranking_ is not None:  # "auto" resolved per species on the database
-        configuration["keypoints_on"] = identifier.reranking_.keypoints_on_
-    write_run_info(output.parent, {
-        "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
-        "wildlife_dataset": wildlife_dataset,
-        "model": model, "preset": preset, "submission": output.name, **configuration,
-        "mirror": mirror, "shortlist": shortlist,
-        "candidates": str(Path(candidates).resolve()),
-        # Per species, and the pooled one (for species without their own) apart: JSON keys are
-        # strings, and a species may be called anything.
-        "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()
-                       if k is not None},
-        "default_threshold": identifier.decision_.thresholds.get(None),
-        "cluster_new": cluster_new,
-        **({"grouping": {str(k): {"linkage": method, "threshold": cut,
-                                  "pseudo_unknown_f1": identifier.grouping_.quality.get(k)}
-                         for k, (method, cut) in identifier.grouping_.cuts.items()}}
-           if cluster_new else {})})
-    return dataset, identifier, submission, candidates
+    return value
 
 
 @app.command()
@@ -202,8 +128,11 @@ def identify(
     if mirror not in MIRROR_MODES:
         raise typer.BadParameter(f"use one of {', '.join(MIRROR_MODES)}", param_hint="--mirror")
     size = _shortlist(shortlist)
+    threshold = _threshold(threshold)
+    from wildreid.run import identify_dataset
+
     with _clear_errors():
-        _, identifier, submission, written = run_identify(
+        _, identifier, submission, written = identify_dataset(
             data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
@@ -384,13 +313,14 @@ def demo(
     """Synthesise a small open-set dataset (spotted and striped animals), identify, evaluate."""
     from wildreid.demo import make_demo_dataset
     from wildreid.metrics import evaluate
+    from wildreid.run import identify_dataset
 
     with tempfile.TemporaryDirectory() as scratch:
         root = out_dir or Path(scratch) / "wildreid-demo"
         make_demo_dataset(root, individuals, unknown, database_images, query_images, seed=seed)
         err.print(f"synthetic dataset in {escape(str(root))}")
         with _clear_errors():
-            run_identify(root, model=model, output=root / "submission.csv", device=device,
+            identify_dataset(root, model=model, output=root / "submission.csv", device=device,
                          cache_dir=None if no_cache else cache_dir)
             result = evaluate(root / "submission.csv", root / "solution.csv",
                               root / "metadata.csv", root / "submission.candidates.csv")

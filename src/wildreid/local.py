@@ -26,6 +26,7 @@ from wildreid.cache import ArrayCache, content_keys
 from wildreid.images import ImageError
 from wildreid.isolation import Region
 from wildreid.progress import progress_bar
+from wildreid.registry import Registry
 from wildreid.weights import KORNIA, LOCAL_WEIGHTS, fetch, kornia_download, sha256_of
 
 
@@ -106,6 +107,12 @@ def detector_view(image: Image.Image, region: Region | None, long_side: int, cro
                   (y + h) / image.height)
 
 
+#: Registered local features: ``@LOCAL_FEATURES.register(name, summary)`` over a
+#: :class:`LocalFeatures` subclass; its matcher is registered under the same name in
+#: :data:`wildreid.matching.MATCHERS`.
+LOCAL_FEATURES = Registry("local features")
+
+
 class LocalFeatures:
     """One keypoint detector/descriptor; ``detect(image, region)`` -> :class:`Keypoints`."""
 
@@ -168,6 +175,7 @@ class _KorniaFeatures(LocalFeatures):
                      self.max_keypoints, box)
 
 
+@LOCAL_FEATURES.register("aliked", "ALIKED-n16 (kornia), matched by LightGlue")
 class Aliked(_KorniaFeatures):
     """ALIKED-n16 (Zhao et al. 2023), kornia's implementation."""
 
@@ -188,6 +196,7 @@ class Aliked(_KorniaFeatures):
         return self._network(batch)[0]
 
 
+@LOCAL_FEATURES.register("disk", "DISK (kornia), matched by LightGlue")
 class Disk(_KorniaFeatures):
     """DISK (Tyszkiewicz et al. 2020, depth checkpoint), kornia's implementation."""
 
@@ -207,6 +216,7 @@ class Disk(_KorniaFeatures):
         return self._network(batch, n=4 * self.max_keypoints, pad_if_not_divisible=True)[0]
 
 
+@LOCAL_FEATURES.register("sift", "OpenCV RootSIFT, mutual nearest neighbours + ratio test")
 class Sift(LocalFeatures):
     """OpenCV SIFT; ``root``: RootSIFT descriptors (Arandjelović & Zisserman 2012), else plain
     SIFT normalised to unit length. The region is OpenCV's detection mask."""
@@ -248,13 +258,9 @@ class Sift(LocalFeatures):
         return _keep(xy, scores, descriptors, view.size, region, self.max_keypoints, box)
 
 
-LOCAL_FEATURES: dict[str, type[LocalFeatures]] = {"aliked": Aliked, "disk": Disk, "sift": Sift}
-
-
 def create_local_features(name: str, **settings) -> LocalFeatures:
-    if name not in LOCAL_FEATURES:
-        raise ValueError(f"unknown local features {name!r}; use one of {', '.join(LOCAL_FEATURES)}")
-    return LOCAL_FEATURES[name](**settings)
+    """The registered local features ``name`` (:data:`LOCAL_FEATURES`) built with ``settings``."""
+    return LOCAL_FEATURES.create(name, **settings)
 
 
 class KeypointExtractor:

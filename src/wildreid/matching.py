@@ -22,6 +22,7 @@ import torch
 
 from wildreid.local import Keypoints
 from wildreid.progress import progress_bar
+from wildreid.registry import Registry
 from wildreid.weights import LOCAL_WEIGHTS, fetch, kornia_download
 
 #: Confidence levels at which matches are counted (LightGlue's own filter is 0.1).
@@ -198,11 +199,18 @@ class NearestNeighbourMatcher:
         return _unpack(torch.where(keep, nearest0, -1), 1 - ratio)
 
 
+#: The matcher of each kind of local features, registered under the features' name:
+#: ``@MATCHERS.register(name)`` over a factory taking ``device``, ``batch_size`` and settings.
+MATCHERS = Registry("matcher")
+MATCHERS.register("sift", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
+for _features in ("aliked", "disk"):
+    MATCHERS.register(_features, f"LightGlue trained for {_features}")(
+        lambda features=_features, **settings: LightGlueMatcher(features, **settings))
+
+
 def create_matcher(features: str, device: str = "auto", batch_size: int = 128, **settings):
-    """The matcher for a kind of local features: LightGlue for aliked/disk, ratio-test MNN for sift."""
-    if features == "sift":
-        return NearestNeighbourMatcher(device=device, batch_size=batch_size, **settings)
-    return LightGlueMatcher(features, device=device, batch_size=batch_size, **settings)
+    """The matcher registered for a kind of local features (:data:`MATCHERS`)."""
+    return MATCHERS.create(features, device=device, batch_size=batch_size, **settings)
 
 
 def ransac_inliers(first: Keypoints, second: Keypoints, matches: np.ndarray,

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from wildreid.defaults import DEFAULT_MODEL
+from wildreid.registry import Registry
 
 CHECKPOINT_FORMAT = "wildreid-descriptor-v1"
 
@@ -76,17 +77,10 @@ class Descriptor:
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-_REGISTRY: dict[str, tuple[Callable[[], Descriptor], str]] = {}
-
-
-def register(name: str, summary: str) -> Callable:
-    """Decorator adding a descriptor factory under ``name``."""
-
-    def decorate(factory: Callable[[], Descriptor]) -> Callable[[], Descriptor]:
-        _REGISTRY[name] = (factory, summary)
-        return factory
-
-    return decorate
+#: Registered global descriptors: ``@register(name, summary)`` over a function returning a
+#: :class:`Descriptor`.
+DESCRIPTORS = Registry("model")
+register = DESCRIPTORS.register
 
 
 def parse_ensemble(text: str) -> list[tuple[str, float]]:
@@ -131,7 +125,7 @@ def parse_models(text: str) -> str | dict[str | None, str]:
 
 def available() -> dict[str, str]:
     """Registered names with a one-line summary each."""
-    return {name: summary for name, (_, summary) in sorted(_REGISTRY.items())}
+    return DESCRIPTORS.summaries()
 
 
 def _from_timm(name: str, arch: str, weights_id: str, **kwargs) -> Descriptor:
@@ -340,8 +334,8 @@ def create_descriptor(name: str = DEFAULT_MODEL, weights: str | Path | None = No
         if not weights.is_file():
             raise ModelError(f"{weights}: weights file not found")
         return _with_weights(name, weights)
-    if name in _REGISTRY:
-        return _REGISTRY[name][0]()
+    if name in DESCRIPTORS:
+        return DESCRIPTORS.create(name)
     path = Path(name)
     if path.suffix in (".pt", ".pth", ".ckpt") or path.is_file():
         if not path.is_file():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
 from wildreid.data import NEW_INDIVIDUAL
 from wildreid.defaults import DEFAULT_CACHE_DIR
@@ -33,7 +34,7 @@ def _species(images: pd.DataFrame):
     return images["species"].tolist() if "species" in images.columns else None
 
 
-class Identifier:
+class Identifier(BaseEstimator):
     """Open-set re-identification with a global descriptor.
 
     Parameters
@@ -95,23 +96,25 @@ class Identifier:
         self.cache_dir = cache_dir
         self.progress = progress
         self.isolation = isolation
-        self.local, self.shortlist = tuple(local), shortlist
-        self.max_keypoints, self.long_side, self.keypoints_on = (max_keypoints, long_side,
-                                                                 keypoints_on)
-        self.mirror, self.keep_pair_scores = mirror, keep_pair_scores
+        self.local = local
+        self.shortlist = shortlist
+        self.max_keypoints = max_keypoints
+        self.long_side = long_side
+        self.keypoints_on = keypoints_on
+        self.mirror = mirror
+        self.keep_pair_scores = keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.cluster_new = cluster_new
         self.seed = seed
-        self._extractors: dict[tuple[str, str], FeatureExtractor] = {}
-        self._isolator: Isolator | None = None
-        for mode in self._modes().values():
+        # Loaded networks, by everything they depend on: a changed parameter loads anew.
+        self._loaded: dict[tuple, FeatureExtractor | Isolator] = {}
+
+    def _check(self) -> None:
+        """Parameters are checked where they are used (fit), as scikit-learn estimators do."""
+        modes = dict(self.isolation) if isinstance(self.isolation, dict) else {None: self.isolation}
+        for mode in modes.values():
             if mode not in ISOLATION_MODES:
                 raise ValueError(f"unknown isolation {mode!r}; use one of {', '.join(ISOLATION_MODES)}")
-
-    def _modes(self) -> dict[str | None, str]:
-        modes = dict(self.isolation) if isinstance(self.isolation, dict) else {None: self.isolation}
-        modes.setdefault(None, "none")
-        return modes
 
     def isolation_of(self, images: pd.DataFrame) -> np.ndarray:
         """The isolation mode of each image (by its species)."""
@@ -135,27 +138,34 @@ class Identifier:
         if len({name for name, _ in members}) > 1 and self.weights is not None:
             raise ValueError("weights= applies to one model, not to an ensemble or to models "
                              "by species")
-        if (model, isolation) not in self._extractors:
-            loaded = [e.descriptor for (name, _), e in self._extractors.items() if name == model]
-            descriptor = loaded[0] if loaded else create_descriptor(model, self.weights)
-            self._extractors[(model, isolation)] = FeatureExtractor(
-                descriptor, device=self.device, batch_size=self.batch_size, workers=self.workers,
-                cache_dir=self.cache_dir, progress=self.progress, isolation=isolation)
-        return self._extractors[(model, isolation)]
+        network = ("network", model, str(self.weights))
+        key = ("features", *network, isolation, str(self.device), self.batch_size, self.workers,
+               str(self.cache_dir), self.progress)
+        if key not in self._loaded:
+            if network not in self._loaded:  # one network for all the isolations it sees
+                self._loaded[network] = create_descriptor(model, self.weights)
+            self._loaded[key] = FeatureExtractor(
+                self._loaded[network], device=self.device, batch_size=self.batch_size,
+                workers=self.workers, cache_dir=self.cache_dir, progress=self.progress,
+                isolation=isolation)
+        return self._loaded[key]
 
     @property
     def isolator(self) -> Isolator:
-        if self._isolator is None:
-            self._isolator = Isolator(lambda: Segmenter(self.segmenter_weights, device=self.device),
-                                      cache_dir=self.cache_dir, workers=self.workers,
-                                      progress=self.progress)
-        return self._isolator
+        key = ("isolator", str(self.segmenter_weights), str(self.device), str(self.cache_dir),
+               self.workers, self.progress)
+        if key not in self._loaded:
+            self._loaded[key] = Isolator(
+                lambda: Segmenter(self.segmenter_weights, device=self.device),
+                cache_dir=self.cache_dir, workers=self.workers, progress=self.progress)
+        return self._loaded[key]
 
     def describe(self, images: pd.DataFrame, description: str = "features",
                  model: str | None = None) -> np.ndarray:
         """L2-normalised global descriptors of ``images``, isolated as ``isolation`` says and
         described by their species' model, or by ``model`` for all (cached). Species whose
         models give shorter embeddings are zero-padded (norms and cosines unchanged)."""
+        self._check()
         paths = np.array(_filepaths(images), dtype=object)
         modes = self.isolation_of(images)
         models = np.full(len(images), model, dtype=object) if model else self.model_of(images)
@@ -201,6 +211,7 @@ class Identifier:
     def fit(self, database: pd.DataFrame) -> Identifier:
         """Describe the database images (``filepath``/``path``, ``identity``, optional ``species``)
         and fit the open-set thresholds."""
+        self._check()
         if "identity" not in database.columns or database["identity"].isna().any():
             raise ValueError("every database image needs an identity")
         features = self.describe(database, "database")
@@ -219,7 +230,7 @@ class Identifier:
         self.reranking_ = None
         if self.local:
             self.reranking_ = LocalReranking(
-                self.local, self.shortlist, self.max_keypoints, self.long_side,
+                tuple(self.local), self.shortlist, self.max_keypoints, self.long_side,
                 keypoints_on=self.keypoints_on,
                 device=self.device, cache_dir=self.cache_dir, workers=self.workers,
                 progress=self.progress, seed=self.seed, mirror=self.mirror,

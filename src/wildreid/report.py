@@ -26,15 +26,7 @@ from wildreid.data import NEW_INDIVIDUAL, answers_from_folders, load_dataset
 from wildreid.grouping import is_new, is_proposed
 from wildreid.images import ImageError, load_image
 from wildreid.metrics import evaluate, threshold_curve
-
-RUN_FILE = "run.json"
-
-
-def write_run_info(folder: Path, info: dict) -> Path:
-    """``run.json`` beside a submission: what the report needs to find the images again."""
-    path = Path(folder) / RUN_FILE
-    path.write_text(json.dumps(info, indent=2, default=str))
-    return path
+from wildreid.run import RUN_FILE
 
 
 def _confusion(table: pd.DataFrame) -> str:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
 from wildreid.fusion import Calibration, cross_fitted_fusion
 from wildreid.isolation import Isolator, Region, by_species
@@ -74,7 +75,7 @@ def mirror_views(first: Sequence, second: Sequence) -> np.ndarray:
                      for a, b in zip(first, second)], dtype=bool)
 
 
-class LocalReranking:
+class LocalReranking(BaseEstimator):
     """Shortlist of ``shortlist`` database images per query by global cosine (``None``: every
     database image of the query's species), re-scored by local matchers (``features``:
     ``aliked``, ``disk``, ``sift``), calibrated and fused.
@@ -98,26 +99,41 @@ class LocalReranking:
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, seed: int = 0,
                  keep_pair_scores: bool = False, mirror: str = "none"):
-        places = keypoints_on.values() if isinstance(keypoints_on, dict) else [keypoints_on]
-        if any(place not in KEYPOINT_PLACES for place in places):
-            raise ValueError(f"keypoints_on must be one of {', '.join(KEYPOINT_PLACES)} (or a "
-                             f"dict of them by species), not {keypoints_on!r}")
-        if mirror not in MIRROR_MODES:
-            raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {mirror!r}")
-        self.mirror = mirror
-        self.features = list(features)
-        self.shortlist, self.pair_score = shortlist, pair_score
+        self.features = features
+        self.shortlist = shortlist
+        self.max_keypoints = max_keypoints
+        self.long_side = long_side
         self.keypoints_on = keypoints_on
-        self.calibration_queries, self.seed, self.progress = calibration_queries, seed, progress
-        self.extractors = {name: KeypointExtractor(
-            create_local_features(name, max_keypoints=max_keypoints, long_side=long_side,
-                                  device=device), cache_dir, workers, progress)
-            for name in self.features}
-        self.matchers = {name: create_matcher(name, device=device, batch_size=batch_size)
-                         for name in self.features}
-        self.pairs_per_second_: dict[str, float] = {}
+        self.pair_score = pair_score
+        self.calibration_queries = calibration_queries
+        self.device = device
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self.workers = workers
+        self.progress = progress
+        self.seed = seed
         # For studies of calibration and fusion: every pair score of every matcher, by stage.
         self.keep_pair_scores = keep_pair_scores
+        self.mirror = mirror
+
+    def _build(self) -> None:
+        """Check the parameters and build the components: keypoint extractors and matchers."""
+        places = (self.keypoints_on.values() if isinstance(self.keypoints_on, dict)
+                  else [self.keypoints_on])
+        if any(place not in KEYPOINT_PLACES for place in places):
+            raise ValueError(f"keypoints_on must be one of {', '.join(KEYPOINT_PLACES)} (or a "
+                             f"dict of them by species), not {self.keypoints_on!r}")
+        if self.mirror not in MIRROR_MODES:
+            raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not "
+                             f"{self.mirror!r}")
+        self.extractors_ = {name: KeypointExtractor(
+            create_local_features(name, max_keypoints=self.max_keypoints,
+                                  long_side=self.long_side, device=self.device),
+            self.cache_dir, self.workers, self.progress) for name in self.features}
+        self.matchers_ = {name: create_matcher(name, device=self.device,
+                                               batch_size=self.batch_size)
+                          for name in self.features}
+        self.pairs_per_second_: dict[str, float] = {}
         self.pair_tables_: dict[str, pd.DataFrame] = {}
 
     def keypoints(self, images: pd.DataFrame, regions: Sequence[Region] | None,
@@ -126,7 +142,7 @@ class LocalReranking:
         if mirrored:
             description = f"{description} mirrored"
         return {name: extractor(paths, regions, f"{description}: {name} keypoints", mirrored)
-                for name, extractor in self.extractors.items()}
+                for name, extractor in self.extractors_.items()}
 
     def _mirrored(self, query_orientation: Sequence, database_orientation: Sequence
                   ) -> np.ndarray:
@@ -159,7 +175,7 @@ class LocalReranking:
         table = {"first": pairs[:, 0], "second": pairs[:, 1], "cosine": scores["cosine"]}
         ransac = self.pair_score == "inliers" or self.keep_pair_scores
         flipped = np.zeros(len(pairs), bool) if mirrored is None else mirrored.flipped
-        for name, matcher in self.matchers.items():
+        for name, matcher in self.matchers_.items():
             every, scored = keypoints[name], pairs
             if flipped.any():  # mirrored queries appended after the other keypoints
                 every = every + mirrored.keypoints[name]
@@ -182,6 +198,7 @@ class LocalReranking:
 
     def fit(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None
             ) -> LocalReranking:
+        self._build()
         identities = images["identity"].astype(str).to_numpy()
         species = np.array([None if pd.isna(s) else str(s) for s in images.get(
             "species", pd.Series([None] * len(images)))], dtype=object)
@@ -268,7 +285,7 @@ class LocalReranking:
                 scores = self._pair_scores(found, pairs, cosines[rows, columns],
                                            f"{name}: keypoints on the {place}")
                 hits = []
-                for matcher in self.matchers:
+                for matcher in self.matchers_:
                     table = pd.DataFrame({"query": rows, "identity": identities[members][
                         pairs[:, 1]], "score": scores[matcher], "cosine": scores["cosine"]})
                     best = _top_identities(table, len(queries), 1)["identity"][:, 0]
@@ -304,7 +321,7 @@ class LocalReranking:
         # (query, database), the direction of the calibration pairs: one-sided scores (SIFT's
         # ratio test) would otherwise be calibrated on another function than they are used as.
         pairs = np.stack([rows, shortlist[rows, columns]], 1)
-        offset = len(query_keypoints[self.features[0]])
+        offset = len(query_keypoints[next(iter(self.extractors_))])
         joined = {name: query_keypoints[name] + self.database_keypoints_[name]
                   for name in self.features}
         flipped = self._mirrored(_orientations(images)[pairs[:, 0]],

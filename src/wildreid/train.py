@@ -32,8 +32,11 @@ from wildreid.models import Descriptor, EmbeddingHead, WithHead, create_descript
 from wildreid.openset import fit_threshold, pseudo_split
 from wildreid.progress import progress_bar
 from wildreid.ranking import IdentityIndex
+from wildreid.registry import Registry
 
-LOSSES = ("arcface", "subcenter-arcface", "triplet-hard", "triplet-semihard", "classifier")
+#: Registered losses: ``@LOSSES.register(name, summary)`` over a function of ``classes`` and
+#: ``dim`` returning (criterion, miner or None).
+LOSSES = Registry("loss")
 
 
 @dataclass
@@ -191,23 +194,43 @@ class _SeededSampler(Sampler):
             common_functions.NUMPY_RANDOM = shared
 
 
-def _loss(config: TrainConfig, classes: int, dim: int):
+@LOSSES.register("arcface", "ArcFace (pytorch-metric-learning), margin 28.6°, scale 64")
+def _arcface(classes: int, dim: int):
+    from pytorch_metric_learning import losses
+
+    return losses.ArcFaceLoss(num_classes=classes, embedding_size=dim, margin=28.6, scale=64), None
+
+
+@LOSSES.register("subcenter-arcface", "Sub-center ArcFace, 3 centres per identity")
+def _subcenter_arcface(classes: int, dim: int):
+    from pytorch_metric_learning import losses
+
+    return losses.SubCenterArcFaceLoss(num_classes=classes, embedding_size=dim, margin=28.6,
+                                       scale=64, sub_centers=3), None
+
+
+@LOSSES.register("triplet-hard", "triplet margin 0.2, batch-hard mining")
+def _triplet_hard(classes: int, dim: int):
     from pytorch_metric_learning import losses, miners
 
-    if config.loss == "arcface":
-        return losses.ArcFaceLoss(num_classes=classes, embedding_size=dim, margin=28.6,
-                                  scale=64), None
-    if config.loss == "subcenter-arcface":
-        return losses.SubCenterArcFaceLoss(num_classes=classes, embedding_size=dim, margin=28.6,
-                                           scale=64, sub_centers=3), None
-    if config.loss == "triplet-hard":
-        return losses.TripletMarginLoss(margin=0.2), miners.BatchHardMiner()
-    if config.loss == "triplet-semihard":
-        return (losses.TripletMarginLoss(margin=0.2),
-                miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard"))
-    if config.loss == "classifier":
-        return nn.Linear(dim, classes), None
-    raise ValueError(f"unknown loss {config.loss!r}; use one of {', '.join(LOSSES)}")
+    return losses.TripletMarginLoss(margin=0.2), miners.BatchHardMiner()
+
+
+@LOSSES.register("triplet-semihard", "triplet margin 0.2, semi-hard mining")
+def _triplet_semihard(classes: int, dim: int):
+    from pytorch_metric_learning import losses, miners
+
+    return (losses.TripletMarginLoss(margin=0.2),
+            miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard"))
+
+
+@LOSSES.register("classifier", "cross-entropy over identities (linear layer on the head)")
+def _classifier(classes: int, dim: int):
+    return nn.Linear(dim, classes), None
+
+
+def _loss(config: TrainConfig, classes: int, dim: int):
+    return LOSSES.create(config.loss, classes=classes, dim=dim)
 
 
 def _loss_value(criterion, miner, embeddings: torch.Tensor, targets: torch.Tensor

@@ -140,7 +140,8 @@ async function undo() {
   try {
     const undone = await post("/api/undo", {});
     say(undone.kind === "merge" ? `undone: the merge into ${undone.individual}`
-                                : `undone: ${undone.image_id} -> ${undone.individual}`);
+        : undone.kind === "group" ? `undone: the new individual ${undone.individual} (a group)`
+        : `undone: ${undone.image_id} -> ${undone.individual}`);
     await refresh(undone.kind === "merge" ? state.current : undone.image_id);
   } catch (e) { fail(e); }
 }

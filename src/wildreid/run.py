@@ -1,0 +1,126 @@
+"""A run of ``identify`` as one call (``identify_dataset``): the dataset loaded, the identifier
+fitted on its database, the queries answered, and the run folder written — ``submission.csv``,
+``submission.candidates.csv`` and ``run.json`` — which the CLI, the report and ``evaluate`` share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from wildreid.defaults import DEFAULT_CACHE_DIR, DEFAULT_MODEL, PRESETS
+
+RUN_FILE = "run.json"
+
+
+class Run(NamedTuple):
+    """What :func:`identify_dataset` did: the dataset, the fitted identifier, the submission
+    (``image_id, identity, score, species``) and where the candidates were written."""
+
+    dataset: object
+    identifier: object
+    submission: pd.DataFrame
+    candidates: Path
+
+
+def write_run_info(folder: Path, info: dict) -> Path:
+    """``run.json`` beside a submission: what the report needs to find the images again."""
+    path = Path(folder) / RUN_FILE
+    path.write_text(json.dumps(info, indent=2, default=str))
+    return path
+
+
+def read_run_info(folder: Path) -> dict:
+    """The ``run.json`` of a run folder (``FileNotFoundError`` naming it when absent)."""
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {folder} the folder of an identify run "
+                                "(identify --output FOLDER/submission.csv)?")
+    return json.loads(path.read_text())
+
+
+def parse_threshold(value: str) -> str | float | None:
+    """``--threshold``: ``auto``, ``none`` (closed set) or a number."""
+    if value == "auto":
+        return "auto"
+    if value == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"threshold {value!r}: use 'auto', 'none' (closed set) or a number "
+                         "such as 0.6") from None
+
+
+def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = DEFAULT_MODEL,
+                     weights: Path | None = None, output: Path = Path("submission.csv"),
+                     candidates: Path | None = None, device: str = "auto", threshold: str = "auto",
+                     top_k: int = 5, aggregation: str = "max", batch_size: int = 64,
+                     cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
+                     isolation: str = "none", segmenter_weights: Path | None = None,
+                     preset: str = "fast", shortlist: int | None = 100,
+                     local: Sequence[str] | None = None, mirror: str = "none",
+                     max_keypoints: int | None = None, long_side: int = 512,
+                     keypoints_on: str | None = None, wildlife_dataset: str | None = None,
+                     cluster_new: bool = False) -> Run:
+    """Identify every query of a dataset and write the run folder (``output``'s): the
+    submission, the candidates CSV and ``run.json`` (what the report, ``evaluate`` and a rerun
+    read). ``local``: matchers replacing the preset's (``()``: none). Returns a :class:`Run`."""
+    from wildreid.data import load_dataset
+    from wildreid.isolation import parse_by_species, parse_isolation
+    from wildreid.pipeline import Identifier
+
+    configuration = dict(PRESETS[preset])
+    if local is not None:
+        configuration["local"] = tuple(local)
+    if max_keypoints is not None:
+        configuration["max_keypoints"] = max_keypoints
+    configuration["long_side"] = long_side
+    if keypoints_on is not None:
+        from wildreid.rerank import KEYPOINT_PLACES
+
+        configuration["keypoints_on"] = parse_by_species(keypoints_on, KEYPOINT_PLACES,
+                                                         "keypoints-on", "nyala=animal,lion=image")
+
+    dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_dataset)
+    if dataset.query.empty:
+        raise ValueError(f"{dataset.source}: no query images (split == 'query') to identify")
+    from wildreid.models import parse_models
+
+    identifier = Identifier(parse_models(model), weights=weights, threshold=parse_threshold(threshold),
+                            aggregation=aggregation, device=device, batch_size=batch_size,
+                            cache_dir=cache_dir, progress=progress,
+                            isolation=parse_isolation(isolation),
+                            segmenter_weights=segmenter_weights, shortlist=shortlist,
+                            mirror=mirror, cluster_new=cluster_new,
+                            **configuration).fit(dataset.database)
+    ranked = identifier.predict_candidates(dataset.query, k=top_k)
+    submission = identifier.decide(ranked)
+    if cluster_new:
+        submission = identifier.group_new(dataset.query, submission)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    submission[["image_id", "identity"]].to_csv(output, index=False)
+    candidates = candidates or output.with_name(output.stem + ".candidates.csv")
+    ranked.to_csv(candidates, index=False, float_format="%.5f")
+    if identifier.reranking_ is not None:  # "auto" resolved per species on the database
+        configuration["keypoints_on"] = identifier.reranking_.keypoints_on_
+    write_run_info(output.parent, {
+        "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
+        "wildlife_dataset": wildlife_dataset,
+        "model": model, "preset": preset, "submission": output.name, **configuration,
+        "mirror": mirror, "shortlist": shortlist,
+        "candidates": str(Path(candidates).resolve()),
+        # Per species, and the pooled one (for species without their own) apart: JSON keys are
+        # strings, and a species may be called anything.
+        "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()
+                       if k is not None},
+        "default_threshold": identifier.decision_.thresholds.get(None),
+        "cluster_new": cluster_new,
+        **({"grouping": {str(k): {"linkage": method, "threshold": cut,
+                                  "pseudo_unknown_f1": identifier.grouping_.quality.get(k)}
+                         for k, (method, cut) in identifier.grouping_.cuts.items()}}
+           if cluster_new else {})})
+    return Run(dataset, identifier, submission, Path(candidates))
