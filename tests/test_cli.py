@@ -148,8 +148,11 @@ def test_folder_layout_end_to_end_without_metadata(real_subset, tmp_path):
     scored = runner.invoke(app, ["evaluate", str(run / "submission.csv"), str(answers), "--json"])
     assert scored.exit_code == 0, scored.output
     scores = json.loads(scored.output)
-    assert scores["queries"] == len(truth) == 12  # query/ holds no species: one pool
-    assert set(scores["species"]) == {"all"}
+    assert scores["queries"] == len(truth) == 12
+    # query/ holds no species: the router gave each one, and queries are scored in it.
+    assert set(scores["species"]) == {"nyala", "lion"}
+    assert scores["species_router"]["routed_queries"] == 12
+    assert scores["species_router"]["accuracy"] == 1  # checked on the known queries
     assert scores["closed_set_top1"] is not None  # the run's candidates were found too
     reported = runner.invoke(app, ["report", str(run), "--solution", str(answers)])
     assert reported.exit_code == 0, reported.output

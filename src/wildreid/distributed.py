@@ -1,0 +1,123 @@
+"""Runs over a Ray cluster (``wildreid identify ... --ray local|auto|ADDRESS``;
+``pip install 'wildreid[ray]'``).
+
+The cached stages (global description, isolation, local keypoints; :mod:`wildreid.stage`) and
+pair matching are cut into chunks and sent to workers — one Ray actor per GPU, or per CPU on a
+cluster without GPUs — that each build their network once. The driver keeps every worker busy
+with two chunks in flight, writes each finished chunk into the usual content-keyed cache, and so
+gives the answers of a single-process run; a killed driver resumes from that cache. A worker that
+dies is restarted by Ray and its chunk retried (``max_restarts``/``max_task_retries``). Progress
+bars count what the whole cluster finished (images/s, pairs/s cluster-wide).
+
+``local`` starts a Ray instance on this machine (its CPUs and GPUs), ``auto`` joins the cluster
+this machine belongs to (``ray start --head`` / ``--address``), anything else is the address of
+a cluster's head. A cluster of several machines needs the photos and the cache folder at the
+same paths on every machine (a shared file system).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+RAY_HINT = "pip install 'wildreid[ray]'"
+
+
+class _Worker:
+    """A Ray actor holding one component (a cached stage's worker copy, a pair scorer), built
+    once on the worker from its recipe (a picklable callable: networks load where they run)."""
+
+    def __init__(self, recipe: Callable[[], Any]):
+        self.component = recipe()
+
+    def call(self, method: str, *args) -> Any:
+        return getattr(self.component, method)(*args)
+
+
+class RayPool:
+    """Workers on a Ray cluster. ``workers``: how many (default: one per GPU, else one per
+    CPU); ``cpus_per_worker``: CPU slots each takes (decoding threads inside it)."""
+
+    def __init__(self, address: str = "local", workers: int | None = None,
+                 cpus_per_worker: float = 1.0):
+        self.address = address
+        self.workers = workers
+        self.cpus_per_worker = cpus_per_worker
+
+    def _ray(self):
+        try:
+            import ray
+        except ImportError:
+            raise ImportError(f"--ray needs Ray: {RAY_HINT}") from None
+        if not ray.is_initialized():
+            settings = {"include_dashboard": False, "logging_level": "ERROR",
+                        "log_to_driver": False}
+            if self.address == "local":
+                ray.init(**settings)
+            else:
+                ray.init(address=self.address, **settings)
+        return ray
+
+    def _actors(self, recipe: Callable[[], Any]) -> list:
+        ray = self._ray()
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        count = self.workers or gpus or max(1, int(resources.get("CPU", 1) // self.cpus_per_worker))
+        actor = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=1 if gpus else 0,
+                           max_restarts=-1, max_task_retries=-1)(_Worker)
+        shared = ray.put(recipe)  # shipped once, each actor builds from the same copy
+        return [actor.remote(shared) for _ in range(count)]
+
+    def _run(self, recipe: Callable[[], Any], method: str, chunks: Sequence[tuple]) -> Iterator[
+            tuple[int, Any]]:
+        """``(chunk number, result)`` of ``component.method(*chunk)`` for every chunk, in the
+        order they finish (``component``: what ``recipe`` builds on each worker); two chunks in
+        flight per worker."""
+        ray = self._ray()
+        actors = self._actors(recipe)
+        queue = list(enumerate(chunks))[::-1]
+        pending: dict = {}
+
+        def submit(actor) -> None:
+            if queue:
+                number, chunk = queue.pop()
+                pending[actor.call.remote(method, *chunk)] = (number, actor)
+
+        try:
+            for actor in actors:
+                submit(actor)
+                submit(actor)
+            while pending:
+                (ready,), _ = ray.wait(list(pending), num_returns=1)
+                number, actor = pending.pop(ready)
+                result = ray.get(ready)
+                submit(actor)
+                yield number, result
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+    def map_chunks(self, stage, paths: Sequence[str], items: Sequence, size: int
+                   ) -> Iterator[tuple[list[int], np.ndarray, list[str]]]:
+        """A cached stage's batches computed on the workers, chunk by chunk (indices into
+        ``paths``)."""
+        starts = range(0, len(paths), size)
+        chunks = [(list(paths[s:s + size]), list(items[s:s + size])) for s in starts]
+        for number, (indices, rows, errors) in self._run(stage.worker(), "compute_all", chunks):
+            yield [starts[number] + i for i in indices], rows, errors
+
+    def map_pairs(self, scorer: Callable[[], Any], keypoints: Sequence, pairs: np.ndarray,
+                  ransac: bool, size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Pair scores computed on the workers (``scorer``: the recipe of a
+        :class:`~wildreid.matching.PairScorer`): ``(rows of pairs, scores)`` per chunk of
+        ``size`` pairs, each chunk shipped with just the keypoints its pairs use."""
+        chunks, rows_of = [], []
+        for start in range(0, len(pairs), size):
+            part = pairs[start:start + size]
+            used, local = np.unique(part, return_inverse=True)
+            chunks.append(([keypoints[i] for i in used], local.reshape(part.shape), ransac))
+            rows_of.append(np.arange(start, start + len(part)))
+        for number, scores in self._run(scorer, "score", chunks):
+            yield rows_of[number], scores
