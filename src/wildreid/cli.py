@@ -113,6 +113,9 @@ def identify(
     cluster_new: bool = typer.Option(False, "--cluster-new", help="Group the queries answered "
                                      "new_individual into proposed new individuals "
                                      "(new_individual_1, ...), cut as fitted on the database."),
+    ray: str = typer.Option(None, help="Run on a Ray cluster: local (started on this machine), "
+                            "auto (the cluster this machine is part of) or the head's ADDRESS; "
+                            "same answers (pip install 'wildreid[ray]')."),
 ):
     """Name the individual in each query photo, or answer new_individual."""
     if preset not in PRESETS:
@@ -138,7 +141,7 @@ def identify(
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
             local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side,
             keypoints_on=keypoints_on, wildlife_dataset=wildlife_datasets,
-            cluster_new=cluster_new)
+            cluster_new=cluster_new, ray=ray)
     from wildreid.grouping import is_new, is_proposed
 
     new = int(is_new(submission["identity"]).sum())

@@ -23,22 +23,30 @@ from typing import Any
 import numpy as np
 
 RAY_HINT = "pip install 'wildreid[ray]'"
+#: Workers started by this process, by cluster and pool settings; recipes shipped, by key.
+_ACTORS: dict[tuple, list] = {}
+_RECIPES: dict[tuple, Any] = {}
 
 
 class _Worker:
-    """A Ray actor holding one component (a cached stage's worker copy, a pair scorer), built
-    once on the worker from its recipe (a picklable callable: networks load where they run)."""
+    """A Ray actor holding the components it was asked to run (a cached stage's worker copy, a
+    pair scorer), each built once on the worker from its recipe (a picklable callable: networks
+    load where they run) and kept for the next chunks."""
 
-    def __init__(self, recipe: Callable[[], Any]):
-        self.component = recipe()
+    def __init__(self):
+        self.components: dict[tuple, Any] = {}
 
-    def call(self, method: str, *args) -> Any:
-        return getattr(self.component, method)(*args)
+    def call(self, key: tuple, recipe: list, method: str, *args) -> Any:
+        if key not in self.components:
+            import ray
+
+            self.components[key] = ray.get(recipe[0])()  # (in a list: fetched only when needed)
+        return getattr(self.components[key], method)(*args)
 
 
 class RayPool:
     """Workers on a Ray cluster. ``workers``: how many (default: one per GPU, else one per
-    CPU); ``cpus_per_worker``: CPU slots each takes (decoding threads inside it)."""
+    CPU); ``cpus_per_worker``: CPU slots each takes."""
 
     def __init__(self, address: str = "local", workers: int | None = None,
                  cpus_per_worker: float = 1.0):
@@ -52,6 +60,8 @@ class RayPool:
         except ImportError:
             raise ImportError(f"--ray needs Ray: {RAY_HINT}") from None
         if not ray.is_initialized():
+            _ACTORS.clear()  # a new cluster (or the first): none of its workers exist yet
+            _RECIPES.clear()
             settings = {"include_dashboard": False, "logging_level": "ERROR",
                         "log_to_driver": False}
             if self.address == "local":
@@ -60,44 +70,48 @@ class RayPool:
                 ray.init(address=self.address, **settings)
         return ray
 
-    def _actors(self, recipe: Callable[[], Any]) -> list:
+    def _actors(self) -> list:
+        """This process's workers on the cluster: started once, then kept (one set serves every
+        stage, so no stage waits for another's CPUs and each network loads once per worker)."""
         ray = self._ray()
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        count = self.workers or gpus or max(1, int(resources.get("CPU", 1) // self.cpus_per_worker))
-        actor = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=1 if gpus else 0,
-                           max_restarts=-1, max_task_retries=-1)(_Worker)
-        shared = ray.put(recipe)  # shipped once, each actor builds from the same copy
-        return [actor.remote(shared) for _ in range(count)]
+        key = (self.address, self.workers, self.cpus_per_worker)
+        if key not in _ACTORS:
+            resources = ray.cluster_resources()
+            gpus = int(resources.get("GPU", 0))
+            count = self.workers or gpus or max(1, int(resources.get("CPU", 1)
+                                                       // self.cpus_per_worker))
+            actor = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=1 if gpus else 0,
+                               max_restarts=-1, max_task_retries=-1)(_Worker)
+            _ACTORS[key] = [actor.remote() for _ in range(count)]
+        return _ACTORS[key]
 
-    def _run(self, recipe: Callable[[], Any], method: str, chunks: Sequence[tuple]) -> Iterator[
-            tuple[int, Any]]:
+    def _run(self, recipe: Callable[[], Any], key: tuple, method: str, chunks: Sequence[tuple]
+             ) -> Iterator[tuple[int, Any]]:
         """``(chunk number, result)`` of ``component.method(*chunk)`` for every chunk, in the
-        order they finish (``component``: what ``recipe`` builds on each worker); two chunks in
-        flight per worker."""
+        order they finish (``component``: what ``recipe`` builds on each worker, once per
+        ``key``); two chunks in flight per worker."""
         ray = self._ray()
-        actors = self._actors(recipe)
+        actors = self._actors()
+        if key not in _RECIPES:
+            _RECIPES[key] = ray.put(recipe)  # shipped to the cluster once
+        shipped = [_RECIPES[key]]
         queue = list(enumerate(chunks))[::-1]
         pending: dict = {}
 
         def submit(actor) -> None:
             if queue:
                 number, chunk = queue.pop()
-                pending[actor.call.remote(method, *chunk)] = (number, actor)
+                pending[actor.call.remote(key, shipped, method, *chunk)] = (number, actor)
 
-        try:
-            for actor in actors:
-                submit(actor)
-                submit(actor)
-            while pending:
-                (ready,), _ = ray.wait(list(pending), num_returns=1)
-                number, actor = pending.pop(ready)
-                result = ray.get(ready)
-                submit(actor)
-                yield number, result
-        finally:
-            for actor in actors:
-                ray.kill(actor)
+        for actor in actors:
+            submit(actor)
+            submit(actor)
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            number, actor = pending.pop(ready)
+            result = ray.get(ready)
+            submit(actor)
+            yield number, result
 
     def map_chunks(self, stage, paths: Sequence[str], items: Sequence, size: int
                    ) -> Iterator[tuple[list[int], np.ndarray, list[str]]]:
@@ -105,7 +119,9 @@ class RayPool:
         ``paths``)."""
         starts = range(0, len(paths), size)
         chunks = [(list(paths[s:s + size]), list(items[s:s + size])) for s in starts]
-        for number, (indices, rows, errors) in self._run(stage.worker(), "compute_all", chunks):
+        work = self._run(stage.worker(), ("stage", type(stage).__name__, stage.key()),
+                         "compute_all", chunks)
+        for number, (indices, rows, errors) in work:
             yield [starts[number] + i for i in indices], rows, errors
 
     def map_pairs(self, scorer: Callable[[], Any], keypoints: Sequence, pairs: np.ndarray,
@@ -119,5 +135,6 @@ class RayPool:
             used, local = np.unique(part, return_inverse=True)
             chunks.append(([keypoints[i] for i in used], local.reshape(part.shape), ransac))
             rows_of.append(np.arange(start, start + len(part)))
-        for number, scores in self._run(scorer, "score", chunks):
+        key = ("pairs", *(repr(a) for a in getattr(scorer, "args", ())))
+        for number, scores in self._run(scorer, key, "score", chunks):
             yield rows_of[number], scores

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +18,7 @@ from wildreid.cache import ArrayCache, content_keys
 from wildreid.defaults import DEFAULT_CACHE_DIR
 from wildreid.images import ImageError, load_image
 from wildreid.models import Descriptor
-from wildreid.progress import progress_bar
+from wildreid.stage import CachedStage
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -74,27 +77,29 @@ def image_batches(paths: Sequence[str], transform: Callable, batch_size: int, wo
         worker_init_fn=_one_thread, pin_memory=pin_memory)
 
 
-class FeatureExtractor:
+class FeatureExtractor(CachedStage):
     """Turns image files into L2-normalised embeddings (float32, one row per image).
 
     ``isolation``: what the descriptor sees of each image given its region (``none``, ``crop``,
     ``mask``; see :meth:`wildreid.isolation.Region.apply`). Features are cached under ``cache_dir``
     by descriptor (arch, weights, preprocessing), isolation, file content and region;
-    ``cache_dir=None`` disables the disk cache.
+    ``cache_dir=None`` disables the disk cache. ``pool``: compute on a Ray cluster
+    (:class:`~wildreid.distributed.RayPool`).
     """
+
+    what = "features"
 
     def __init__(self, descriptor: Descriptor, device: str = "auto", batch_size: int = 64,
                  workers: int | None = None, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-                 progress: bool = True, isolation: str = "none"):
+                 progress: bool = True, isolation: str = "none", pool=None):
         self.descriptor = descriptor
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
         self.isolation = isolation
-        namespace = descriptor.cache_key + ("" if isolation == "none" else f"-{isolation}")
-        self.cache = ArrayCache(cache_dir, namespace) if cache_dir is not None else None
-        self.progress = progress
-        self._memory: dict[str, np.ndarray] = {}
+        self.namespace = descriptor.cache_key + ("" if isolation == "none" else f"-{isolation}")
+        super().__init__(ArrayCache(cache_dir, self.namespace) if cache_dir is not None else None,
+                         progress, pool)
         self._on_device = False
 
     def _model(self) -> torch.nn.Module:
@@ -117,6 +122,24 @@ class FeatureExtractor:
         output = torch.nn.functional.normalize(output.float().flatten(1), dim=1)
         return output.cpu().numpy()
 
+    def compute(self, paths: Sequence[str], items: Sequence):
+        regions = None if self.isolation == "none" else list(items)
+        loader = image_batches(list(paths), self.descriptor.transform(), self.batch_size,
+                               self.workers, regions, self.isolation,
+                               pin_memory=self.device.type == "cuda")
+        for indices, batch, errors in loader:
+            yield indices, (self._embed(batch) if batch is not None else None), errors
+
+    def key(self) -> str:
+        return f"{self.namespace}-{self.batch_size}"
+
+    def worker(self) -> Callable[[], FeatureExtractor]:
+        network = copy.deepcopy(self.descriptor.model).cpu()  # loads wherever the worker runs
+        return functools.partial(FeatureExtractor, dataclasses.replace(self.descriptor,
+                                                                       model=network),
+                                 device="auto", batch_size=self.batch_size, workers=0,
+                                 cache_dir=None, progress=False, isolation=self.isolation)
+
     def __call__(self, paths: Sequence[str | Path], description: str = "features",
                  regions: Sequence | None = None) -> np.ndarray:
         """Embeddings of ``paths``; with ``regions`` (one :class:`Region` per path) each image is
@@ -132,51 +155,12 @@ class FeatureExtractor:
         if regions is not None:
             keys = [key if region.is_whole else f"{key}-{region.fingerprint}"
                     for key, region in zip(keys, regions)]
-        fetched, computed = self._fill(paths, keys, regions, description)
-        rows = [self._memory[k] for k in keys]
-        if computed and len({row.shape for row in rows}) > 1:
+        items = regions if regions is not None else [None] * len(paths)
+        rows = self.rows(paths, keys, items, description)
+        if self.last_computed and len({row.shape for row in rows}) > 1:
             # Cached rows of another width than the descriptor gives now: the cache dropped them
             # when these were stored (damage); compute them again too.
-            width = self._memory[computed[0]].shape
-            for key in [k for k, row in fetched.items() if row.shape != width]:
-                del self._memory[key]
-            self._fill(paths, keys, regions, description)
-            rows = [self._memory[k] for k in keys]
+            width = self._memory[self.last_computed[0]].shape
+            self.forget([k for k, row in zip(keys, rows) if row.shape != width])
+            rows = self.rows(paths, keys, items, description)
         return np.stack(rows).astype(np.float32, copy=False)
-
-    def _fill(self, paths: list[str], keys: list[str], regions, description: str
-              ) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Bring every key's embedding into memory: from the cache (each row read once), else
-        computed (identical files once). Returns the rows read and the keys computed."""
-        wanted = [k for k in dict.fromkeys(keys) if k not in self._memory]
-        fetched = self.cache.fetch(wanted) if self.cache is not None and wanted else {}
-        self._memory.update(fetched)
-        missing = {key: index for index, key in reversed(list(enumerate(keys)))
-                   if key not in self._memory}
-        todo = sorted(missing.values())
-        if todo:
-            errors = self._compute([paths[i] for i in todo], [keys[i] for i in todo],
-                                   description,
-                                   None if regions is None else [regions[i] for i in todo])
-            if errors:
-                raise ImageError(f"{len(errors)} image(s) could not be decoded (features of the "
-                                 "others are cached):\n  - " + "\n  - ".join(errors))
-        return fetched, [keys[i] for i in todo]
-
-    def _compute(self, paths: list[str], keys: list[str], description: str,
-                 regions: list | None) -> list[str]:
-        loader = image_batches(paths, self.descriptor.transform(), self.batch_size, self.workers,
-                              regions, self.isolation, pin_memory=self.device.type == "cuda")
-        errors: list[str] = []
-        with progress_bar("images", self.progress) as bar:
-            task = bar.add_task(description, total=len(paths))
-            for indices, batch, batch_errors in loader:
-                errors.extend(batch_errors)
-                if batch is not None:
-                    embeddings = self._embed(batch)
-                    batch_keys = [keys[i] for i in indices]
-                    if self.cache is not None:
-                        self.cache.put(batch_keys, embeddings)
-                    self._memory.update(zip(batch_keys, embeddings))
-                bar.advance(task, len(indices) + len(batch_errors))
-        return errors

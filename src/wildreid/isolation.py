@@ -14,6 +14,8 @@ the image. User-given regions (a ``bbox`` or ``mask`` column in metadata) overri
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import os
 import warnings
@@ -28,7 +30,7 @@ from PIL import Image
 
 from wildreid.cache import ArrayCache, content_keys
 from wildreid.images import ImageError, load_image
-from wildreid.progress import progress_bar
+from wildreid.stage import CachedStage
 from wildreid.weights import U2NETP, fetch, sha256_of
 
 _INPUT = 320
@@ -291,13 +293,14 @@ class Isolator:
 
     def __init__(self, segmenter: Segmenter | Callable[[], Segmenter] = Segmenter,
                  cache_dir: str | Path | None = None, batch_size: int = 16,
-                 workers: int | None = None, progress: bool = True):
+                 workers: int | None = None, progress: bool = True, pool=None):
         self._segmenter = segmenter
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
         self.progress = progress
-        self._cache: ArrayCache | None = None
+        self.pool = pool
+        self._stage: Segmentation | None = None
 
     @property
     def segmenter(self) -> Segmenter:
@@ -320,37 +323,55 @@ class Isolator:
         return found
 
     def _segment(self, paths: list[str], description: str) -> list[Region]:
+        if self._stage is None:
+            # A row: the packed mask grid, then 8 float32 numbers (see Region.to_row).
+            cache = (ArrayCache(self.cache_dir, self.segmenter.cache_key,
+                                (_GRID * _GRID // 8 + 32,)) if self.cache_dir is not None else None)
+            self._stage = Segmentation(self.segmenter, cache, self.batch_size, self.workers,
+                                       self.progress, self.pool)
+        keys = content_keys(paths, workers=max(1, self.workers))
+        return self._stage.rows(paths, keys, [None] * len(paths), description)
+
+
+class Segmentation(CachedStage):
+    """The segmenter's regions of image files, as a cached stage (:mod:`wildreid.stage`)."""
+
+    what = "regions"
+
+    def __init__(self, segmenter: Segmenter, cache: ArrayCache | None, batch_size: int = 16,
+                 workers: int = 0, progress: bool = True, pool=None):
+        super().__init__(cache, progress, pool)
+        self.segmenter, self.batch_size, self.workers = segmenter, batch_size, workers
+
+    def decode(self, row: np.ndarray) -> Region:
+        return Region.from_row(row)
+
+    def compute(self, paths: Sequence[str], items: Sequence):
         from wildreid.features import image_batches
 
-        if self._cache is None and self.cache_dir is not None:
-            # A row: the packed mask grid, then 8 float32 numbers (see Region.to_row).
-            self._cache = ArrayCache(self.cache_dir, self.segmenter.cache_key,
-                                     (_GRID * _GRID // 8 + 32,))
-        keys = content_keys(paths, workers=max(1, self.workers))
-        cached = self._cache.fetch(keys) if self._cache is not None else {}
-        computed = {key: Region.from_row(row) for key, row in cached.items()}
-        todo = sorted({key: i for i, key in enumerate(keys) if key not in computed}.values())
-        failed: list[str] = []
-        batches = image_batches([paths[i] for i in todo], network_input, self.batch_size,
-                               self.workers)
-        with progress_bar("images", self.progress) as bar:
-            task = bar.add_task(description, total=len(todo))
-            for indices, batch, errors in batches:
-                failed.extend(errors)
-                if batch is not None:
-                    rows = np.stack([self.segmenter.region_from_probability(p).to_row()
-                                     for p in self.segmenter.probability(batch.numpy())])
-                    batch_keys = [keys[todo[i]] for i in indices]
-                    # Through the cache row even when not cached (float32 box): answers never
-                    # depend on whether a region was computed now or read back.
-                    computed.update(zip(batch_keys, map(Region.from_row, rows)))
-                    if self._cache is not None:
-                        self._cache.put(batch_keys, rows)
-                bar.advance(task, len(indices) + len(errors))
-        if failed:
-            raise ImageError(f"{len(failed)} image(s) could not be decoded (regions of the others "
-                             "are cached):\n  - " + "\n  - ".join(failed))
-        return [computed[key] for key in keys]
+        for indices, batch, errors in image_batches(list(paths), network_input, self.batch_size,
+                                                    self.workers):
+            if batch is None:
+                yield [], None, errors
+                continue
+            yield indices, np.stack([self.segmenter.region_from_probability(p).to_row()
+                                     for p in self.segmenter.probability(batch.numpy())]), errors
+
+    def key(self) -> str:
+        return f"{self.segmenter.cache_key}-{self.batch_size}"
+
+    def worker(self) -> Callable[[], Segmentation]:
+        segmenter = copy.copy(self.segmenter)
+        segmenter._network = None  # loaded where the worker runs
+        return functools.partial(_segmentation_worker, segmenter, self.batch_size)
+
+
+def _segmentation_worker(segmenter: Segmenter, batch_size: int) -> Segmentation:
+    from wildreid.features import resolve_device
+
+    segmenter.device = resolve_device("auto")
+    segmenter.backend = "torch" if segmenter.device.type == "cuda" else "onnxruntime"
+    return Segmentation(segmenter, None, batch_size, 0, False)
 
 
 def parse_by_species(text: str, choices: Sequence[str], what: str, example: str

@@ -11,9 +11,11 @@ enlarged: the detectors find next to nothing on 130 px), keypoints are detected 
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +25,9 @@ import torch
 from PIL import Image
 
 from wildreid.cache import ArrayCache, content_keys
-from wildreid.images import ImageError
 from wildreid.isolation import Region
-from wildreid.progress import progress_bar
 from wildreid.registry import Registry
+from wildreid.stage import CachedStage
 from wildreid.weights import KORNIA, LOCAL_WEIGHTS, fetch, kornia_download, sha256_of
 
 
@@ -263,24 +264,49 @@ def create_local_features(name: str, **settings) -> LocalFeatures:
     return LOCAL_FEATURES.create(name, **settings)
 
 
-class KeypointExtractor:
-    """Keypoints for many image files, decoded in workers, cached by content and region."""
+class KeypointExtractor(CachedStage):
+    """Keypoints for many image files, decoded in workers, cached by content and region.
+    ``pool``: compute on a Ray cluster (:class:`~wildreid.distributed.RayPool`)."""
+
+    what = "keypoints"
 
     def __init__(self, features: LocalFeatures, cache_dir: str | Path | None = None,
-                 workers: int | None = None, progress: bool = True):
+                 workers: int | None = None, progress: bool = True, pool=None):
         self.features = features
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
         row_shape = (_HEADER + features.max_keypoints * (3 + features.dim),)
-        self.cache = (ArrayCache(cache_dir, features.cache_key, row_shape)
-                      if cache_dir is not None else None)
-        self.progress = progress
-        self._memory: dict[str, Keypoints] = {}
+        super().__init__(ArrayCache(cache_dir, features.cache_key, row_shape)
+                         if cache_dir is not None else None, progress, pool)
+
+    def decode(self, row: np.ndarray) -> Keypoints:
+        return Keypoints.from_row(row, self.features.dim)
+
+    def compute(self, paths: Sequence[str], items: Sequence):
+        """``items``: (region or None, mirrored) per image."""
+        from wildreid.features import image_batches
+
+        dim, capacity = self.features.dim, self.features.max_keypoints
+        for indices, batch, errors in image_batches(list(paths), _PassImage(), 1, self.workers):
+            if batch is None:
+                yield [], None, errors
+                continue
+            region, mirrored = items[indices[0]]
+            image = Image.fromarray(batch[0].numpy())
+            if mirrored:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            yield indices, self.features.detect(image, region).to_row(capacity, dim)[None], errors
+
+    def key(self) -> str:
+        return self.features.cache_key
+
+    def worker(self) -> Callable[[], KeypointExtractor]:
+        features = copy.copy(self.features)
+        features._network = None  # loaded where the worker runs
+        return functools.partial(_keypoint_worker, features)
 
     def __call__(self, paths: Sequence[str], regions: Sequence[Region | None] | None = None,
                  description: str = "keypoints", mirrored: bool = False) -> list[Keypoints]:
         """Keypoints of each image (``mirrored``: of the image flipped left-right)."""
-        from wildreid.features import image_batches
-
         paths = [str(p) for p in paths]
         regions = list(regions) if regions is not None else [None] * len(paths)
         if mirrored:
@@ -289,34 +315,15 @@ class KeypointExtractor:
                 for key, region in zip(content_keys(paths, max(1, self.workers)), regions)]
         if mirrored:
             keys = [f"{key}-mirrored" for key in keys]
-        dim, capacity = self.features.dim, self.features.max_keypoints
-        wanted = [k for k in keys if k not in self._memory]
-        if self.cache is not None and wanted:  # each cached row read (and checked) once
-            self._memory.update((k, Keypoints.from_row(row, dim))
-                                for k, row in self.cache.fetch(wanted).items())
-        todo = sorted({k: i for i, k in enumerate(keys) if k not in self._memory}.values())
-        failed: list[str] = []
-        loader = image_batches([paths[i] for i in todo], _PassImage(), 1, self.workers)
-        with progress_bar("images", self.progress) as bar:
-            task = bar.add_task(description, total=len(todo))
-            for indices, batch, errors in loader:
-                failed.extend(errors)
-                if batch is not None:
-                    position = todo[indices[0]]
-                    image = Image.fromarray(batch[0].numpy())
-                    if mirrored:
-                        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-                    row = self.features.detect(image, regions[position]).to_row(capacity, dim)
-                    # Through the cache row even when not cached: answers never depend on
-                    # whether the keypoints were computed now or read back (float16).
-                    self._memory[keys[position]] = Keypoints.from_row(row, dim)
-                    if self.cache is not None:
-                        self.cache.put([keys[position]], row[None])
-                bar.advance(task, len(indices) + len(errors))
-        if failed:
-            raise ImageError(f"{len(failed)} image(s) could not be decoded (keypoints of the "
-                             "others are cached):\n  - " + "\n  - ".join(failed))
-        return [self._memory[key] for key in keys]
+        return self.rows(paths, keys, [(region, mirrored) for region in regions], description)
+
+
+def _keypoint_worker(features: LocalFeatures) -> KeypointExtractor:
+    """A pool worker's extractor: the same features, loaded on the worker's own device."""
+    from wildreid.features import resolve_device
+
+    features.device = resolve_device("auto")
+    return KeypointExtractor(features, cache_dir=None, workers=0, progress=False)
 
 
 class _PassImage:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -232,17 +232,45 @@ def ransac_inliers(first: Keypoints, second: Keypoints, matches: np.ndarray,
 PAIR_SCORES = ("confidence_sum", *(f"matches@{level}" for level in CONFIDENCE_LEVELS), "inliers")
 
 
+#: Pairs per chunk sent to one worker of a Ray pool.
+CHUNK_PAIRS = 4096
+
+
+class PairScorer:
+    """A pool worker's matcher (built where it runs) and what it does with a chunk of pairs."""
+
+    def __init__(self, features: str, batch_size: int = 128, settings: dict | None = None):
+        self.matcher = create_matcher(features, device="auto", batch_size=batch_size,
+                                      **(settings or {}))
+
+    def score(self, keypoints: Sequence[Keypoints], pairs: np.ndarray, ransac: bool
+              ) -> dict[str, np.ndarray]:
+        return score_pairs(self.matcher, keypoints, pairs, ransac=ransac, progress=False)
+
+
 def score_pairs(matcher, keypoints: Sequence[Keypoints], pairs: np.ndarray, ransac: bool = False,
-                progress: bool = True, description: str = "pairs") -> dict[str, np.ndarray]:
+                progress: bool = True, description: str = "pairs", pool=None,
+                scorer: Callable[[], PairScorer] | None = None) -> dict[str, np.ndarray]:
     """Scores of each ``(i, j)`` row of ``pairs`` (indices into ``keypoints``): sum of match
     confidences, matches above each confidence level and, with ``ransac``, RANSAC inliers.
-    Pairs are sorted by keypoint count so batches pad little."""
+    Pairs are sorted by keypoint count so batches pad little. ``pool`` (a
+    :class:`~wildreid.distributed.RayPool`) with ``scorer`` (the recipe of a
+    :class:`PairScorer` for ``matcher``'s features): scored in chunks on its workers."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    result = {name: np.zeros(len(pairs), np.float32) for name in PAIR_SCORES}
+    start = time.perf_counter()
+    if pool is not None and len(pairs):
+        with progress_bar("pairs", progress) as bar:
+            task = bar.add_task(description, total=len(pairs))
+            for rows, found in pool.map_pairs(scorer, keypoints, pairs, ransac, CHUNK_PAIRS):
+                for name in PAIR_SCORES:
+                    result[name][rows] = found[name]
+                bar.advance(task, len(rows))
+        result["seconds"] = np.float32(time.perf_counter() - start)
+        return result
     counts = np.array([len(k) for k in keypoints])
     order = np.lexsort((counts[pairs[:, 1]], counts[pairs[:, 0]])) if len(pairs) else pairs[:, 0]
-    result = {name: np.zeros(len(pairs), np.float32) for name in PAIR_SCORES}
     pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1)) if ransac else None
-    start = time.perf_counter()
     with progress_bar("pairs", progress) as bar:
         task = bar.add_task(description, total=len(pairs))
         for begin in range(0, len(pairs), matcher.batch_size):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from sklearn.base import BaseEstimator
 
 from wildreid.data import NEW_INDIVIDUAL
 from wildreid.defaults import DEFAULT_CACHE_DIR
+from wildreid.distributed import RayPool
 from wildreid.features import FeatureExtractor
 from wildreid.grouping import NewIndividualGrouping, name_groups
 from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter, by_species
@@ -67,6 +69,9 @@ class Identifier(BaseEstimator):
         individuals (``new_individual_1``...): clustered on the similarity that ranks candidates
         (:meth:`similarity`), cut as fitted on the database's pseudo-unknowns
         (:mod:`wildreid.grouping`).
+    ray: run global description, isolation, keypoints and pair matching on a Ray cluster
+        (``"local"``: one started on this machine; ``"auto"``: the cluster this machine is part
+        of; or a head's address), same answers as in one process (:mod:`wildreid.distributed`).
 
     Queries without species (a blank ``species``) are given one by ``router_``
     (:class:`~wildreid.routing.SpeciesRouter`, fitted when the database has species): the
@@ -85,7 +90,7 @@ class Identifier(BaseEstimator):
                  shortlist: int | None = 100, max_keypoints: int = 512, long_side: int = 512,
                  keypoints_on: str | dict[str | None, str] = "auto",
                  mirror: str = "none", keep_pair_scores: bool = False,
-                 cluster_new: bool = False, seed: int = 0):
+                 cluster_new: bool = False, ray: str | None = None, seed: int = 0):
         self.model = model
         self.weights = weights
         self.threshold = threshold
@@ -105,6 +110,7 @@ class Identifier(BaseEstimator):
         self.keep_pair_scores = keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.cluster_new = cluster_new
+        self.ray = ray
         self.seed = seed
         # Loaded networks, by everything they depend on: a changed parameter loads anew.
         self._loaded: dict[tuple, FeatureExtractor | Isolator] = {}
@@ -140,24 +146,28 @@ class Identifier(BaseEstimator):
                              "by species")
         network = ("network", model, str(self.weights))
         key = ("features", *network, isolation, str(self.device), self.batch_size, self.workers,
-               str(self.cache_dir), self.progress)
+               str(self.cache_dir), self.progress, self.ray)
         if key not in self._loaded:
             if network not in self._loaded:  # one network for all the isolations it sees
                 self._loaded[network] = create_descriptor(model, self.weights)
             self._loaded[key] = FeatureExtractor(
                 self._loaded[network], device=self.device, batch_size=self.batch_size,
                 workers=self.workers, cache_dir=self.cache_dir, progress=self.progress,
-                isolation=isolation)
+                isolation=isolation, pool=self._pool())
         return self._loaded[key]
+
+    def _pool(self) -> RayPool | None:
+        return None if self.ray is None else RayPool(self.ray)
 
     @property
     def isolator(self) -> Isolator:
         key = ("isolator", str(self.segmenter_weights), str(self.device), str(self.cache_dir),
-               self.workers, self.progress)
+               self.workers, self.progress, self.ray)
         if key not in self._loaded:
             self._loaded[key] = Isolator(
-                lambda: Segmenter(self.segmenter_weights, device=self.device),
-                cache_dir=self.cache_dir, workers=self.workers, progress=self.progress)
+                functools.partial(Segmenter, self.segmenter_weights, device=self.device),
+                cache_dir=self.cache_dir, workers=self.workers, progress=self.progress,
+                pool=self._pool())
         return self._loaded[key]
 
     def describe(self, images: pd.DataFrame, description: str = "features",
@@ -234,7 +244,8 @@ class Identifier(BaseEstimator):
                 keypoints_on=self.keypoints_on,
                 device=self.device, cache_dir=self.cache_dir, workers=self.workers,
                 progress=self.progress, seed=self.seed, mirror=self.mirror,
-                keep_pair_scores=self.keep_pair_scores).fit(database, features, self.isolator)
+                keep_pair_scores=self.keep_pair_scores, ray=self.ray).fit(
+                    database, features, self.isolator)
         if self.threshold == "auto" and self.reranking_ is not None:
             self.decision_ = OpenSetDecision(self.reranking_.thresholds_)
         elif self.threshold == "auto":

@@ -10,6 +10,7 @@ scores each query's shortlist and aggregates per identity (max).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -18,10 +19,11 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from wildreid.distributed import RayPool
 from wildreid.fusion import Calibration, cross_fitted_fusion
 from wildreid.isolation import Isolator, Region, by_species
 from wildreid.local import KeypointExtractor, Keypoints, create_local_features
-from wildreid.matching import PAIR_SCORES, create_matcher, score_pairs
+from wildreid.matching import PAIR_SCORES, PairScorer, create_matcher, score_pairs
 from wildreid.metrics import best_threshold, threshold_curve
 from wildreid.openset import pseudo_split
 from wildreid.ranking import nearest_images
@@ -98,7 +100,7 @@ class LocalReranking(BaseEstimator):
                  pair_score: str = "confidence_sum", calibration_queries: int = 300,
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, seed: int = 0,
-                 keep_pair_scores: bool = False, mirror: str = "none"):
+                 keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None):
         self.features = features
         self.shortlist = shortlist
         self.max_keypoints = max_keypoints
@@ -115,6 +117,7 @@ class LocalReranking(BaseEstimator):
         # For studies of calibration and fusion: every pair score of every matcher, by stage.
         self.keep_pair_scores = keep_pair_scores
         self.mirror = mirror
+        self.ray = ray
 
     def _build(self) -> None:
         """Check the parameters and build the components: keypoint extractors and matchers."""
@@ -126,10 +129,11 @@ class LocalReranking(BaseEstimator):
         if self.mirror not in MIRROR_MODES:
             raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not "
                              f"{self.mirror!r}")
+        self.pool_ = None if self.ray is None else RayPool(self.ray)
         self.extractors_ = {name: KeypointExtractor(
             create_local_features(name, max_keypoints=self.max_keypoints,
                                   long_side=self.long_side, device=self.device),
-            self.cache_dir, self.workers, self.progress) for name in self.features}
+            self.cache_dir, self.workers, self.progress, self.pool_) for name in self.features}
         self.matchers_ = {name: create_matcher(name, device=self.device,
                                                batch_size=self.batch_size)
                           for name in self.features}
@@ -183,7 +187,9 @@ class LocalReranking(BaseEstimator):
                 extra[:, mirrored.column] = len(keypoints[name]) + mirrored.positions
                 scored = np.concatenate([pairs, extra])
             found = score_pairs(matcher, every, scored, ransac=ransac,
-                                progress=self.progress, description=f"{description}: {name}")
+                                progress=self.progress, description=f"{description}: {name}",
+                                pool=self.pool_,
+                                scorer=functools.partial(PairScorer, name, self.batch_size))
             self.pairs_per_second_[name] = len(scored) / max(float(found["seconds"]), 1e-9)
             for key in PAIR_SCORES:
                 table[f"{name}:{key}"] = found[key][:len(pairs)]

@@ -65,7 +65,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                      local: Sequence[str] | None = None, mirror: str = "none",
                      max_keypoints: int | None = None, long_side: int = 512,
                      keypoints_on: str | None = None, wildlife_dataset: str | None = None,
-                     cluster_new: bool = False) -> Run:
+                     cluster_new: bool = False, ray: str | None = None) -> Run:
     """Identify every query of a dataset and write the run folder (``output``'s): the
     submission, the candidates CSV and ``run.json`` (what the report, ``evaluate`` and a rerun
     read). ``local``: matchers replacing the preset's (``()``: none). Returns a :class:`Run`."""
@@ -95,7 +95,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                             cache_dir=cache_dir, progress=progress,
                             isolation=parse_isolation(isolation),
                             segmenter_weights=segmenter_weights, shortlist=shortlist,
-                            mirror=mirror, cluster_new=cluster_new,
+                            mirror=mirror, cluster_new=cluster_new, ray=ray,
                             **configuration).fit(dataset.database)
     ranked = identifier.predict_candidates(dataset.query, k=top_k)
     submission = identifier.decide(ranked)

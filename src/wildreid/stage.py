@@ -40,6 +40,7 @@ class CachedStage:
         self.cache = cache
         self.progress = progress
         self.pool = pool
+        self.last_computed: list[str] = []
         self._memory: dict[str, Any] = {}
 
     # -- what a stage defines ------------------------------------------------------------------
@@ -56,6 +57,10 @@ class CachedStage:
     def worker(self) -> Callable[[], CachedStage]:
         """The recipe (a picklable callable) of this stage for a pool worker: the same settings,
         no cache, no progress bar, no pool — the driver writes the cache."""
+        raise NotImplementedError
+
+    def key(self) -> str:
+        """What this stage computes, as its cache namespace says it (workers are reused by it)."""
         raise NotImplementedError
 
     def compute_all(self, paths: Sequence[str], items: Sequence
@@ -78,6 +83,7 @@ class CachedStage:
                                 for k, row in self.cache.fetch(wanted).items())
         todo = sorted({k: i for i, k in reversed(list(enumerate(keys)))
                        if k not in self._memory}.values())
+        self.last_computed = [keys[i] for i in todo]  # what this call had to compute
         if todo:
             failed = self._fill([paths[i] for i in todo], [keys[i] for i in todo],
                                 [items[i] for i in todo], description)
