@@ -1,14 +1,17 @@
 """End-to-end time of ``--preset accurate`` at AnimalCLEF scale on synthetic photos.
 
     python benchmarks/scale_run.py [--individuals 1875] [--database-images 4] [--query-images 1]
-        [--unknown 225] [--shortlist 100] [--device cuda] [--size 384]
+        [--unknown 225] [--shortlist 100] [--device cuda] [--size 384] [--local sift]
+        [--ray local|auto|ADDRESS]
 
 Defaults give, per synthetic species (spotted and striped), 1,875 known individuals x 4 database
 photos and one query photo of each of them and of 225 unknown individuals: 15,000 database photos
 and 4,200 queries in all: the AnimalCLEF 2025 scale (15,000 x 2,100), with twice the
 queries. Everything runs from an empty
 cache: description, segmentation, keypoints, calibration pairs, query pairs, decision. Writes
-``scale-<device>-<date>.json`` with the stage times and the score on the synthetic answers.
+``scale-<preset>[-<local>][-ray]-<device>-<database images>-<date>.json`` (never over an
+existing file) with the stage times, the peak resident memory of this process (with ``--ray``
+the workers' memory is theirs, not counted) and the score on the synthetic answers.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from common import unused_path
 
 from wildreid.data import load_dataset
 from wildreid.defaults import PRESETS
@@ -42,6 +47,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--preset", default="accurate")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--local", default=None, help="local matchers instead of the preset's")
+    parser.add_argument("--ray", default=None, help="run on a Ray cluster (local, auto, ADDRESS)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     device = str(resolve_device(args.device))
@@ -52,8 +59,11 @@ def main() -> int:
         synthesis = time.perf_counter() - started
         dataset = load_dataset(root)
         start = time.perf_counter()
+        settings = dict(PRESETS[args.preset])
+        if args.local is not None:
+            settings["local"] = tuple(n for n in args.local.split(",") if n)
         identifier = Identifier(device=device, cache_dir=Path(scratch) / "cache",
-                                shortlist=args.shortlist, **PRESETS[args.preset])
+                                shortlist=args.shortlist, ray=args.ray, **settings)
         identifier.fit(dataset.database)
         fitted = time.perf_counter() - start
         candidates = identifier.predict_candidates(dataset.query, k=5)
@@ -67,11 +77,15 @@ def main() -> int:
     report = {"date": date, "machine": machine, "command": " ".join(sys.argv),
               "database_images": len(dataset.database), "queries": len(dataset.query),
               "synthesis_s": round(synthesis, 1), "fit_s": round(fitted, 1),
-              "end_to_end_s": round(total, 1), "pairs_per_s": pairs,
+              "end_to_end_s": round(total, 1), "pairs_per_s": pairs, "ray": args.ray,
+              "local": settings.get("local"),
+              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
               "score": scores["score"], "closed_set_top1": scores.get("closed_set_top1")}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"scale-{args.preset}-{device}-{len(dataset.database)}-{date}.json").write_text(
-        json.dumps(report, indent=2))
+    name = "-".join(filter(None, ["scale", args.preset, args.local and args.local.replace(",", "+"),
+                                  "ray" if args.ray else "", device.split(":")[0],
+                                  str(len(dataset.database)), date]))
+    unused_path(args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -36,6 +36,9 @@ def test_identify_then_evaluate(real_subset, tmp_path):
     species = metadata.set_index("image_id")["species"]
     id_species = database.set_index("identity")["species"].to_dict()
     assert (candidates["identity"].map(id_species) == candidates["image_id"].map(species)).all()
+    # Each candidate names the database photo of its identity whose pair gave the score.
+    owner = database.set_index("image_id")["identity"]
+    assert (candidates["image"].astype(str).map(owner) == candidates["identity"]).all()
 
     # A damaged cache: named in one warning line, recomputed, the same answers.
     (features_cache,) = [p for p in (tmp_path / "cache").glob("*/arrays.sqlite")

@@ -104,3 +104,21 @@ def test_approximate_shortlist_recall_padding_and_reuse(monkeypatch):
     assert kept[None] is index  # built once per database
     few, few_cosines = ranking.nearest_images(features, None, queries[:5], None, 4990, kept)
     assert ((few == -1) == np.isinf(few_cosines)).all()  # probed cells hold fewer: -1 pads
+
+
+def test_the_best_image_of_each_candidate_is_the_most_similar_of_its_identity(gallery,
+                                                                              monkeypatch):
+    features, identities, species, queries = gallery
+    index = IdentityIndex(features, identities, species)
+    names, scores, rows = index.search(queries, ["a"] * len(queries), k=4, images=True)
+    similarity = queries @ features.T
+    for query in range(len(queries)):
+        for name, score, row in zip(names[query], scores[query], rows[query]):
+            members = np.flatnonzero((identities == name) & (species == "a"))
+            assert row == members[np.argmax(similarity[query, members])]
+            assert identities[row] == name and similarity[query, row] == pytest.approx(score)
+    # The approximate index gives the same images (a tiny threshold forces it here).
+    monkeypatch.setattr(ranking, "APPROXIMATE_ABOVE", 10)
+    approximate = IdentityIndex(features, identities, species).search(
+        queries, ["a"] * len(queries), k=4, images=True)
+    assert (approximate[2][:, 0] == rows[:, 0]).all()

@@ -32,6 +32,12 @@ def _filepaths(images: pd.DataFrame) -> list[str]:
     return images[column].astype(str).tolist()
 
 
+def _image_ids(images: pd.DataFrame) -> np.ndarray:
+    """Each image's ``image_id`` (its file path where there is none)."""
+    ids = images["image_id"] if "image_id" in images.columns else pd.Series(_filepaths(images))
+    return ids.astype(str).to_numpy(dtype=object)
+
+
 def _species(images: pd.DataFrame):
     return images["species"].tolist() if "species" in images.columns else None
 
@@ -227,6 +233,7 @@ class Identifier(BaseEstimator):
         features = self.describe(database, "database")
         identities = database["identity"].astype(str).to_numpy()
         species = _species(database)
+        self.database_images_ = _image_ids(database)
         self.index_ = IdentityIndex(features, identities, species, self.aggregation)
         self.database_ = (features, identities, None if species is None else np.asarray(
             species, dtype=object))
@@ -334,6 +341,7 @@ class Identifier(BaseEstimator):
             species = np.concatenate([species, np.asarray(added_species, dtype=object)])
         self.index_ = IdentityIndex(features, identities, species, self.aggregation)
         self.database_ = (features, identities, species)
+        self.database_images_ = np.concatenate([self.database_images_, _image_ids(database)])
         if self.router_ is not None and not blank_species(database).any():
             default = self._models()[None]
             seen = (added if (self.model_of(database) == default).all()
@@ -352,11 +360,12 @@ class Identifier(BaseEstimator):
         features = self.describe(queries, "queries")
         species = _species(queries)
         if self.reranking_ is not None:
-            names, scores = self.reranking_.rank(queries, features, self.isolator, k=k)
+            names, scores, rows = self.reranking_.rank(queries, features, self.isolator, k=k)
         else:
-            names, scores = self.index_.search(features, species, k=k)
-        image_ids = (queries["image_id"] if "image_id" in queries.columns
-                     else pd.Series(_filepaths(queries))).astype(str).to_numpy()
+            names, scores, rows = self.index_.search(features, species, k=k, images=True)
+        database_ids = self.database_images_
+        best_images = np.where(rows >= 0, database_ids[np.maximum(rows, 0)], "")
+        image_ids = _image_ids(queries)
         species_column = np.asarray(species if species is not None else [None] * len(queries),
                                     dtype=object)
         table = pd.DataFrame({
@@ -365,6 +374,8 @@ class Identifier(BaseEstimator):
             "rank": np.tile(np.arange(1, k + 1), len(queries)),
             "identity": names.ravel(),
             "score": scores.ravel(),
+            # The database image whose pair gave the score: what a drawn match must show.
+            "image": best_images.ravel(),
             "species_source": np.repeat(queries["species_source"].to_numpy(), k),
             "species_confidence": np.repeat(queries["species_confidence"].to_numpy(), k),
         })

@@ -27,6 +27,7 @@ class _Gallery:
     starts: np.ndarray  # first row of each identity
     counts: np.ndarray
     identities: np.ndarray
+    rows: np.ndarray  # the database row of each gallery row
     index: ImageIndex | None = None  # built on first search, for very large galleries only
 
     def approximate(self) -> ImageIndex | None:
@@ -35,11 +36,11 @@ class _Gallery:
         return self.index
 
 
-def _gallery(features: np.ndarray, identities: np.ndarray) -> _Gallery:
+def _gallery(features: np.ndarray, identities: np.ndarray, rows: np.ndarray) -> _Gallery:
     order = np.argsort(identities, kind="stable")
     sorted_ids = identities[order]
     names, starts, counts = np.unique(sorted_ids, return_index=True, return_counts=True)
-    return _Gallery(np.ascontiguousarray(features[order]), starts, counts, names)
+    return _Gallery(np.ascontiguousarray(features[order]), starts, counts, names, rows[order])
 
 
 def _species_key(value) -> str | None:
@@ -63,10 +64,11 @@ class IdentityIndex:
         species = (np.full(len(identities), None, dtype=object) if species is None
                    else np.array([_species_key(s) for s in species], dtype=object))
         self.aggregation = aggregation
-        self._galleries = {None: _gallery(features, identities)}
+        everything = np.arange(len(features))
+        self._galleries = {None: _gallery(features, identities, everything)}
         for name in {s for s in species if s is not None}:
             rows = species == name
-            self._galleries[name] = _gallery(features[rows], identities[rows])
+            self._galleries[name] = _gallery(features[rows], identities[rows], everything[rows])
 
     def _scores(self, gallery: _Gallery, queries: np.ndarray) -> np.ndarray:
         similarity = queries @ gallery.features.T
@@ -74,14 +76,17 @@ class IdentityIndex:
             return np.maximum.reduceat(similarity, gallery.starts, axis=1)
         return np.add.reduceat(similarity, gallery.starts, axis=1) / gallery.counts
 
-    def search(self, queries: np.ndarray, species=None, k: int = 5
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` identities and scores per query, best first (``""``/-inf pad short lists)."""
+    def search(self, queries: np.ndarray, species=None, k: int = 5, images: bool = False
+               ) -> tuple[np.ndarray, ...]:
+        """Top-``k`` identities and scores per query, best first (``""``/-inf pad short lists);
+        with ``images``, also the database row of each identity's most similar image (-1 pads),
+        the pair a match drawing should show."""
         queries = np.asarray(queries, dtype=np.float32)
         keys = ([None] * len(queries) if species is None
                 else [_species_key(s) for s in species])
         names = np.full((len(queries), k), "", dtype=object)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        best = np.full((len(queries), k), -1, dtype=np.int64)
         for key in dict.fromkeys(keys):
             gallery = self._galleries.get(key)
             if gallery is None:
@@ -89,8 +94,8 @@ class IdentityIndex:
             rows = np.flatnonzero([q == key for q in keys])
             width = min(k, len(gallery.identities))
             if self.aggregation == "max" and gallery.approximate() is not None:
-                names[rows, :width], scores[rows, :width] = _approximate_identities(
-                    gallery, queries[rows], width)
+                names[rows, :width], scores[rows, :width], best[rows, :width] = (
+                    _approximate_identities(gallery, queries[rows], width))
                 continue
             step = max(1, _CHUNK_ELEMENTS // len(gallery.features))
             for begin in range(0, len(rows), step):
@@ -102,11 +107,25 @@ class IdentityIndex:
                 top = np.take_along_axis(top, order, axis=1)
                 names[chunk, :width] = gallery.identities[top]
                 scores[chunk, :width] = np.take_along_axis(top_scores, order, axis=1)
-        return names, scores
+                if images:
+                    best[chunk, :width] = _best_images(gallery, queries[chunk], top)
+        return (names, scores, best) if images else (names, scores)
+
+
+def _best_images(gallery: _Gallery, queries: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """The database row of the most similar image of each ``top`` identity (gallery indices)
+    of each query."""
+    found = np.empty(top.shape, np.int64)
+    for query, identities in enumerate(top):
+        for column, identity in enumerate(identities):
+            start, count = gallery.starts[identity], gallery.counts[identity]
+            similarity = gallery.features[start:start + count] @ queries[query]
+            found[query, column] = gallery.rows[start + int(np.argmax(similarity))]
+    return found
 
 
 def _approximate_identities(gallery: _Gallery, queries: np.ndarray, k: int
-                            ) -> tuple[np.ndarray, np.ndarray]:
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``k`` identities by their best image among each query's nearest images (the
     approximate index; ``max`` aggregation), best first; short lists pad with ""/-inf."""
     depth = min(len(gallery.features), max(256, 16 * k))  # images fetched per query
@@ -114,13 +133,15 @@ def _approximate_identities(gallery: _Gallery, queries: np.ndarray, k: int
     owners = np.searchsorted(gallery.starts, np.maximum(rows, 0), side="right") - 1
     names = np.full((len(queries), k), "", dtype=object)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    images = np.full((len(queries), k), -1, dtype=np.int64)
     for query in range(len(queries)):
         valid = rows[query] >= 0  # sorted best first: an identity's first hit is its best image
         _, first = np.unique(owners[query][valid], return_index=True)
         best = first[np.argsort(first, kind="stable")][:k]
         names[query, :len(best)] = gallery.identities[owners[query][valid][best]]
         scores[query, :len(best)] = similarities[query][valid][best]
-    return names, scores
+        images[query, :len(best)] = gallery.rows[rows[query][valid][best]]
+    return names, scores, images
 
 
 def nearest_images(database: np.ndarray, database_species, queries: np.ndarray, query_species,

@@ -176,8 +176,14 @@ def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
         keypoints_on = {None if k in ("null", "None") else k: v for k, v in keypoints_on.items()}
     panels = {}
     for query in queries.itertuples():
-        ranked = candidates[candidates["image_id"] == query.image_id]["identity"].tolist()
-        pool = database[database["identity"].isin(ranked)].groupby("identity").head(6)
+        rows = candidates[candidates["image_id"] == query.image_id]
+        # The pair that was scored, where the candidates say which image it was; otherwise
+        # (an identity outside the candidates, an older run) the best of 6 of its photos.
+        scored = ({row.identity: row.image for row in rows.itertuples()
+                   if isinstance(row.image, str) and row.image} if "image" in rows.columns else {})
+        others = [name for name in rows["identity"] if name not in scored]
+        pool = pd.concat([database[database["image_id"].astype(str).isin(list(scored.values()))],
+                          database[database["identity"].isin(others)].groupby("identity").head(6)])
         frame = pd.concat([pd.DataFrame([query._asdict()]), pool], ignore_index=True)
         regions = (keypoint_regions(frame, keypoints_on, isolator, "regions")
                    or [None] * len(frame))

@@ -314,7 +314,8 @@ class LocalReranking(BaseEstimator):
 
     def rank(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None,
              k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` identities and fused scores per query (``""``/-inf pad)."""
+        """Top-``k`` identities and fused scores per query (``""``/-inf pad), and the database
+        row of the pair that gave each identity its score (-1 pads)."""
         species = np.array([None if pd.isna(s) else str(s) for s in images.get(
             "species", pd.Series([None] * len(images)))], dtype=object)
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "queries: regions")
@@ -336,9 +337,10 @@ class LocalReranking(BaseEstimator):
         scores = self._pair_scores(joined, pairs + np.array([0, offset]), cosines[rows, columns],
                                    "query pairs", mirrored)
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
-                              "score": self.calibration_.fuse(scores), "cosine": scores["cosine"]})
+                              "score": self.calibration_.fuse(scores), "cosine": scores["cosine"],
+                              "image": pairs[:, 1]})
         top = _top_identities(table, len(images), k)
-        return top["identity"], top["score"]
+        return top["identity"], top["score"], top["image"]
 
 
     def similarity(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None,
@@ -387,6 +389,9 @@ def _top_identities(table: pd.DataFrame, queries: int, k: int) -> dict[str, np.n
     best = best[best["rank"] < k]
     names = np.full((queries, k), "", dtype=object)
     scores = np.full((queries, k), -np.inf, dtype=np.float32)
+    images = np.full((queries, k), -1, dtype=np.int64)
     names[best["query"], best["rank"]] = best["identity"].to_numpy()
     scores[best["query"], best["rank"]] = best["score"].to_numpy()
-    return {"identity": names, "score": scores}
+    if "image" in best.columns:
+        images[best["query"], best["rank"]] = best["image"].to_numpy()
+    return {"identity": names, "score": scores, "image": images}
