@@ -180,9 +180,12 @@ def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
         # The pair that was scored, where the candidates say which image it was; otherwise
         # (an identity outside the candidates, an older run) the best of 6 of its photos.
         scored = ({row.identity: row.image for row in rows.itertuples()
-                   if isinstance(row.image, str) and row.image} if "image" in rows.columns else {})
+                   if isinstance(row.image, str) and row.image}
+                  if "image" in rows.columns and "image_id" in database.columns else {})
         others = [name for name in rows["identity"] if name not in scored]
-        pool = pd.concat([database[database["image_id"].astype(str).isin(list(scored.values()))],
+        chosen = (database[database["image_id"].astype(str).isin(list(scored.values()))]
+                  if scored else database.iloc[:0])
+        pool = pd.concat([chosen,
                           database[database["identity"].isin(others)].groupby("identity").head(6)])
         frame = pd.concat([pd.DataFrame([query._asdict()]), pool], ignore_index=True)
         regions = (keypoint_regions(frame, keypoints_on, isolator, "regions")
