@@ -115,11 +115,10 @@ class NewIndividualGrouping:
         images of each (at most ``max_images``) are scored with ``similarity_of(rows)`` (database
         rows -> their similarity matrix) and clustered with each linkage; the linkage and
         threshold of best pooled adjusted Rand index win."""
-        from wildreid.openset import pseudo_split
+        from wildreid.openset import pseudo_split, species_keys
 
         identities = np.asarray(identities, dtype=object).astype(str)
-        species = (np.full(len(identities), None, dtype=object) if species is None
-                   else np.array([None if pd.isna(s) else str(s) for s in species], dtype=object))
+        species = species_keys(species, len(identities))
         groups = {s: np.flatnonzero(species == s) for s in dict.fromkeys(species) if s is not None}
         if not groups:
             groups = {None: np.arange(len(identities))}

@@ -4,6 +4,10 @@ Thresholds are fitted from the database alone, since query labels never exist: s
 held out entirely (pseudo-unknowns), some images of the others are held out (pseudo-known
 queries), the rest forms a pseudo-database. Per species, the threshold maximising
 sqrt(BAKS x BAUS) on these pseudo-queries, pooled over several random splits, is kept.
+
+One door for every scorer: :meth:`OpenSetDecision.from_pseudo_queries` fits the thresholds from
+any table of pseudo-queries and their best identity's score (the cosine's in
+:meth:`OpenSetDecision.fit`, the fused local scores' in :mod:`wildreid.rerank`).
 """
 
 from __future__ import annotations
@@ -54,11 +58,24 @@ def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fract
     return PseudoSplit(np.array(reference), np.array(queries), np.array(unknown))
 
 
+def pseudo_query_threshold(true_identity, top_identity, top_score, unknown
+                           ) -> tuple[float, pd.DataFrame]:
+    """The threshold maximising sqrt(BAKS x BAUS) over pseudo-queries (their true identity, best
+    identity and its score, whether their identity was held out), and the curve it was read
+    from; ``ValueError`` unless both known and unknown pseudo-queries are there."""
+    unknown = np.asarray(unknown, dtype=bool)
+    if unknown.all() or not unknown.any():
+        raise ValueError("pseudo-queries of both known and unknown identities are needed")
+    curve = threshold_curve(true_identity, top_identity, top_score, unknown)
+    threshold, _ = best_threshold(curve)
+    return threshold, curve
+
+
 def fit_threshold(features: np.ndarray, identities, aggregation: str = "max", repeats: int = 5,
                   seed: int = 0, unknown_fraction: float = 0.3,
                   query_fraction: float = 0.3) -> tuple[float, pd.DataFrame]:
-    """The threshold that maximises sqrt(BAKS x BAUS) on pseudo-queries of one species' database,
-    and the pooled threshold curve it was read from."""
+    """The threshold that maximises sqrt(BAKS x BAUS) on pseudo-queries of one species' database
+    (by cosine), and the pooled threshold curve it was read from."""
     identities = np.asarray(identities, dtype=object).astype(str)
     rng = np.random.default_rng(seed)
     true_ids, top_ids, top_scores, unknown = [], [], [], []
@@ -77,9 +94,26 @@ def fit_threshold(features: np.ndarray, identities, aggregation: str = "max", re
     if not top_scores:
         raise ValueError("too few identities to fit a threshold (need 3 or more); "
                          "give a fixed threshold instead")
-    curve = threshold_curve(true_ids, top_ids, np.concatenate(top_scores), np.concatenate(unknown))
-    threshold, _ = best_threshold(curve)
-    return threshold, curve
+    return pseudo_query_threshold(true_ids, top_ids, np.concatenate(top_scores),
+                                  np.concatenate(unknown))
+
+
+def species_keys(species, count: int) -> np.ndarray:
+    """Each row's species as a threshold key (``None`` where missing, or no species at all)."""
+    if species is None:
+        return np.full(count, None, dtype=object)
+    return np.array([None if pd.isna(s) else str(s) for s in species], dtype=object)
+
+
+def _species_groups(keys: np.ndarray) -> dict[str | None, np.ndarray]:
+    """Rows per threshold key: every row pooled (``None``), then each species' own."""
+    groups = {None: np.arange(len(keys))}
+    groups.update({s: np.flatnonzero(keys == s) for s in dict.fromkeys(keys) if s is not None})
+    return groups
+
+
+_NO_POOLED = ("the database has too few identities (3 or more, with images to hold out) to fit "
+              "the new_individual threshold; give --threshold FLOAT")
 
 
 @dataclass
@@ -102,21 +136,36 @@ class OpenSetDecision:
         return cls({None: float(threshold)})
 
     @classmethod
+    def from_pseudo_queries(cls, true_identity, top_identity, top_score, unknown, species=None
+                            ) -> OpenSetDecision:
+        """Thresholds from any scorer's pseudo-queries: each species' own where it has known
+        and unknown ones, and one over them all (``None``)."""
+        true_identity = np.asarray(true_identity, dtype=object)
+        top_identity = np.asarray(top_identity, dtype=object)
+        top_score, unknown = np.asarray(top_score), np.asarray(unknown, dtype=bool)
+        thresholds: dict[str | None, float] = {}
+        for key, rows in _species_groups(species_keys(species, len(true_identity))).items():
+            try:
+                thresholds[key], _ = pseudo_query_threshold(
+                    true_identity[rows], top_identity[rows], top_score[rows], unknown[rows])
+            except ValueError:
+                continue  # no known or no unknown pseudo-query here: the pooled one applies
+        if None not in thresholds:
+            raise ValueError(_NO_POOLED)
+        return cls(thresholds)
+
+    @classmethod
     def fit(cls, features: np.ndarray, identities, species=None, aggregation: str = "max",
             repeats: int = 5, seed: int = 0) -> OpenSetDecision:
+        """Thresholds by cosine: each species' pseudo-queries drawn among its own images."""
         identities = np.asarray(identities, dtype=object).astype(str)
-        species = (np.full(len(identities), None, dtype=object) if species is None
-                   else np.array([None if pd.isna(s) else str(s) for s in species], dtype=object))
         thresholds: dict[str | None, float] = {}
-        groups = {None: np.arange(len(identities))}
-        groups.update({s: np.flatnonzero(species == s) for s in set(species) if s is not None})
-        for key, rows in groups.items():
+        for key, rows in _species_groups(species_keys(species, len(identities))).items():
             try:
                 thresholds[key], _ = fit_threshold(features[rows], identities[rows], aggregation,
                                                    repeats=repeats, seed=seed)
             except ValueError:
                 continue  # too few identities here: the pooled threshold applies
         if None not in thresholds:
-            raise ValueError("the database has fewer than 3 identities: the new_individual "
-                             "threshold cannot be fitted; give --threshold FLOAT")
+            raise ValueError(_NO_POOLED)
         return cls(thresholds)

@@ -254,7 +254,7 @@ class Identifier(BaseEstimator):
                 keep_pair_scores=self.keep_pair_scores, ray=self.ray).fit(
                     database, features, self.isolator)
         if self.threshold == "auto" and self.reranking_ is not None:
-            self.decision_ = OpenSetDecision(self.reranking_.thresholds_)
+            self.decision_ = self.reranking_.decision_
         elif self.threshold == "auto":
             self.decision_ = OpenSetDecision.fit(features, identities, species,
                                                  self.aggregation, seed=self.seed)

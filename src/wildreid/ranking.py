@@ -70,11 +70,12 @@ class IdentityIndex:
             rows = species == name
             self._galleries[name] = _gallery(features[rows], identities[rows], everything[rows])
 
-    def _scores(self, gallery: _Gallery, queries: np.ndarray) -> np.ndarray:
+    def _scores(self, gallery: _Gallery, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query the score of every identity, and its similarity to every gallery image."""
         similarity = queries @ gallery.features.T
         if self.aggregation == "max":
-            return np.maximum.reduceat(similarity, gallery.starts, axis=1)
-        return np.add.reduceat(similarity, gallery.starts, axis=1) / gallery.counts
+            return np.maximum.reduceat(similarity, gallery.starts, axis=1), similarity
+        return np.add.reduceat(similarity, gallery.starts, axis=1) / gallery.counts, similarity
 
     def search(self, queries: np.ndarray, species=None, k: int = 5, images: bool = False
                ) -> tuple[np.ndarray, ...]:
@@ -100,7 +101,7 @@ class IdentityIndex:
             step = max(1, _CHUNK_ELEMENTS // len(gallery.features))
             for begin in range(0, len(rows), step):
                 chunk = rows[begin:begin + step]
-                identity_scores = self._scores(gallery, queries[chunk])
+                identity_scores, similarity = self._scores(gallery, queries[chunk])
                 top = np.argpartition(-identity_scores, width - 1, axis=1)[:, :width]
                 top_scores = np.take_along_axis(identity_scores, top, axis=1)
                 order = np.argsort(-top_scores, axis=1, kind="stable")
@@ -108,20 +109,21 @@ class IdentityIndex:
                 names[chunk, :width] = gallery.identities[top]
                 scores[chunk, :width] = np.take_along_axis(top_scores, order, axis=1)
                 if images:
-                    best[chunk, :width] = _best_images(gallery, queries[chunk], top)
+                    best[chunk, :width] = _best_images(gallery, similarity, top)
         return (names, scores, best) if images else (names, scores)
 
 
-def _best_images(gallery: _Gallery, queries: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """The database row of the most similar image of each ``top`` identity (gallery indices)
-    of each query."""
-    found = np.empty(top.shape, np.int64)
-    for query, identities in enumerate(top):
-        for column, identity in enumerate(identities):
-            start, count = gallery.starts[identity], gallery.counts[identity]
-            similarity = gallery.features[start:start + count] @ queries[query]
-            found[query, column] = gallery.rows[start + int(np.argmax(similarity))]
-    return found
+def _best_images(gallery: _Gallery, similarity: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """The database row of the most similar image (the first on a tie) of each ``top`` identity
+    (gallery indices) of each query, from the queries' ``similarity`` to every gallery image."""
+    count = similarity.shape[1]
+    owner = np.repeat(np.arange(len(gallery.starts)), gallery.counts)
+    best = np.maximum.reduceat(similarity, gallery.starts, axis=1)
+    # Within each identity's run of rows, the first row reaching its maximum: the largest
+    # of (count - position) among the rows that reach it.
+    reached = np.where(similarity == best[:, owner], count - np.arange(count), 0)
+    first = count - np.maximum.reduceat(reached, gallery.starts, axis=1)
+    return gallery.rows[np.take_along_axis(first, top, axis=1)]
 
 
 def _approximate_identities(gallery: _Gallery, queries: np.ndarray, k: int

@@ -40,9 +40,6 @@ class Registry:
             raise ValueError(f"unknown {self.kind} {name!r}; use one of {', '.join(self)}")
         return self._factories[name][0](**settings)
 
-    def factory(self, name: str) -> Callable[..., Any]:
-        return self._factories[name][0]
-
     def summaries(self) -> dict[str, str]:
         """Names and one-line summaries, sorted by name."""
         return {name: summary for name, (_, summary) in sorted(self._factories.items())}

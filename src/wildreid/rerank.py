@@ -24,8 +24,7 @@ from wildreid.fusion import Calibration, cross_fitted_fusion
 from wildreid.isolation import Isolator, Region, by_species
 from wildreid.local import KeypointExtractor, Keypoints, create_local_features
 from wildreid.matching import PAIR_SCORES, PairScorer, create_matcher, score_pairs
-from wildreid.metrics import best_threshold, threshold_curve
-from wildreid.openset import pseudo_split
+from wildreid.openset import OpenSetDecision, pseudo_split, species_keys
 from wildreid.ranking import nearest_images
 
 #: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
@@ -206,8 +205,7 @@ class LocalReranking(BaseEstimator):
             ) -> LocalReranking:
         self._build()
         identities = images["identity"].astype(str).to_numpy()
-        species = np.array([None if pd.isna(s) else str(s) for s in images.get(
-            "species", pd.Series([None] * len(images)))], dtype=object)
+        species = species_keys(images.get("species"), len(images))
         rng = np.random.default_rng(self.seed)
         split = pseudo_split(identities, rng)
         if split is None:
@@ -240,19 +238,9 @@ class LocalReranking(BaseEstimator):
         table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
                               "score": fused, "cosine": scores["cosine"]})
         top = _top_identities(table, len(queries), 1)
-        self.thresholds_: dict[str | None, float] = {}
-        truth = identities[queries]
-        groups = {None: np.arange(len(queries))}
-        groups.update({s: np.flatnonzero(species[queries] == s) for s in set(species[queries])
-                       if s is not None})
-        for key, members in groups.items():
-            if unknown[members].any() and (~unknown[members]).any():
-                curve = threshold_curve(truth[members], top["identity"][members, 0],
-                                        top["score"][members, 0], unknown[members])
-                self.thresholds_[key], _ = best_threshold(curve)
-        if None not in self.thresholds_:
-            raise ValueError("the database pseudo-split left no known and unknown pseudo-queries "
-                             "to fit the new_individual threshold; give --threshold FLOAT")
+        self.decision_ = OpenSetDecision.from_pseudo_queries(
+            identities[queries], top["identity"][:, 0], top["score"][:, 0], unknown,
+            species[queries])
         self.calibration_pairs_ = len(pairs)
         return self
 
@@ -316,8 +304,7 @@ class LocalReranking(BaseEstimator):
              k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` identities and fused scores per query (``""``/-inf pad), and the database
         row of the pair that gave each identity its score (-1 pads)."""
-        species = np.array([None if pd.isna(s) else str(s) for s in images.get(
-            "species", pd.Series([None] * len(images)))], dtype=object)
+        species = species_keys(images.get("species"), len(images))
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "queries: regions")
         query_keypoints = self.keypoints(images, regions, "queries")
         shortlist, cosines = nearest_images(self.database_features_, self.database_species_,

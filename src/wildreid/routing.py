@@ -46,16 +46,25 @@ class SpeciesRouter:
         # Enough images that the nearest `neighbours` distinct identities are among them.
         depth = min(len(self.features_), 20 * self.neighbours)
         rows, cosines = nearest_images(self.features_, None, features, None, depth)
+        # One table of every (query, neighbour) row, nearest first: each query's first
+        # `neighbours` distinct identities vote with their best cosine for their species.
+        query, rank = np.nonzero(rows >= 0)
+        owners = pd.DataFrame({"query": query,
+                               "identity": self.identities_[rows[query, rank]],
+                               "species": self.species_[rows[query, rank]],
+                               "vote": np.maximum(cosines[query, rank], 0.0)})
+        voters = owners.drop_duplicates(["query", "species", "identity"])
+        voters = voters[voters.groupby("query").cumcount() < self.neighbours]
+        votes = voters.groupby(["query", "species"], sort=True)["vote"].sum().reset_index()
+        totals = votes.groupby("query")["vote"].transform("sum").to_numpy()
+        counts = votes.groupby("query")["vote"].transform("size").to_numpy()
+        # The winner: most votes, the first species by name on a tie (as idxmax over sorted).
+        winners = votes.sort_values(["query", "vote"], ascending=[True, False], kind="stable")
+        winners = winners.drop_duplicates("query")
+        share = np.where(totals > 0, votes["vote"].to_numpy() / np.where(totals > 0, totals, 1),
+                         1.0 / counts)
         predicted = np.empty(len(features), dtype=object)
         confidence = np.zeros(len(features), np.float32)
-        for query in range(len(features)):
-            found = rows[query] >= 0
-            owners = pd.DataFrame({"identity": self.identities_[rows[query][found]],
-                                   "species": self.species_[rows[query][found]],
-                                   "vote": np.maximum(cosines[query][found], 0.0)})
-            voters = owners.drop_duplicates(["species", "identity"]).head(self.neighbours)
-            votes = voters.groupby("species", sort=True)["vote"].sum()
-            predicted[query] = votes.idxmax()
-            total = votes.sum()
-            confidence[query] = votes.max() / total if total > 0 else 1.0 / len(votes)
+        predicted[winners["query"].to_numpy()] = winners["species"].to_numpy()
+        confidence[winners["query"].to_numpy()] = share[winners.index.to_numpy()]
         return predicted, confidence
