@@ -53,3 +53,25 @@ def test_too_few_identities():
     features, identities = _clusters(2, 3, spread=0.3, seed=0)
     with pytest.raises(ValueError, match="give --threshold"):
         OpenSetDecision.fit(features, identities)
+
+
+def test_thresholds_from_any_scorers_pseudo_queries():
+    """The one door both the cosine and the fused local scores fit thresholds through: each
+    species its own where it has known and unknown pseudo-queries, the pooled one otherwise."""
+    truth = np.array(["a", "a", "b", "x", "y", "c", "c", "z"], dtype=object)
+    top = np.array(["a", "a", "b", "a", "b", "c", "c", "c"], dtype=object)
+    score = np.array([0.9, 0.8, 0.85, 0.3, 0.2, 0.7, 0.6, 0.65])
+    unknown = np.isin(truth, ["x", "y", "z"])
+    species = np.array(["lion"] * 5 + ["nyala"] * 3, dtype=object)
+    decision = OpenSetDecision.from_pseudo_queries(truth, top, score, unknown, species)
+    assert set(decision.thresholds) == {None, "lion", "nyala"}
+    # Lions: every known pseudo-query scores above every unknown one, so the cut lies between.
+    assert 0.3 < decision.thresholds["lion"] <= 0.8
+    # Nyala: the unknown (0.65) sits between the known ones; the best cut keeps one of two.
+    assert decision.thresholds["nyala"] > 0.6
+    only_known = OpenSetDecision.from_pseudo_queries(truth, top, score, unknown,
+                                                     np.where(unknown, "lion", "zebra"))
+    assert set(only_known.thresholds) == {None}  # neither species has both kinds
+    with pytest.raises(ValueError, match="give --threshold"):
+        OpenSetDecision.from_pseudo_queries(truth[~unknown], top[~unknown], score[~unknown],
+                                            unknown[~unknown])
