@@ -122,3 +122,33 @@ def test_the_best_image_of_each_candidate_is_the_most_similar_of_its_identity(ga
     approximate = IdentityIndex(features, identities, species).search(
         queries, ["a"] * len(queries), k=4, images=True)
     assert (approximate[2][:, 0] == rows[:, 0]).all()
+
+
+def test_the_approximate_index_is_kept_beside_the_cache_and_grows(tmp_path, monkeypatch):
+    """A large species' index is built once and saved; the same database reads it back (same
+    answers); a database grown by appending extends it instead of building another; a damaged
+    file is built again."""
+    features, identities, queries = _clustered(6000, 300)
+    monkeypatch.setattr(ranking, "APPROXIMATE_ABOVE", 1000)
+    folder = ranking.index_dir(tmp_path / "cache")
+    exact = IdentityIndex(features, identities).search(queries, k=5)
+
+    def search(count: int):
+        index = IdentityIndex(features[:count], identities[:count], index_dir=folder)
+        found = index.search(queries, k=5, images=True)
+        return found, index._galleries[None].index_origin, sorted(folder.iterdir())
+
+    first, origin, files = search(5000)
+    assert origin == "built" and [f.name.split("-")[1:3] for f in files] == [["5000", "5000"]]
+    again, origin, _ = search(5000)
+    assert origin == "loaded"
+    for built, loaded in zip(first, again):
+        np.testing.assert_array_equal(built, loaded)
+    grown, origin, files = search(6000)  # 1,000 photos appended
+    assert origin == "extended" and [f.name.split("-")[1:3] for f in files] == [["6000", "5000"]]
+    assert (grown[0][:, 0] == exact[0][:, 0]).mean() >= 0.95
+    # The best image of each identity is a database row of that identity, the new rows included.
+    assert (identities[grown[2][:, 0]] == grown[0][:, 0]).all()
+    files[0].write_bytes(files[0].read_bytes()[:1000])  # damaged: truncated
+    rebuilt, origin, _ = search(6000)
+    assert origin == "built" and (rebuilt[0][:, 0] == exact[0][:, 0]).mean() >= 0.95

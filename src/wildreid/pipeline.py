@@ -18,7 +18,7 @@ from wildreid.grouping import NewIndividualGrouping, name_groups
 from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter, by_species
 from wildreid.models import DEFAULT_MODEL, create_descriptor, parse_ensemble
 from wildreid.openset import OpenSetDecision
-from wildreid.ranking import IdentityIndex
+from wildreid.ranking import IdentityIndex, index_dir
 from wildreid.rerank import LocalReranking
 from wildreid.routing import SpeciesRouter, blank_species
 
@@ -234,7 +234,8 @@ class Identifier(BaseEstimator):
         identities = database["identity"].astype(str).to_numpy()
         species = _species(database)
         self.database_images_ = _image_ids(database)
-        self.index_ = IdentityIndex(features, identities, species, self.aggregation)
+        self.index_ = IdentityIndex(features, identities, species, self.aggregation,
+                                    index_dir(self.cache_dir))
         self.database_ = (features, identities, None if species is None else np.asarray(
             species, dtype=object))
         self.router_ = None
@@ -339,7 +340,8 @@ class Identifier(BaseEstimator):
         identities = np.concatenate([identities, added_identities])
         if species is not None:
             species = np.concatenate([species, np.asarray(added_species, dtype=object)])
-        self.index_ = IdentityIndex(features, identities, species, self.aggregation)
+        self.index_ = IdentityIndex(features, identities, species, self.aggregation,
+                                    index_dir(self.cache_dir))
         self.database_ = (features, identities, species)
         self.database_images_ = np.concatenate([self.database_images_, _image_ids(database)])
         if self.router_ is not None and not blank_species(database).any():

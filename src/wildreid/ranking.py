@@ -5,17 +5,18 @@ species is blank). Similarities are computed in chunks of queries and reduced to
 identity at once, so a 100k-image database never needs the full query x database matrix. A
 species with more than :data:`wildreid.ann.APPROXIMATE_ABOVE` images is searched through an
 approximate index instead (``ann.py``; identity scores with ``max`` aggregation from each query's
-nearest images).
+nearest images), kept in ``index_dir`` when one is given (:func:`wildreid.ann.load_or_build`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from wildreid.ann import APPROXIMATE_ABOVE, ImageIndex
+from wildreid.ann import APPROXIMATE_ABOVE, ImageIndex, load_or_build
 
 AGGREGATIONS = ("max", "mean")
 _CHUNK_ELEMENTS = 1 << 24  # similarities held at once: 64 MB of float32
@@ -28,19 +29,34 @@ class _Gallery:
     counts: np.ndarray
     identities: np.ndarray
     rows: np.ndarray  # the database row of each gallery row
+    index_dir: str | Path | None = None
     index: ImageIndex | None = None  # built on first search, for very large galleries only
+    # The gallery row of each index row: the index holds database order, so that a database
+    # grown by appending extends its saved index instead of building another.
+    index_positions: np.ndarray | None = None
+    index_origin: str = ""  # how the index was had: loaded, extended or built
+
 
     def approximate(self) -> ImageIndex | None:
         if self.index is None and len(self.features) > APPROXIMATE_ABOVE:
-            self.index = ImageIndex(self.features)
+            order = np.argsort(self.rows, kind="stable")
+            self.index, self.index_origin = load_or_build(self.features[order], self.index_dir)
+            self.index_positions = order
         return self.index
 
 
-def _gallery(features: np.ndarray, identities: np.ndarray, rows: np.ndarray) -> _Gallery:
+def _gallery(features: np.ndarray, identities: np.ndarray, rows: np.ndarray,
+             index_dir: str | Path | None) -> _Gallery:
     order = np.argsort(identities, kind="stable")
     sorted_ids = identities[order]
     names, starts, counts = np.unique(sorted_ids, return_index=True, return_counts=True)
-    return _Gallery(np.ascontiguousarray(features[order]), starts, counts, names, rows[order])
+    return _Gallery(np.ascontiguousarray(features[order]), starts, counts, names, rows[order],
+                    index_dir)
+
+
+def index_dir(cache_dir: str | Path | None) -> Path | None:
+    """Where approximate indexes are kept: beside the feature cache (none without a cache)."""
+    return None if cache_dir is None else Path(cache_dir) / "indexes"
 
 
 def _species_key(value) -> str | None:
@@ -51,10 +67,12 @@ class IdentityIndex:
     """Database embeddings grouped by species and identity, searchable by query embeddings.
 
     ``aggregation`` turns image similarities into an identity score: ``max`` (the best image of
-    the identity) or ``mean`` (the mean over its images).
+    the identity) or ``mean`` (the mean over its images). ``index_dir``: where the approximate
+    indexes of very large species are kept between runs (``None``: built in memory only).
     """
 
-    def __init__(self, features: np.ndarray, identities, species=None, aggregation: str = "max"):
+    def __init__(self, features: np.ndarray, identities, species=None, aggregation: str = "max",
+                 index_dir: str | Path | None = None):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {aggregation!r}")
         features = np.asarray(features, dtype=np.float32)
@@ -65,10 +83,11 @@ class IdentityIndex:
                    else np.array([_species_key(s) for s in species], dtype=object))
         self.aggregation = aggregation
         everything = np.arange(len(features))
-        self._galleries = {None: _gallery(features, identities, everything)}
+        self._galleries = {None: _gallery(features, identities, everything, index_dir)}
         for name in {s for s in species if s is not None}:
             rows = species == name
-            self._galleries[name] = _gallery(features[rows], identities[rows], everything[rows])
+            self._galleries[name] = _gallery(features[rows], identities[rows], everything[rows],
+                                             index_dir)
 
     def _scores(self, gallery: _Gallery, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per query the score of every identity, and its similarity to every gallery image."""
@@ -132,6 +151,7 @@ def _approximate_identities(gallery: _Gallery, queries: np.ndarray, k: int
     approximate index; ``max`` aggregation), best first; short lists pad with ""/-inf."""
     depth = min(len(gallery.features), max(256, 16 * k))  # images fetched per query
     rows, similarities = gallery.index.search(queries, depth)
+    rows = np.where(rows >= 0, gallery.index_positions[np.maximum(rows, 0)], -1)  # gallery rows
     owners = np.searchsorted(gallery.starts, np.maximum(rows, 0), side="right") - 1
     names = np.full((len(queries), k), "", dtype=object)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
@@ -147,12 +167,13 @@ def _approximate_identities(gallery: _Gallery, queries: np.ndarray, k: int
 
 
 def nearest_images(database: np.ndarray, database_species, queries: np.ndarray, query_species,
-                   size: int, indexes: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   size: int, indexes: dict | None = None, index_dir: str | Path | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """The shortlist: per query the ``size`` most similar database images of its species (all of
     them when fewer), as row indices into ``database`` (-1 pads) and cosines, best first. A
     species over :data:`~wildreid.ann.APPROXIMATE_ABOVE` images is searched approximately;
     ``indexes`` (a dict kept by the caller for the same ``database``) keeps those indexes between
-    calls."""
+    calls, ``index_dir`` between runs."""
     database = np.asarray(database, np.float32)
     queries = np.asarray(queries, np.float32)
     db_keys = np.array([_species_key(s) for s in (database_species if database_species is not None
@@ -168,7 +189,7 @@ def nearest_images(database: np.ndarray, database_species, queries: np.ndarray, 
             raise ValueError(f"species {key!r} has no database images")
         width = min(size, len(members))
         if len(members) > APPROXIMATE_ABOVE:
-            index = (indexes or {}).get(key) or ImageIndex(database[members])
+            index = (indexes or {}).get(key) or load_or_build(database[members], index_dir)[0]
             if indexes is not None:
                 indexes[key] = index
             found, similarity = index.search(queries[rows], width)

@@ -25,7 +25,7 @@ from wildreid.isolation import Isolator, Region, by_species
 from wildreid.local import KeypointExtractor, Keypoints, create_local_features
 from wildreid.matching import PAIR_SCORES, PairScorer, create_matcher, score_pairs
 from wildreid.openset import OpenSetDecision, pseudo_split, species_keys
-from wildreid.ranking import nearest_images
+from wildreid.ranking import index_dir, nearest_images
 
 #: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
 MIRROR_MODES = ("none", "opposite", "all")
@@ -310,7 +310,7 @@ class LocalReranking(BaseEstimator):
         shortlist, cosines = nearest_images(self.database_features_, self.database_species_,
                                             features, species,
                                             self.shortlist or len(self.database_features_),
-                                            self.shortlist_indexes_)
+                                            self.shortlist_indexes_, index_dir(self.cache_dir))
         rows, columns = np.nonzero(shortlist >= 0)
         # (query, database), the direction of the calibration pairs: one-sided scores (SIFT's
         # ratio test) would otherwise be calibrated on another function than they are used as.
