@@ -386,3 +386,31 @@ def test_keypoint_place_chosen_per_species_on_the_database(real_subset, tmp_path
     assert reranking.keypoints_on_[None] == "animal"
     candidates = identifier.predict_candidates(dataset.query, k=2)
     assert set(candidates["image_id"]) == set(dataset.query["image_id"])
+
+
+def test_keypoints_beyond_the_memory_budget_are_read_back_with_the_same_scores(
+        real_subset, tmp_path, monkeypatch):
+    """With a cache, keypoints are read by key as blocks of pairs need them: a budget of 3
+    images' keypoints (blocks of 8 pairs) gives the scores of a run holding them all, and no
+    more than 3 stay in memory."""
+    from wildreid import local, matching
+
+    dataset = load_dataset(real_subset)
+
+    def run() -> tuple[pd.DataFrame, Identifier]:
+        identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path / "cache",
+                                progress=False, device="cpu").fit(dataset.database)
+        return identifier.predict_candidates(dataset.query, k=3), identifier
+
+    whole, held = run()
+    assert len(held.reranking_.extractors_["sift"]._memory) > 3
+    capacity = held.reranking_.extractors_["sift"].features.max_keypoints
+    budget = 3 * capacity * (3 + 128) * 4 / 2**20
+    monkeypatch.setattr(local, "KEYPOINT_MEMORY_MIB", budget)
+    monkeypatch.setattr(matching, "BLOCK_PAIRS", 8)
+    bounded, identifier = run()
+    stage = identifier.reranking_.extractors_["sift"]
+    assert stage.memory_rows == 3 and len(stage._memory) <= 3
+    assert isinstance(identifier.reranking_.database_keypoints_["sift"], local.LazyRows)
+    pd.testing.assert_frame_equal(bounded.drop(columns="score"), whole.drop(columns="score"))
+    np.testing.assert_allclose(bounded["score"], whole["score"], atol=1e-5)

@@ -198,6 +198,19 @@ class ArrayCache:
                     found[row[0]] = array
         return found
 
+    def present(self, keys: list[str]) -> set[str]:
+        """Which of ``keys`` the cache holds a row for (not read, not checked: a damaged row is
+        found, dropped and recomputed when it is fetched)."""
+        keys = list(dict.fromkeys(keys))
+        self._layout()
+        found: set[str] = set()
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start:start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(key for (key,) in self._run(
+                f"SELECT key FROM arrays WHERE key IN ({marks})", chunk))
+        return found
+
     def __len__(self) -> int:
         self._layout()
         return self._run("SELECT COUNT(*) FROM arrays")[0][0]

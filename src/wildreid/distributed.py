@@ -17,7 +17,7 @@ same paths on every machine (a shared file system).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,7 +85,7 @@ class RayPool:
             _ACTORS[key] = [actor.remote() for _ in range(count)]
         return _ACTORS[key]
 
-    def _run(self, recipe: Callable[[], Any], key: tuple, method: str, chunks: Sequence[tuple]
+    def _run(self, recipe: Callable[[], Any], key: tuple, method: str, chunks: Iterable[tuple]
              ) -> Iterator[tuple[int, Any]]:
         """``(chunk number, result)`` of ``component.method(*chunk)`` for every chunk, in the
         order they finish (``component``: what ``recipe`` builds on each worker, once per
@@ -95,13 +95,13 @@ class RayPool:
         if key not in _RECIPES:
             _RECIPES[key] = ray.put(recipe)  # shipped to the cluster once
         shipped = [_RECIPES[key]]
-        queue = list(enumerate(chunks))[::-1]
+        queue = enumerate(chunks)  # drawn as workers free up: chunks may be made as they go
         pending: dict = {}
 
         def submit(actor) -> None:
-            if queue:
-                number, chunk = queue.pop()
+            for number, chunk in queue:
                 pending[actor.call.remote(key, shipped, method, *chunk)] = (number, actor)
+                return
 
         for actor in actors:
             submit(actor)
@@ -129,12 +129,14 @@ class RayPool:
         """Pair scores computed on the workers (``scorer``: the recipe of a
         :class:`~wildreid.matching.PairScorer`): ``(rows of pairs, scores)`` per chunk of
         ``size`` pairs, each chunk shipped with just the keypoints its pairs use."""
-        chunks, rows_of = [], []
-        for start in range(0, len(pairs), size):
-            part = pairs[start:start + size]
-            used, local = np.unique(part, return_inverse=True)
-            chunks.append(([keypoints[i] for i in used], local.reshape(part.shape), ransac))
-            rows_of.append(np.arange(start, start + len(part)))
+        from wildreid.stage import take
+
+        def chunks() -> Iterator[tuple]:  # read as they are sent: memory stays bounded
+            for start in range(0, len(pairs), size):
+                part = pairs[start:start + size]
+                used, local = np.unique(part, return_inverse=True)
+                yield take(keypoints, used), local.reshape(part.shape), ransac
+
         key = ("pairs", *(repr(a) for a in getattr(scorer, "args", ())))
-        for number, scores in self._run(scorer, key, "score", chunks):
-            yield rows_of[number], scores
+        for number, scores in self._run(scorer, key, "score", chunks()):
+            yield np.arange(number * size, min(len(pairs), (number + 1) * size)), scores

@@ -27,7 +27,7 @@ from PIL import Image
 from wildreid.cache import ArrayCache, content_keys
 from wildreid.isolation import Region
 from wildreid.registry import Registry
-from wildreid.stage import CachedStage
+from wildreid.stage import CachedStage, LazyRows  # noqa: F401  (LazyRows: what a call gives)
 from wildreid.weights import KORNIA, LOCAL_WEIGHTS, fetch, kornia_download, sha256_of
 
 
@@ -73,6 +73,10 @@ class Keypoints:
 
 #: float16 slots of a cache row's header: count, width, height and box as float32.
 _HEADER = 14
+#: Decoded keypoints kept in memory, at most (the most recently used; the rest are read from the
+#: cache when a batch of pairs needs them): 4 GiB holds every image of an AnimalCLEF-size
+#: database at 512 ALIKED keypoints, and bounds a 10^5-image one.
+KEYPOINT_MEMORY_MIB = 4096
 
 
 def resized(image: Image.Image, long_side: int) -> Image.Image:
@@ -266,17 +270,25 @@ def create_local_features(name: str, **settings) -> LocalFeatures:
 
 class KeypointExtractor(CachedStage):
     """Keypoints for many image files, decoded in workers, cached by content and region.
-    ``pool``: compute on a Ray cluster (:class:`~wildreid.distributed.RayPool`)."""
+    ``pool``: compute on a Ray cluster (:class:`~wildreid.distributed.RayPool`).
+
+    With a cache, a call gives a :class:`~wildreid.stage.LazyRows` view: keypoints are read by
+    key when pairs need them, at most ``memory_mib`` of them (default
+    :data:`KEYPOINT_MEMORY_MIB`) kept decoded in memory."""
 
     what = "keypoints"
 
     def __init__(self, features: LocalFeatures, cache_dir: str | Path | None = None,
-                 workers: int | None = None, progress: bool = True, pool=None):
+                 workers: int | None = None, progress: bool = True, pool=None,
+                 memory_mib: float | None = None):
         self.features = features
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
         row_shape = (_HEADER + features.max_keypoints * (3 + features.dim),)
+        decoded_bytes = features.max_keypoints * (3 + features.dim) * 4  # float32 arrays
+        memory_mib = KEYPOINT_MEMORY_MIB if memory_mib is None else memory_mib
         super().__init__(ArrayCache(cache_dir, features.cache_key, row_shape)
-                         if cache_dir is not None else None, progress, pool)
+                         if cache_dir is not None else None, progress, pool,
+                         memory_rows=max(1, int(memory_mib * 2**20 // decoded_bytes)))
 
     def decode(self, row: np.ndarray) -> Keypoints:
         return Keypoints.from_row(row, self.features.dim)
@@ -305,8 +317,10 @@ class KeypointExtractor(CachedStage):
         return functools.partial(_keypoint_worker, features)
 
     def __call__(self, paths: Sequence[str], regions: Sequence[Region | None] | None = None,
-                 description: str = "keypoints", mirrored: bool = False) -> list[Keypoints]:
-        """Keypoints of each image (``mirrored``: of the image flipped left-right)."""
+                 description: str = "keypoints", mirrored: bool = False
+                 ) -> Sequence[Keypoints]:
+        """Keypoints of each image (``mirrored``: of the image flipped left-right): a list, or
+        with a cache a view reading them from it when asked."""
         paths = [str(p) for p in paths]
         regions = list(regions) if regions is not None else [None] * len(paths)
         if mirrored:
@@ -315,7 +329,10 @@ class KeypointExtractor(CachedStage):
                 for key, region in zip(content_keys(paths, max(1, self.workers)), regions)]
         if mirrored:
             keys = [f"{key}-mirrored" for key in keys]
-        return self.rows(paths, keys, [(region, mirrored) for region in regions], description)
+        items = [(region, mirrored) for region in regions]
+        if self.cache is None:
+            return self.rows(paths, keys, items, description)
+        return self.lazy(paths, keys, items, description)
 
 
 def _keypoint_worker(features: LocalFeatures) -> KeypointExtractor:

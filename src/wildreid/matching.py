@@ -23,6 +23,7 @@ import torch
 from wildreid.local import Keypoints
 from wildreid.progress import progress_bar
 from wildreid.registry import Registry
+from wildreid.stage import take
 from wildreid.weights import LOCAL_WEIGHTS, fetch, kornia_download
 
 #: Confidence levels at which matches are counted (LightGlue's own filter is 0.1).
@@ -234,6 +235,9 @@ PAIR_SCORES = ("confidence_sum", *(f"matches@{level}" for level in CONFIDENCE_LE
 
 #: Pairs per chunk sent to one worker of a Ray pool.
 CHUNK_PAIRS = 4096
+#: Pairs whose keypoints are read at once (from the cache, when they are not all in memory):
+#: with shortlists of 100, about 2,100 images, 0.55 GiB of 512 ALIKED keypoints.
+BLOCK_PAIRS = 2048
 
 
 class PairScorer:
@@ -253,7 +257,8 @@ def score_pairs(matcher, keypoints: Sequence[Keypoints], pairs: np.ndarray, rans
                 scorer: Callable[[], PairScorer] | None = None) -> dict[str, np.ndarray]:
     """Scores of each ``(i, j)`` row of ``pairs`` (indices into ``keypoints``): sum of match
     confidences, matches above each confidence level and, with ``ransac``, RANSAC inliers.
-    Pairs are sorted by keypoint count so batches pad little. ``pool`` (a
+    Pairs are read in blocks (:data:`BLOCK_PAIRS`, the next one read while one is matched) and
+    sorted by keypoint count within each, so batches pad little. ``pool`` (a
     :class:`~wildreid.distributed.RayPool`) with ``scorer`` (the recipe of a
     :class:`PairScorer` for ``matcher``'s features): scored in chunks on its workers."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
@@ -268,25 +273,42 @@ def score_pairs(matcher, keypoints: Sequence[Keypoints], pairs: np.ndarray, rans
                 bar.advance(task, len(rows))
         result["seconds"] = np.float32(time.perf_counter() - start)
         return result
-    counts = np.array([len(k) for k in keypoints])
-    order = np.lexsort((counts[pairs[:, 1]], counts[pairs[:, 0]])) if len(pairs) else pairs[:, 0]
-    pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1)) if ransac else None
+    threads = ThreadPoolExecutor(min(16, os.cpu_count() or 1)) if ransac else None
+    reader = ThreadPoolExecutor(1)  # reads the next block's keypoints while this one matches
+    block = BLOCK_PAIRS
+    starts = range(0, len(pairs), block)
+
+    def read(begin: int) -> dict[int, Keypoints]:
+        used = np.unique(pairs[begin:begin + block]).tolist()
+        return dict(zip(used, take(keypoints, used)))
+
+    upcoming = reader.submit(read, 0) if len(pairs) else None
     with progress_bar("pairs", progress) as bar:
         task = bar.add_task(description, total=len(pairs))
-        for begin in range(0, len(pairs), matcher.batch_size):
-            chunk = order[begin:begin + matcher.batch_size]
-            first = [keypoints[i] for i in pairs[chunk, 0]]
-            second = [keypoints[j] for j in pairs[chunk, 1]]
-            matched = matcher.match_batch(first, second)
-            for row, found in zip(chunk, matched):
-                result["confidence_sum"][row] = found[:, 2].sum()
-                for level in CONFIDENCE_LEVELS:
-                    result[f"matches@{level}"][row] = (found[:, 2] > level).sum()
-            if pool is not None:
-                inliers = pool.map(ransac_inliers, first, second, matched)
-                result["inliers"][chunk] = np.fromiter(inliers, np.float32, len(chunk))
-            bar.advance(task, len(chunk))
-    if pool is not None:
-        pool.shutdown()
+        for begin in starts:
+            rows = upcoming.result()
+            if begin + block < len(pairs):
+                upcoming = reader.submit(read, begin + block)
+            part = np.arange(begin, min(len(pairs), begin + block))
+            # Sorted by keypoint count within the block, so batches pad little.
+            counts = {index: len(found) for index, found in rows.items()}
+            order = part[np.lexsort(([counts[j] for j in pairs[part, 1]],
+                                     [counts[i] for i in pairs[part, 0]]))]
+            for start_row in range(0, len(order), matcher.batch_size):
+                chunk = order[start_row:start_row + matcher.batch_size]
+                first = [rows[i] for i in pairs[chunk, 0].tolist()]
+                second = [rows[j] for j in pairs[chunk, 1].tolist()]
+                matched = matcher.match_batch(first, second)
+                for row, found in zip(chunk, matched):
+                    result["confidence_sum"][row] = found[:, 2].sum()
+                    for level in CONFIDENCE_LEVELS:
+                        result[f"matches@{level}"][row] = (found[:, 2] > level).sum()
+                if threads is not None:
+                    inliers = threads.map(ransac_inliers, first, second, matched)
+                    result["inliers"][chunk] = np.fromiter(inliers, np.float32, len(chunk))
+                bar.advance(task, len(chunk))
+    reader.shutdown()
+    if threads is not None:
+        threads.shutdown()
     result["seconds"] = np.float32(time.perf_counter() - start)
     return result

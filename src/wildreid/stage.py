@@ -9,10 +9,15 @@ chunks over a Ray pool (:mod:`wildreid.distributed`) — and each batch is writt
 soon as it is done, so a killed run loses nothing it finished. Identical files are computed once.
 A subclass says how to compute the rows of some images (:meth:`CachedStage.compute`) and how a
 row becomes the object callers get (:meth:`CachedStage.decode`).
+
+Rows too many to hold (keypoints of 10^5 images) are not all kept: with a cache, a stage made
+with ``memory_rows`` keeps at most that many decoded rows (the most recently used), and
+:meth:`CachedStage.lazy` gives a :class:`LazyRows` view that reads rows by key when asked.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -32,16 +37,20 @@ class CachedStage:
 
     ``what``: the name of the rows in messages (``features``, ``regions``, ``keypoints``).
     ``pool``: a :class:`~wildreid.distributed.RayPool` to compute on, else this process.
+    ``memory_rows``: decoded rows kept in memory, the most recently used (``None``: all; without
+    a cache all are kept whatever it says, since nothing could be read back).
     """
 
     what = "rows"
 
-    def __init__(self, cache: ArrayCache | None, progress: bool = True, pool=None):
+    def __init__(self, cache: ArrayCache | None, progress: bool = True, pool=None,
+                 memory_rows: int | None = None):
         self.cache = cache
         self.progress = progress
         self.pool = pool
+        self.memory_rows = memory_rows if cache is not None else None
         self.last_computed: list[str] = []
-        self._memory: dict[str, Any] = {}
+        self._memory: OrderedDict[str, Any] = OrderedDict()
 
     # -- what a stage defines ------------------------------------------------------------------
     def compute(self, paths: Sequence[str], items: Sequence) -> Iterator[
@@ -77,23 +86,57 @@ class CachedStage:
     def rows(self, paths: Sequence[str], keys: Sequence[str], items: Sequence,
              description: str) -> list[Any]:
         """The decoded row of every key, computing (and caching) the missing ones."""
-        wanted = [k for k in dict.fromkeys(keys) if k not in self._memory]
+        found = {k: self._memory[k] for k in dict.fromkeys(keys) if k in self._memory}
+        wanted = [k for k in dict.fromkeys(keys) if k not in found]
         if self.cache is not None and wanted:  # each cached row read (and checked) once
-            self._memory.update((k, self.decode(row))
-                                for k, row in self.cache.fetch(wanted).items())
-        todo = sorted({k: i for i, k in reversed(list(enumerate(keys)))
-                       if k not in self._memory}.values())
+            found.update((k, self.decode(row)) for k, row in self.cache.fetch(wanted).items())
+        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in found}.values())
         self.last_computed = [keys[i] for i in todo]  # what this call had to compute
         if todo:
-            failed = self._fill([paths[i] for i in todo], [keys[i] for i in todo],
-                                [items[i] for i in todo], description)
-            if failed:
-                raise ImageError(f"{len(failed)} image(s) could not be decoded ({self.what} of "
-                                 "the others are cached):\n  - " + "\n  - ".join(failed))
-        return [self._memory[k] for k in keys]
+            self._compute([paths[i] for i in todo], [keys[i] for i in todo],
+                          [items[i] for i in todo], description, found)
+        self._remember(found)
+        return [found[k] for k in keys]
 
-    def _fill(self, paths: list[str], keys: list[str], items: list, description: str
-              ) -> list[str]:
+    def ensure(self, paths: Sequence[str], keys: Sequence[str], items: Sequence,
+               description: str) -> None:
+        """Every key's row computed and in the cache (or in memory, without one); rows computed
+        now are not decoded here (they are when read)."""
+        held = set(self._memory) | (self.cache.present(list(keys)) if self.cache else set())
+        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in held}.values())
+        self.last_computed = [keys[i] for i in todo]
+        if todo:
+            self._compute([paths[i] for i in todo], [keys[i] for i in todo],
+                          [items[i] for i in todo], description,
+                          None if self.cache is not None else {})
+
+    def lazy(self, paths: Sequence[str], keys: Sequence[str], items: Sequence,
+             description: str) -> LazyRows:
+        """Every key's row computed and cached (:meth:`ensure`), as a view reading them when
+        asked."""
+        self.ensure(paths, keys, items, description)
+        return LazyRows(self, list(paths), list(keys), list(items), description)
+
+    def _remember(self, found: dict[str, Any]) -> None:
+        for key, value in found.items():
+            self._memory[key] = value
+            self._memory.move_to_end(key)
+        if self.memory_rows is not None:
+            while len(self._memory) > self.memory_rows:
+                self._memory.popitem(last=False)
+
+    def _compute(self, paths: list[str], keys: list[str], items: list, description: str,
+                 found: dict[str, Any] | None) -> None:
+        """Compute rows into the cache and, unless ``found`` is ``None``, decoded into it."""
+        failed = self._fill(paths, keys, items, description, found)
+        if failed:
+            raise ImageError(f"{len(failed)} image(s) could not be decoded ({self.what} of "
+                             "the others are cached):\n  - " + "\n  - ".join(failed))
+        if found is not None and self.cache is None:
+            self._remember(found)
+
+    def _fill(self, paths: list[str], keys: list[str], items: list, description: str,
+              found: dict[str, Any] | None) -> list[str]:
         failed: list[str] = []
         with progress_bar("images", self.progress) as bar:
             task = bar.add_task(description, total=len(paths))
@@ -109,7 +152,8 @@ class CachedStage:
                         self.cache.put(done, rows)
                     # Through the row even when not cached: answers never depend on whether it
                     # was computed now or read back.
-                    self._memory.update(zip(done, map(self.decode, rows)))
+                    if found is not None:
+                        found.update(zip(done, map(self.decode, rows)))
                 bar.advance(task, len(indices) + len(errors))
         return failed
 
@@ -117,3 +161,43 @@ class CachedStage:
         """Drop rows from memory (to compute or read them again)."""
         for key in keys:
             self._memory.pop(key, None)
+
+
+class LazyRows(Sequence):
+    """The rows of a cached stage for many images, read by key when asked: :meth:`take` reads
+    the rows of many at once (what a batch of pairs needs); the stage's ``memory_rows`` bounds
+    what stays in memory between reads. Views of one stage join with ``+``."""
+
+    def __init__(self, stage: CachedStage, paths: list[str], keys: list[str], items: list,
+                 description: str):
+        self.stage, self.paths, self.keys, self.items = stage, paths, keys, items
+        self.description = description
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.take(range(len(self))[index])
+        return self.take([index])[0]
+
+    def take(self, indices: Sequence[int]) -> list[Any]:
+        indices = [int(i) for i in indices]
+        unique = list(dict.fromkeys(indices))
+        rows = self.stage.rows([self.paths[i] for i in unique], [self.keys[i] for i in unique],
+                               [self.items[i] for i in unique], self.description)
+        by_index = dict(zip(unique, rows))
+        return [by_index[i] for i in indices]
+
+    def __add__(self, other: LazyRows) -> LazyRows:
+        if not isinstance(other, LazyRows) or other.stage is not self.stage:
+            return NotImplemented
+        return LazyRows(self.stage, self.paths + other.paths, self.keys + other.keys,
+                        self.items + other.items, self.description)
+
+
+def take(rows: Sequence, indices: Sequence[int]) -> list[Any]:
+    """``[rows[i] for i in indices]``, read together when ``rows`` is a :class:`LazyRows`."""
+    if isinstance(rows, LazyRows):
+        return rows.take(indices)
+    return [rows[int(i)] for i in indices]
