@@ -117,7 +117,7 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
         "queries": len(dataset.query), "aggregation": aggregation, "isolation": isolation,
         "local": args.local, "shortlist": args.shortlist, "keypoints_on": args.keypoints_on,
         "max_keypoints": args.max_keypoints, "long_side": args.long_side, "mirror": args.mirror,
-        "pairs_per_s": identifier.reranking_.pairs_per_second_ if identifier.reranking_ else None,
+        "pairs_per_s": identifier.reranking_.scorer_.pairs_per_second if identifier.reranking_ else None,
         "keypoints_on_chosen": ({str(k): v for k, v in identifier.reranking_.keypoints_on_.items()}
                                 if identifier.reranking_ else None),
         "keypoint_choice": ({str(k): v for k, v in identifier.reranking_.keypoint_choice_.items()}
@@ -143,16 +143,15 @@ def dump_pairs(identifier, dataset, answers: pd.DataFrame, protocol: str, out: P
     truth = answers.set_index("image_id")["identity"]
     query_ids = truth.reindex(dataset.query["image_id"]).to_numpy()
     tables = []
-    for stage, table in reranking.pair_tables_.items():
+    for stage, table in reranking.scorer_.pair_tables.items():
         table = table.copy()
         table["stage"] = stage
-        # Both stages score (query, database) pairs; query pairs index the database after the
-        # queries.
+        # Both stages score (query, database) pairs: rows of the queries, rows of the database.
         query_stage = stage.startswith("query")
         table["query"] = table["first"]
         table["query_identity"] = (query_ids if query_stage else
                                    database["identity"].to_numpy())[table["first"]]
-        table["database_image"] = table["second"] - (len(dataset.query) if query_stage else 0)
+        table["database_image"] = table["second"]
         table["database_identity"] = database["identity"].to_numpy()[table["database_image"]]
         table["species"] = database["species"].to_numpy()[table["database_image"]]
         tables.append(table)

@@ -15,7 +15,7 @@ from wildreid.data import load_dataset
 from wildreid.fusion import Calibration
 from wildreid.images import load_image
 from wildreid.isolation import Segmenter, u2netp_weights
-from wildreid.local import KeypointExtractor, create_local_features
+from wildreid.local import KeypointExtractor, LazyRows, create_local_features
 from wildreid.matching import create_matcher, score_pairs
 from wildreid.pipeline import Identifier
 from wildreid.rerank import mirror_views
@@ -176,14 +176,14 @@ def test_reranking_matches_opposite_views_mirrored(real_subset, tmp_path):
     identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
                             device="cpu", mirror="opposite", keep_pair_scores=True).fit(database)
     reranking = identifier.reranking_
-    table = reranking.pair_tables_["calibration pairs"]
+    table = reranking.scorer_.pair_tables["calibration pairs"]
     orientation = database["orientation"].to_numpy()
     opposite = orientation[table["first"]] != orientation[table["second"]]
     assert opposite.any() and (~opposite).any()
     mirrored = table["sift:mirrored:confidence_sum"]
     assert mirrored[opposite].notna().all() and mirrored[~opposite].isna().all()
     identifier.predict_candidates(dataset.query[dataset.query["species"] == "nyala"], k=2)
-    table = reranking.pair_tables_["query pairs"]
+    table = reranking.scorer_.pair_tables["query pairs"]
     assert table["sift:mirrored:confidence_sum"].notna().any()
     with pytest.raises(ValueError, match="mirror must be one of"):
         Identifier(local=("sift",), mirror="sideways").fit(database)
@@ -310,23 +310,24 @@ def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path):
                             device="cpu", keep_pair_scores=True).fit(dataset.database)
     reranking = identifier.reranking_
     identifier.predict_candidates(dataset.query, k=3)
-    table = reranking.pair_tables_["query pairs"]
+    table = reranking.scorer_.pair_tables["query pairs"]
     queries = len(dataset.query)
-    assert (table["first"] < queries).all() and (table["second"] >= queries).all()
+    # Rows of the queries, then of the database (the keypoints joined below: queries first).
+    assert table["first"].max() < queries and table["second"].max() < len(dataset.database)
     per_species = dataset.database["species"].value_counts()
     assert len(table) == dataset.query["species"].map(per_species).sum()  # the whole gallery
     from wildreid.rerank import keypoint_regions
 
     regions = keypoint_regions(dataset.query, reranking.keypoints_on_, identifier.isolator)
-    query_keypoints = reranking.keypoints(dataset.query, regions, "q")
+    query_keypoints = reranking.scorer_.keypoints(dataset.query, regions, "q")
     keypoints = query_keypoints["sift"] + reranking.database_keypoints_["sift"]
-    pairs = table[["first", "second"]].to_numpy()
-    matcher = reranking.matchers_["sift"]
+    pairs = table[["first", "second"]].to_numpy() + np.array([0, queries])
+    matcher = reranking.scorer_.matchers["sift"]
     forward = score_pairs(matcher, keypoints, pairs, progress=False)["confidence_sum"]
     backward = score_pairs(matcher, keypoints, pairs[:, ::-1], progress=False)["confidence_sum"]
     assert np.allclose(table["sift:confidence_sum"], forward)
     assert not np.allclose(forward, backward)  # the direction matters for this matcher
-    calibration = reranking.pair_tables_["calibration pairs"]
+    calibration = reranking.scorer_.pair_tables["calibration pairs"]
     identities = dataset.database["identity"].to_numpy()
     assert (identities[calibration["first"]] != "").all()
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--shortlist", "none"])
@@ -389,28 +390,28 @@ def test_keypoint_place_chosen_per_species_on_the_database(real_subset, tmp_path
 
 
 def test_keypoints_beyond_the_memory_budget_are_read_back_with_the_same_scores(
-        real_subset, tmp_path, monkeypatch):
-    """With a cache, keypoints are read by key as blocks of pairs need them: a budget of 3
-    images' keypoints (blocks of 8 pairs) gives the scores of a run holding them all, and no
-    more than 3 stay in memory."""
-    from wildreid import local, matching
+        regions, tmp_path, monkeypatch):
+    """With a cache, keypoints are a view read by key as blocks of pairs need them: a budget of
+    2 images' keypoints, blocks of 4 pairs, gives the scores of keypoints all held in memory,
+    and no more than 2 stay decoded."""
+    from wildreid import matching
 
-    dataset = load_dataset(real_subset)
-
-    def run() -> tuple[pd.DataFrame, Identifier]:
-        identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path / "cache",
-                                progress=False, device="cpu").fit(dataset.database)
-        return identifier.predict_candidates(dataset.query, k=3), identifier
-
-    whole, held = run()
-    assert len(held.reranking_.extractors_["sift"]._memory) > 3
-    capacity = held.reranking_.extractors_["sift"].features.max_keypoints
-    budget = 3 * capacity * (3 + 128) * 4 / 2**20
-    monkeypatch.setattr(local, "KEYPOINT_MEMORY_MIB", budget)
-    monkeypatch.setattr(matching, "BLOCK_PAIRS", 8)
-    bounded, identifier = run()
-    stage = identifier.reranking_.extractors_["sift"]
-    assert stage.memory_rows == 3 and len(stage._memory) <= 3
-    assert isinstance(identifier.reranking_.database_keypoints_["sift"], local.LazyRows)
-    pd.testing.assert_frame_equal(bounded.drop(columns="score"), whole.drop(columns="score"))
-    np.testing.assert_allclose(bounded["score"], whole["score"], atol=1e-5)
+    photos = [str(BENCH / "images" / "nyala" / f"{i}.jpg") for i in SAME + OTHERS]
+    features = create_local_features("sift", max_keypoints=256, device="cpu")
+    held = KeypointExtractor(features, None, workers=0, progress=False)(photos, regions)
+    budget = 2 * 256 * (3 + features.dim) * 4 / 2**20
+    stage = KeypointExtractor(features, tmp_path, workers=0, progress=False, memory_mib=budget)
+    lazy = stage(photos, regions)
+    assert isinstance(lazy, LazyRows) and stage.memory_rows == 2 and not stage._memory
+    count = len(photos)
+    pairs = np.array([(i, j) for i in range(count) for j in range(count) if i != j])
+    matcher = create_matcher("sift", device="cpu", batch_size=3)
+    monkeypatch.setattr(matching, "BLOCK_PAIRS", 4)
+    bounded = score_pairs(matcher, lazy, pairs, ransac=True, progress=False)
+    assert len(stage._memory) <= 2
+    whole = score_pairs(matcher, held, pairs, ransac=True, progress=False)
+    for name in matching.PAIR_SCORES:
+        np.testing.assert_allclose(bounded[name], whole[name], rtol=1e-5, atol=1e-4)
+    assert whole["confidence_sum"].max() > 0
+    joined = lazy + lazy  # views of one stage join, as queries and database do
+    assert len(joined) == 2 * count and joined[count].descriptors.shape == held[0].descriptors.shape

@@ -1,19 +1,20 @@
 """Re-rank a global shortlist with local keypoint matches, calibrated and fused (WildFusion).
 
-``fit`` on the database: keypoints of every database image (on the animal when a region is
-known), then a bounded sample of database-vs-database pairs — pseudo-queries against their
-shortlist in a pseudo-database, as in :mod:`wildreid.openset` — fits one isotonic calibration per
-matcher (the global cosine is a matcher too) and the per-species ``new_individual`` thresholds on
-cross-fitted fused scores (each pair calibrated without its pseudo-query's identity). ``rank``
-scores each query's shortlist and aggregates per identity (max).
+The pairs are scored by a :class:`~wildreid.scorers.LocalScorer` (``scorer_``); this module says
+which pairs are scored and what their scores mean. ``fit`` on the database: keypoints of every
+database image (on the animal when a region is known), then a bounded sample of
+database-vs-database pairs — pseudo-queries against their shortlist in a pseudo-database, as in
+:mod:`wildreid.openset` — fits one isotonic calibration per matcher (the global cosine is a
+matcher too) and the per-species ``new_individual`` thresholds
+(:meth:`~wildreid.openset.OpenSetDecision.from_pseudo_queries`) on cross-fitted fused scores
+(each pair calibrated without its pseudo-query's identity). ``rank`` scores each query's
+shortlist and aggregates per identity (max).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,59 +22,22 @@ from sklearn.base import BaseEstimator
 
 from wildreid.distributed import RayPool
 from wildreid.fusion import Calibration, cross_fitted_fusion
-from wildreid.isolation import Isolator, Region, by_species
-from wildreid.local import KeypointExtractor, Keypoints, create_local_features
-from wildreid.matching import PAIR_SCORES, PairScorer, create_matcher, score_pairs
+from wildreid.isolation import Isolator, by_species
 from wildreid.openset import OpenSetDecision, pseudo_split, species_keys
 from wildreid.ranking import index_dir, nearest_images
+from wildreid.scorers import (  # noqa: F401  (MIRROR_MODES, mirror_views: public here too)
+    MIRROR_MODES,
+    LocalScorer,
+    keypoint_regions,
+    mirror_views,
+    orientations,
+)
 
-#: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
-MIRROR_MODES = ("none", "opposite", "all")
 #: Where local keypoints are kept: on the animal's mask, or anywhere on the photo; ``auto``
 #: chooses one of the two per species on the database (:meth:`LocalReranking.fit`).
 KEYPOINT_PLACES = ("animal", "image", "auto")
 #: Pseudo-queries per species that choose between the places of ``keypoints_on="auto"``.
 _CHOICE_QUERIES = 100
-
-
-def keypoint_regions(images: pd.DataFrame, keypoints_on: str | dict[str | None, str],
-                     isolator: Isolator | None, description: str = "regions"
-                     ) -> list[Region | None] | None:
-    """The region each image's keypoints are kept in: the animal's (segmented or from metadata)
-    for species whose ``keypoints_on`` is ``animal``, ``None`` (the whole photo) for the rest;
-    ``None`` when no image keeps them on the animal."""
-    species = images["species"] if "species" in images.columns else [None] * len(images)
-    on_animal = by_species(keypoints_on, species, "animal") == "animal"
-    if isolator is None or not on_animal.any():
-        return None
-    found = isolator(images.iloc[np.flatnonzero(on_animal)], description)
-    regions: list[Region | None] = [None] * len(images)
-    for row, region in zip(np.flatnonzero(on_animal), found):
-        regions[row] = region
-    return regions
-
-
-class _MirroredQueries(NamedTuple):
-    """Keypoints of mirrored query images (each once), the pairs also matched mirrored, where
-    each of those pairs finds its query among the keypoints, and the column holding queries."""
-
-    keypoints: dict[str, list[Keypoints]]
-    flipped: np.ndarray
-    positions: np.ndarray
-    column: int
-
-
-def mirror_views(first: Sequence, second: Sequence) -> np.ndarray:
-    """Pairs of ``orientation`` values that are mirror views: ``left``/``right``,
-    ``left_ear``/``right_ear``... (missing orientations never are)."""
-    def swapped(value) -> str | None:
-        if not isinstance(value, str) or not ("left" in value or "right" in value):
-            return None
-        return value.replace("left", "\0").replace("right", "left").replace("\0", "right")
-
-    mirror_of = {value: swapped(value) for value in set(first)}  # few distinct orientations
-    return np.array([mirror_of[a] is not None and mirror_of[a] == b
-                     for a, b in zip(first, second)], dtype=bool)
 
 
 class LocalReranking(BaseEstimator):
@@ -125,81 +89,11 @@ class LocalReranking(BaseEstimator):
         if any(place not in KEYPOINT_PLACES for place in places):
             raise ValueError(f"keypoints_on must be one of {', '.join(KEYPOINT_PLACES)} (or a "
                              f"dict of them by species), not {self.keypoints_on!r}")
-        if self.mirror not in MIRROR_MODES:
-            raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not "
-                             f"{self.mirror!r}")
         self.pool_ = None if self.ray is None else RayPool(self.ray)
-        self.extractors_ = {name: KeypointExtractor(
-            create_local_features(name, max_keypoints=self.max_keypoints,
-                                  long_side=self.long_side, device=self.device),
-            self.cache_dir, self.workers, self.progress, self.pool_) for name in self.features}
-        self.matchers_ = {name: create_matcher(name, device=self.device,
-                                               batch_size=self.batch_size)
-                          for name in self.features}
-        self.pairs_per_second_: dict[str, float] = {}
-        self.pair_tables_: dict[str, pd.DataFrame] = {}
-
-    def keypoints(self, images: pd.DataFrame, regions: Sequence[Region] | None,
-                  description: str, mirrored: bool = False) -> dict[str, list[Keypoints]]:
-        paths = images["filepath" if "filepath" in images.columns else "path"].astype(str).tolist()
-        if mirrored:
-            description = f"{description} mirrored"
-        return {name: extractor(paths, regions, f"{description}: {name} keypoints", mirrored)
-                for name, extractor in self.extractors_.items()}
-
-    def _mirrored(self, query_orientation: Sequence, database_orientation: Sequence
-                  ) -> np.ndarray:
-        """Which pairs are also matched with the query mirrored."""
-        if self.mirror == "all":
-            return np.ones(len(query_orientation), bool)
-        if self.mirror == "opposite":
-            return mirror_views(query_orientation, database_orientation)
-        return np.zeros(len(query_orientation), bool)
-
-    def _mirrored_queries(self, images: pd.DataFrame, regions: Sequence[Region] | None,
-                          pairs: np.ndarray, flipped: np.ndarray, column: int, description: str
-                          ) -> _MirroredQueries | None:
-        if not flipped.any():
-            return None
-        unique, positions = np.unique(pairs[flipped, column], return_inverse=True)
-        found = self.keypoints(images.iloc[unique],
-                               None if regions is None else [regions[i] for i in unique],
-                               description, mirrored=True)
-        return _MirroredQueries(found, flipped, positions, column)
-
-    def _pair_scores(self, keypoints: dict[str, list[Keypoints]], pairs: np.ndarray,
-                     cosines: np.ndarray, description: str,
-                     mirrored: _MirroredQueries | None = None) -> dict[str, np.ndarray]:
-        """Every matcher's score of each pair (rows index ``keypoints``), plus the cosine.
-
-        ``mirrored`` (from :meth:`_mirrored_queries`): the pairs also matched with their query
-        mirrored; those keep the better of both scores."""
-        scores = {"cosine": cosines.astype(np.float32)}
-        table = {"first": pairs[:, 0], "second": pairs[:, 1], "cosine": scores["cosine"]}
-        ransac = self.pair_score == "inliers" or self.keep_pair_scores
-        flipped = np.zeros(len(pairs), bool) if mirrored is None else mirrored.flipped
-        for name, matcher in self.matchers_.items():
-            every, scored = keypoints[name], pairs
-            if flipped.any():  # mirrored queries appended after the other keypoints
-                every = every + mirrored.keypoints[name]
-                extra = pairs[flipped].copy()
-                extra[:, mirrored.column] = len(keypoints[name]) + mirrored.positions
-                scored = np.concatenate([pairs, extra])
-            found = score_pairs(matcher, every, scored, ransac=ransac,
-                                progress=self.progress, description=f"{description}: {name}",
-                                pool=self.pool_,
-                                scorer=functools.partial(PairScorer, name, self.batch_size))
-            self.pairs_per_second_[name] = len(scored) / max(float(found["seconds"]), 1e-9)
-            for key in PAIR_SCORES:
-                table[f"{name}:{key}"] = found[key][:len(pairs)]
-                if flipped.any():  # NaN where the pair was not matched mirrored
-                    table[f"{name}:mirrored:{key}"] = np.full(len(pairs), np.nan, np.float32)
-                    table[f"{name}:mirrored:{key}"][flipped] = found[key][len(pairs):]
-            scores[name] = np.fmax(table[f"{name}:{self.pair_score}"],
-                                   table.get(f"{name}:mirrored:{self.pair_score}", np.nan))
-        if self.keep_pair_scores:
-            self.pair_tables_[description] = pd.DataFrame(table)
-        return scores
+        self.scorer_ = LocalScorer(self.features, self.max_keypoints, self.long_side,
+                                   self.pair_score, self.mirror, self.device, self.batch_size,
+                                   self.cache_dir, self.workers, self.progress, self.pool_,
+                                   self.keep_pair_scores)
 
     def fit(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None
             ) -> LocalReranking:
@@ -212,12 +106,12 @@ class LocalReranking(BaseEstimator):
             raise ValueError("local re-ranking needs 3 or more database identities to calibrate")
         self.keypoints_on_ = self._choose_places(images, features, species, split, isolator, rng)
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
-        self.database_keypoints_ = self.keypoints(images, regions, "database")
+        self.database_keypoints_ = self.scorer_.keypoints(images, regions, "database")
         self.database_features_ = features
         self.shortlist_indexes_: dict = {}  # approximate indexes of very large species, by species
         self.database_identities_ = identities
         self.database_species_ = species
-        self.database_orientations_ = _orientations(images)
+        self.database_orientations_ = orientations(images)
         queries, unknown = self._bounded(split.queries, split.unknown, species, rng)
         reference = split.reference
         shortlist, cosines = nearest_images(features[reference], species[reference],
@@ -225,11 +119,9 @@ class LocalReranking(BaseEstimator):
                                             self.shortlist or len(reference))
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([queries[rows], reference[shortlist[rows, columns]]], 1)
-        orientation = self.database_orientations_
-        flipped = self._mirrored(orientation[pairs[:, 0]], orientation[pairs[:, 1]])
-        mirrored = self._mirrored_queries(images, regions, pairs, flipped, 0, "pseudo-queries")
-        scores = self._pair_scores(self.database_keypoints_, pairs, cosines[rows, columns],
-                                   "calibration pairs", mirrored)
+        scores = self.scorer_.score(images, regions, self.database_keypoints_,
+                                    self.database_keypoints_, self.database_orientations_, pairs,
+                                    cosines[rows, columns], "calibration pairs")
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         self.calibration_ = Calibration.fit(scores, same)
         # Thresholds from out-of-fold fused scores (folds by pseudo-query identity): fitted on
@@ -275,11 +167,13 @@ class LocalReranking(BaseEstimator):
             top1 = {}
             for place in ("animal", "image"):
                 regions = keypoint_regions(subset, place, isolator, f"{name}: regions")
-                found = self.keypoints(subset, regions, f"{name}: choosing keypoints ({place})")
-                scores = self._pair_scores(found, pairs, cosines[rows, columns],
-                                           f"{name}: keypoints on the {place}")
+                found = self.scorer_.keypoints(subset, regions, f"{name}: choosing keypoints ({place})")
+                # Not mirrored: each place is judged on the pairs as they are.
+                scores = self.scorer_.score(subset, regions, found, found, orientations(subset),
+                                            pairs, cosines[rows, columns],
+                                            f"{name}: keypoints on the {place}", mirror=False)
                 hits = []
-                for matcher in self.matchers_:
+                for matcher in self.features:
                     table = pd.DataFrame({"query": rows, "identity": identities[members][
                         pairs[:, 1]], "score": scores[matcher], "cosine": scores["cosine"]})
                     best = _top_identities(table, len(queries), 1)["identity"][:, 0]
@@ -306,23 +200,16 @@ class LocalReranking(BaseEstimator):
         row of the pair that gave each identity its score (-1 pads)."""
         species = species_keys(images.get("species"), len(images))
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "queries: regions")
-        query_keypoints = self.keypoints(images, regions, "queries")
+        query_keypoints = self.scorer_.keypoints(images, regions, "queries")
         shortlist, cosines = nearest_images(self.database_features_, self.database_species_,
                                             features, species,
                                             self.shortlist or len(self.database_features_),
                                             self.shortlist_indexes_, index_dir(self.cache_dir))
         rows, columns = np.nonzero(shortlist >= 0)
-        # (query, database), the direction of the calibration pairs: one-sided scores (SIFT's
-        # ratio test) would otherwise be calibrated on another function than they are used as.
         pairs = np.stack([rows, shortlist[rows, columns]], 1)
-        offset = len(query_keypoints[next(iter(self.extractors_))])
-        joined = {name: query_keypoints[name] + self.database_keypoints_[name]
-                  for name in self.features}
-        flipped = self._mirrored(_orientations(images)[pairs[:, 0]],
-                                 self.database_orientations_[pairs[:, 1]])
-        mirrored = self._mirrored_queries(images, regions, pairs, flipped, 0, "queries")
-        scores = self._pair_scores(joined, pairs + np.array([0, offset]), cosines[rows, columns],
-                                   "query pairs", mirrored)
+        scores = self.scorer_.score(images, regions, query_keypoints, self.database_keypoints_,
+                                    self.database_orientations_, pairs, cosines[rows, columns],
+                                    "query pairs")
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
                               "score": self.calibration_.fuse(scores), "cosine": scores["cosine"],
                               "image": pairs[:, 1]})
@@ -348,21 +235,14 @@ class LocalReranking(BaseEstimator):
         pairs = np.sort(np.stack([np.repeat(np.arange(count), width), nearest.ravel()], 1), axis=1)
         pairs = np.unique(pairs, axis=0)
         regions = keypoint_regions(images, self.keypoints_on_, isolator, f"{description}: regions")
-        keypoints = self.keypoints(images, regions, description)
-        orientation = _orientations(images)
-        flipped = self._mirrored(orientation[pairs[:, 0]], orientation[pairs[:, 1]])
-        mirrored = self._mirrored_queries(images, regions, pairs, flipped, 0, description)
-        scores = self._pair_scores(keypoints, pairs, cosines[pairs[:, 0], pairs[:, 1]],
-                                   f"{description} pairs", mirrored)
+        keypoints = self.scorer_.keypoints(images, regions, description)
+        scores = self.scorer_.score(images, regions, keypoints, keypoints, orientations(images),
+                                    pairs, cosines[pairs[:, 0], pairs[:, 1]],
+                                    f"{description} pairs")
         fused = self.calibration_.fuse(scores)
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused
         return similarity
-
-
-def _orientations(images: pd.DataFrame) -> np.ndarray:
-    column = images["orientation"] if "orientation" in images.columns else [None] * len(images)
-    return np.array([value if isinstance(value, str) else None for value in column], dtype=object)
 
 
 def _top_identities(table: pd.DataFrame, queries: int, k: int) -> dict[str, np.ndarray]:

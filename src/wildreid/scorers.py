@@ -1,0 +1,179 @@
+"""Pair scorers: every local matcher's score of pairs of images, and the cosine beside them.
+
+:class:`LocalScorer` holds what scoring a pair takes — the keypoint extractors (cached by content
+and region), the matchers, mirroring — and nothing of which pairs are scored or what the scores
+mean (that is :mod:`wildreid.rerank`'s: the shortlist, the calibration, the decision). Pairs are
+always scored query first: the direction calibration pairs are scored in is the direction query
+pairs are, since a one-sided score (SIFT's ratio test) is another function the other way round.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from wildreid.isolation import Isolator, Region, by_species
+from wildreid.local import KeypointExtractor, Keypoints, create_local_features
+from wildreid.matching import PAIR_SCORES, PairScorer, create_matcher, score_pairs
+
+#: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
+MIRROR_MODES = ("none", "opposite", "all")
+
+
+def keypoint_regions(images: pd.DataFrame, keypoints_on: str | dict[str | None, str],
+                     isolator: Isolator | None, description: str = "regions"
+                     ) -> list[Region | None] | None:
+    """The region each image's keypoints are kept in: the animal's (segmented or from metadata)
+    for species whose ``keypoints_on`` is ``animal``, ``None`` (the whole photo) for the rest;
+    ``None`` when no image keeps them on the animal."""
+    species = images["species"] if "species" in images.columns else [None] * len(images)
+    on_animal = by_species(keypoints_on, species, "animal") == "animal"
+    if isolator is None or not on_animal.any():
+        return None
+    found = isolator(images.iloc[np.flatnonzero(on_animal)], description)
+    regions: list[Region | None] = [None] * len(images)
+    for row, region in zip(np.flatnonzero(on_animal), found):
+        regions[row] = region
+    return regions
+
+
+def mirror_views(first: Sequence, second: Sequence) -> np.ndarray:
+    """Pairs of ``orientation`` values that are mirror views: ``left``/``right``,
+    ``left_ear``/``right_ear``... (missing orientations never are)."""
+    def swapped(value) -> str | None:
+        if not isinstance(value, str) or not ("left" in value or "right" in value):
+            return None
+        return value.replace("left", "\0").replace("right", "left").replace("\0", "right")
+
+    mirror_of = {value: swapped(value) for value in set(first)}  # few distinct orientations
+    return np.array([mirror_of[a] is not None and mirror_of[a] == b
+                     for a, b in zip(first, second)], dtype=bool)
+
+
+def orientations(images: pd.DataFrame) -> np.ndarray:
+    """Each image's ``orientation`` (``None`` where missing or no such column)."""
+    column = images["orientation"] if "orientation" in images.columns else [None] * len(images)
+    return np.array([value if isinstance(value, str) else None for value in column], dtype=object)
+
+
+class _MirroredQueries(NamedTuple):
+    """Keypoints of mirrored query images (each once), the pairs also matched mirrored, and
+    where each of those pairs finds its query among the keypoints."""
+
+    keypoints: dict[str, Sequence[Keypoints]]
+    flipped: np.ndarray
+    positions: np.ndarray
+
+
+class LocalScorer:
+    """Scores of ``(query, gallery)`` pairs by each local matcher of ``features`` (``aliked``,
+    ``disk``, ``sift``: the one registered for each), with the cosine given.
+
+    ``pair_score``: which of a matcher's scores (:data:`~wildreid.matching.PAIR_SCORES`) is kept.
+    ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
+    are mirror views (``opposite``) or for every pair (``all``); the better score is kept.
+    ``pool``: a :class:`~wildreid.distributed.RayPool` for keypoints and matching.
+    Instrumentation lives here, not in the estimator: ``pairs_per_second`` (per matcher, last
+    call) and, with ``keep_pair_scores``, ``pair_tables`` (every score of every pair, by the
+    description of the call)."""
+
+    def __init__(self, features: Sequence[str], max_keypoints: int, long_side: int,
+                 pair_score: str = "confidence_sum", mirror: str = "none", device: str = "auto",
+                 batch_size: int = 128, cache_dir: str | Path | None = None,
+                 workers: int | None = None, progress: bool = True, pool=None,
+                 keep_pair_scores: bool = False):
+        if mirror not in MIRROR_MODES:
+            raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {mirror!r}")
+        if pair_score not in PAIR_SCORES:
+            raise ValueError(f"pair_score must be one of {', '.join(PAIR_SCORES)}, not "
+                             f"{pair_score!r}")
+        self.features, self.pair_score, self.mirror = tuple(features), pair_score, mirror
+        self.batch_size, self.progress, self.pool = batch_size, progress, pool
+        self.keep_pair_scores = keep_pair_scores
+        self.extractors = {name: KeypointExtractor(
+            create_local_features(name, max_keypoints=max_keypoints, long_side=long_side,
+                                  device=device), cache_dir, workers, progress, pool)
+            for name in self.features}
+        self.matchers = {name: create_matcher(name, device=device, batch_size=batch_size)
+                         for name in self.features}
+        self.pairs_per_second: dict[str, float] = {}
+        self.pair_tables: dict[str, pd.DataFrame] = {}
+
+    def keypoints(self, images: pd.DataFrame, regions: Sequence[Region | None] | None,
+                  description: str, mirrored: bool = False) -> dict[str, Sequence[Keypoints]]:
+        """Each matcher's keypoints of ``images`` (``mirrored``: of the images flipped)."""
+        paths = images["filepath" if "filepath" in images.columns else "path"].astype(str).tolist()
+        if mirrored:
+            description = f"{description} mirrored"
+        return {name: extractor(paths, regions, f"{description}: {name} keypoints", mirrored)
+                for name, extractor in self.extractors.items()}
+
+    def mirrored(self, query_orientation: Sequence, gallery_orientation: Sequence) -> np.ndarray:
+        """Which pairs are also matched with the query mirrored."""
+        if self.mirror == "all":
+            return np.ones(len(query_orientation), bool)
+        if self.mirror == "opposite":
+            return mirror_views(query_orientation, gallery_orientation)
+        return np.zeros(len(query_orientation), bool)
+
+    def score(self, queries: pd.DataFrame, query_regions: Sequence[Region | None] | None,
+              query_keypoints: dict[str, Sequence[Keypoints]],
+              gallery_keypoints: dict[str, Sequence[Keypoints]], gallery_orientation: np.ndarray,
+              pairs: np.ndarray, cosines: np.ndarray, description: str, mirror: bool = True
+              ) -> dict[str, np.ndarray]:
+        """Every matcher's score of each ``(query row, gallery row)`` of ``pairs``, plus
+        ``cosine``. The gallery may be the queries themselves (pass the same keypoints).
+        ``mirror=False``: no pair matched mirrored, whatever ``self.mirror`` says."""
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        offset = len(query_keypoints[self.features[0]])
+        joined = {name: query_keypoints[name] + gallery_keypoints[name] for name in self.features}
+        flipped = (self.mirrored(orientations(queries)[pairs[:, 0]],
+                                 gallery_orientation[pairs[:, 1]])
+                   if mirror else np.zeros(len(pairs), bool))
+        mirrored = None
+        if flipped.any():
+            unique, positions = np.unique(pairs[flipped, 0], return_inverse=True)
+            found = self.keypoints(queries.iloc[unique], None if query_regions is None else
+                                   [query_regions[i] for i in unique], description, mirrored=True)
+            mirrored = _MirroredQueries(found, flipped, positions)
+        scores = self._pair_scores(joined, pairs + np.array([0, offset]), cosines, description,
+                                   mirrored)
+        if self.keep_pair_scores:  # rows of the queries and of the gallery
+            self.pair_tables[description] = self.pair_tables[description].assign(
+                first=pairs[:, 0], second=pairs[:, 1])
+        return scores
+
+    def _pair_scores(self, keypoints: dict[str, Sequence[Keypoints]], pairs: np.ndarray,
+                     cosines: np.ndarray, description: str,
+                     mirrored: _MirroredQueries | None) -> dict[str, np.ndarray]:
+        scores = {"cosine": np.asarray(cosines, np.float32)}
+        table = {"first": pairs[:, 0], "second": pairs[:, 1], "cosine": scores["cosine"]}
+        ransac = self.pair_score == "inliers" or self.keep_pair_scores
+        flipped = np.zeros(len(pairs), bool) if mirrored is None else mirrored.flipped
+        for name, matcher in self.matchers.items():
+            every, scored = keypoints[name], pairs
+            if flipped.any():  # mirrored queries appended after the other keypoints
+                every = every + mirrored.keypoints[name]
+                extra = pairs[flipped].copy()
+                extra[:, 0] = len(keypoints[name]) + mirrored.positions
+                scored = np.concatenate([pairs, extra])
+            found = score_pairs(matcher, every, scored, ransac=ransac,
+                                progress=self.progress, description=f"{description}: {name}",
+                                pool=self.pool,
+                                scorer=functools.partial(PairScorer, name, self.batch_size))
+            self.pairs_per_second[name] = len(scored) / max(float(found["seconds"]), 1e-9)
+            for key in PAIR_SCORES:
+                table[f"{name}:{key}"] = found[key][:len(pairs)]
+                if flipped.any():  # NaN where the pair was not matched mirrored
+                    table[f"{name}:mirrored:{key}"] = np.full(len(pairs), np.nan, np.float32)
+                    table[f"{name}:mirrored:{key}"][flipped] = found[key][len(pairs):]
+            scores[name] = np.fmax(table[f"{name}:{self.pair_score}"],
+                                   table.get(f"{name}:mirrored:{self.pair_score}", np.nan))
+        if self.keep_pair_scores:
+            self.pair_tables[description] = pd.DataFrame(table)
+        return scores
