@@ -212,6 +212,12 @@ def test_waiting_photos_and_what_scores_mean(client, real_subset, tmp_path):
     assert waiting["queries"] == [image_id] and waiting["score"] == "cosine similarity"
     ranked = http.get("/api/candidates", params={"image_id": image_id}).json()
     assert ranked["candidates"][0]["rank"] == 1 and len(ranked["candidates"][0]["photos"]) >= 1
+    # Each candidate names the photo whose pair gave its score: the one its matches draw.
+    best, runner_up = ranked["candidates"][0], ranked["candidates"][1]
+    assert best["image"] in http.get("/api/photos", params={"individual": best["identity"]}).json()
+    refused = http.get("/api/matches", params={"image_id": image_id, "individual": best["identity"],
+                                               "photo": runner_up["image"]})
+    assert refused.status_code == 404 and "is not a photo of individual" in refused.text
     assert ranked["verdict"].startswith(("likely", "probably a new individual"))
     assert ranked["threshold"] is not None and str(round(ranked["threshold"], 2)) in ranked[
         "verdict"]

@@ -117,6 +117,7 @@ def test_review_queue_in_chromium(real_subset, tmp_path):
             expect(page.locator("#matches img")).to_be_visible(timeout=120_000)
             expect(page.locator("#matches figcaption")).to_contain_text(
                 re.compile(r"^\d+ keypoint matches \(strength [\d.]+\)"))
+            expect(page.locator("#matches figcaption")).to_contain_text("gave the score")
             shoot(page, "2-matches")
             page.click("#matches img")  # zoom in
             expect(page.locator("#matches img")).to_have_class("zoomed")

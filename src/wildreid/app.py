@@ -241,7 +241,9 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             if photos_of:  # an individual emptied since the model was fitted is no candidate
                 rows.append({"rank": int(row.rank), "identity": row.identity,
                              "score": round(float(row.score), 4), "photos": photos_of[:3],
-                             "count": len(photos_of)})
+                             "count": len(photos_of),
+                             # The photo whose pair gave the score: the one drawn on request.
+                             "image": row.image if row.image in photos_of else None})
         species = ranked.attrs["species"]
         verdict = Catalog.verdict(ranked, species)
         if ranked.attrs["species_predicted"]:
@@ -251,11 +253,11 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                 "species_predicted": ranked.attrs["species_predicted"]}
 
     @app.get("/api/matches")
-    async def matches(image_id: str, individual: str) -> dict:
-        """ALIKED keypoints on the animal matched by LightGlue against the individual's best
-        photo, drawn (data URI)."""
+    async def matches(image_id: str, individual: str, photo: str | None = None) -> dict:
+        """Local matches of the photo with ``photo`` of the individual (the one whose pair gave
+        the candidate's score), or with its best-matching photo, drawn (data URI)."""
         try:
-            picture = await run_in_threadpool(catalog.draw_matches, image_id, individual)
+            picture = await run_in_threadpool(catalog.draw_matches, image_id, individual, photo)
         except CatalogError as error:
             refuse(error, 404)
         except ImageError:

@@ -334,12 +334,14 @@ class Catalog:
 
     def _frame(self, images: pd.DataFrame) -> pd.DataFrame:
         """Catalog photos as the pipeline reads them."""
-        return pd.DataFrame({"filepath": [str(self.folder / p) for p in images["path"]],
+        return pd.DataFrame({"image_id": images["image_id"].astype(str).to_numpy(),
+                             "filepath": [str(self.folder / p) for p in images["path"]],
                              "identity": images["individual"].to_numpy(),
                              "species": images["species"].to_numpy()})
 
     def identify(self, image_id: str, k: int = 5) -> pd.DataFrame:
-        """Ranked candidate individuals (``rank, identity, score``) for a catalog photo. The photo
+        """Ranked candidate individuals (``rank, identity, score, image``: the photo whose pair
+        gave the score) for a catalog photo. The photo
         is left out of what it is compared with by its id (an identical photo of an individual
         stays a candidate, with its score of 1)."""
         rows = self.images()
@@ -354,7 +356,8 @@ class Catalog:
         # The species it was compared in: its own, or the router's for a photo without one.
         species = candidates["species"].iloc[0] if len(candidates) else row["species"].iloc[0]
         threshold = identifier.decision_.threshold_for(species)
-        ranked = candidates[["rank", "identity", "score"]].reset_index(drop=True)
+        # ``image``: the photo of each candidate whose pair gave its score (what is drawn).
+        ranked = candidates[["rank", "identity", "score", "image"]].reset_index(drop=True)
         ranked.attrs["threshold"] = None if not np.isfinite(threshold) else float(threshold)
         ranked.attrs["species"] = None if species is None or pd.isna(species) else str(species)
         ranked.attrs["species_predicted"] = bool(len(candidates)) and (
@@ -377,21 +380,34 @@ class Catalog:
         return (f"probably a new individual: the best, {best}, scores {score:.2f}, under "
                 f"{where} threshold {threshold:.2f}")
 
-    def draw_matches(self, image_id: str, individual: str):
-        """The photo's local matches with the individual's best-matching photo (ALIKED on the
-        animal + LightGlue; keypoints cached in the catalog): a
-        :class:`~wildreid.report.MatchPanel` (JPEG data URI, match count, strength)."""
+    def draw_matches(self, image_id: str, individual: str, photo: str | None = None):
+        """The photo's local matches with ``photo`` (one of the individual's photos: the one whose
+        pair gave the candidate its score, as :meth:`identify` names it), or without one with
+        the individual's best-matching photo. Drawn with the catalog preset's local features
+        (ALIKED + LightGlue on the animal for the fast preset, which has none); keypoints cached
+        in the catalog. A :class:`~wildreid.report.MatchPanel` (JPEG data URI, match count,
+        strength)."""
+        from wildreid.defaults import PRESETS
         from wildreid.report import match_panels
 
         photos = self.images(individual)
         if photos.empty:
             raise CatalogError(f"no photos of individual {individual!r}")
-        database = pd.DataFrame({"filepath": [str(self.folder / p) for p in photos["path"]],
-                                 "identity": photos["individual"]})
+        if photo is not None and photo not in set(photos["image_id"]):
+            raise CatalogError(f"{photo!r} is not a photo of individual {individual!r}")
+        database = self._frame(photos)
         query = pd.DataFrame({"image_id": [image_id],
                               "filepath": [str(self.photo_path(image_id))]})
-        candidates = pd.DataFrame({"image_id": [image_id], "identity": [individual]})
-        info = {"local": ["aliked"], "max_keypoints": 512, "keypoints_on": "animal"}
+        candidates = pd.DataFrame({"image_id": [image_id], "identity": [individual],
+                                   "image": [photo or ""]})
+        preset = PRESETS.get(self.preset, {})
+        fitted = self._identifier[1] if self._identifier is not None else None
+        reranking = getattr(fitted, "reranking_", None)
+        info = {"local": list(preset.get("local") or ["aliked"]),
+                "max_keypoints": preset.get("max_keypoints", 512),
+                "long_side": preset.get("long_side", 512),
+                # Where the fitted identifier chose to keep keypoints, per species.
+                "keypoints_on": "animal" if reranking is None else reranking.keypoints_on_}
         panels = match_panels(info, database, query, candidates, "auto", self.cache)
         return panels[(image_id, individual)]
 
@@ -496,7 +512,7 @@ class Catalog:
                     return []
                 self._grouping = (generation, identifier.grouping_)
             identifier.grouping_ = self._grouping[1]
-        queries = self._frame(waiting).assign(image_id=waiting["image_id"].to_numpy())
+        queries = self._frame(waiting)
         answers = identifier.group_new(
             queries, identifier.decide(identifier.predict_candidates(queries, k=1)))
         answers = answers.assign(species=queries["species"].to_numpy())

@@ -107,7 +107,7 @@ function candidate(c, index) {
   confirm.addEventListener("click", () => decide("confirm", c.identity));
   const matches = element("button", {className: "show", textContent: "Matches",
                                      data: {name: c.identity}});
-  matches.addEventListener("click", () => showMatches(c.identity).catch(fail));
+  matches.addEventListener("click", () => showMatches(c.identity, c.image).catch(fail));
   const thumbs = element("div", {className: "thumbs"}, c.photos.map((i) =>
     element("img", {alt: `${c.identity}: ${i}`, src: photoUrl(i), title: i})));
   return element("div", {className: "cand", data: {name: c.identity}}, [
@@ -115,15 +115,19 @@ function candidate(c, index) {
     element("div", {textContent: `score ${c.score} · ${c.count} photo${c.count === 1 ? "" : "s"}`}),
     element("div", {className: "actions"}, [confirm, matches])]);
 }
-async function showMatches(name) {
+async function showMatches(name, photo) {
   $("matches").textContent = "matching…";
-  const drawn = await call(`/api/matches?${query({image_id: state.current, individual: name})}`);
+  // The pair that gave the candidate its score, where the candidates name it.
+  const asked = photo ? {image_id: state.current, individual: name, photo: photo}
+                      : {image_id: state.current, individual: name};
+  const drawn = await call(`/api/matches?${query(asked)}`);
   const picture = element("img", {alt: `matches ${name}`, src: drawn.image,
                                   title: "click to zoom"});
   picture.addEventListener("click", () => picture.classList.toggle("zoomed"));
   $("matches").replaceChildren(element("figure", {}, [picture, element("figcaption", {
     textContent: `${drawn.matches} keypoint matches (strength ${drawn.strength}) · left: ` +
-                 `${state.current} · right: the best-matching photo of ${name}`})]));
+                 `${state.current} · right: ` + (photo ? `${photo}, the photo of ${name} that ` +
+                 "gave the score" : `the best-matching photo of ${name}`)})]));
 }
 async function decide(kind, name) {
   if (!state.current) return;
