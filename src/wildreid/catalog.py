@@ -513,8 +513,8 @@ class Catalog:
                 self._grouping = (generation, identifier.grouping_)
             identifier.grouping_ = self._grouping[1]
         queries = self._frame(waiting)
-        answers = identifier.group_new(
-            queries, identifier.decide(identifier.predict_candidates(queries, k=1)))
+        candidates, features = identifier._candidates(queries, k=1)
+        answers = identifier.group_new(queries, identifier.decide(candidates), features)
         answers = answers.assign(species=queries["species"].to_numpy())
         grouped = answers[is_proposed(answers["identity"])]
         groups = [{"species": None if pd.isna(part["species"].iloc[0]) else part["species"].iloc[0],

@@ -288,10 +288,12 @@ class Identifier(BaseEstimator):
             return np.asarray(features, np.float32) @ np.asarray(features, np.float32).T
         return self.reranking_.similarity(images, features, self.isolator)
 
-    def group_new(self, queries: pd.DataFrame, answers: pd.DataFrame) -> pd.DataFrame:
+    def group_new(self, queries: pd.DataFrame, answers: pd.DataFrame,
+                  features: np.ndarray | None = None) -> pd.DataFrame:
         """``answers`` (from :meth:`decide`, rows in the order of ``queries``) with each
         ``new_individual`` replaced by a proposed new individual, ``new_individual_<n>``: the
-        new queries of each species clustered with the cut fitted on the database."""
+        new queries of each species clustered with the cut fitted on the database.
+        ``features``: the queries' descriptors when at hand (else described again)."""
         if getattr(self, "grouping_", None) is None:
             raise RuntimeError("fit with cluster_new=True before grouping new individuals")
         answers = answers.copy()
@@ -307,7 +309,8 @@ class Identifier(BaseEstimator):
         for key in dict.fromkeys(keys):
             members = np.flatnonzero(keys == key)
             rows = queries.iloc[new[members]]
-            found = self.grouping_.predict(self.similarity(rows), key or None)
+            described = None if features is None else features[new[members]]
+            found = self.grouping_.predict(self.similarity(rows, described), key or None)
             labels[members] = [(key, int(label)) for label in found]
         answers.loc[answers.index[new], "identity"] = name_groups(pd.Series(labels)).to_numpy()
         return answers
@@ -356,6 +359,10 @@ class Identifier(BaseEstimator):
 
     def predict_candidates(self, queries: pd.DataFrame, k: int = 5) -> pd.DataFrame:
         """Long table ``image_id, species, rank, identity, score``: top-``k`` identities per query."""
+        return self._candidates(queries, k)[0]
+
+    def _candidates(self, queries: pd.DataFrame, k: int) -> tuple[pd.DataFrame, np.ndarray]:
+        """:meth:`predict_candidates`' table and the queries' descriptors it was ranked on."""
         if not hasattr(self, "index_"):
             raise RuntimeError("call fit(database) before predicting")
         queries = self._route(queries, "queries")
@@ -381,7 +388,7 @@ class Identifier(BaseEstimator):
             "species_source": np.repeat(queries["species_source"].to_numpy(), k),
             "species_confidence": np.repeat(queries["species_confidence"].to_numpy(), k),
         })
-        return table[table["identity"] != ""].reset_index(drop=True)
+        return table[table["identity"] != ""].reset_index(drop=True), features
 
     def decide(self, candidates: pd.DataFrame) -> pd.DataFrame:
         """Submission rows ``image_id, identity, score`` from ranked candidates."""
@@ -394,5 +401,6 @@ class Identifier(BaseEstimator):
     def predict(self, queries: pd.DataFrame) -> pd.DataFrame:
         """For each query: the database identity, or ``new_individual`` (with ``cluster_new``:
         a proposed ``new_individual_<n>``), with its score."""
-        answers = self.decide(self.predict_candidates(queries, k=1))
-        return self.group_new(queries, answers) if self.cluster_new else answers
+        candidates, features = self._candidates(queries, k=1)
+        answers = self.decide(candidates)
+        return self.group_new(queries, answers, features) if self.cluster_new else answers

@@ -97,10 +97,10 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                             segmenter_weights=segmenter_weights, shortlist=shortlist,
                             mirror=mirror, cluster_new=cluster_new, ray=ray,
                             **configuration).fit(dataset.database)
-    ranked = identifier.predict_candidates(dataset.query, k=top_k)
+    ranked, features = identifier._candidates(dataset.query, k=top_k)
     submission = identifier.decide(ranked)
-    if cluster_new:
-        submission = identifier.group_new(dataset.query, submission)
+    if cluster_new:  # grouped on the descriptors the candidates were ranked on
+        submission = identifier.group_new(dataset.query, submission, features)
     output.parent.mkdir(parents=True, exist_ok=True)
     submission[["image_id", "identity"]].to_csv(output, index=False)
     candidates = candidates or output.with_name(output.stem + ".candidates.csv")
