@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ann_shortlist import clustered
-from benchmarks.common import unused_path
+from benchmarks.common import write_cpu_result
 from wildreid import ranking
 from wildreid.ann import load_or_build
 
@@ -82,14 +79,8 @@ def main() -> None:
         result = measure(count, args.grow, args.dim, args.queries, args.depth)
         print(json.dumps(result), flush=True)
         results.append(result)
-    record = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "date": str(date.today()), "dim": args.dim, "queries": args.queries,
-              "depth": args.depth, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "results": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = unused_path(args.out / f"ann-saved-d{args.dim}-cpu-{date.today()}.json")
-    path.write_text(json.dumps(record, indent=2))
-    print(f"wrote {path}")
+    write_cpu_result(args.out, f"ann-saved-d{args.dim}",
+                     {"dim": args.dim, "queries": args.queries, "depth": args.depth}, results)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """What the benchmark scripts share: where the shared nyala-lion benchmark lives, and how result
 files are named (never overwritten)."""
 
+import json
+import os
+import platform
+import sys
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +23,20 @@ def unused_path(path: Path) -> Path:
         number += 1
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
     return candidate
+
+
+def write_cpu_result(folder: Path, name: str, settings: dict, results: list) -> Path:
+    """``<folder>/<name>-cpu-<date>.json`` (never over an existing one) with the machine, date,
+    command line, ``settings`` and ``results``; printed and returned."""
+    record = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "date": str(date.today()),
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **settings,
+              "results": results}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = unused_path(folder / f"{name}-cpu-{date.today()}.json")
+    path.write_text(json.dumps(record, indent=2))
+    print(f"wrote {path}")
+    return path
 
 
 def write_subset(bench: Path, folder: Path, known: int = 4, unknown: int = 2) -> Path:

@@ -15,19 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import unused_path
+from benchmarks.common import write_cpu_result
 
 
 def _extractor(root: Path, keypoints: int):
@@ -119,13 +117,7 @@ def main() -> None:
                 result["cache_write_s"] = round(written, 1)
                 print(json.dumps(result), flush=True)
                 results.append(result)
-    record = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "date": str(date.today()), "keypoints": args.keypoints,
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "results": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = unused_path(args.out / f"keypoint-memory-k{args.keypoints}-cpu-{date.today()}.json")
-    path.write_text(json.dumps(record, indent=2))
-    print(f"wrote {path}")
+    write_cpu_result(args.out, f"keypoint-memory-k{args.keypoints}", {"keypoints": args.keypoints}, results)
 
 
 if __name__ == "__main__":
