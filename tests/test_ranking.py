@@ -136,7 +136,7 @@ def test_the_approximate_index_is_kept_beside_the_cache_and_grows(tmp_path, monk
     def search(count: int):
         index = IdentityIndex(features[:count], identities[:count], index_dir=folder)
         found = index.search(queries, k=5, images=True)
-        return found, index._galleries[None].index_origin, sorted(folder.iterdir())
+        return found, index._galleries[None].index_origin, sorted(folder.rglob("*.faiss"))
 
     first, origin, files = search(5000)
     assert origin == "built" and [f.name.split("-")[1:3] for f in files] == [["5000", "5000"]]
@@ -152,3 +152,12 @@ def test_the_approximate_index_is_kept_beside_the_cache_and_grows(tmp_path, monk
     files[0].write_bytes(files[0].read_bytes()[:1000])  # damaged: truncated
     rebuilt, origin, _ = search(6000)
     assert origin == "built" and (rebuilt[0][:, 0] == exact[0][:, 0]).mean() >= 0.95
+    # Each gallery keeps its own: a species whose rows begin the pooled gallery's never hands
+    # its index over to it (nor is a species name ever a file name).
+    species = np.array(["a/../b"] * 6000, dtype=object)
+    index = IdentityIndex(features, identities, species, index_dir=folder)
+    index.search(queries, ["a/../b"] * len(queries), k=5)
+    index.search(queries, None, k=5)
+    assert index._galleries["a/../b"].index_origin == "built"
+    assert index._galleries[None].index_origin == "loaded"  # the pooled one, from above
+    assert sorted(p.name.split("-")[0] for p in folder.iterdir()) == ["all", "species"]

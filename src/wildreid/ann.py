@@ -120,7 +120,9 @@ def load_or_build(features: np.ndarray, folder: str | Path | None,
     With a ``folder``: the index saved there for exactly these rows is read; else the largest
     one saved for the first rows of ``features`` is read and the rest added (while its trained
     rows stay :data:`EXTEND_WHILE_TRAINED_SHARE` of all), saved under the new rows' key and the
-    smaller one removed; else one is built and saved. A damaged file is rebuilt."""
+    smaller one removed; else one is built and saved (indexes of fewer of these rows removed). A
+    damaged file is rebuilt. ``folder`` holds one gallery's indexes (a species' own, or the
+    pooled one): a gallery whose rows start with another's must not take over its index."""
     features = np.ascontiguousarray(features, dtype=np.float32)
     if folder is None:
         return ImageIndex(features, probes=probes), "built"
@@ -149,4 +151,7 @@ def load_or_build(features: np.ndarray, folder: str | Path | None,
         return index, "extended"
     index = ImageIndex(features, probes=probes)
     index.save(folder / f"ivf-{len(features)}-{len(features)}-{keys[len(features)]}.faiss")
+    for rows, _, key, path in saved:  # indexes of fewer of these rows: superseded by this one
+        if rows < len(features) and keys[rows] == key:
+            path.unlink(missing_ok=True)
     return index, "built"

@@ -396,8 +396,11 @@ class Catalog:
         if photo is not None and photo not in set(photos["image_id"]):
             raise CatalogError(f"{photo!r} is not a photo of individual {individual!r}")
         database = self._frame(photos)
+        shown = self.images()
+        species = shown.loc[shown["image_id"] == image_id, "species"].tolist()[:1] or [None]
+        # With its species: keypoints are kept where the identifier chose for that species.
         query = pd.DataFrame({"image_id": [image_id],
-                              "filepath": [str(self.photo_path(image_id))]})
+                              "filepath": [str(self.photo_path(image_id))], "species": species})
         candidates = pd.DataFrame({"image_id": [image_id], "identity": [individual],
                                    "image": [photo or ""]})
         preset = PRESETS.get(self.preset, {})

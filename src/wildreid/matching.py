@@ -283,32 +283,36 @@ def score_pairs(matcher, keypoints: Sequence[Keypoints], pairs: np.ndarray, rans
         return dict(zip(used, take(keypoints, used)))
 
     upcoming = reader.submit(read, 0) if len(pairs) else None
-    with progress_bar("pairs", progress) as bar:
-        task = bar.add_task(description, total=len(pairs))
-        for begin in starts:
-            rows = upcoming.result()
-            if begin + block < len(pairs):
-                upcoming = reader.submit(read, begin + block)
-            part = np.arange(begin, min(len(pairs), begin + block))
-            # Sorted by keypoint count within the block, so batches pad little.
-            counts = {index: len(found) for index, found in rows.items()}
-            order = part[np.lexsort(([counts[j] for j in pairs[part, 1]],
-                                     [counts[i] for i in pairs[part, 0]]))]
-            for start_row in range(0, len(order), matcher.batch_size):
-                chunk = order[start_row:start_row + matcher.batch_size]
-                first = [rows[i] for i in pairs[chunk, 0].tolist()]
-                second = [rows[j] for j in pairs[chunk, 1].tolist()]
-                matched = matcher.match_batch(first, second)
-                for row, found in zip(chunk, matched):
-                    result["confidence_sum"][row] = found[:, 2].sum()
-                    for level in CONFIDENCE_LEVELS:
-                        result[f"matches@{level}"][row] = (found[:, 2] > level).sum()
-                if threads is not None:
-                    inliers = threads.map(ransac_inliers, first, second, matched)
-                    result["inliers"][chunk] = np.fromiter(inliers, np.float32, len(chunk))
-                bar.advance(task, len(chunk))
-    reader.shutdown()
-    if threads is not None:
-        threads.shutdown()
+    try:
+        with progress_bar("pairs", progress) as bar:
+            task = bar.add_task(description, total=len(pairs))
+            for begin in starts:
+                rows = upcoming.result()
+                if begin + block < len(pairs):
+                    upcoming = reader.submit(read, begin + block)
+                part = np.arange(begin, min(len(pairs), begin + block))
+                # Sorted by keypoint count within the block, so batches pad little.
+                counts = {index: len(found) for index, found in rows.items()}
+                order = part[np.lexsort(([counts[j] for j in pairs[part, 1]],
+                                         [counts[i] for i in pairs[part, 0]]))]
+                for start_row in range(0, len(order), matcher.batch_size):
+                    chunk = order[start_row:start_row + matcher.batch_size]
+                    first = [rows[i] for i in pairs[chunk, 0].tolist()]
+                    second = [rows[j] for j in pairs[chunk, 1].tolist()]
+                    matched = matcher.match_batch(first, second)
+                    for row, found in zip(chunk, matched):
+                        result["confidence_sum"][row] = found[:, 2].sum()
+                        for level in CONFIDENCE_LEVELS:
+                            result[f"matches@{level}"][row] = (found[:, 2] > level).sum()
+                    if threads is not None:
+                        inliers = threads.map(ransac_inliers, first, second, matched)
+                        result["inliers"][chunk] = np.fromiter(inliers, np.float32, len(chunk))
+                    bar.advance(task, len(chunk))
+    finally:  # an error (out of GPU memory...) leaves no reader or RANSAC thread behind
+        if upcoming is not None:
+            upcoming.cancel()
+        reader.shutdown(wait=True)
+        if threads is not None:
+            threads.shutdown()
     result["seconds"] = np.float32(time.perf_counter() - start)
     return result

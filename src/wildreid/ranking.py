@@ -10,6 +10,7 @@ nearest images), kept in ``index_dir`` when one is given (:func:`wildreid.ann.lo
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,15 @@ def index_dir(cache_dir: str | Path | None) -> Path | None:
     return None if cache_dir is None else Path(cache_dir) / "indexes"
 
 
+def _gallery_dir(folder: str | Path | None, species: str | None) -> Path | None:
+    """One gallery's own folder of indexes; a species name never names a file (hashed)."""
+    if folder is None:
+        return None
+    if species is None:
+        return Path(folder) / "all-species"
+    return Path(folder) / f"species-{hashlib.blake2b(species.encode(), digest_size=8).hexdigest()}"
+
+
 def _species_key(value) -> str | None:
     return None if value is None or pd.isna(value) else str(value)
 
@@ -83,11 +93,12 @@ class IdentityIndex:
                    else np.array([_species_key(s) for s in species], dtype=object))
         self.aggregation = aggregation
         everything = np.arange(len(features))
-        self._galleries = {None: _gallery(features, identities, everything, index_dir)}
+        self._galleries = {None: _gallery(features, identities, everything,
+                                          _gallery_dir(index_dir, None))}
         for name in {s for s in species if s is not None}:
             rows = species == name
             self._galleries[name] = _gallery(features[rows], identities[rows], everything[rows],
-                                             index_dir)
+                                             _gallery_dir(index_dir, name))
 
     def _scores(self, gallery: _Gallery, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per query the score of every identity, and its similarity to every gallery image."""
@@ -136,6 +147,7 @@ def _best_images(gallery: _Gallery, similarity: np.ndarray, top: np.ndarray) -> 
     """The database row of the most similar image (the first on a tie) of each ``top`` identity
     (gallery indices) of each query, from the queries' ``similarity`` to every gallery image."""
     count = similarity.shape[1]
+    similarity = np.nan_to_num(similarity, nan=-np.inf)  # a NaN never equals a maximum
     owner = np.repeat(np.arange(len(gallery.starts)), gallery.counts)
     best = np.maximum.reduceat(similarity, gallery.starts, axis=1)
     # Within each identity's run of rows, the first row reaching its maximum: the largest
@@ -189,7 +201,8 @@ def nearest_images(database: np.ndarray, database_species, queries: np.ndarray, 
             raise ValueError(f"species {key!r} has no database images")
         width = min(size, len(members))
         if len(members) > APPROXIMATE_ABOVE:
-            index = (indexes or {}).get(key) or load_or_build(database[members], index_dir)[0]
+            index = (indexes or {}).get(key) or load_or_build(
+                database[members], _gallery_dir(index_dir, key))[0]
             if indexes is not None:
                 indexes[key] = index
             found, similarity = index.search(queries[rows], width)

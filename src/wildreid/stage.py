@@ -17,6 +17,7 @@ with ``memory_rows`` keeps at most that many decoded rows (the most recently use
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -51,6 +52,9 @@ class CachedStage:
         self.memory_rows = memory_rows if cache is not None else None
         self.last_computed: list[str] = []
         self._memory: OrderedDict[str, Any] = OrderedDict()
+        # One stage may serve several threads (the review app's requests, a block read ahead
+        # while another is matched); rows evicted by one must not vanish under another.
+        self._lock = threading.RLock()
 
     # -- what a stage defines ------------------------------------------------------------------
     def compute(self, paths: Sequence[str], items: Sequence) -> Iterator[
@@ -86,6 +90,11 @@ class CachedStage:
     def rows(self, paths: Sequence[str], keys: Sequence[str], items: Sequence,
              description: str) -> list[Any]:
         """The decoded row of every key, computing (and caching) the missing ones."""
+        with self._lock:
+            return self._rows(paths, keys, items, description)
+
+    def _rows(self, paths: Sequence[str], keys: Sequence[str], items: Sequence,
+              description: str) -> list[Any]:
         found = {k: self._memory[k] for k in dict.fromkeys(keys) if k in self._memory}
         wanted = [k for k in dict.fromkeys(keys) if k not in found]
         if self.cache is not None and wanted:  # each cached row read (and checked) once
@@ -102,6 +111,11 @@ class CachedStage:
                description: str) -> None:
         """Every key's row computed and in the cache (or in memory, without one); rows computed
         now are not decoded here (they are when read)."""
+        with self._lock:
+            self._ensure(paths, keys, items, description)
+
+    def _ensure(self, paths: Sequence[str], keys: Sequence[str], items: Sequence,
+                description: str) -> None:
         held = set(self._memory) | (self.cache.present(list(keys)) if self.cache else set())
         todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in held}.values())
         self.last_computed = [keys[i] for i in todo]
@@ -159,8 +173,9 @@ class CachedStage:
 
     def forget(self, keys: Sequence[str]) -> None:
         """Drop rows from memory (to compute or read them again)."""
-        for key in keys:
-            self._memory.pop(key, None)
+        with self._lock:
+            for key in keys:
+                self._memory.pop(key, None)
 
 
 class LazyRows(Sequence):

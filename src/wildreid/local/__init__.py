@@ -128,6 +128,3 @@ class _PassImage:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return torch.from_numpy(np.asarray(image).copy())
 
-
-__all__ = ["LOCAL_FEATURES", "Aliked", "Disk", "KeypointExtractor", "Keypoints", "LocalFeatures",
-           "Sift", "create_local_features", "detector_view", "resized"]
