@@ -24,7 +24,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from wildreid.data import load_dataset
 from wildreid.fusion import Calibration
-from wildreid.rerank import mirror_views
+from wildreid.scorers import mirror_views
 
 
 def top1(pairs: pd.DataFrame, score: np.ndarray) -> dict[str, float]:

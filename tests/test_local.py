@@ -18,7 +18,7 @@ from wildreid.isolation import Segmenter, u2netp_weights
 from wildreid.local import KeypointExtractor, LazyRows, create_local_features
 from wildreid.matching import create_matcher, score_pairs
 from wildreid.pipeline import Identifier
-from wildreid.rerank import mirror_views
+from wildreid.scorers import mirror_views
 
 from .conftest import BENCH
 
@@ -316,7 +316,7 @@ def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path):
     assert table["first"].max() < queries and table["second"].max() < len(dataset.database)
     per_species = dataset.database["species"].value_counts()
     assert len(table) == dataset.query["species"].map(per_species).sum()  # the whole gallery
-    from wildreid.rerank import keypoint_regions
+    from wildreid.scorers import keypoint_regions
 
     regions = keypoint_regions(dataset.query, reranking.keypoints_on_, identifier.isolator)
     query_keypoints = reranking.scorer_.keypoints(dataset.query, regions, "q")
@@ -358,7 +358,7 @@ def test_cross_fitted_fusion_does_not_memorise_labels():
 def test_keypoints_placed_per_species(real_subset, tmp_path):
     """``keypoints_on`` per species: on the nyala's mask, anywhere on the lion close-ups."""
     from wildreid.isolation import Isolator
-    from wildreid.rerank import keypoint_regions
+    from wildreid.scorers import keypoint_regions
 
     database = load_dataset(real_subset).database
     isolator = Isolator(cache_dir=tmp_path, progress=False)

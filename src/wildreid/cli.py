@@ -121,7 +121,7 @@ def identify(
     if preset not in PRESETS:
         raise typer.BadParameter(f"use one of {', '.join(PRESETS)}", param_hint="--preset")
     from wildreid.local import LOCAL_FEATURES
-    from wildreid.rerank import MIRROR_MODES
+    from wildreid.scorers import MIRROR_MODES
 
     matchers = None if local is None else [name for name in local.split(",") if name]
     unknown = [name for name in matchers or () if name not in LOCAL_FEATURES]

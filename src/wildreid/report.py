@@ -163,7 +163,7 @@ def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
     from wildreid.isolation import Isolator
     from wildreid.local import KeypointExtractor, create_local_features
     from wildreid.matching import create_matcher
-    from wildreid.rerank import keypoint_regions
+    from wildreid.scorers import keypoint_regions
 
     name = info["local"][0]
     features = create_local_features(name, max_keypoints=info.get("max_keypoints", 512),

@@ -25,13 +25,7 @@ from wildreid.fusion import Calibration, cross_fitted_fusion
 from wildreid.isolation import Isolator, by_species
 from wildreid.openset import OpenSetDecision, pseudo_split, species_keys
 from wildreid.ranking import index_dir, nearest_images
-from wildreid.scorers import (  # noqa: F401  (MIRROR_MODES, mirror_views: public here too)
-    MIRROR_MODES,
-    LocalScorer,
-    keypoint_regions,
-    mirror_views,
-    orientations,
-)
+from wildreid.scorers import LocalScorer, keypoint_regions, orientations
 
 #: Where local keypoints are kept: on the animal's mask, or anywhere on the photo; ``auto``
 #: chooses one of the two per species on the database (:meth:`LocalReranking.fit`).

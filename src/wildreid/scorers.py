@@ -141,20 +141,19 @@ class LocalScorer:
             found = self.keypoints(queries.iloc[unique], None if query_regions is None else
                                    [query_regions[i] for i in unique], description, mirrored=True)
             mirrored = _MirroredQueries(found, flipped, positions)
-        scores = self._pair_scores(joined, pairs + np.array([0, offset]), cosines, description,
-                                   mirrored)
-        if self.keep_pair_scores:  # rows of the queries and of the gallery
-            self.pair_tables[description] = self.pair_tables[description].assign(
-                first=pairs[:, 0], second=pairs[:, 1])
-        return scores
+        return self._pair_scores(joined, pairs, offset, cosines, description, mirrored)
 
     def _pair_scores(self, keypoints: dict[str, Sequence[Keypoints]], pairs: np.ndarray,
-                     cosines: np.ndarray, description: str,
+                     offset: int, cosines: np.ndarray, description: str,
                      mirrored: _MirroredQueries | None) -> dict[str, np.ndarray]:
+        """Each matcher's scores of ``pairs`` (query row, gallery row: at ``offset`` in the
+        joined ``keypoints``), mirrored queries appended after them."""
         scores = {"cosine": np.asarray(cosines, np.float32)}
+        # Rows of the queries and of the gallery, as the caller gave them.
         table = {"first": pairs[:, 0], "second": pairs[:, 1], "cosine": scores["cosine"]}
         ransac = self.pair_score == "inliers" or self.keep_pair_scores
         flipped = np.zeros(len(pairs), bool) if mirrored is None else mirrored.flipped
+        pairs = pairs + np.array([0, offset])
         for name, matcher in self.matchers.items():
             every, scored = keypoints[name], pairs
             if flipped.any():  # mirrored queries appended after the other keypoints

@@ -99,30 +99,20 @@ class CachedStage:
         wanted = [k for k in dict.fromkeys(keys) if k not in found]
         if self.cache is not None and wanted:  # each cached row read (and checked) once
             found.update((k, self.decode(row)) for k, row in self.cache.fetch(wanted).items())
-        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in found}.values())
-        self.last_computed = [keys[i] for i in todo]  # what this call had to compute
-        if todo:
-            self._compute([paths[i] for i in todo], [keys[i] for i in todo],
-                          [items[i] for i in todo], description, found)
+        self._compute(paths, keys, items, _first_missing(keys, found), description, found)
         self._remember(found)
         return [found[k] for k in keys]
 
     def ensure(self, paths: Sequence[str], keys: Sequence[str], items: Sequence,
                description: str) -> None:
-        """Every key's row computed and in the cache (or in memory, without one); rows computed
+        """Every key's row computed and in the cache (without one: in memory); rows computed
         now are not decoded here (they are when read)."""
         with self._lock:
-            self._ensure(paths, keys, items, description)
-
-    def _ensure(self, paths: Sequence[str], keys: Sequence[str], items: Sequence,
-                description: str) -> None:
-        held = set(self._memory) | (self.cache.present(list(keys)) if self.cache else set())
-        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in held}.values())
-        self.last_computed = [keys[i] for i in todo]
-        if todo:
-            self._compute([paths[i] for i in todo], [keys[i] for i in todo],
-                          [items[i] for i in todo], description,
-                          None if self.cache is not None else {})
+            if self.cache is None:
+                self._rows(paths, keys, items, description)
+                return
+            held = set(self._memory) | self.cache.present(list(keys))
+            self._compute(paths, keys, items, _first_missing(keys, held), description, None)
 
     def lazy(self, paths: Sequence[str], keys: Sequence[str], items: Sequence,
              description: str) -> LazyRows:
@@ -139,15 +129,18 @@ class CachedStage:
             while len(self._memory) > self.memory_rows:
                 self._memory.popitem(last=False)
 
-    def _compute(self, paths: list[str], keys: list[str], items: list, description: str,
-                 found: dict[str, Any] | None) -> None:
-        """Compute rows into the cache and, unless ``found`` is ``None``, decoded into it."""
-        failed = self._fill(paths, keys, items, description, found)
+    def _compute(self, paths: Sequence[str], keys: Sequence[str], items: Sequence,
+                 todo: list[int], description: str, found: dict[str, Any] | None) -> None:
+        """Compute the rows at positions ``todo`` into the cache and, unless ``found`` is
+        ``None``, decoded into it."""
+        self.last_computed = [keys[i] for i in todo]  # what this call had to compute
+        if not todo:
+            return
+        failed = self._fill([paths[i] for i in todo], [keys[i] for i in todo],
+                            [items[i] for i in todo], description, found)
         if failed:
             raise ImageError(f"{len(failed)} image(s) could not be decoded ({self.what} of "
                              "the others are cached):\n  - " + "\n  - ".join(failed))
-        if found is not None and self.cache is None:
-            self._remember(found)
 
     def _fill(self, paths: list[str], keys: list[str], items: list, description: str,
               found: dict[str, Any] | None) -> list[str]:
@@ -178,6 +171,11 @@ class CachedStage:
                 self._memory.pop(key, None)
 
 
+def _first_missing(keys: Sequence[str], held) -> list[int]:
+    """The first position of each key not in ``held``: identical files are computed once."""
+    return sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in held}.values())
+
+
 class LazyRows(Sequence):
     """The rows of a cached stage for many images, read by key when asked: :meth:`take` reads
     the rows of many at once (what a batch of pairs needs); the stage's ``memory_rows`` bounds
@@ -198,11 +196,8 @@ class LazyRows(Sequence):
 
     def take(self, indices: Sequence[int]) -> list[Any]:
         indices = [int(i) for i in indices]
-        unique = list(dict.fromkeys(indices))
-        rows = self.stage.rows([self.paths[i] for i in unique], [self.keys[i] for i in unique],
-                               [self.items[i] for i in unique], self.description)
-        by_index = dict(zip(unique, rows))
-        return [by_index[i] for i in indices]
+        return self.stage.rows([self.paths[i] for i in indices], [self.keys[i] for i in indices],
+                               [self.items[i] for i in indices], self.description)
 
     def __add__(self, other: LazyRows) -> LazyRows:
         if not isinstance(other, LazyRows) or other.stage is not self.stage:
