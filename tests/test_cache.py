@@ -1,7 +1,7 @@
 """Fault injection on the feature cache: every way a cache file can be damaged (the damages of
 ``benchmarks/cache_faults.py``, which runs them end to end on every namespace) is reported by
 path, dropped and recomputed, and the run ends with the answers an uncached run gives; two
-processes share one cache; reads are by key."""
+processes share one cache, and several may open a new one at once; reads are by key."""
 
 from __future__ import annotations
 
@@ -100,6 +100,32 @@ def test_two_processes_share_one_cache(described, descriptor, tmp_path):
     finally:
         hook.remove()
     assert seen[0] == 0
+
+
+_OPENER = """
+import sys, time
+import numpy as np
+from wildreid.cache import ArrayCache
+start = float(sys.argv[3])
+while time.time() < start:  # every process opens the new file at the same instant
+    pass
+ArrayCache(sys.argv[1], "ns").put(["key" + sys.argv[2]], np.full((1, 3), float(sys.argv[2])))
+"""
+
+
+def test_processes_opening_one_new_cache_at_once_all_succeed(tmp_path):
+    """SQLite answers "database is locked" at once, without waiting, to a connection that opens
+    the file while another switches it to WAL: the cache must wait and retry, not fail."""
+    for trial in range(4):  # the race, unhandled, failed about one trial in five
+        root = tmp_path / f"trial{trial}"
+        start = time.time() + 2.0
+        runs = [subprocess.Popen([sys.executable, "-c", _OPENER, str(root), str(i), str(start)],
+                                 stderr=subprocess.PIPE, text=True) for i in range(6)]
+        for run in runs:
+            assert run.wait(120) == 0, run.stderr.read()
+        stored = ArrayCache(root, "ns").fetch([f"key{i}" for i in range(6)])
+        assert {key: float(value[0]) for key, value in stored.items()} == {
+            f"key{i}": float(i) for i in range(6)}
 
 
 def test_reads_are_by_key_with_bounded_memory(tmp_path):

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS arrays (
     checksum TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS layout (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_BUSY_TIMEOUT_S = 120  # how long a connection waits for another process's lock
 _CHUNK = 500  # keys per query, under SQLite's limit on bound parameters
 
 
@@ -77,6 +78,14 @@ def _is_damage(error: sqlite3.DatabaseError) -> bool:
     return any(word in str(error) for word in ("malformed", "not a database", "corrupt"))
 
 
+def _is_busy(error: sqlite3.DatabaseError) -> bool:
+    """Another connection holds the lock this one needs (worth waiting for)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(error) or "busy" in str(error)
+
+
 def _shape_text(shape: tuple[int, ...]) -> str:
     return ",".join(str(int(n)) for n in shape)
 
@@ -101,19 +110,28 @@ class ArrayCache:
 
     # -- the SQLite file -------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, timeout=120, isolation_level=None,
-                                     check_same_thread=False)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as error:
-            connection.close()
-            if not _is_damage(error):
-                raise
-            self._set_aside(error)
-            return self._open()
-        return connection
+        # SQLite does not call its busy handler while another process switches the file to WAL
+        # or recovers its journal (it answers "database is locked" at once), so two runs that
+        # open one new cache together would fail: wait and retry, up to the same timeout.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        pause = 0.01
+        while True:
+            connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S,
+                                         isolation_level=None, check_same_thread=False)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
+                connection.executescript(_SCHEMA)
+                return connection
+            except sqlite3.DatabaseError as error:
+                connection.close()
+                if _is_busy(error) and time.monotonic() < deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.5)
+                    continue
+                if not _is_damage(error):
+                    raise
+                self._set_aside(error)
 
     def _set_aside(self, error: Exception) -> None:
         aside = self.path.with_name(f"{FILE_NAME}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-"
