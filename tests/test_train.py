@@ -13,6 +13,7 @@ from wildreid.data import load_dataset
 from wildreid.models import WithHead, create_descriptor
 from wildreid.train import (
     LOSSES,
+    CheckpointError,
     TrainConfig,
     Trainer,
     TrainingDataError,
@@ -248,3 +249,29 @@ def test_a_damaged_resume_file_asks_for_fresh(real_subset, tmp_path, views_cache
     result = CliRunner().invoke(app, [*command, "--fresh"])  # default --p 16: more than there are
     assert result.exit_code == 0, result.output
     assert "identities per batch (P) lowered from 16" in result.output
+
+
+def test_the_head_activation_is_kept_by_checkpoints_and_resumes(real_subset, tmp_path,
+                                                                 views_cache):
+    """A head without ReLU gives embeddings with negative parts; its checkpoint loads as such, a
+    checkpoint of the older format (no activation named) loads as ReLU, and a resume with the
+    other activation is refused (an activation has no weights, so nothing else would notice)."""
+    database = load_dataset(real_subset).database
+    out = tmp_path / "m.pt"
+    Trainer("efficientnet-lite0", out, TrainConfig(**HEAD, epochs=1, head_activation="none"),
+            device="cpu", workers=0, progress=False, cache_dir=views_cache).fit(database)
+    descriptor = create_descriptor(str(out))
+    assert descriptor.model.head.activation == "none"
+    with torch.inference_mode():
+        embedding = descriptor.model.eval()(torch.rand(4, 3, *descriptor.input_size))
+    assert (embedding < 0).any()
+    payload = torch.load(out, weights_only=True)
+    payload["head"] = payload["head"][:2]  # as written before the activation was recorded
+    torch.save(payload, tmp_path / "old.pt")
+    old = create_descriptor(str(tmp_path / "old.pt"))
+    assert old.model.head.activation == "relu"
+    with torch.inference_mode():
+        assert (old.model.eval()(torch.rand(4, 3, *old.input_size)) >= 0).all()
+    with pytest.raises(CheckpointError, match=r"head_activation 'none' -> 'relu'.*--fresh"):
+        Trainer("efficientnet-lite0", out, TrainConfig(**HEAD, epochs=2, head_activation="relu"),
+                device="cpu", workers=0, progress=False, cache_dir=views_cache).fit(database)

@@ -382,6 +382,8 @@ def train(
                                      "described once (one plain, the rest augmented)."),
     flip: str = typer.Option("auto", help="Horizontal flips: auto (not for left/right views), "
                              "all, none."),
+    head_activation: str = typer.Option("none", help="After the head's batch norm: none "
+                                        "(embeddings free in every direction) or relu."),
     patience: int = typer.Option(5, min=1, help="Early stopping: epochs without improvement."),
     steps_per_epoch: int = typer.Option(None, help="Batches per epoch [default: one pass]."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
@@ -398,12 +400,15 @@ def train(
 
     if loss not in LOSSES:
         raise typer.BadParameter(f"use one of {', '.join(LOSSES)}", param_hint="--loss")
+    if head_activation not in ("none", "relu"):
+        raise typer.BadParameter("use none or relu", param_hint="--head-activation")
     config = TrainConfig(loss=loss, epochs=epochs, identities_per_batch=identities_per_batch,
                          images_per_identity=images_per_identity, accumulate=accumulate,
                          lr_backbone=lr_backbone, lr_head=lr_head, flip=flip,
                          unfreeze=(0 if loss == "classifier" else -1) if unfreeze is None else unfreeze,
                          cached_views=cached_views, patience=patience,
-                         steps_per_epoch=steps_per_epoch, seed=seed, isolation=isolation)
+                         steps_per_epoch=steps_per_epoch, seed=seed, isolation=isolation,
+                         head_activation=head_activation)
     with _clear_errors():
         # A wildlife-datasets folder is all labelled photos (those of unknown animals left out).
         dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_datasets,

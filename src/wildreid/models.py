@@ -232,15 +232,26 @@ for _alias, (_arch, _kwargs, _summary) in _HUB_ALIASES.items():
 
 
 class EmbeddingHead(nn.Module):
-    """Linear projection to ``dim`` with batch norm and ReLU: the trained head of a descriptor."""
+    """Linear projection to ``dim`` with batch norm: the trained head of a descriptor.
 
-    def __init__(self, features: int, dim: int = 512):
+    ``activation``: ``"none"`` (the default) leaves the embedding free in every direction;
+    ``"relu"`` (what heads were before, and what checkpoints that do not name one load as)
+    confines it to the positive orthant, where no two embeddings are more than 90 degrees apart."""
+
+    ACTIVATIONS = ("none", "relu")
+
+    def __init__(self, features: int, dim: int = 512, activation: str = "none"):
         super().__init__()
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"head activation {activation!r}: choose one of "
+                             f"{', '.join(self.ACTIVATIONS)}")
+        self.activation = activation
         self.projection = nn.Linear(features, dim)
         self.norm = nn.BatchNorm1d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.norm(self.projection(x)))
+        x = self.norm(self.projection(x))
+        return torch.relu(x) if self.activation == "relu" else x
 
 
 class WithHead(nn.Sequential):
@@ -273,7 +284,8 @@ def save_descriptor(descriptor: Descriptor, path: str | Path, extra: dict | None
         "std": list(descriptor.std),
         "interpolation": descriptor.interpolation,
         "state_dict": {k: v.detach().cpu() for k, v in descriptor.model.state_dict().items()},
-        "head": ([descriptor.model.head.projection.in_features, descriptor.model.head.projection.out_features]
+        "head": ([descriptor.model.head.projection.in_features,
+                  descriptor.model.head.projection.out_features, descriptor.model.head.activation]
                  if isinstance(descriptor.model, WithHead) else None),
         "extra": extra or {},
     }
@@ -297,7 +309,8 @@ def _load_checkpoint(path: Path) -> Descriptor:
     model = timm.create_model(payload["arch"], pretrained=False, num_classes=0,
                               **payload["model_kwargs"])
     if payload.get("head"):
-        model = WithHead(model, EmbeddingHead(*payload["head"]))
+        features, dim, *activation = payload["head"]  # files written before it was named: relu
+        model = WithHead(model, EmbeddingHead(features, dim, *(activation or ["relu"])))
     model.load_state_dict(payload["state_dict"])
     return Descriptor(
         name=str(path), model=model.eval(), arch=payload["arch"],

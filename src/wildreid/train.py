@@ -54,6 +54,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     unfreeze: int = -1  # last N backbone blocks trained; -1 all; 0 none (head only)
     embedding_dim: int = 512
+    head_activation: str = "none"  # none | relu: after the head's batch norm (models.EmbeddingHead)
     augment: bool = True
     flip: str = "auto"  # auto: flip only views without a left/right orientation; all; none
     isolation: str = "none"  # none | crop | mask: train on the animal (identify with the same)
@@ -280,6 +281,9 @@ class Trainer:
         if self.progress:  # beside the progress lines, on stderr
             Console(stderr=True).print(f"[yellow]note:[/] {text}", highlight=False)
 
+    def _model_config(self) -> dict:
+        return {"head_activation": self.config.head_activation}
+
     def _resume(self, model: nn.Module, criterion: nn.Module, optimizer, scheduler) -> dict:
         """Load ``resume_path`` into the training objects; returns the whole state (counters,
         history)."""
@@ -294,6 +298,14 @@ class Trainer:
         if not isinstance(state, dict) or not all(key in state for key in needed):
             raise CheckpointError(f"{path}: not a wildreid training state (it needs "
                                   f"{', '.join(needed)}); {fresh}")
+        # What shapes the model but leaves no trace in its state dict (an activation has no
+        # weights) must match, or the resumed run would silently train another model.
+        written = state.get("model_config", {"head_activation": "relu"})
+        current = self._model_config()
+        if written != current:
+            changed = ", ".join(f"{name} {written.get(name)!r} -> {value!r}"
+                                for name, value in current.items() if written.get(name) != value)
+            raise CheckpointError(f"{path}: written for another model ({changed}); {fresh}")
         try:
             model.load_state_dict(state["model"])
             criterion.load_state_dict(state["criterion"])
@@ -334,7 +346,8 @@ class Trainer:
         features = backbone.num_features if hasattr(backbone, "num_features") else None
         if features is None:
             raise ValueError(f"{self.model_name}: cannot tell the backbone's feature size")
-        model = WithHead(backbone, EmbeddingHead(features, config.embedding_dim)).to(self.device)
+        model = WithHead(backbone, EmbeddingHead(features, config.embedding_dim,
+                                                   config.head_activation)).to(self.device)
         descriptor.model = model
         criterion, miner = _loss(config, len(names), config.embedding_dim)
         criterion = criterion.to(self.device)
@@ -453,7 +466,7 @@ class Trainer:
             torch.save({"model": model.state_dict(), "criterion": criterion.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "epoch": epoch, "best": best, "stale": stale, "history": self.history,
-                        "baseline": self.baseline},
+                        "baseline": self.baseline, "model_config": self._model_config()},
                        self.resume_path.with_suffix(".partial"))
             self.resume_path.with_suffix(".partial").replace(self.resume_path)
             if stale >= config.patience:
