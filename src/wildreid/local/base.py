@@ -102,6 +102,20 @@ def detector_view(image: Image.Image, region: Region | None, long_side: int, cro
                   (y + h) / image.height)
 
 
+def detection_mask(image: Image.Image, region: Region | None, view: Image.Image,
+                   box: tuple[float, float, float, float]) -> np.ndarray | None:
+    """The region's mask over ``view`` (the part ``box`` of ``image`` that the detector sees,
+    from :func:`detector_view`), as OpenCV detectors take it; ``None`` for the whole photo."""
+    if region is None or region.is_whole:
+        return None
+    import cv2
+
+    width, height = image.size
+    x0, y0, x1, y1 = (round(f * n) for f, n in zip(box, (width, height, width, height)))
+    return cv2.resize(region.mask_at(image.size)[y0:y1, x0:x1], view.size,
+                      interpolation=cv2.INTER_NEAREST)
+
+
 #: Registered local features: ``@LOCAL_FEATURES.register(name, summary)`` over a
 #: :class:`LocalFeatures` subclass; its matcher is registered under the same name in
 #: :data:`wildreid.matching.MATCHERS`.

@@ -10,7 +10,14 @@ import numpy as np
 from PIL import Image
 
 from wildreid.isolation import Region
-from wildreid.local.base import LOCAL_FEATURES, Keypoints, LocalFeatures, detector_view, keep_strongest
+from wildreid.local.base import (
+    LOCAL_FEATURES,
+    Keypoints,
+    LocalFeatures,
+    detection_mask,
+    detector_view,
+    keep_strongest,
+)
 
 
 @LOCAL_FEATURES.register("sift", "OpenCV RootSIFT, mutual nearest neighbours + ratio test")
@@ -34,13 +41,8 @@ class Sift(LocalFeatures):
             self._network = cv2.SIFT_create(nfeatures=self.max_keypoints)
         view, box = detector_view(image, region, self.long_side, self.crop)
         gray = cv2.cvtColor(np.asarray(view), cv2.COLOR_RGB2GRAY)
-        mask = None
-        if region is not None and not region.is_whole:  # the mask of the part of the photo shown
-            width, height = image.size
-            x0, y0, x1, y1 = (round(f * n) for f, n in zip(box, (width, height, width, height)))
-            mask = cv2.resize(region.mask_at(image.size)[y0:y1, x0:x1], view.size,
-                              interpolation=cv2.INTER_NEAREST)
-        found, descriptors = self._network.detectAndCompute(gray, mask)
+        found, descriptors = self._network.detectAndCompute(
+            gray, detection_mask(image, region, view, box))
         if descriptors is None:
             return Keypoints(np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
                              np.zeros((0, self.dim), np.float32), view.size, box)
