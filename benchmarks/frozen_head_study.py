@@ -1,7 +1,7 @@
 """Which loss trains the best head on a frozen backbone, measured by the database validation.
 
     python benchmarks/frozen_head_study.py [--protocol B] [--losses arcface,classifier,...]
-        [--head-activations none,relu]
+        [--head-activations none,relu] [--seeds 0,1,2]
 
 Backbone features of the protocol's database (``--cached-views`` views per image) are computed
 once and shared by every run (``--cache-dir``); each loss then trains only the 512-d head, in
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import sys
 import time
@@ -37,6 +38,7 @@ def main() -> int:
     parser.add_argument("--head-activations", default="none",
                         help="comma-separated: none, relu (after the head's batch norm); each "
                         "is trained with each loss")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr-head", type=float, default=1e-3)
     parser.add_argument("--cached-views", type=int, default=4)
@@ -51,20 +53,22 @@ def main() -> int:
     database = load_dataset(args.bench, FILES[args.protocol][0]).database
     runs, baseline = {}, None
     for loss in args.losses.split(","):
-        for activation in args.head_activations.split(","):
-            name = loss if activation == "relu" else f"{loss}/head-{activation}"
+        for activation, seed in itertools.product(args.head_activations.split(","),
+                                                  map(int, args.seeds.split(","))):
+            name = (loss if activation == "relu" else f"{loss}/head-{activation}") + (
+                f"/seed-{seed}" if seed else "")
             config = TrainConfig(loss=loss, epochs=args.epochs, unfreeze=0, lr_head=args.lr_head,
                                  cached_views=args.cached_views, patience=args.epochs,
-                                 head_activation=activation)
+                                 head_activation=activation, seed=seed)
             started = time.perf_counter()
-            trainer = Trainer(args.model, args.cache_dir / f"frozen-{args.protocol}-{loss}-"
+            trainer = Trainer(args.model, args.cache_dir / f"frozen-{args.protocol}-{loss}-{seed}-"
                               f"{activation}.pt", config, device=device, progress=False,
                               cache_dir=args.cache_dir)
             history = trainer.fit(database, resume=False)
             baseline = trainer.baseline
             best = max(history, key=lambda row: row["score"] + 1e-3 * row["top1"])
             runs[name] = {"seconds": round(time.perf_counter() - started, 1), "best": best,
-                          "head_activation": activation,
+                          "head_activation": activation, "seed": seed,
                           "best_top1": max(row["top1"] for row in history), "history": history}
             print(f"{name:<28} best epoch {best['epoch']:>2}: validation score "
                   f"{best['score']:.3f}, top-1 {best['top1']:.3f} (best top-1 of any epoch "
@@ -72,6 +76,7 @@ def main() -> int:
     print(f"starting model: validation score {baseline['score']:.3f}, top-1 {baseline['top1']:.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "" if args.head_activations == "relu" else f"-head-{args.head_activations.replace(',', '-')}"
+    tag += "" if args.seeds == "0" else f"-seeds-{args.seeds.replace(',', '-')}"
     path = args.out / f"frozen-head-{args.protocol}{tag}-{device}-{date}.json"
     if path.exists():  # never overwrite a result file
         path = path.with_name(f"{path.stem}-{time.strftime('%H%M%S')}.json")
