@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DEFAULT_BENCH
+from common import DEFAULT_BENCH, unused_path
 from nyala_lion import machine
 from train_nyala_lion import FILES
 
@@ -38,7 +38,8 @@ def main() -> int:
     parser.add_argument("--head-activations", default="none",
                         help="comma-separated: none, relu (after the head's batch norm); each "
                         "is trained with each loss")
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; a seed also picks "
+                        "the validation split, so each run keeps its own baseline")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr-head", type=float, default=1e-3)
     parser.add_argument("--cached-views", type=int, default=4)
@@ -69,6 +70,7 @@ def main() -> int:
             best = max(history, key=lambda row: row["score"] + 1e-3 * row["top1"])
             runs[name] = {"seconds": round(time.perf_counter() - started, 1), "best": best,
                           "head_activation": activation, "seed": seed,
+                          "baseline": trainer.baseline,
                           "best_top1": max(row["top1"] for row in history), "history": history}
             print(f"{name:<28} best epoch {best['epoch']:>2}: validation score "
                   f"{best['score']:.3f}, top-1 {best['top1']:.3f} (best top-1 of any epoch "
@@ -78,8 +80,7 @@ def main() -> int:
     tag = "" if args.head_activations == "relu" else f"-head-{args.head_activations.replace(',', '-')}"
     tag += "" if args.seeds == "0" else f"-seeds-{args.seeds.replace(',', '-')}"
     path = args.out / f"frozen-head-{args.protocol}{tag}-{device}-{date}.json"
-    if path.exists():  # never overwrite a result file
-        path = path.with_name(f"{path.stem}-{time.strftime('%H%M%S')}.json")
+    path = unused_path(path)  # never over an earlier result
     path.write_text(json.dumps({"date": date, "machine": machine(device),
                                 "command": " ".join(sys.argv), "baseline": baseline,
                                 "runs": runs}, indent=2, default=lambda v: None))

@@ -53,7 +53,9 @@ def main() -> int:
     pairs = rng.integers(0, len(images), size=(args.pairs, 2))
     rows = {}
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-        settings = {} if args.features == "sift" else {"depth_confidence": args.early_exit}
+        # Only LightGlue exits early; the nearest-neighbour matchers (sift, orb) have no setting.
+        settings = ({"depth_confidence": args.early_exit} if args.features in ("aliked", "disk")
+                    else {})
         matcher = create_matcher(args.features, device=args.device, batch_size=batch_size,
                                  **settings)
         score_pairs(matcher, keypoints, pairs[:batch_size], progress=False)  # warm-up

@@ -272,6 +272,19 @@ def test_the_head_activation_is_kept_by_checkpoints_and_resumes(real_subset, tmp
     assert old.model.head.activation == "relu"
     with torch.inference_mode():
         assert (old.model.eval()(torch.rand(4, 3, *old.input_size)) >= 0).all()
-    with pytest.raises(CheckpointError, match=r"head_activation 'none' -> 'relu'.*--fresh"):
-        Trainer("efficientnet-lite0", out, TrainConfig(**HEAD, epochs=2, head_activation="relu"),
-                device="cpu", workers=0, progress=False, cache_dir=views_cache).fit(database)
+    def resume(activation: str) -> list[dict]:
+        return Trainer("efficientnet-lite0", out, TrainConfig(**HEAD, epochs=2,
+                                                              head_activation=activation),
+                       device="cpu", workers=0, progress=False, cache_dir=views_cache
+                       ).fit(database)
+
+    with pytest.raises(CheckpointError, match=r"head_activation 'none' -> 'relu'\); resume it with "
+                       r"--head-activation none, or .*--fresh"):
+        resume("relu")
+    # A state written before the activation was recorded was trained with a ReLU.
+    state = torch.load(out.with_name("m.last.pt"), weights_only=True)
+    del state["model_config"]
+    torch.save(state, out.with_name("m.last.pt"))
+    with pytest.raises(CheckpointError, match="--head-activation relu"):
+        resume("none")
+    assert [row["epoch"] for row in resume("relu")] == [1, 2]  # epoch 1 restored, 2 trained

@@ -196,7 +196,10 @@ class NearestNeighbourMatcher:
         nearest1 = distance.argmin(dim=1)
         mutual = (nearest1.gather(1, nearest0) == torch.arange(d0.shape[1], device=self.device)
                   if self.mutual else torch.ones_like(nearest0, dtype=torch.bool))
-        ratio = best2.values[..., 0] / best2.values[..., 1].clamp(min=1e-6)
+        nearest, second = best2.values[..., 0], best2.values[..., 1]
+        # Two neighbours at distance 0 (identical binary descriptors) are the most ambiguous
+        # case, not a perfect match: ratio 1, rejected.
+        ratio = torch.where(second > 0, nearest / second.clamp(min=1e-12), torch.ones_like(nearest))
         keep = mutual & (ratio < self.ratio) & valid0 & torch.isfinite(best2.values[..., 0])
         return _unpack(torch.where(keep, nearest0, -1), 1 - ratio)
 

@@ -300,12 +300,17 @@ class Trainer:
                                   f"{', '.join(needed)}); {fresh}")
         # What shapes the model but leaves no trace in its state dict (an activation has no
         # weights) must match, or the resumed run would silently train another model.
-        written = state.get("model_config", {"head_activation": "relu"})
+        # States written before a setting was recorded had its old value (heads: ReLU).
+        written = {"head_activation": "relu", **state.get("model_config", {})}
         current = self._model_config()
-        if written != current:
-            changed = ", ".join(f"{name} {written.get(name)!r} -> {value!r}"
-                                for name, value in current.items() if written.get(name) != value)
-            raise CheckpointError(f"{path}: written for another model ({changed}); {fresh}")
+        changed = {name: value for name, value in current.items() if written.get(name) != value}
+        if changed:
+            settings = ", ".join(f"{name} {written.get(name)!r} -> {value!r}"
+                                 for name, value in changed.items())
+            options = " ".join(f"--{name.replace('_', '-')} {written.get(name)}"
+                               for name in changed)
+            raise CheckpointError(f"{path}: written for another model ({settings}); resume it "
+                                  f"with {options}, or {fresh}")
         try:
             model.load_state_dict(state["model"])
             criterion.load_state_dict(state["criterion"])
