@@ -176,7 +176,7 @@ def test_every_plug_in_kind_has_one_registry_shape():
         assert isinstance(registry, Registry) and len(registry) >= 3
         assert all(registry.summaries().values())  # each with its one-line summary
     assert set(LOCAL_FEATURES) == set(MATCHERS)  # every local feature has its matcher
-    with pytest.raises(ValueError, match="unknown local features 'orb'; use one of aliked"):
-        LOCAL_FEATURES.create("orb")
+    with pytest.raises(ValueError, match="unknown local features 'superpoint'; use one of aliked"):
+        LOCAL_FEATURES.create("superpoint")
     with pytest.raises(ValueError, match="registered twice"):
         LOSSES.register("arcface")(lambda classes, dim: None)
