@@ -179,7 +179,8 @@ def markdown(row: dict, model: str, device: str, date: str) -> str:
             f"| {row['wall_s']:.0f} s | {row['images_per_s']:.0f} | {row['peak_rss_mib']:.0f} MiB |")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's options (also the evaluation settings other benchmarks start from)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model", default="efficientnet-lite0")
@@ -208,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                         "includes description)")
     parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="benchmark folder")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not args.bench.is_dir():
         sys.exit(f"{args.bench}: benchmark data not found (expected ../shared beside the repo)")
     device = str(resolve_device(args.device))

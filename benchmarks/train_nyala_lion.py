@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from common import DEFAULT_BENCH
-from nyala_lion import machine, markdown, run_protocol
+from nyala_lion import build_parser, machine, markdown, run_protocol
 
 from wildreid.data import load_dataset
 from wildreid.features import resolve_device
@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--lr-head", type=float, default=1e-3)
     parser.add_argument("--lr-backbone", type=float, default=1e-4)
     parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--head-activation", default="none", choices=("none", "relu"))
     parser.add_argument("--local", default="", help="also evaluate fused with these matchers")
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("--max-keypoints", type=int, default=512)
@@ -66,7 +67,7 @@ def main() -> int:
                          images_per_identity=args.k, steps_per_epoch=args.steps_per_epoch,
                          unfreeze=args.unfreeze, cached_views=args.cached_views,
                          lr_head=args.lr_head, lr_backbone=args.lr_backbone,
-                         patience=args.patience)
+                         patience=args.patience, head_activation=args.head_activation)
     tag = f"-{args.tag}" if args.tag else ""
     stem = f"train-{args.protocol}-{args.loss}{tag}-{device}-{date}"
     checkpoint = args.out / "checkpoints" / f"{stem}.pt"  # ignored by git
@@ -77,12 +78,12 @@ def main() -> int:
     train_seconds = time.perf_counter() - started
     rows = []
     for local in dict.fromkeys(["", args.local]):
-        evaluation = argparse.Namespace(
-            model=str(checkpoint), device=device, batch_size=64, bench=args.bench,
-            segmenter_weights=None, local=local, shortlist=args.shortlist,
-            max_keypoints=args.max_keypoints, keypoints_on="animal", mirror=args.mirror,
-            identities=0,
-            dump_pairs=False)
+        # nyala_lion.py's own defaults, so an option it gains never breaks this evaluation.
+        evaluation = build_parser().parse_args([])
+        evaluation.__dict__.update(
+            model=str(checkpoint), device=device, bench=args.bench, local=local,
+            shortlist=args.shortlist, max_keypoints=args.max_keypoints, keypoints_on="animal",
+            mirror=args.mirror)
         row = run_protocol(args.protocol, metadata, solution, evaluation, "max", args.cache_dir)
         row["peak_rss_mib"] = float("nan")
         rows.append(row)
