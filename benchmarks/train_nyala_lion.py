@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from common import DEFAULT_BENCH
+from common import DEFAULT_BENCH, unused_path
 from nyala_lion import build_parser, machine, markdown, run_protocol
 
 from wildreid.data import load_dataset
@@ -91,7 +91,8 @@ def main() -> int:
               "config": asdict(config), "train_seconds": round(train_seconds, 1),
               "baseline": trainer.baseline, "history": history, "evaluation": rows[0], "fused": rows[1:]}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=lambda v: None))
+    unused_path(args.out / f"{stem}.json").write_text(  # never over an earlier result
+        json.dumps(report, indent=2, default=lambda v: None))
     print(f"trained in {train_seconds:.0f} s; validation score {trainer.baseline['score']:.3f} "
           f"(top-1 {trainer.baseline['top1']:.3f}) at the start, best "
           f"{max(h['score'] for h in history):.3f} (top-1 {max(h['top1'] for h in history):.3f})")
