@@ -184,6 +184,8 @@ class NearestNeighbourMatcher:
     @torch.inference_mode()
     def match_batch(self, first: Sequence[Keypoints], second: Sequence[Keypoints]
                     ) -> list[np.ndarray]:
+        if not first:
+            return []
         width = first[0].descriptors.shape[1]
         d0, valid0 = _pad([k.descriptors for k in first], width, self.device)
         d1, valid1 = _pad([k.descriptors for k in second], width, self.device)

@@ -187,6 +187,8 @@ def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
                   if scored else database.iloc[:0])
         pool = pd.concat([chosen,
                           database[database["identity"].isin(others)].groupby("identity").head(6)])
+        if pool.empty:  # no photo of any candidate to draw against
+            continue
         frame = pd.concat([pd.DataFrame([query._asdict()]), pool], ignore_index=True)
         regions = (keypoint_regions(frame, keypoints_on, isolator, "regions")
                    or [None] * len(frame))
