@@ -79,8 +79,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "" if args.head_activations == "relu" else f"-head-{args.head_activations.replace(',', '-')}"
     tag += "" if args.seeds == "0" else f"-seeds-{args.seeds.replace(',', '-')}"
-    path = args.out / f"frozen-head-{args.protocol}{tag}-{device}-{date}.json"
-    path = unused_path(path)  # never over an earlier result
+    path = unused_path(args.out / f"frozen-head-{args.protocol}{tag}-{device}-{date}.json")
     path.write_text(json.dumps({"date": date, "machine": machine(device),
                                 "command": " ".join(sys.argv), "baseline": baseline,
                                 "runs": runs}, indent=2, default=lambda v: None))

@@ -25,7 +25,7 @@ from common import DEFAULT_BENCH
 
 from wildreid.images import load_image
 from wildreid.local import create_local_features
-from wildreid.matching import create_matcher, score_pairs
+from wildreid.matching import LIGHTGLUE_FEATURES, create_matcher, score_pairs
 
 
 def main() -> int:
@@ -53,8 +53,8 @@ def main() -> int:
     pairs = rng.integers(0, len(images), size=(args.pairs, 2))
     rows = {}
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-        # Only LightGlue exits early; the nearest-neighbour matchers (sift, orb) have no setting.
-        settings = ({"depth_confidence": args.early_exit} if args.features in ("aliked", "disk")
+        # Only LightGlue exits early; the nearest-neighbour matchers have no such setting.
+        settings = ({"depth_confidence": args.early_exit} if args.features in LIGHTGLUE_FEATURES
                     else {})
         matcher = create_matcher(args.features, device=args.device, batch_size=batch_size,
                                  **settings)

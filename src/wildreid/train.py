@@ -300,8 +300,8 @@ class Trainer:
                                   f"{', '.join(needed)}); {fresh}")
         # What shapes the model but leaves no trace in its state dict (an activation has no
         # weights) must match, or the resumed run would silently train another model.
-        # States written before a setting was recorded had its old value (heads: ReLU).
-        written = {"head_activation": "relu", **state.get("model_config", {})}
+        # States written before a setting was recorded had its old value.
+        written = {"head_activation": EmbeddingHead.UNRECORDED, **state.get("model_config", {})}
         current = self._model_config()
         changed = {name: value for name, value in current.items() if written.get(name) != value}
         if changed:

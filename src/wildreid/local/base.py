@@ -102,7 +102,7 @@ def detector_view(image: Image.Image, region: Region | None, long_side: int, cro
                   (y + h) / image.height)
 
 
-def detection_mask(image: Image.Image, region: Region | None, view: Image.Image,
+def _detection_mask(image: Image.Image, region: Region | None, view: Image.Image,
                    box: tuple[float, float, float, float]) -> np.ndarray | None:
     """The region's mask over ``view`` (the part ``box`` of ``image`` that the detector sees,
     from :func:`detector_view`), as OpenCV detectors take it; ``None`` for the whole photo."""
@@ -185,6 +185,37 @@ class KorniaFeatures(LocalFeatures):
         return keep_strongest(found.keypoints.float().cpu().numpy(), scores.float().cpu().numpy(),
                      found.descriptors.float().cpu().numpy(), view.size, region,
                      self.max_keypoints, box)
+
+
+class OpenCVFeatures(LocalFeatures):
+    """Local features from an OpenCV detector-descriptor (no weights to fetch), run on the
+    grey view of the animal's box with the region as OpenCV's detection mask. A subclass says
+    which detector (``create``) and how its descriptors are stored (``descriptors``)."""
+
+    def create(self):
+        """The ``cv2.Feature2D`` that detects and describes."""
+        raise NotImplementedError
+
+    def descriptors(self, raw: np.ndarray) -> np.ndarray:
+        """OpenCV's descriptors as stored and matched: ``dim`` float32 values per keypoint."""
+        return raw.astype(np.float32)
+
+    def detect(self, image: Image.Image, region: Region | None = None) -> Keypoints:
+        import cv2
+
+        if self._network is None:
+            self._network = self.create()
+        view, box = detector_view(image, region, self.long_side, self.crop)
+        gray = cv2.cvtColor(np.asarray(view), cv2.COLOR_RGB2GRAY)
+        found, raw = self._network.detectAndCompute(gray, _detection_mask(image, region, view, box))
+        if raw is None:
+            return Keypoints(np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
+                             np.zeros((0, self.dim), np.float32), view.size, box)
+        xy = np.array([k.pt for k in found], np.float32)
+        scores = np.array([k.response for k in found], np.float32)
+        # The pixel mask and the region's grid disagree by a pixel at the edge: the grid decides.
+        return keep_strongest(xy, scores, self.descriptors(raw), view.size, region,
+                              self.max_keypoints, box)
 
 
 def create_local_features(name: str, **settings) -> LocalFeatures:
