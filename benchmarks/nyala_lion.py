@@ -117,7 +117,8 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
         "queries": len(dataset.query), "aggregation": aggregation, "isolation": isolation,
         "local": args.local, "shortlist": args.shortlist, "keypoints_on": args.keypoints_on,
         "max_keypoints": args.max_keypoints, "long_side": args.long_side, "mirror": args.mirror,
-        "pairs_per_s": identifier.reranking_.scorer_.pairs_per_second if identifier.reranking_ else None,
+        "pairs_per_s": (identifier.reranking_.local_scorer_.pairs_per_second
+                        if identifier.reranking_ else None),
         "keypoints_on_chosen": ({str(k): v for k, v in identifier.reranking_.keypoints_on_.items()}
                                 if identifier.reranking_ else None),
         "keypoint_choice": ({str(k): v for k, v in identifier.reranking_.keypoint_choice_.items()}
@@ -143,7 +144,7 @@ def dump_pairs(identifier, dataset, answers: pd.DataFrame, protocol: str, out: P
     truth = answers.set_index("image_id")["identity"]
     query_ids = truth.reindex(dataset.query["image_id"]).to_numpy()
     tables = []
-    for stage, table in reranking.scorer_.pair_tables.items():
+    for stage, table in reranking.scoring_.pair_tables.items():
         table = table.copy()
         table["stage"] = stage
         # Both stages score (query, database) pairs: rows of the queries, rows of the database.

@@ -71,7 +71,7 @@ def main() -> int:
         total = time.perf_counter() - start
         scores = evaluate(submission, pd.read_csv(root / "solution.csv", dtype=str),
                           dataset.metadata.astype(object), candidates)
-    pairs = (identifier.reranking_.scorer_.pairs_per_second if identifier.reranking_ else {})
+    pairs = (identifier.reranking_.local_scorer_.pairs_per_second if identifier.reranking_ else {})
     date = datetime.date.today().isoformat()
     machine = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
     report = {"date": date, "machine": machine, "command": " ".join(sys.argv),

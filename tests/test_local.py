@@ -176,14 +176,14 @@ def test_reranking_matches_opposite_views_mirrored(real_subset, tmp_path):
     identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
                             device="cpu", mirror="opposite", keep_pair_scores=True).fit(database)
     reranking = identifier.reranking_
-    table = reranking.scorer_.pair_tables["calibration pairs"]
+    table = reranking.scoring_.pair_tables["calibration pairs"]
     orientation = database["orientation"].to_numpy()
     opposite = orientation[table["first"]] != orientation[table["second"]]
     assert opposite.any() and (~opposite).any()
     mirrored = table["sift:mirrored:confidence_sum"]
     assert mirrored[opposite].notna().all() and mirrored[~opposite].isna().all()
     identifier.predict_candidates(dataset.query[dataset.query["species"] == "nyala"], k=2)
-    table = reranking.scorer_.pair_tables["query pairs"]
+    table = reranking.scoring_.pair_tables["query pairs"]
     assert table["sift:mirrored:confidence_sum"].notna().any()
     with pytest.raises(ValueError, match="mirror must be one of"):
         Identifier(local=("sift",), mirror="sideways").fit(database)
@@ -310,7 +310,7 @@ def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path):
                             device="cpu", keep_pair_scores=True).fit(dataset.database)
     reranking = identifier.reranking_
     identifier.predict_candidates(dataset.query, k=3)
-    table = reranking.scorer_.pair_tables["query pairs"]
+    table = reranking.scoring_.pair_tables["query pairs"]
     queries = len(dataset.query)
     # Rows of the queries, then of the database (the keypoints joined below: queries first).
     assert table["first"].max() < queries and table["second"].max() < len(dataset.database)
@@ -319,15 +319,15 @@ def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path):
     from wildreid.scorers import keypoint_regions
 
     regions = keypoint_regions(dataset.query, reranking.keypoints_on_, identifier.isolator)
-    query_keypoints = reranking.scorer_.keypoints(dataset.query, regions, "q")
-    keypoints = query_keypoints["sift"] + reranking.database_keypoints_["sift"]
+    query_keypoints = reranking.local_scorer_.keypoints(dataset.query, regions, "q")
+    keypoints = query_keypoints["sift"] + reranking.database_.keypoints["sift"]
     pairs = table[["first", "second"]].to_numpy() + np.array([0, queries])
-    matcher = reranking.scorer_.matchers["sift"]
+    matcher = reranking.local_scorer_.matchers["sift"]
     forward = score_pairs(matcher, keypoints, pairs, progress=False)["confidence_sum"]
     backward = score_pairs(matcher, keypoints, pairs[:, ::-1], progress=False)["confidence_sum"]
     assert np.allclose(table["sift:confidence_sum"], forward)
     assert not np.allclose(forward, backward)  # the direction matters for this matcher
-    calibration = reranking.scorer_.pair_tables["calibration pairs"]
+    calibration = reranking.scoring_.pair_tables["calibration pairs"]
     identities = dataset.database["identity"].to_numpy()
     assert (identities[calibration["first"]] != "").all()
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--shortlist", "none"])
@@ -415,3 +415,36 @@ def test_keypoints_beyond_the_memory_budget_are_read_back_with_the_same_scores(
     assert whole["confidence_sum"].max() > 0
     joined = lazy + lazy  # views of one stage join, as queries and database do
     assert len(joined) == 2 * count and joined[count].descriptors.shape == held[0].descriptors.shape
+
+
+def test_scorers_share_one_shape_and_pair_scoring_fuses_them(tmp_path, monkeypatch):
+    """The cosine and the local matchers are scorers of one shape (``names``, ``score`` over two
+    sides); ``PairScoring`` gives their scores in order and keeps every column when asked. The
+    cosine of each pair equals the embeddings' product, across the scorer's chunks too."""
+    from wildreid import scorers
+    from wildreid.features import FeatureExtractor
+    from wildreid.models import create_descriptor
+    from wildreid.scorers import CosineScorer, LocalScorer, PairScoring, Side
+
+    paths = [str(BENCH / "images" / "nyala" / f"{i}.jpg") for i in SAME + OTHERS]
+    images = pd.DataFrame({"filepath": paths, "orientation": ["left"] * len(paths)})
+    embeddings = FeatureExtractor(create_descriptor("efficientnet-lite0"), device="cpu",
+                                  cache_dir=tmp_path, progress=False)(paths)
+    local = LocalScorer(("sift",), max_keypoints=256, long_side=256, device="cpu",
+                        cache_dir=tmp_path, progress=False, ransac=True)
+    side = Side(images, embeddings, None, local.keypoints(images, None, "photos"))
+    monkeypatch.setattr(scorers, "_COSINE_PAIRS", 3)  # 4 pairs: two chunks
+    scoring = PairScoring([CosineScorer(), local], keep_pair_scores=True)
+    scores = scoring.score(side, side, PAIRS, "test pairs")
+    assert list(scores) == ["cosine", "sift"] == list(scoring.names)
+    product = embeddings @ embeddings.T
+    assert np.allclose(scores["cosine"], product[PAIRS[:, 0], PAIRS[:, 1]], atol=1e-6)
+    alone = score_pairs(local.matchers["sift"], side.keypoints["sift"], PAIRS, progress=False)
+    assert np.array_equal(scores["sift"], alone["confidence_sum"])
+    assert scores["sift"][0] > scores["sift"][1:].max()  # the same nyala first
+    table = scoring.pair_tables["test pairs"]
+    assert table[["first", "second"]].to_numpy().tolist() == PAIRS.tolist()
+    assert {"cosine", "sift", "sift:confidence_sum", "sift:inliers"} <= set(table.columns)
+    assert table["sift:inliers"][0] > 0  # RANSAC ran, as asked
+    with pytest.raises(ValueError, match="two scorers give scores of one name"):
+        PairScoring([CosineScorer(), CosineScorer()])

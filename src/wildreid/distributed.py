@@ -127,7 +127,7 @@ class RayPool:
     def map_pairs(self, scorer: Callable[[], Any], keypoints: Sequence, pairs: np.ndarray,
                   ransac: bool, size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Pair scores computed on the workers (``scorer``: the recipe of a
-        :class:`~wildreid.matching.PairScorer`): ``(rows of pairs, scores)`` per chunk of
+        :class:`~wildreid.matching.MatchingWorker`): ``(rows of pairs, scores)`` per chunk of
         ``size`` pairs, each chunk shipped with just the keypoints its pairs use."""
         from wildreid.stage import take
 

@@ -1,7 +1,9 @@
 """Re-rank a global shortlist with local keypoint matches, calibrated and fused (WildFusion).
 
-The pairs are scored by a :class:`~wildreid.scorers.LocalScorer` (``scorer_``); this module says
-which pairs are scored and what their scores mean. ``fit`` on the database: keypoints of every
+The pairs are scored by the global cosine and each local matcher (``scoring_``: a
+:class:`~wildreid.scorers.PairScoring` of a :class:`~wildreid.scorers.CosineScorer` and a
+:class:`~wildreid.scorers.LocalScorer`, ``local_scorer_``); this module says which pairs are
+scored and what their scores mean. ``fit`` on the database: keypoints of every
 database image (on the animal when a region is known), then a bounded sample of
 database-vs-database pairs — pseudo-queries against their shortlist in a pseudo-database, as in
 :mod:`wildreid.openset` — fits one isotonic calibration per matcher (the global cosine is a
@@ -25,7 +27,7 @@ from wildreid.fusion import Calibration, cross_fitted_fusion
 from wildreid.isolation import Isolator, by_species
 from wildreid.openset import OpenSetDecision, pseudo_split, species_keys
 from wildreid.ranking import index_dir, nearest_images
-from wildreid.scorers import LocalScorer, keypoint_regions, orientations
+from wildreid.scorers import CosineScorer, LocalScorer, PairScoring, Side, keypoint_regions
 
 #: Where local keypoints are kept: on the animal's mask, or anywhere on the photo; ``auto``
 #: chooses one of the two per species on the database (:meth:`LocalReranking.fit`).
@@ -77,17 +79,19 @@ class LocalReranking(BaseEstimator):
         self.ray = ray
 
     def _build(self) -> None:
-        """Check the parameters and build the components: keypoint extractors and matchers."""
+        """Check the parameters and build the components: the scorers (keypoint extractors and
+        matchers)."""
         places = (self.keypoints_on.values() if isinstance(self.keypoints_on, dict)
                   else [self.keypoints_on])
         if any(place not in KEYPOINT_PLACES for place in places):
             raise ValueError(f"keypoints_on must be one of {', '.join(KEYPOINT_PLACES)} (or a "
                              f"dict of them by species), not {self.keypoints_on!r}")
         self.pool_ = None if self.ray is None else RayPool(self.ray)
-        self.scorer_ = LocalScorer(self.features, self.max_keypoints, self.long_side,
-                                   self.pair_score, self.mirror, self.device, self.batch_size,
-                                   self.cache_dir, self.workers, self.progress, self.pool_,
-                                   self.keep_pair_scores)
+        self.local_scorer_ = LocalScorer(self.features, self.max_keypoints, self.long_side,
+                                         self.pair_score, self.mirror, self.device,
+                                         self.batch_size, self.cache_dir, self.workers,
+                                         self.progress, self.pool_, ransac=self.keep_pair_scores)
+        self.scoring_ = PairScoring([CosineScorer(), self.local_scorer_], self.keep_pair_scores)
 
     def fit(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None
             ) -> LocalReranking:
@@ -100,22 +104,18 @@ class LocalReranking(BaseEstimator):
             raise ValueError("local re-ranking needs 3 or more database identities to calibrate")
         self.keypoints_on_ = self._choose_places(images, features, species, split, isolator, rng)
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
-        self.database_keypoints_ = self.scorer_.keypoints(images, regions, "database")
-        self.database_features_ = features
+        self.database_ = Side(images, features, regions,
+                              self.local_scorer_.keypoints(images, regions, "database"))
         self.shortlist_indexes_: dict = {}  # approximate indexes of very large species, by species
         self.database_identities_ = identities
         self.database_species_ = species
-        self.database_orientations_ = orientations(images)
         queries, unknown = self._bounded(split.queries, split.unknown, species, rng)
         reference = split.reference
-        shortlist, cosines = nearest_images(features[reference], species[reference],
-                                            features[queries], species[queries],
-                                            self.shortlist or len(reference))
+        shortlist, _ = nearest_images(features[reference], species[reference], features[queries],
+                                      species[queries], self.shortlist or len(reference))
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([queries[rows], reference[shortlist[rows, columns]]], 1)
-        scores = self.scorer_.score(images, regions, self.database_keypoints_,
-                                    self.database_keypoints_, self.database_orientations_, pairs,
-                                    cosines[rows, columns], "calibration pairs")
+        scores = self.scoring_.score(self.database_, self.database_, pairs, "calibration pairs")
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         self.calibration_ = Calibration.fit(scores, same)
         # Thresholds from out-of-fold fused scores (folds by pseudo-query identity): fitted on
@@ -152,8 +152,8 @@ class LocalReranking(BaseEstimator):
                 continue
             if len(queries) > _CHOICE_QUERIES:
                 queries = np.sort(rng.choice(queries, _CHOICE_QUERIES, replace=False))
-            shortlist, cosines = nearest_images(features[reference], None, features[queries],
-                                                None, self.shortlist or len(reference))
+            shortlist, _ = nearest_images(features[reference], None, features[queries], None,
+                                          self.shortlist or len(reference))
             rows, columns = np.nonzero(shortlist >= 0)
             members = np.concatenate([queries, reference])  # local rows: queries, then reference
             pairs = np.stack([rows, len(queries) + shortlist[rows, columns]], 1)
@@ -161,11 +161,12 @@ class LocalReranking(BaseEstimator):
             top1 = {}
             for place in ("animal", "image"):
                 regions = keypoint_regions(subset, place, isolator, f"{name}: regions")
-                found = self.scorer_.keypoints(subset, regions, f"{name}: choosing keypoints ({place})")
+                found = self.local_scorer_.keypoints(subset, regions,
+                                                     f"{name}: choosing keypoints ({place})")
+                side = Side(subset, features[members], regions, found)
                 # Not mirrored: each place is judged on the pairs as they are.
-                scores = self.scorer_.score(subset, regions, found, found, orientations(subset),
-                                            pairs, cosines[rows, columns],
-                                            f"{name}: keypoints on the {place}", mirror=False)
+                scores = self.scoring_.score(side, side, pairs,
+                                             f"{name}: keypoints on the {place}", mirror=False)
                 hits = []
                 for matcher in self.features:
                     table = pd.DataFrame({"query": rows, "identity": identities[members][
@@ -194,16 +195,15 @@ class LocalReranking(BaseEstimator):
         row of the pair that gave each identity its score (-1 pads)."""
         species = species_keys(images.get("species"), len(images))
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "queries: regions")
-        query_keypoints = self.scorer_.keypoints(images, regions, "queries")
-        shortlist, cosines = nearest_images(self.database_features_, self.database_species_,
-                                            features, species,
-                                            self.shortlist or len(self.database_features_),
-                                            self.shortlist_indexes_, index_dir(self.cache_dir))
+        queries = Side(images, features, regions,
+                       self.local_scorer_.keypoints(images, regions, "queries"))
+        gallery = self.database_.features
+        shortlist, _ = nearest_images(gallery, self.database_species_, features, species,
+                                      self.shortlist or len(gallery), self.shortlist_indexes_,
+                                      index_dir(self.cache_dir))
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([rows, shortlist[rows, columns]], 1)
-        scores = self.scorer_.score(images, regions, query_keypoints, self.database_keypoints_,
-                                    self.database_orientations_, pairs, cosines[rows, columns],
-                                    "query pairs")
+        scores = self.scoring_.score(queries, self.database_, pairs, "query pairs")
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
                               "score": self.calibration_.fuse(scores), "cosine": scores["cosine"],
                               "image": pairs[:, 1]})
@@ -229,10 +229,9 @@ class LocalReranking(BaseEstimator):
         pairs = np.sort(np.stack([np.repeat(np.arange(count), width), nearest.ravel()], 1), axis=1)
         pairs = np.unique(pairs, axis=0)
         regions = keypoint_regions(images, self.keypoints_on_, isolator, f"{description}: regions")
-        keypoints = self.scorer_.keypoints(images, regions, description)
-        scores = self.scorer_.score(images, regions, keypoints, keypoints, orientations(images),
-                                    pairs, cosines[pairs[:, 0], pairs[:, 1]],
-                                    f"{description} pairs")
+        side = Side(images, features, regions,
+                    self.local_scorer_.keypoints(images, regions, description))
+        scores = self.scoring_.score(side, side, pairs, f"{description} pairs")
         fused = self.calibration_.fuse(scores)
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused

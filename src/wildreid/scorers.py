@@ -1,10 +1,16 @@
-"""Pair scorers: every local matcher's score of pairs of images, and the cosine beside them.
+"""Pair scorers: each gives one or more scores of ``(query, gallery)`` pairs of images, as
+wildlife-tools' similarity pipelines do — :class:`CosineScorer` (the global descriptor's cosine) and
+:class:`LocalScorer` (each local matcher's score) — and :class:`PairScoring`, the scorers whose
+calibrated scores are fused, with the instrumentation (every column of every pair) kept outside
+the estimator.
 
-:class:`LocalScorer` holds what scoring a pair takes — the keypoint extractors (cached by content
-and region), the matchers, mirroring — and nothing of which pairs are scored or what the scores
-mean (that is :mod:`wildreid.rerank`'s: the shortlist, the calibration, the decision). Pairs are
-always scored query first: the direction calibration pairs are scored in is the direction query
-pairs are, since a one-sided score (SIFT's ratio test) is another function the other way round.
+A scorer has ``names`` (the scores it gives, each calibrated and fused on its own) and
+``score(query, gallery, pairs, description, mirror)`` over two :class:`Side` s, giving those
+scores and any detail columns (``"<name>:<detail>"``). Scorers hold what scoring a pair takes and
+nothing of which pairs are scored or what the scores mean (that is :mod:`wildreid.rerank`'s: the
+shortlist, the calibration, the decision). Pairs are always scored query first: the direction
+calibration pairs are scored in is the direction query pairs are, since a one-sided score (SIFT's
+ratio test) is another function the other way round.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import pandas as pd
 
 from wildreid.isolation import Isolator, Region, by_species
 from wildreid.local import KeypointExtractor, Keypoints, create_local_features
-from wildreid.matching import PAIR_SCORES, PairScorer, create_matcher, score_pairs
+from wildreid.matching import PAIR_SCORES, MatchingWorker, create_matcher, score_pairs
 
 #: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
 MIRROR_MODES = ("none", "opposite", "all")
@@ -61,6 +67,72 @@ def orientations(images: pd.DataFrame) -> np.ndarray:
     return np.array([value if isinstance(value, str) else None for value in column], dtype=object)
 
 
+class Side(NamedTuple):
+    """One side of the pairs to score: images (rows with ``filepath``, maybe ``orientation``),
+    their L2-normalised global embeddings, the regions their keypoints are kept in and their
+    keypoints by local matcher (both may be empty for scorers that do not read them)."""
+
+    images: pd.DataFrame
+    features: np.ndarray
+    regions: Sequence[Region | None] | None = None
+    keypoints: dict[str, Sequence[Keypoints]] | None = None
+
+    @property
+    def orientation(self) -> np.ndarray:
+        return orientations(self.images)
+
+
+#: Pairs whose two embeddings are gathered at once by :class:`CosineScorer`.
+_COSINE_PAIRS = 65536
+
+
+class CosineScorer:
+    """The global descriptors' cosine of each pair (the embeddings are L2-normalised)."""
+
+    names = ("cosine",)
+
+    def score(self, query: Side, gallery: Side, pairs: np.ndarray, description: str = "pairs",
+              mirror: bool = True) -> dict[str, np.ndarray]:
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        first = np.asarray(query.features, np.float32)
+        second = np.asarray(gallery.features, np.float32)
+        cosine = np.empty(len(pairs), np.float32)
+        for begin in range(0, len(pairs), _COSINE_PAIRS):  # bounded memory at any pair count
+            part = pairs[begin:begin + _COSINE_PAIRS]
+            cosine[begin:begin + len(part)] = np.einsum("ij,ij->i", first[part[:, 0]],
+                                                        second[part[:, 1]])
+        return {"cosine": cosine}
+
+
+class PairScoring:
+    """The scorers whose scores of the same pairs are calibrated and fused, in this order.
+
+    ``keep_pair_scores``: keep, in ``pair_tables`` by the description of each call, every column
+    every scorer gives for each pair (rows ``first``, ``second``), for studies of calibration and
+    fusion."""
+
+    def __init__(self, scorers: Sequence, keep_pair_scores: bool = False):
+        self.scorers = tuple(scorers)
+        self.keep_pair_scores = keep_pair_scores
+        self.pair_tables: dict[str, pd.DataFrame] = {}
+        self.names = tuple(name for scorer in self.scorers for name in scorer.names)
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"two scorers give scores of one name: {self.names}")
+
+    def score(self, query: Side, gallery: Side, pairs: np.ndarray, description: str,
+              mirror: bool = True) -> dict[str, np.ndarray]:
+        """Each score (:attr:`names`) of each ``(query row, gallery row)`` of ``pairs``. The
+        gallery may be the queries themselves. ``mirror=False``: no pair matched mirrored."""
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        columns: dict[str, np.ndarray] = {}
+        for scorer in self.scorers:
+            columns.update(scorer.score(query, gallery, pairs, description, mirror))
+        if self.keep_pair_scores:
+            self.pair_tables[description] = pd.DataFrame(
+                {"first": pairs[:, 0], "second": pairs[:, 1], **columns})
+        return {name: columns[name] for name in self.names}
+
+
 class _MirroredQueries(NamedTuple):
     """Keypoints of mirrored query images (each once), the pairs also matched mirrored, and
     where each of those pairs finds its query among the keypoints."""
@@ -72,21 +144,22 @@ class _MirroredQueries(NamedTuple):
 
 class LocalScorer:
     """Scores of ``(query, gallery)`` pairs by each local matcher of ``features`` (``aliked``,
-    ``disk``, ``sift``: the one registered for each), with the cosine given.
+    ``disk``, ``sift``, ``orb``: the one registered for each), from the sides' keypoints.
 
     ``pair_score``: which of a matcher's scores (:data:`~wildreid.matching.PAIR_SCORES`) is kept.
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
     are mirror views (``opposite``) or for every pair (``all``); the better score is kept.
     ``pool``: a :class:`~wildreid.distributed.RayPool` for keypoints and matching.
-    Instrumentation lives here, not in the estimator: ``pairs_per_second`` (per matcher, last
-    call) and, with ``keep_pair_scores``, ``pair_tables`` (every score of every pair, by the
-    description of the call)."""
+    Besides each matcher's kept score, :meth:`score` gives every one of its
+    :data:`~wildreid.matching.PAIR_SCORES` (``"<matcher>:<score>"``, mirrored ones
+    ``"<matcher>:mirrored:<score>"``, NaN where not matched mirrored); ``pairs_per_second``: per
+    matcher, in the last call."""
 
     def __init__(self, features: Sequence[str], max_keypoints: int, long_side: int,
                  pair_score: str = "confidence_sum", mirror: str = "none", device: str = "auto",
                  batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, pool=None,
-                 keep_pair_scores: bool = False):
+                 ransac: bool = False):
         if mirror not in MIRROR_MODES:
             raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {mirror!r}")
         if pair_score not in PAIR_SCORES:
@@ -94,7 +167,9 @@ class LocalScorer:
                              f"{pair_score!r}")
         self.features, self.pair_score, self.mirror = tuple(features), pair_score, mirror
         self.batch_size, self.progress, self.pool = batch_size, progress, pool
-        self.keep_pair_scores = keep_pair_scores
+        # RANSAC inliers cost CPU time: computed only when they are the kept score or asked for.
+        self.ransac = ransac or pair_score == "inliers"
+        self.names = self.features
         self.extractors = {name: KeypointExtractor(
             create_local_features(name, max_keypoints=max_keypoints, long_side=long_side,
                                   device=device), cache_dir, workers, progress, pool)
@@ -102,7 +177,6 @@ class LocalScorer:
         self.matchers = {name: create_matcher(name, device=device, batch_size=batch_size)
                          for name in self.features}
         self.pairs_per_second: dict[str, float] = {}
-        self.pair_tables: dict[str, pd.DataFrame] = {}
 
     def keypoints(self, images: pd.DataFrame, regions: Sequence[Region | None] | None,
                   description: str, mirrored: bool = False) -> dict[str, Sequence[Keypoints]]:
@@ -121,37 +195,30 @@ class LocalScorer:
             return mirror_views(query_orientation, gallery_orientation)
         return np.zeros(len(query_orientation), bool)
 
-    def score(self, queries: pd.DataFrame, query_regions: Sequence[Region | None] | None,
-              query_keypoints: dict[str, Sequence[Keypoints]],
-              gallery_keypoints: dict[str, Sequence[Keypoints]], gallery_orientation: np.ndarray,
-              pairs: np.ndarray, cosines: np.ndarray, description: str, mirror: bool = True
-              ) -> dict[str, np.ndarray]:
-        """Every matcher's score of each ``(query row, gallery row)`` of ``pairs``, plus
-        ``cosine``. The gallery may be the queries themselves (pass the same keypoints).
+    def score(self, query: Side, gallery: Side, pairs: np.ndarray, description: str = "pairs",
+              mirror: bool = True) -> dict[str, np.ndarray]:
+        """Every matcher's score of each ``(query row, gallery row)`` of ``pairs`` and its detail
+        columns. The gallery may be the queries themselves (the same side).
         ``mirror=False``: no pair matched mirrored, whatever ``self.mirror`` says."""
         pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-        offset = len(query_keypoints[self.features[0]])
-        joined = {name: query_keypoints[name] + gallery_keypoints[name] for name in self.features}
-        flipped = (self.mirrored(orientations(queries)[pairs[:, 0]],
-                                 gallery_orientation[pairs[:, 1]])
+        offset = len(query.keypoints[self.features[0]])
+        joined = {name: query.keypoints[name] + gallery.keypoints[name] for name in self.features}
+        flipped = (self.mirrored(query.orientation[pairs[:, 0]], gallery.orientation[pairs[:, 1]])
                    if mirror else np.zeros(len(pairs), bool))
         mirrored = None
         if flipped.any():
             unique, positions = np.unique(pairs[flipped, 0], return_inverse=True)
-            found = self.keypoints(queries.iloc[unique], None if query_regions is None else
-                                   [query_regions[i] for i in unique], description, mirrored=True)
+            found = self.keypoints(query.images.iloc[unique], None if query.regions is None else
+                                   [query.regions[i] for i in unique], description, mirrored=True)
             mirrored = _MirroredQueries(found, flipped, positions)
-        return self._pair_scores(joined, pairs, offset, cosines, description, mirrored)
+        return self._pair_scores(joined, pairs, offset, description, mirrored)
 
     def _pair_scores(self, keypoints: dict[str, Sequence[Keypoints]], pairs: np.ndarray,
-                     offset: int, cosines: np.ndarray, description: str,
-                     mirrored: _MirroredQueries | None) -> dict[str, np.ndarray]:
+                     offset: int, description: str, mirrored: _MirroredQueries | None
+                     ) -> dict[str, np.ndarray]:
         """Each matcher's scores of ``pairs`` (query row, gallery row: at ``offset`` in the
         joined ``keypoints``), mirrored queries appended after them."""
-        scores = {"cosine": np.asarray(cosines, np.float32)}
-        # Rows of the queries and of the gallery, as the caller gave them.
-        table = {"first": pairs[:, 0], "second": pairs[:, 1], "cosine": scores["cosine"]}
-        ransac = self.pair_score == "inliers" or self.keep_pair_scores
+        columns: dict[str, np.ndarray] = {}
         flipped = np.zeros(len(pairs), bool) if mirrored is None else mirrored.flipped
         pairs = pairs + np.array([0, offset])
         for name, matcher in self.matchers.items():
@@ -161,18 +228,16 @@ class LocalScorer:
                 extra = pairs[flipped].copy()
                 extra[:, 0] = len(keypoints[name]) + mirrored.positions
                 scored = np.concatenate([pairs, extra])
-            found = score_pairs(matcher, every, scored, ransac=ransac,
+            found = score_pairs(matcher, every, scored, ransac=self.ransac,
                                 progress=self.progress, description=f"{description}: {name}",
                                 pool=self.pool,
-                                scorer=functools.partial(PairScorer, name, self.batch_size))
+                                scorer=functools.partial(MatchingWorker, name, self.batch_size))
             self.pairs_per_second[name] = len(scored) / max(float(found["seconds"]), 1e-9)
             for key in PAIR_SCORES:
-                table[f"{name}:{key}"] = found[key][:len(pairs)]
+                columns[f"{name}:{key}"] = found[key][:len(pairs)]
                 if flipped.any():  # NaN where the pair was not matched mirrored
-                    table[f"{name}:mirrored:{key}"] = np.full(len(pairs), np.nan, np.float32)
-                    table[f"{name}:mirrored:{key}"][flipped] = found[key][len(pairs):]
-            scores[name] = np.fmax(table[f"{name}:{self.pair_score}"],
-                                   table.get(f"{name}:mirrored:{self.pair_score}", np.nan))
-        if self.keep_pair_scores:
-            self.pair_tables[description] = pd.DataFrame(table)
-        return scores
+                    columns[f"{name}:mirrored:{key}"] = np.full(len(pairs), np.nan, np.float32)
+                    columns[f"{name}:mirrored:{key}"][flipped] = found[key][len(pairs):]
+            columns[name] = np.fmax(columns[f"{name}:{self.pair_score}"],
+                                    columns.get(f"{name}:mirrored:{self.pair_score}", np.nan))
+        return columns

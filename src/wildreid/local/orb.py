@@ -4,7 +4,7 @@ nearest-neighbour matcher computes is the square root of the Hamming distance; t
 applies to it unchanged.
 
 Also the worked example of a new local feature: this file, its import in ``local/__init__.py``
-and one ``MATCHERS.register`` line in ``matching.py`` (ARCHITECTURE.md)."""
+and one ``MATCHERS.register`` line in ``matching/__init__.py`` (ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
