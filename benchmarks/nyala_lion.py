@@ -32,7 +32,7 @@ from wildreid.features import resolve_device
 from wildreid.isolation import parse_by_species, parse_isolation
 from wildreid.metrics import best_threshold, evaluate, threshold_curve
 from wildreid.pipeline import Identifier
-from wildreid.rerank import KEYPOINT_PLACES
+from wildreid.rerank import FUSIONS, KEYPOINT_PLACES
 
 
 def machine(device: str) -> str:
@@ -100,7 +100,8 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                             max_keypoints=args.max_keypoints, long_side=args.long_side,
                             keypoints_on=parse_by_species(args.keypoints_on, KEYPOINT_PLACES,
                                                           "keypoints-on", "lion=image"),
-                            mirror=args.mirror, keep_pair_scores=args.dump_pairs)
+                            mirror=args.mirror, keep_pair_scores=args.dump_pairs,
+                            fusion=parse_by_species(args.fusion, FUSIONS, "fusion", "lion=local"))
     start = time.perf_counter()
     described = identifier.describe(dataset.metadata, "all images")
     describe_seconds = time.perf_counter() - start
@@ -123,6 +124,11 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                                 if identifier.reranking_ else None),
         "keypoint_choice": ({str(k): v for k, v in identifier.reranking_.keypoint_choice_.items()}
                             if identifier.reranking_ else None),
+        "fusion": args.fusion,
+        "fusion_chosen": ({str(k): list(v) for k, v in identifier.reranking_.fusion_.items()}
+                          if identifier.reranking_ else None),
+        "fusion_choice": ({str(k): v for k, v in identifier.reranking_.fusion_choice_.items()}
+                          if identifier.reranking_ else None),
         "wall_s": round(wall, 2),
         "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()},
@@ -145,6 +151,8 @@ def dump_pairs(identifier, dataset, answers: pd.DataFrame, protocol: str, out: P
     query_ids = truth.reindex(dataset.query["image_id"]).to_numpy()
     tables = []
     for stage, table in reranking.scoring_.pair_tables.items():
+        if stage not in ("calibration pairs", "query pairs"):  # others index their own subsets
+            continue
         table = table.copy()
         table["stage"] = stage
         # Both stages score (query, database) pairs: rows of the queries, rows of the database.
@@ -199,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--long-side", type=int, default=512)
     parser.add_argument("--species", default="", help="only these species, e.g. lion")
     parser.add_argument("--mirror", default="none", help="none | opposite | all")
+    parser.add_argument("--fusion", default="auto",
+                        help="all | local | auto, or per species: nyala=all,lion=local")
     parser.add_argument("--identities", type=int, default=0,
                         help="reduced scale: this many random individuals per species")
     parser.add_argument("--dump-pairs", action="store_true",

@@ -4,6 +4,7 @@ and the fused score is the mean of these probabilities."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,33 +30,47 @@ class Calibration:
         return cls(maps)
 
     def transform(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: self.maps[name].predict(np.asarray(scores[name], float)).astype(np.float32)
-                for name in self.maps}
+        return {name: self.maps[name].predict(np.asarray(values, float)).astype(np.float32)
+                for name, values in scores.items()}
 
-    def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        """Mean of the calibrated scores: the probability-like fused pair score."""
-        calibrated = self.transform(scores)
+    def fuse(self, scores: dict[str, np.ndarray], names: Sequence[str] | None = None
+             ) -> np.ndarray:
+        """Mean of the calibrated scores (of ``names`` only, when given): the probability-like
+        fused pair score."""
+        chosen = {name: scores[name] for name in (self.maps if names is None else names)}
+        calibrated = self.transform(chosen)
         return np.mean(np.stack(list(calibrated.values())), axis=0)
 
 
-def cross_fitted_fusion(scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
-                        folds: int = 2, seed: int = 0) -> np.ndarray:
-    """Fused scores of labelled pairs, each from a calibration fitted without its group (e.g. the
-    pseudo-query's identity): what thresholds must be fitted on, since in-sample isotonic steps
-    follow the very labels they are scored against. Falls back to the in-sample fit when a fold
-    lacks pairs of the same or of different individuals (tiny databases)."""
+def cross_fitted_calibration(scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
+                              folds: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Calibrated scores of labelled pairs, each from a calibration fitted without its group (e.g.
+    the pseudo-query's identity): what thresholds and the choice of fused scores must be fitted
+    on, since in-sample isotonic steps follow the very labels they are scored against. Falls back
+    to the in-sample fit when a fold lacks pairs of the same or of different individuals (tiny
+    databases)."""
     same = np.asarray(same, bool)
     names = np.unique(groups)
     fold_of = dict(zip(np.random.default_rng(seed).permutation(names),
                        np.arange(len(names)) % folds))
     fold = np.array([fold_of[g] for g in groups])
-    fused = np.empty(len(same), np.float32)
+    calibrated = {name: np.empty(len(same), np.float32) for name in scores}
     for number in range(folds):
         held = fold == number
         rest = {name: np.asarray(values)[~held] for name, values in scores.items()}
         try:
             calibration = Calibration.fit(rest, same[~held])
         except ValueError:
-            return Calibration.fit(scores, same).fuse(scores)
-        fused[held] = calibration.fuse({name: np.asarray(v)[held] for name, v in scores.items()})
-    return fused
+            return Calibration.fit(scores, same).transform(scores)
+        found = calibration.transform({name: np.asarray(v)[held] for name, v in scores.items()})
+        for name in scores:
+            calibrated[name][held] = found[name]
+    return calibrated
+
+
+def cross_fitted_fusion(scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
+                        folds: int = 2, seed: int = 0) -> np.ndarray:
+    """Fused scores of labelled pairs from :func:`cross_fitted_calibration` (the mean of each
+    score calibrated out of fold)."""
+    calibrated = cross_fitted_calibration(scores, same, groups, folds, seed)
+    return np.mean(np.stack(list(calibrated.values())), axis=0)

@@ -70,7 +70,10 @@ class Identifier(BaseEstimator):
         default) chooses per species on the database's pseudo-queries. Empty: global
         descriptor only. ``mirror``: also match queries flipped left-right, against database
         images of the mirror view (``"opposite"``: ``left`` vs ``right`` orientation) or all
-        (``"all"``); ``"none"`` by default.
+        (``"all"``); ``"none"`` by default. ``fusion``: which calibrated pair scores are fused —
+        ``"all"`` (the global cosine and every local matcher), ``"local"`` (not the cosine) or
+        ``"auto"`` (the default: per species, the set that names more of the database's
+        pseudo-queries right, out of fold); a dict gives it per species.
     cluster_new: :meth:`predict` gives the queries answered ``new_individual`` proposed new
         individuals (``new_individual_1``...): clustered on the similarity that ranks candidates
         (:meth:`similarity`), cut as fitted on the database's pseudo-unknowns
@@ -95,8 +98,9 @@ class Identifier(BaseEstimator):
                  segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
                  shortlist: int | None = 100, max_keypoints: int = 512, long_side: int = 512,
                  keypoints_on: str | dict[str | None, str] = "auto",
-                 mirror: str = "none", keep_pair_scores: bool = False,
-                 cluster_new: bool = False, ray: str | None = None, seed: int = 0):
+                 mirror: str = "none", fusion: str | dict[str | None, str] = "auto",
+                 keep_pair_scores: bool = False, cluster_new: bool = False,
+                 ray: str | None = None, seed: int = 0):
         self.model = model
         self.weights = weights
         self.threshold = threshold
@@ -113,6 +117,7 @@ class Identifier(BaseEstimator):
         self.long_side = long_side
         self.keypoints_on = keypoints_on
         self.mirror = mirror
+        self.fusion = fusion
         self.keep_pair_scores = keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.cluster_new = cluster_new
@@ -252,7 +257,7 @@ class Identifier(BaseEstimator):
                 keypoints_on=self.keypoints_on,
                 device=self.device, cache_dir=self.cache_dir, workers=self.workers,
                 progress=self.progress, seed=self.seed, mirror=self.mirror,
-                keep_pair_scores=self.keep_pair_scores, ray=self.ray).fit(
+                keep_pair_scores=self.keep_pair_scores, ray=self.ray, fusion=self.fusion).fit(
                     database, features, self.isolator)
         if self.threshold == "auto" and self.reranking_ is not None:
             self.decision_ = self.reranking_.decision_

@@ -15,6 +15,7 @@ shortlist and aggregates per identity (max).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from wildreid.distributed import RayPool
-from wildreid.fusion import Calibration, cross_fitted_fusion
+from wildreid.fusion import Calibration, cross_fitted_calibration
 from wildreid.isolation import Isolator, by_species
 from wildreid.openset import OpenSetDecision, pseudo_split, species_keys
 from wildreid.ranking import index_dir, nearest_images
@@ -34,6 +35,10 @@ from wildreid.scorers import CosineScorer, LocalScorer, PairScoring, Side, keypo
 KEYPOINT_PLACES = ("animal", "image", "auto")
 #: Pseudo-queries per species that choose between the places of ``keypoints_on="auto"``.
 _CHOICE_QUERIES = 100
+#: Which scores are fused: every scorer's (the global cosine and each local matcher), the local
+#: matchers' only, or ``auto``: per species, the set of scores whose out-of-fold fused scores name
+#: more of the database's pseudo-queries right (:meth:`LocalReranking.fit`).
+FUSIONS = ("all", "local", "auto")
 
 
 class LocalReranking(BaseEstimator):
@@ -51,6 +56,12 @@ class LocalReranking(BaseEstimator):
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
     are mirror views (``opposite``, e.g. a left flank against a right flank) or for every pair
     (``all``, when the orientation is unknown); each pair keeps its better score.
+    ``fusion``: which calibrated scores are averaged into the fused one (:data:`FUSIONS`; a dict
+    gives it per species, key ``None`` the rest): ``all``, ``local`` (not the global cosine), or
+    ``auto``: per species, of every non-empty set of the scores, the one whose cross-fitted fused
+    scores name most pseudo-known queries of the database right (the larger set on a tie);
+    ``fusion_`` holds the names fused per species after ``fit``, ``fusion_choice_`` the top-1 of
+    each set tried.
     """
 
     def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int | None = 100,
@@ -59,7 +70,8 @@ class LocalReranking(BaseEstimator):
                  pair_score: str = "confidence_sum", calibration_queries: int = 300,
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, seed: int = 0,
-                 keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None):
+                 keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None,
+                 fusion: str | dict[str | None, str] = "auto"):
         self.features = features
         self.shortlist = shortlist
         self.max_keypoints = max_keypoints
@@ -77,6 +89,7 @@ class LocalReranking(BaseEstimator):
         self.keep_pair_scores = keep_pair_scores
         self.mirror = mirror
         self.ray = ray
+        self.fusion = fusion
 
     def _build(self) -> None:
         """Check the parameters and build the components: the scorers (keypoint extractors and
@@ -86,6 +99,10 @@ class LocalReranking(BaseEstimator):
         if any(place not in KEYPOINT_PLACES for place in places):
             raise ValueError(f"keypoints_on must be one of {', '.join(KEYPOINT_PLACES)} (or a "
                              f"dict of them by species), not {self.keypoints_on!r}")
+        fusions = self.fusion.values() if isinstance(self.fusion, dict) else [self.fusion]
+        if any(fusion not in FUSIONS for fusion in fusions):
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)} (or a dict of them by "
+                             f"species), not {self.fusion!r}")
         self.pool_ = None if self.ray is None else RayPool(self.ray)
         self.local_scorer_ = LocalScorer(self.features, self.max_keypoints, self.long_side,
                                          self.pair_score, self.mirror, self.device,
@@ -118,11 +135,15 @@ class LocalReranking(BaseEstimator):
         scores = self.scoring_.score(self.database_, self.database_, pairs, "calibration pairs")
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         self.calibration_ = Calibration.fit(scores, same)
-        # Thresholds from out-of-fold fused scores (folds by pseudo-query identity): fitted on
-        # in-sample ones they would sit where the calibration memorised the labels.
-        fused = cross_fitted_fusion(scores, same, identities[pairs[:, 0]], seed=self.seed)
+        # The choice of fused scores and the thresholds from out-of-fold calibrated scores (folds
+        # by pseudo-query identity): in-sample ones sit where the calibration memorised the labels.
+        calibrated = cross_fitted_calibration(scores, same, identities[pairs[:, 0]],
+                                              seed=self.seed)
         table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
-                              "score": fused, "cosine": scores["cosine"]})
+                              "cosine": scores["cosine"]})
+        self.fusion_, self.fusion_choice_ = self._choose_fusion(
+            calibrated, table, species[queries], identities[queries], unknown)
+        table["score"] = self._fused(calibrated, species[pairs[:, 0]], mean=True)
         top = _top_identities(table, len(queries), 1)
         self.decision_ = OpenSetDecision.from_pseudo_queries(
             identities[queries], top["identity"][:, 0], top["score"][:, 0], unknown,
@@ -178,6 +199,56 @@ class LocalReranking(BaseEstimator):
             resolved[name] = "image" if top1["image"] > top1["animal"] else "animal"
         return resolved
 
+    def _choose_fusion(self, calibrated: dict[str, np.ndarray], table: pd.DataFrame,
+                       species: np.ndarray, truth: np.ndarray, unknown: np.ndarray
+                       ) -> tuple[dict[str | None, tuple[str, ...]], dict]:
+        """The scores fused per species (``fusion`` resolved): for ``auto``, every non-empty set
+        of the scores, fused from their out-of-fold ``calibrated`` values over the calibration
+        pairs (``table``: pseudo-query row, candidate identity, cosine), and the set whose top
+        identity is right for more of the species' pseudo-known queries wins, the larger set on
+        a tie (the order tried: larger sets first, in scorer order)."""
+        names = tuple(calibrated)
+        local = tuple(name for name in names if name != "cosine")
+        setting = self.fusion if isinstance(self.fusion, dict) else {None: self.fusion}
+        fixed = {"all": names, "local": local or names}
+        chosen = {key: fixed.get(value, names) for key, value in setting.items()}
+        chosen.setdefault(None, names)
+        choice: dict = {}
+        sets = [subset for size in range(len(names), 0, -1)
+                for subset in itertools.combinations(names, size)]
+        for name in dict.fromkeys(species):
+            value = by_species(setting, [name], "auto")[0]
+            if value != "auto":
+                chosen[name] = fixed[value]
+                continue
+            known = (species == name) & ~unknown
+            if not known.any():
+                chosen[name] = names
+                continue
+            mine = table[known[table["query"].to_numpy()]]
+            hits = {}
+            for subset in sets:
+                scored = mine.assign(score=np.mean(np.stack(
+                    [calibrated[n][mine.index.to_numpy()] for n in subset]), axis=0))
+                best = _top_identities(scored, len(species), 1)["identity"][:, 0]
+                hits[subset] = float(np.mean(best[known] == truth[known]))
+            chosen[name] = max(sets, key=lambda subset: hits[subset])  # first of the best
+            choice[name] = {"+".join(subset): top1 for subset, top1 in hits.items()}
+        return chosen, choice
+
+    def _fused(self, scores: dict[str, np.ndarray], species: np.ndarray, mean: bool = False
+               ) -> np.ndarray:
+        """Each pair's fused score, from the scores fused for its query's species
+        (``fusion_``); ``mean``: ``scores`` are calibrated already, only averaged."""
+        fused = np.zeros(len(species), np.float32)
+        for name in dict.fromkeys(species):
+            rows = np.flatnonzero(species == name)
+            names = self.fusion_.get(name, self.fusion_[None])
+            part = {score: np.asarray(scores[score])[rows] for score in names}
+            fused[rows] = (np.mean(np.stack(list(part.values())), axis=0) if mean
+                           else self.calibration_.fuse(part, names))
+        return fused
+
     def _bounded(self, queries: np.ndarray, unknown: np.ndarray, species: np.ndarray, rng
                  ) -> tuple[np.ndarray, np.ndarray]:
         keep = []
@@ -205,8 +276,8 @@ class LocalReranking(BaseEstimator):
         pairs = np.stack([rows, shortlist[rows, columns]], 1)
         scores = self.scoring_.score(queries, self.database_, pairs, "query pairs")
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
-                              "score": self.calibration_.fuse(scores), "cosine": scores["cosine"],
-                              "image": pairs[:, 1]})
+                              "score": self._fused(scores, species[rows]),
+                              "cosine": scores["cosine"], "image": pairs[:, 1]})
         top = _top_identities(table, len(images), k)
         return top["identity"], top["score"], top["image"]
 
@@ -232,7 +303,8 @@ class LocalReranking(BaseEstimator):
         side = Side(images, features, regions,
                     self.local_scorer_.keypoints(images, regions, description))
         scores = self.scoring_.score(side, side, pairs, f"{description} pairs")
-        fused = self.calibration_.fuse(scores)
+        species = species_keys(images.get("species"), count)
+        fused = self._fused(scores, species[pairs[:, 0]])
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused
         return similarity

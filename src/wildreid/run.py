@@ -64,7 +64,8 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                      preset: str = "fast", shortlist: int | None = 100,
                      local: Sequence[str] | None = None, mirror: str = "none",
                      max_keypoints: int | None = None, long_side: int = 512,
-                     keypoints_on: str | None = None, wildlife_dataset: str | None = None,
+                     keypoints_on: str | None = None, fusion: str | None = None,
+                     wildlife_dataset: str | None = None,
                      cluster_new: bool = False, ray: str | None = None) -> Run:
     """Identify every query of a dataset and write the run folder (``output``'s): the
     submission, the candidates CSV and ``run.json`` (what the report, ``evaluate`` and a rerun
@@ -84,6 +85,10 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
 
         configuration["keypoints_on"] = parse_by_species(keypoints_on, KEYPOINT_PLACES,
                                                          "keypoints-on", "nyala=animal,lion=image")
+    if fusion is not None:
+        from wildreid.rerank import FUSIONS
+
+        configuration["fusion"] = parse_by_species(fusion, FUSIONS, "fusion", "nyala=all,lion=local")
 
     dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_dataset)
     if dataset.query.empty:
@@ -107,6 +112,9 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     ranked.to_csv(candidates, index=False, float_format="%.5f")
     if identifier.reranking_ is not None:  # "auto" resolved per species on the database
         configuration["keypoints_on"] = identifier.reranking_.keypoints_on_
+        # The scores fused per species (the pooled entry under null, as keypoints_on's).
+        configuration["fusion_chosen"] = {k: list(v) for k, v in
+                                          identifier.reranking_.fusion_.items()}
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
         "wildlife_dataset": wildlife_dataset,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,23 +68,25 @@ def orientations(images: pd.DataFrame) -> np.ndarray:
     return np.array([value if isinstance(value, str) else None for value in column], dtype=object)
 
 
-class Side(NamedTuple):
+@dataclass(frozen=True)
+class Side:
     """One side of the pairs to score: images (rows with ``filepath``, maybe ``orientation``),
     their L2-normalised global embeddings, the regions their keypoints are kept in and their
-    keypoints by local matcher (both may be empty for scorers that do not read them)."""
+    keypoints by local matcher (both may be empty for scorers that do not read them).
+    ``orientation`` is read from the images once, when the side is made."""
 
     images: pd.DataFrame
     features: np.ndarray
     regions: Sequence[Region | None] | None = None
     keypoints: dict[str, Sequence[Keypoints]] | None = None
+    orientation: np.ndarray = field(init=False)
 
-    @property
-    def orientation(self) -> np.ndarray:
-        return orientations(self.images)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "orientation", orientations(self.images))
 
 
 #: Pairs whose two embeddings are gathered at once by :class:`CosineScorer`.
-_COSINE_PAIRS = 65536
+_COSINE_PAIRS = 8192
 
 
 class CosineScorer:
