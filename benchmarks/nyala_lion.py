@@ -233,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     files = {"A": ("metadata.csv", "solution.csv"),
              "B": ("closedset_metadata.csv", "closedset_solution.csv")}
     runs = [(a, i) for i in args.isolations.split(";") for a in args.aggregations.split(",")]
+    report = {"date": date, "machine": machine(device), "device": device, "model": args.model,
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    path = unused_path(args.out / f"nyala-lion-{args.model.replace('/', '_')}{tag}-{device}-{date}.json")
     for protocol in args.protocols.split(","):
         with tempfile.TemporaryDirectory() as scratch:
             for number, (aggregation, isolation) in enumerate(runs):
@@ -247,12 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["cached_features"] = bool(args.cache_dir) or (
                     number > 0 and runs[number - 1][1] == isolation)
                 rows.append(row)
-    report = {"date": date, "machine": machine(device), "device": device, "model": args.model,
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    path = unused_path(args.out / f"nyala-lion-{args.model.replace('/', '_')}{tag}-{device}-{date}.json")
-    path.write_text(json.dumps(report, indent=2, default=lambda v: None))
+                # Written after every run: a later one that fails loses nothing finished.
+                path.write_text(json.dumps(report, indent=2, default=lambda v: None))
     print(f"machine: {report['machine']}\nresults: {path}")
     for row in rows:
         note = " (features cached)" if row["cached_features"] else ""

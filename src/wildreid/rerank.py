@@ -142,8 +142,9 @@ class LocalReranking(BaseEstimator):
         table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
                               "cosine": scores["cosine"]})
         self.fusion_, self.fusion_choice_ = self._choose_fusion(
-            calibrated, table, species[queries], identities[queries], unknown)
+            scores, calibrated, table, species[queries], identities[queries], unknown)
         table["score"] = self._fused(calibrated, species[pairs[:, 0]], mean=True)
+        table["local"] = self._local_evidence(scores, species[pairs[:, 0]])
         top = _top_identities(table, len(queries), 1)
         self.decision_ = OpenSetDecision.from_pseudo_queries(
             identities[queries], top["identity"][:, 0], top["score"][:, 0], unknown,
@@ -199,11 +200,11 @@ class LocalReranking(BaseEstimator):
             resolved[name] = "image" if top1["image"] > top1["animal"] else "animal"
         return resolved
 
-    def _choose_fusion(self, calibrated: dict[str, np.ndarray], table: pd.DataFrame,
-                       species: np.ndarray, truth: np.ndarray, unknown: np.ndarray
-                       ) -> tuple[dict[str | None, tuple[str, ...]], dict]:
+    def _choose_fusion(self, scores: dict[str, np.ndarray], calibrated: dict[str, np.ndarray],
+                       table: pd.DataFrame, species: np.ndarray, truth: np.ndarray,
+                       unknown: np.ndarray) -> tuple[dict[str | None, tuple[str, ...]], dict]:
         """The scores fused per species (``fusion`` resolved): for ``auto``, every non-empty set
-        of the scores, fused from their out-of-fold ``calibrated`` values over the calibration
+        of the ``scores``, fused from their out-of-fold ``calibrated`` values over the calibration
         pairs (``table``: pseudo-query row, candidate identity, cosine), and the set whose top
         identity is right for more of the species' pseudo-known queries wins, the larger set on
         a tie (the order tried: larger sets first, in scorer order)."""
@@ -227,9 +228,11 @@ class LocalReranking(BaseEstimator):
                 continue
             mine = table[known[table["query"].to_numpy()]]
             hits = {}
+            rows = mine.index.to_numpy()
             for subset in sets:
-                scored = mine.assign(score=np.mean(np.stack(
-                    [calibrated[n][mine.index.to_numpy()] for n in subset]), axis=0))
+                scored = mine.assign(
+                    score=np.mean(np.stack([calibrated[n][rows] for n in subset]), axis=0),
+                    local=_evidence(scores, subset, rows))
                 best = _top_identities(scored, len(species), 1)["identity"][:, 0]
                 hits[subset] = float(np.mean(best[known] == truth[known]))
             chosen[name] = max(sets, key=lambda subset: hits[subset])  # first of the best
@@ -248,6 +251,15 @@ class LocalReranking(BaseEstimator):
             fused[rows] = (np.mean(np.stack(list(part.values())), axis=0) if mean
                            else self.calibration_.fuse(part, names))
         return fused
+
+    def _local_evidence(self, scores: dict[str, np.ndarray], species: np.ndarray) -> np.ndarray:
+        """Each pair's raw local evidence (:func:`_evidence` of the scores fused for its query's
+        species): what orders pairs that calibration put on one plateau."""
+        evidence = np.zeros(len(species), np.float32)
+        for name in dict.fromkeys(species):
+            rows = np.flatnonzero(species == name)
+            evidence[rows] = _evidence(scores, self.fusion_.get(name, self.fusion_[None]), rows)
+        return evidence
 
     def _bounded(self, queries: np.ndarray, unknown: np.ndarray, species: np.ndarray, rng
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -277,6 +289,7 @@ class LocalReranking(BaseEstimator):
         scores = self.scoring_.score(queries, self.database_, pairs, "query pairs")
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
                               "score": self._fused(scores, species[rows]),
+                              "local": self._local_evidence(scores, species[rows]),
                               "cosine": scores["cosine"], "image": pairs[:, 1]})
         top = _top_identities(table, len(images), k)
         return top["identity"], top["score"], top["image"]
@@ -310,12 +323,22 @@ class LocalReranking(BaseEstimator):
         return similarity
 
 
+def _evidence(scores: dict[str, np.ndarray], names: Sequence[str], rows: np.ndarray
+              ) -> np.ndarray:
+    """The sum of the raw local scores among ``names`` (not the cosine) at ``rows``; zeros when
+    only the cosine is fused."""
+    local = [np.asarray(scores[name], np.float32)[rows] for name in names if name != "cosine"]
+    return np.sum(local, axis=0, dtype=np.float32) if local else np.zeros(len(rows), np.float32)
+
+
 def _top_identities(table: pd.DataFrame, queries: int, k: int) -> dict[str, np.ndarray]:
-    """Per query the ``k`` identities of highest fused score (their best image); fused scores are
-    step functions, so ties are broken by the cosine — by sorting on it second, never by adding
-    it (any weight added would outvote the smallest real steps)."""
-    best = (table.sort_values(["query", "score", "cosine"], ascending=[True, False, False],
-                              kind="stable")
+    """Per query the ``k`` identities of highest fused score (their best image). Fused scores are
+    step functions (isotonic plateaus), so ties are broken by the raw local evidence (``local``,
+    when the table has it: within a plateau, more matches still mean more), then by the cosine —
+    by sorting on them, never by adding them (any weight added would outvote the smallest real
+    steps)."""
+    keys = ["query", "score", *(["local"] if "local" in table.columns else []), "cosine"]
+    best = (table.sort_values(keys, ascending=[True] + [False] * (len(keys) - 1), kind="stable")
             .drop_duplicates(["query", "identity"]))
     best = best.assign(rank=best.groupby("query").cumcount())
     best = best[best["rank"] < k]
