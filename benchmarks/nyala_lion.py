@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import resource
 import sys
@@ -238,6 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
     path = unused_path(args.out / f"nyala-lion-{args.model.replace('/', '_')}{tag}-{device}-{date}.json")
+    planned = len(args.protocols.split(",")) * len(runs)
+    report["complete"] = False
+
+    def save() -> None:
+        """The report as it stands, replacing the file whole (a kill leaves the last one)."""
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(report, indent=2, default=lambda v: None))
+        os.replace(partial, path)
+
+    save()  # the name is taken at once: a second run started now picks another
     for protocol in args.protocols.split(","):
         with tempfile.TemporaryDirectory() as scratch:
             for number, (aggregation, isolation) in enumerate(runs):
@@ -253,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                     number > 0 and runs[number - 1][1] == isolation)
                 rows.append(row)
                 # Written after every run: a later one that fails loses nothing finished.
-                path.write_text(json.dumps(report, indent=2, default=lambda v: None))
+                report["complete"] = len(rows) == planned
+                save()
     print(f"machine: {report['machine']}\nresults: {path}")
     for row in rows:
         note = " (features cached)" if row["cached_features"] else ""

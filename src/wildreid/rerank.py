@@ -44,7 +44,7 @@ FUSIONS = ("all", "local", "auto")
 class LocalReranking(BaseEstimator):
     """Shortlist of ``shortlist`` database images per query by global cosine (``None``: every
     database image of the query's species), re-scored by local matchers (``features``:
-    ``aliked``, ``disk``, ``sift``, ``orb``), calibrated and fused.
+    ``aliked``, ``disk``, ``dedode``, ``sift``, ``orb``), calibrated and fused.
 
     ``keypoints_on``: ``animal`` keeps keypoints inside the animal's mask (regions from metadata or
     the segmenter, whole image where the guard falls back), ``image`` uses the whole photo; a dict
@@ -326,7 +326,8 @@ class LocalReranking(BaseEstimator):
 def _evidence(scores: dict[str, np.ndarray], names: Sequence[str], rows: np.ndarray
               ) -> np.ndarray:
     """The sum of the raw local scores among ``names`` (not the cosine) at ``rows``; zeros when
-    only the cosine is fused."""
+    only the cosine is fused. (With two matchers the one on the larger scale weighs more: it
+    orders only pairs whose fused scores tie.)"""
     local = [np.asarray(scores[name], np.float32)[rows] for name in names if name != "cosine"]
     return np.sum(local, axis=0, dtype=np.float32) if local else np.zeros(len(rows), np.float32)
 

@@ -60,10 +60,16 @@ class DeDoDe(KorniaFeatures):
     def _load(self):
         from kornia.feature import DeDoDe as Network
 
-        # float32 under CUDA autocast too: descriptions are compared by distance, and the
-        # cache stores float32 rows.
+        # float32 under CUDA autocast too: the detector's softmax over every pixel gives values
+        # near 1e-5, which float16 resolves too coarsely to rank keypoints by.
         if self._from_kornia():
-            return Network.from_pretrained("L-upright", "B-upright", amp_dtype=torch.float32)
+            try:
+                return Network.from_pretrained("L-upright", "B-upright", amp_dtype=torch.float32)
+            except RuntimeError as error:  # every source failed (offline, blocked...)
+                raise FileNotFoundError(
+                    f"kornia could not download DeDoDe's weights ({error}); offline, put "
+                    f"{' and '.join(FILES.values())} in a folder named by $WILDREID_WEIGHTS"
+                ) from error
         network = Network("L", "B", amp_dtype=torch.float32)
         folder = self._folder()
         for part, name in FILES.items():
