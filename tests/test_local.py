@@ -38,7 +38,7 @@ def regions(photos, tmp_path_factory):
     return Segmenter(u2netp_weights(tmp_path_factory.mktemp("weights"))).regions(photos)
 
 
-@pytest.mark.parametrize("name", ["aliked", "disk", "sift", "orb"])
+@pytest.mark.parametrize("name", ["aliked", "aliked-nn", "disk", "sift", "orb"])
 def test_matcher_ranks_the_same_individual_first(name, photos, regions):
     features = create_local_features(name, max_keypoints=512, device="cpu")
     keypoints = [features.detect(p, r) for p, r in zip(photos, regions)]
@@ -75,6 +75,26 @@ def test_keypoints_are_cached_and_resumed(tmp_path, regions):
     assert first[0].box != (0.0, 0.0, 1.0, 1.0)  # detected on the animal's box
     whole = again(paths)  # no region: a different cache entry, more keypoints
     assert len(whole[0]) > len(second[0])
+
+
+def test_aliked_nn_reads_alikeds_keypoints_and_matches_them_by_nearest_neighbours(tmp_path,
+                                                                                  regions):
+    """``aliked-nn`` only changes the matcher: ``aliked``'s cached keypoints serve it as they are."""
+    from wildreid.matching import ALIKED_NN_RATIO, LightGlueMatcher, NearestNeighbourMatcher
+
+    paths = [str(BENCH / "images" / "nyala" / f"{i}.jpg") for i in SAME]
+    glued = KeypointExtractor(create_local_features("aliked", device="cpu"), tmp_path,
+                              progress=False)
+    first = list(glued(paths, regions[:2]))
+    nearest = KeypointExtractor(create_local_features("aliked-nn", device="cpu"), tmp_path,
+                                progress=False)
+    assert nearest.cache.folder == glued.cache.folder and len(nearest.cache) == 2
+    nearest.features.detect = None  # a recomputation would fail: every row comes from the cache
+    for a, b in zip(first, nearest(paths, regions[:2])):
+        assert len(a) == len(b) and np.array_equal(a.descriptors, b.descriptors)
+    matcher = create_matcher("aliked-nn", device="cpu")
+    assert isinstance(matcher, NearestNeighbourMatcher) and matcher.ratio == ALIKED_NN_RATIO
+    assert isinstance(create_matcher("aliked", device="cpu"), LightGlueMatcher)
 
 
 def test_calibration_is_monotone_and_bounded():
@@ -339,7 +359,11 @@ def test_cross_fitted_fusion_does_not_memorise_labels():
     labels (it memorised them); out-of-fold fused scores do not. With information, both do."""
     from sklearn.metrics import roc_auc_score
 
-    from wildreid.fusion import cross_fitted_fusion
+    from wildreid.fusion import cross_fitted_calibration
+
+    def cross_fitted_fusion(scores, same, groups, seed=0):
+        return np.mean(list(cross_fitted_calibration(scores, same, groups, seed=seed).values()),
+                       axis=0)
 
     in_sample, held_out, informed = [], [], []
     for seed in range(20):

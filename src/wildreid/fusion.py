@@ -66,11 +66,3 @@ def cross_fitted_calibration(scores: dict[str, np.ndarray], same: np.ndarray, gr
         for name in scores:
             calibrated[name][held] = found[name]
     return calibrated
-
-
-def cross_fitted_fusion(scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
-                        folds: int = 2, seed: int = 0) -> np.ndarray:
-    """Fused scores of labelled pairs from :func:`cross_fitted_calibration` (the mean of each
-    score calibrated out of fold)."""
-    calibrated = cross_fitted_calibration(scores, same, groups, folds, seed)
-    return np.mean(np.stack(list(calibrated.values())), axis=0)

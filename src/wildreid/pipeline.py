@@ -62,7 +62,8 @@ class Identifier(BaseEstimator):
         (key ``None``: the rest). Regions come from metadata ``bbox``/``mask`` columns, else from
         U²-Net-p (``segmenter_weights``: a local ``u2netp.onnx``; default: fetched once).
     local: local matchers that re-rank each query's ``shortlist`` of database images
-        (``aliked``, ``disk``, ``sift``, ``orb``; see :class:`wildreid.rerank.LocalReranking`; ``None``:
+        (``aliked``, ``aliked-nn``, ``disk``, ``sift``, ``orb``; see
+        :class:`wildreid.rerank.LocalReranking`; ``None``:
         every database image of the query's species), with ``max_keypoints`` per image
         detected on the animal's box resized to ``long_side`` pixels and kept on the animal
         (``keypoints_on="animal"``), or on the whole photo (``"image"``), or per species

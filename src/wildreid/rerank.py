@@ -16,7 +16,7 @@ shortlist and aggregates per identity (max).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ FUSIONS = ("all", "local", "auto")
 class LocalReranking(BaseEstimator):
     """Shortlist of ``shortlist`` database images per query by global cosine (``None``: every
     database image of the query's species), re-scored by local matchers (``features``:
-    ``aliked``, ``disk``, ``dedode``, ``sift``, ``orb``), calibrated and fused.
+    ``aliked``, ``aliked-nn``, ``disk``, ``dedode``, ``sift``, ``orb``), calibrated and fused.
 
     ``keypoints_on``: ``animal`` keeps keypoints inside the animal's mask (regions from metadata or
     the segmenter, whole image where the guard falls back), ``image`` uses the whole photo; a dict
@@ -239,27 +239,31 @@ class LocalReranking(BaseEstimator):
             choice[name] = {"+".join(subset): top1 for subset, top1 in hits.items()}
         return chosen, choice
 
+    def _per_species(self, species: np.ndarray,
+                     value: Callable[[np.ndarray, Sequence[str]], np.ndarray]) -> np.ndarray:
+        """``value(rows, names)`` for the pairs (``rows``) of each query species, ``names`` being
+        the scores fused for that species (``fusion_``)."""
+        found = np.zeros(len(species), np.float32)
+        for name in dict.fromkeys(species):
+            rows = np.flatnonzero(species == name)
+            found[rows] = value(rows, self.fusion_.get(name, self.fusion_[None]))
+        return found
+
     def _fused(self, scores: dict[str, np.ndarray], species: np.ndarray, mean: bool = False
                ) -> np.ndarray:
         """Each pair's fused score, from the scores fused for its query's species
         (``fusion_``); ``mean``: ``scores`` are calibrated already, only averaged."""
-        fused = np.zeros(len(species), np.float32)
-        for name in dict.fromkeys(species):
-            rows = np.flatnonzero(species == name)
-            names = self.fusion_.get(name, self.fusion_[None])
+        def fuse(rows: np.ndarray, names: Sequence[str]) -> np.ndarray:
             part = {score: np.asarray(scores[score])[rows] for score in names}
-            fused[rows] = (np.mean(np.stack(list(part.values())), axis=0) if mean
-                           else self.calibration_.fuse(part, names))
-        return fused
+            return (np.mean(np.stack(list(part.values())), axis=0) if mean
+                    else self.calibration_.fuse(part, names))
+
+        return self._per_species(species, fuse)
 
     def _local_evidence(self, scores: dict[str, np.ndarray], species: np.ndarray) -> np.ndarray:
         """Each pair's raw local evidence (:func:`_evidence` of the scores fused for its query's
         species): what orders pairs that calibration put on one plateau."""
-        evidence = np.zeros(len(species), np.float32)
-        for name in dict.fromkeys(species):
-            rows = np.flatnonzero(species == name)
-            evidence[rows] = _evidence(scores, self.fusion_.get(name, self.fusion_[None]), rows)
-        return evidence
+        return self._per_species(species, lambda rows, names: _evidence(scores, names, rows))
 
     def _bounded(self, queries: np.ndarray, unknown: np.ndarray, species: np.ndarray, rng
                  ) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,8 @@ given, and :class:`KeypointExtractor`: keypoints of many photos, cached.
 A new method is one file here (a :class:`LocalFeatures` subclass — :class:`KorniaFeatures` or
 :class:`OpenCVFeatures` for those libraries' methods — under
 ``@LOCAL_FEATURES.register(name, summary)``), imported below, and its matcher registered under
-the same name in :data:`wildreid.matching.MATCHERS`.
+the same name in :data:`wildreid.matching.MATCHERS`. A method that only changes the matcher
+(``aliked-nn``) names the method whose keypoints it shares (``keypoints_of``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image
 
 from wildreid.cache import ArrayCache, content_keys
 from wildreid.isolation import Region
-from wildreid.local.aliked import Aliked
+from wildreid.local.aliked import Aliked, AlikedNearest
 from wildreid.local.base import (
     _HEADER,
     LOCAL_FEATURES,
@@ -42,8 +43,8 @@ from wildreid.local.orb import Orb
 from wildreid.local.sift import Sift
 from wildreid.stage import CachedStage, LazyRows
 
-__all__ = ["LOCAL_FEATURES", "Aliked", "DeDoDe", "Disk", "KeypointExtractor", "Keypoints",
-           "KorniaFeatures", "LazyRows", "LocalFeatures", "OpenCVFeatures", "Orb", "Sift",
+__all__ = ["LOCAL_FEATURES", "Aliked", "AlikedNearest", "DeDoDe", "Disk", "KeypointExtractor",
+           "Keypoints", "KorniaFeatures", "LazyRows", "LocalFeatures", "OpenCVFeatures", "Orb", "Sift",
            "create_local_features", "detector_view", "keep_strongest", "resized"]
 
 #: Decoded keypoints kept in memory, at most (the most recently used; the rest are read from the

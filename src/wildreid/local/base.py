@@ -127,6 +127,9 @@ class LocalFeatures:
 
     name = ""
     dim = 128
+    #: Another registered method whose keypoints these are (same detector, same settings, same
+    #: cache rows): set where only the matcher differs, so the keypoints are computed once.
+    keypoints_of = ""
 
     def __init__(self, max_keypoints: int = 1024, long_side: int = 512, device: str = "auto",
                  weights: str | Path | None = None, crop: bool = True):
@@ -144,13 +147,14 @@ class LocalFeatures:
     @property
     def settings(self) -> tuple:
         """Everything that changes the keypoints: part of the cache key."""
-        return (self.name, self.weights_id, self.max_keypoints, self.long_side,
-                "crop" if self.crop else "frame")
+        return (self.keypoints_of or self.name, self.weights_id, self.max_keypoints,
+                self.long_side, "crop" if self.crop else "frame")
 
     @property
     def cache_key(self) -> str:
         text = repr(self.settings)
-        return f"local-{self.name}-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        return (f"local-{self.keypoints_of or self.name}-"
+                + hashlib.blake2b(text.encode(), digest_size=8).hexdigest())
 
     def detect(self, image: Image.Image, region: Region | None = None) -> Keypoints:
         raise NotImplementedError

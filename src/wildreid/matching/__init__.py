@@ -33,12 +33,18 @@ __all__ = ["CONFIDENCE_LEVELS", "LIGHTGLUE_FEATURES", "MATCHERS", "PAIR_SCORES",
 CONFIDENCE_LEVELS = (0.2, 0.5, 0.8)
 
 
+#: Lowe's ratio for ALIKED's unit descriptors matched by nearest neighbours, chosen on a
+#: development split of the nyala database (``benchmarks/local_dev_study.py``).
+ALIKED_NN_RATIO = 0.9
+
 #: The matcher of each kind of local features, registered under the features' name:
 #: ``@MATCHERS.register(name)`` over a factory taking ``device``, ``batch_size`` and settings.
 MATCHERS = Registry("matcher")
 MATCHERS.register("sift", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
 MATCHERS.register("orb", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
 MATCHERS.register("dedode", "mutual nearest neighbours with a ratio test")(NearestNeighbourMatcher)
+MATCHERS.register("aliked-nn", "mutual nearest neighbours with a ratio test")(
+    lambda **settings: NearestNeighbourMatcher(**{"ratio": ALIKED_NN_RATIO, **settings}))
 for _features in LIGHTGLUE_FEATURES:
     MATCHERS.register(_features, f"LightGlue trained for {_features}")(
         lambda features=_features, **settings: LightGlueMatcher(features, **settings))

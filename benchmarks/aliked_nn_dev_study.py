@@ -1,0 +1,124 @@
+"""ALIKED matched by nearest neighbours (``aliked-nn``): its settings chosen on a development split
+carved from the database, where LightGlue is too slow to run (a CPU).
+
+    python benchmarks/aliked_nn_dev_study.py [--species nyala] [--cache-dir DIR] [--out DIR]
+
+Development split: protocol B's database only, as in ``sift_dev_study.py`` (one random image of
+every identity with two or more is a development query, the rest the development gallery; the
+benchmark's queries and answers are never read). Every development query is matched against
+every development gallery image once, by mutual nearest neighbours with the loosest ratio tried,
+so every ratio below it is read from the same matches (a match passes ratio ``r`` when its
+confidence, 1 - its ratio, exceeds 1 - ``r``). Tried: the ratio, the pair score (sum of
+confidences or count of matches) and where the keypoints lie (the animal or the whole photo).
+Writes ``benchmarks/results/aliked-nn-dev-<species>-<device>-<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import DEFAULT_BENCH, unused_path
+from nyala_lion import machine
+from sift_dev_study import dev_split
+
+from wildreid.data import load_dataset
+from wildreid.isolation import Isolator, Segmenter
+from wildreid.local import AlikedNearest, KeypointExtractor
+from wildreid.matching import NearestNeighbourMatcher
+from wildreid.progress import progress_bar
+from wildreid.stage import take
+
+#: Ratios tried; the matching runs once at the loosest.
+RATIOS = (0.8, 0.85, 0.9, 0.95, 0.99)
+PLACES = ("animal", "image")
+
+
+def ratio_scores(matcher: NearestNeighbourMatcher, keypoints: list, queries: np.ndarray,
+                 gallery: np.ndarray) -> dict[str, np.ndarray]:
+    """Per (query, gallery image): sum of confidences and count of matches under each ratio."""
+    loosest = 1 - np.array(RATIOS, np.float32)  # a match passes ratio r when confidence > 1 - r
+    sums = np.zeros((len(queries), len(gallery), len(RATIOS)), np.float32)
+    counts = np.zeros_like(sums)
+    with progress_bar("pairs") as bar:
+        task = bar.add_task("development pairs", total=len(queries) * len(gallery))
+        for row, query in enumerate(queries):
+            for start in range(0, len(gallery), matcher.batch_size):
+                part = gallery[start:start + matcher.batch_size]
+                found = matcher.match_batch([keypoints[query]] * len(part),
+                                            [keypoints[j] for j in part])
+                for column, matches in enumerate(found, start):
+                    passed = matches[:, 2][:, None] > loosest[None, :]
+                    sums[row, column] = (matches[:, 2][:, None] * passed).sum(0)
+                    counts[row, column] = passed.sum(0)
+                bar.advance(task, len(part))
+    return {"confidence_sum": sums, "matches": counts}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--species", default="nyala")
+    parser.add_argument("--max-keypoints", type=int, default=512)
+    parser.add_argument("--long-side", type=int, default=512)
+    parser.add_argument("--places", default=",".join(PLACES), help="animal,image")
+    parser.add_argument("--queries", type=int, default=0,
+                        help="development queries drawn at random (seed 0); 0: all")
+    parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/wildreid-study-cache"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    dataset = load_dataset(args.bench, "closedset_metadata.csv")
+    metadata = dataset.metadata[dataset.metadata["species"] == args.species]
+    metadata = metadata[metadata["split"] == "database"].reset_index(drop=True)
+    identities = metadata["identity"].fillna("").astype(str).to_numpy()
+    paths = metadata["filepath"].astype(str).tolist()
+    queries, gallery = dev_split(identities)
+    if 0 < args.queries < len(queries):  # the CPU's budget: ~180 pairs/s
+        queries = np.sort(np.random.default_rng(0).choice(queries, args.queries, replace=False))
+    print(f"{args.species}: development {len(queries)} queries x {len(gallery)} images", flush=True)
+    features = AlikedNearest(args.max_keypoints, args.long_side, "cpu")
+    matcher = NearestNeighbourMatcher(max(RATIOS), mutual=True, device="cpu")
+    regions = Isolator(Segmenter(), cache_dir=args.cache_dir)(metadata, "regions")
+    trials, seconds = [], {}
+    for place in args.places.split(","):
+        start = time.perf_counter()
+        keypoints = KeypointExtractor(features, args.cache_dir)(
+            paths, regions if place == "animal" else None, f"ALIKED keypoints on the {place}")
+        keypoints = list(take(keypoints, range(len(paths))))
+        seconds[f"keypoints on the {place}"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        tables = ratio_scores(matcher, keypoints, queries, gallery)
+        seconds[f"matching on the {place}"] = round(time.perf_counter() - start, 1)
+        for score, table in tables.items():
+            for index, ratio in enumerate(RATIOS):
+                best = table[:, :, index].argmax(1)
+                top1 = float(np.mean(identities[gallery][best] == identities[queries]))
+                trials.append({"keypoints_on": place, "pair_score": score, "ratio": ratio,
+                               "top1": top1})
+                print(f"  {place}, {score}, ratio {ratio}: top-1 {100 * top1:.1f} %", flush=True)
+    # The first best in the order tried: the animal before the image, sums before counts, the
+    # strictest ratio first.
+    chosen = max(trials, key=lambda trial: trial["top1"])
+    print(f"chosen on development: {chosen}")
+    pairs = len(queries) * len(gallery)
+    date = datetime.date.today().isoformat()
+    report = {"date": date, "machine": machine("cpu"), "species": args.species,
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "features": {"max_keypoints": args.max_keypoints, "long_side": args.long_side},
+              "development": {"queries": len(queries), "gallery": len(gallery), "pairs": pairs,
+                              "trials": trials, "chosen": chosen},
+              "seconds": seconds}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = unused_path(args.out / f"aliked-nn-dev-{args.species}-cpu-{date}.json")
+    path.write_text(json.dumps(report, indent=2))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
