@@ -99,7 +99,8 @@ def identify(
                                   "matching (preset accurate), or 'all': every image of the "
                                   "query's species."),
     local: str = typer.Option(None, help="Local matchers instead of the preset's: aliked, "
-                              "aliked-nn (ALIKED without LightGlue: CPU speed), disk, dedode (weights: WILDREID_WEIGHTS=kornia or a folder), orb, "
+                              "aliked-nn (ALIKED without LightGlue: CPU speed), disk, dedode "
+                              "(weights: WILDREID_WEIGHTS=kornia or a folder), orb, "
                               "sift (fastest on CPU), comma-separated."),
     mirror: str = typer.Option("none", help="Also match queries flipped left-right: none | "
                                "opposite (against the mirror orientation: left vs right) | all."),
