@@ -31,13 +31,15 @@ class NearestNeighbourMatcher:
         width = first[0].descriptors.shape[1]
         d0, valid0 = pad([k.descriptors for k in first], width, self.device)
         d1, valid1 = pad([k.descriptors for k in second], width, self.device)
+        # In place, and min's indices rather than argmin (same first minimum): on a CPU these
+        # were a third of the time of a batch.
         distance = torch.cdist(d0, d1)
-        distance = distance.masked_fill(~(valid0[:, :, None] & valid1[:, None, :]), torch.inf)
+        distance.masked_fill_(~(valid0[:, :, None] & valid1[:, None, :]), torch.inf)
         if distance.shape[2] < 2:
             return [np.zeros((0, 3), np.float32) for _ in first]
         best2 = distance.topk(2, dim=2, largest=False)
         nearest0 = best2.indices[..., 0]
-        nearest1 = distance.argmin(dim=1)
+        nearest1 = distance.min(dim=1).indices
         mutual = (nearest1.gather(1, nearest0) == torch.arange(d0.shape[1], device=self.device)
                   if self.mutual else torch.ones_like(nearest0, dtype=torch.bool))
         nearest, second = best2.values[..., 0], best2.values[..., 1]
