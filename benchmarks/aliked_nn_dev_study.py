@@ -9,7 +9,8 @@ benchmark's queries and answers are never read). Every development query is matc
 every development gallery image once, by mutual nearest neighbours with the loosest ratio tried,
 so every ratio below it is read from the same matches (a match passes ratio ``r`` when its
 confidence, 1 - its ratio, exceeds 1 - ``r``). Tried: the ratio, the pair score (sum of
-confidences or count of matches) and where the keypoints lie (the animal or the whole photo).
+confidences or count of matches above a confidence level, as the
+pipeline's pair scores) and where the keypoints lie (the animal or the whole photo).
 Writes ``benchmarks/results/aliked-nn-dev-<species>-<device>-<date>.json``.
 """
 
@@ -30,21 +31,25 @@ from sift_dev_study import dev_split
 from wildreid.data import load_dataset
 from wildreid.isolation import Isolator, Segmenter
 from wildreid.local import AlikedNearest, KeypointExtractor
-from wildreid.matching import NearestNeighbourMatcher
+from wildreid.matching import CONFIDENCE_LEVELS, NearestNeighbourMatcher
 from wildreid.progress import progress_bar
 from wildreid.stage import take
 
 #: Ratios tried; the matching runs once at the loosest.
 RATIOS = (0.8, 0.85, 0.9, 0.95, 0.99)
+#: The pair scores tried (RANSAC inliers left out: a CPU cost the study cannot afford).
+SCORES = ("confidence_sum", *(f"matches@{level}" for level in CONFIDENCE_LEVELS))
 PLACES = ("animal", "image")
 
 
 def ratio_scores(matcher: NearestNeighbourMatcher, keypoints: list, queries: np.ndarray,
                  gallery: np.ndarray) -> dict[str, np.ndarray]:
-    """Per (query, gallery image): sum of confidences and count of matches under each ratio."""
-    loosest = 1 - np.array(RATIOS, np.float32)  # a match passes ratio r when confidence > 1 - r
-    sums = np.zeros((len(queries), len(gallery), len(RATIOS)), np.float32)
-    counts = np.zeros_like(sums)
+    """Per (query, gallery image) and ratio of :data:`RATIOS`: each pair score the pipeline can
+    keep (:data:`~wildreid.matching.PAIR_SCORES` but RANSAC inliers), as ``score_pairs`` gives
+    it for a matcher at that ratio."""
+    thresholds = 1 - np.array(RATIOS, np.float32)  # ratio < r exactly when confidence > 1 - r
+    tables = {name: np.zeros((len(queries), len(gallery), len(RATIOS)), np.float32)
+              for name in SCORES}
     with progress_bar("pairs") as bar:
         task = bar.add_task("development pairs", total=len(queries) * len(gallery))
         for row, query in enumerate(queries):
@@ -53,11 +58,14 @@ def ratio_scores(matcher: NearestNeighbourMatcher, keypoints: list, queries: np.
                 found = matcher.match_batch([keypoints[query]] * len(part),
                                             [keypoints[j] for j in part])
                 for column, matches in enumerate(found, start):
-                    passed = matches[:, 2][:, None] > loosest[None, :]
-                    sums[row, column] = (matches[:, 2][:, None] * passed).sum(0)
-                    counts[row, column] = passed.sum(0)
+                    confidence = matches[:, 2][:, None]
+                    passed = confidence > thresholds[None, :]
+                    tables["confidence_sum"][row, column] = (confidence * passed).sum(0)
+                    for level in CONFIDENCE_LEVELS:
+                        tables[f"matches@{level}"][row, column] = (
+                            passed & (confidence > level)).sum(0)
                 bar.advance(task, len(part))
-    return {"confidence_sum": sums, "matches": counts}
+    return tables
 
 
 def main(argv=None) -> int:

@@ -88,6 +88,7 @@ def test_aliked_nn_reads_alikeds_keypoints_and_matches_them_by_nearest_neighbour
     first = list(glued(paths, regions[:2]))
     nearest = KeypointExtractor(create_local_features("aliked-nn", device="cpu"), tmp_path,
                                 progress=False)
+    assert nearest.features.settings == glued.features.settings  # same detector, same budget
     assert nearest.cache.folder == glued.cache.folder and len(nearest.cache) == 2
     nearest.features.detect = None  # a recomputation would fail: every row comes from the cache
     for a, b in zip(first, nearest(paths, regions[:2])):
@@ -95,6 +96,25 @@ def test_aliked_nn_reads_alikeds_keypoints_and_matches_them_by_nearest_neighbour
     matcher = create_matcher("aliked-nn", device="cpu")
     assert isinstance(matcher, NearestNeighbourMatcher) and matcher.ratio == ALIKED_NN_RATIO
     assert isinstance(create_matcher("aliked", device="cpu"), LightGlueMatcher)
+
+
+def test_nearest_neighbours_of_a_one_keypoint_image_are_the_same_batched_or_alone():
+    """With one keypoint there is no second neighbour, so no ratio test: no match, whether the
+    image is matched alone or padded in a batch with larger ones."""
+    from wildreid.local import Keypoints
+
+    rng = np.random.default_rng(0)
+
+    def keypoints(n):
+        return Keypoints(rng.random((n, 2), np.float32) * 99, rng.random(n, np.float32),
+                         rng.random((n, 128), np.float32), (100, 100))
+
+    one, many = keypoints(1), keypoints(50)
+    matcher = create_matcher("sift", device="cpu")
+    alone = matcher.match_batch([many], [one])[0]
+    batched = matcher.match_batch([many, many], [one, many])
+    assert len(alone) == 0 and len(batched[0]) == 0
+    assert len(batched[1]) == 50  # an image against itself matches every keypoint
 
 
 def test_calibration_is_monotone_and_bounded():

@@ -46,5 +46,8 @@ class NearestNeighbourMatcher:
         # Two neighbours at distance 0 (identical binary descriptors) are the most ambiguous
         # case, not a perfect match: ratio 1, rejected.
         ratio = torch.where(second > 0, nearest / second.clamp(min=1e-12), torch.ones_like(nearest))
-        keep = mutual & (ratio < self.ratio) & valid0 & torch.isfinite(nearest)
+        # A second neighbour must exist: an image of one keypoint batched with larger ones would
+        # otherwise match at ratio 0, where alone it matches nothing.
+        keep = (mutual & (ratio < self.ratio) & valid0 & torch.isfinite(nearest)
+                & torch.isfinite(second))
         return unpack(torch.where(keep, nearest0, -1), 1 - ratio)
