@@ -17,15 +17,12 @@ Writes ``benchmarks/results/aliked-nn-dev-<species>-<device>-<date>.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_BENCH, unused_path
-from nyala_lion import machine
+from common import DEFAULT_BENCH, write_cpu_result
 from sift_dev_study import dev_split
 
 from wildreid.data import load_dataset
@@ -113,18 +110,12 @@ def main(argv=None) -> int:
     # strictest ratio first.
     chosen = max(trials, key=lambda trial: trial["top1"])
     print(f"chosen on development: {chosen}")
-    pairs = len(queries) * len(gallery)
-    date = datetime.date.today().isoformat()
-    report = {"date": date, "machine": machine("cpu"), "species": args.species,
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "features": {"max_keypoints": args.max_keypoints, "long_side": args.long_side},
-              "development": {"queries": len(queries), "gallery": len(gallery), "pairs": pairs,
-                              "trials": trials, "chosen": chosen},
-              "seconds": seconds}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = unused_path(args.out / f"aliked-nn-dev-{args.species}-cpu-{date}.json")
-    path.write_text(json.dumps(report, indent=2))
-    print(f"results: {path}")
+    write_cpu_result(args.out, f"aliked-nn-dev-{args.species}", {
+        "species": args.species,
+        "features": {"max_keypoints": args.max_keypoints, "long_side": args.long_side},
+        "development": {"queries": len(queries), "gallery": len(gallery),
+                        "pairs": len(queries) * len(gallery), "chosen": chosen},
+        "seconds": seconds}, trials)
     return 0
 
 
