@@ -33,7 +33,7 @@ from wildreid.features import resolve_device
 from wildreid.isolation import parse_by_species, parse_isolation
 from wildreid.metrics import best_threshold, evaluate, threshold_curve
 from wildreid.pipeline import Identifier
-from wildreid.rerank import FUSIONS, KEYPOINT_PLACES
+from wildreid.rerank import FUSIONS, KEYPOINT_PLACES, ORIENTATIONS
 
 
 def machine(device: str) -> str:
@@ -102,7 +102,9 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                             keypoints_on=parse_by_species(args.keypoints_on, KEYPOINT_PLACES,
                                                           "keypoints-on", "lion=image"),
                             mirror=args.mirror, keep_pair_scores=args.dump_pairs,
-                            fusion=parse_by_species(args.fusion, FUSIONS, "fusion", "lion=local"))
+                            fusion=parse_by_species(args.fusion, FUSIONS, "fusion", "lion=local"),
+                            orientation=parse_by_species(args.orientation, ORIENTATIONS,
+                                                         "orientation", "nyala=same"))
     start = time.perf_counter()
     described = identifier.describe(dataset.metadata, "all images")
     describe_seconds = time.perf_counter() - start
@@ -130,6 +132,12 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                           if identifier.reranking_ else None),
         "fusion_choice": ({str(k): v for k, v in identifier.reranking_.fusion_choice_.items()}
                           if identifier.reranking_ else None),
+        "orientation": args.orientation,
+        "orientation_chosen": ({str(k): v for k, v in identifier.reranking_.orientation_.items()}
+                               if identifier.reranking_ else None),
+        "orientation_choice": ({str(k): v for k, v in
+                                identifier.reranking_.orientation_choice_.items()}
+                               if identifier.reranking_ else None),
         "wall_s": round(wall, 2),
         "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()},
@@ -210,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mirror", default="none", help="none | opposite | all")
     parser.add_argument("--fusion", default="auto",
                         help="all | local | auto, or per species: nyala=all,lion=local")
+    parser.add_argument("--orientation", default="auto",
+                        help="any | same | auto, or per species: nyala=same,lion=any")
     parser.add_argument("--identities", type=int, default=0,
                         help="reduced scale: this many random individuals per species")
     parser.add_argument("--dump-pairs", action="store_true",

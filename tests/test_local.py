@@ -594,3 +594,69 @@ def test_dedode_plugs_in_with_weights_from_a_folder_or_kornias_download(tmp_path
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--local", "dedode",
                                       "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 2 and "DeDoDe's weights are not on PyPI" in result.output
+
+
+def test_shortlist_of_a_view_keeps_its_orientation_and_unknown_ones():
+    """``nearest_images`` with views: a query is shortlisted among database images of its views
+    and of unknown orientation; a view the species lacks gives the whole species; no view, all."""
+    from wildreid.ranking import nearest_images
+
+    rng = np.random.default_rng(0)
+    database = rng.normal(size=(8, 4)).astype(np.float32)
+    species = ["nyala"] * 6 + ["lion"] * 2
+    views = ["left", "right", "left", None, "right", "left", "nose", "ear"]
+    queries = database[[0, 1, 6, 3]]
+    found, _ = nearest_images(database, species, queries, ["nyala", "nyala", "lion", "nyala"],
+                              8, database_views=views,
+                              query_views=[frozenset({"left"}), frozenset({"right", "left"}),
+                                           frozenset({"tail"}), None])
+    assert set(found[0][found[0] >= 0]) == {0, 2, 3, 5}  # left and unknown
+    assert set(found[1][found[1] >= 0]) == {0, 1, 2, 3, 4, 5}  # both views (mirrored)
+    assert set(found[2][found[2] >= 0]) == {6, 7}  # no lion tail: every lion
+    assert set(found[3][found[3] >= 0]) == {0, 1, 2, 3, 4, 5}
+    assert found[0][0] == 0  # still ranked by cosine
+
+
+def test_queries_compared_with_their_orientation_and_chosen_per_species(real_subset, tmp_path):
+    """``orientation="same"``: query pairs and calibration pairs join photos of one orientation
+    (a flank with the same flank), or of the mirror view too with ``mirror="opposite"``;
+    ``auto`` chooses per species on the database's pseudo-queries."""
+    from wildreid.scorers import mirror_view
+
+    dataset = load_dataset(real_subset)
+    database = dataset.database.reset_index(drop=True)
+    nyala = database[database["species"] == "nyala"]
+    assert {"left", "right"} <= set(nyala["orientation"])  # the case is reached
+    for mirror in ("none", "opposite"):
+        identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path,
+                                progress=False, device="cpu", keep_pair_scores=True,
+                                orientation={"nyala": "same", None: "any"}, mirror=mirror,
+                                keypoints_on="image").fit(dataset.database)
+        reranking = identifier.reranking_
+        assert reranking.orientation_ == {"nyala": "same", None: "any"}
+        identifier.predict_candidates(dataset.query, k=3)
+        for stage, first_side in (("query pairs", dataset.query.reset_index(drop=True)),
+                                  ("calibration pairs", database)):
+            table = reranking.scoring_.pair_tables[stage]
+            first = first_side.iloc[table["first"]]
+            second = database.iloc[table["second"]]
+            is_nyala = (first["species"] == "nyala").to_numpy()
+            allowed = {(o, o) for o in ("left", "right")}
+            if mirror == "opposite":
+                allowed |= {(o, mirror_view(o)) for o in ("left", "right")}
+            views = list(zip(first["orientation"][is_nyala], second["orientation"][is_nyala]))
+            assert is_nyala.any() and set(views) <= allowed, (stage, set(views))
+            if mirror == "none":
+                assert ("left", "right") not in set(views)
+            lion = list(zip(first["orientation"][~is_nyala], second["orientation"][~is_nyala]))
+            assert any(a != b for a, b in lion)  # lion compares every photo
+    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
+                            device="cpu", keypoints_on="image").fit(dataset.database)
+    reranking = identifier.reranking_
+    assert set(reranking.orientation_choice_) == {"nyala", "lion"}
+    for species, top1 in reranking.orientation_choice_.items():
+        expected = "same" if top1["same"] > top1["any"] else "any"
+        assert reranking.orientation_[species] == expected
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--orientation", "nyala=flip",
+                                      "--preset", "accurate", "--local", "sift"])
+    assert result.exit_code == 2 and "unknown orientation 'flip'" in result.output, result.output

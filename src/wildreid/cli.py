@@ -116,6 +116,10 @@ def identify(
                                "cosine + local matchers) | local (not the cosine) | auto (chosen "
                                "per species on the database), or per species as "
                                "'nyala=all,lion=local' [default: auto]."),
+    orientation: str = typer.Option(None, help="Which database photos a query is compared "
+                                    "with: any | same (those of its orientation column: the "
+                                    "same flank) | auto (chosen per species on the database), "
+                                    "or per species as 'nyala=same,lion=any' [default: auto]."),
     cluster_new: bool = typer.Option(False, "--cluster-new", help="Group the queries answered "
                                      "new_individual into proposed new individuals "
                                      "(new_individual_1, ...), cut as fitted on the database."),
@@ -146,7 +150,8 @@ def identify(
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
             local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side,
-            keypoints_on=keypoints_on, fusion=fusion, wildlife_dataset=wildlife_datasets,
+            keypoints_on=keypoints_on, fusion=fusion, orientation=orientation,
+            wildlife_dataset=wildlife_datasets,
             cluster_new=cluster_new, ray=ray)
     from wildreid.grouping import is_new, is_proposed
 

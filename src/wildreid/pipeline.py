@@ -74,7 +74,11 @@ class Identifier(BaseEstimator):
         (``"all"``); ``"none"`` by default. ``fusion``: which calibrated pair scores are fused —
         ``"all"`` (the global cosine and every local matcher), ``"local"`` (not the cosine) or
         ``"auto"`` (the default: per species, the set that names more of the database's
-        pseudo-queries right, out of fold); a dict gives it per species.
+        pseudo-queries right, out of fold); a dict gives it per species. ``orientation``:
+        which database images each query is compared with — ``"any"`` (every image of its
+        species), ``"same"`` (those of its ``orientation``, and of the mirror view with
+        ``mirror="opposite"``) or ``"auto"`` (the default: per species, ``same`` where it names
+        more of the database's pseudo-queries right); a dict gives it per species.
     cluster_new: :meth:`predict` gives the queries answered ``new_individual`` proposed new
         individuals (``new_individual_1``...): clustered on the similarity that ranks candidates
         (:meth:`similarity`), cut as fitted on the database's pseudo-unknowns
@@ -100,6 +104,7 @@ class Identifier(BaseEstimator):
                  shortlist: int | None = 100, max_keypoints: int = 512, long_side: int = 512,
                  keypoints_on: str | dict[str | None, str] = "auto",
                  mirror: str = "none", fusion: str | dict[str | None, str] = "auto",
+                 orientation: str | dict[str | None, str] = "auto",
                  keep_pair_scores: bool = False, cluster_new: bool = False,
                  ray: str | None = None, seed: int = 0):
         self.model = model
@@ -119,6 +124,7 @@ class Identifier(BaseEstimator):
         self.keypoints_on = keypoints_on
         self.mirror = mirror
         self.fusion = fusion
+        self.orientation = orientation
         self.keep_pair_scores = keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.cluster_new = cluster_new
@@ -258,7 +264,8 @@ class Identifier(BaseEstimator):
                 keypoints_on=self.keypoints_on,
                 device=self.device, cache_dir=self.cache_dir, workers=self.workers,
                 progress=self.progress, seed=self.seed, mirror=self.mirror,
-                keep_pair_scores=self.keep_pair_scores, ray=self.ray, fusion=self.fusion).fit(
+                keep_pair_scores=self.keep_pair_scores, ray=self.ray, fusion=self.fusion,
+                orientation=self.orientation).fit(
                     database, features, self.isolator)
         if self.threshold == "auto" and self.reranking_ is not None:
             self.decision_ = self.reranking_.decision_

@@ -11,6 +11,7 @@ nearest images), kept in ``index_dir`` when one is given (:func:`wildreid.ann.lo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,32 +180,48 @@ def _approximate_identities(gallery: _Gallery, queries: np.ndarray, k: int
 
 
 def nearest_images(database: np.ndarray, database_species, queries: np.ndarray, query_species,
-                   size: int, indexes: dict | None = None, index_dir: str | Path | None = None
+                   size: int, indexes: dict | None = None, index_dir: str | Path | None = None,
+                   database_views: Sequence | None = None, query_views: Sequence | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """The shortlist: per query the ``size`` most similar database images of its species (all of
     them when fewer), as row indices into ``database`` (-1 pads) and cosines, best first. A
     species over :data:`~wildreid.ann.APPROXIMATE_ABOVE` images is searched approximately;
     ``indexes`` (a dict kept by the caller for the same ``database``) keeps those indexes between
-    calls, ``index_dir`` between runs."""
+    calls, ``index_dir`` between runs.
+
+    ``query_views``: per query the set of database ``orientation`` values it is compared with
+    (``None``: every image of its species); ``database_views`` the orientation of each database
+    image (``None``: unknown, compared with every query). A query none of whose views the
+    species has is compared with the whole species."""
     database = np.asarray(database, np.float32)
     queries = np.asarray(queries, np.float32)
     db_keys = np.array([_species_key(s) for s in (database_species if database_species is not None
                                                   else [None] * len(database))], dtype=object)
     q_keys = [_species_key(s) for s in (query_species if query_species is not None
                                         else [None] * len(queries))]
+    db_views = (np.array(list(database_views), dtype=object) if database_views is not None
+                else np.full(len(database), None, dtype=object))
+    q_views = list(query_views) if query_views is not None else [None] * len(queries)
+    groups = list(zip(q_keys, q_views))
     indices = np.full((len(queries), size), -1, np.int64)
     cosines = np.full((len(queries), size), -np.inf, np.float32)
-    for key in dict.fromkeys(q_keys):
-        rows = np.flatnonzero([q == key for q in q_keys])
+    for key, views in dict.fromkeys(groups):
+        rows = np.flatnonzero([group == (key, views) for group in groups])
         members = np.flatnonzero(db_keys == key) if key is not None else np.arange(len(database))
         if len(members) == 0:
             raise ValueError(f"species {key!r} has no database images")
+        index_key = key
+        if views is not None:
+            shown = np.array([v is None or v in views for v in db_views[members]], bool)
+            if shown.any():
+                members = members[shown]
+                index_key = f"{key}\0views:{','.join(sorted(views))}"
         width = min(size, len(members))
         if len(members) > APPROXIMATE_ABOVE:
-            index = (indexes or {}).get(key) or load_or_build(
-                database[members], _gallery_dir(index_dir, key))[0]
+            index = (indexes or {}).get(index_key) or load_or_build(
+                database[members], _gallery_dir(index_dir, index_key))[0]
             if indexes is not None:
-                indexes[key] = index
+                indexes[index_key] = index
             found, similarity = index.search(queries[rows], width)
             indices[rows, :width] = np.where(found >= 0, members[np.maximum(found, 0)], -1)
             cosines[rows, :width] = similarity

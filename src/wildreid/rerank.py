@@ -28,7 +28,14 @@ from wildreid.fusion import Calibration, cross_fitted_calibration
 from wildreid.isolation import Isolator, by_species
 from wildreid.openset import OpenSetDecision, pseudo_split, species_keys
 from wildreid.ranking import index_dir, nearest_images
-from wildreid.scorers import CosineScorer, LocalScorer, PairScoring, Side, keypoint_regions
+from wildreid.scorers import (
+    CosineScorer,
+    LocalScorer,
+    PairScoring,
+    Side,
+    keypoint_regions,
+    mirror_view,
+)
 
 #: Where local keypoints are kept: on the animal's mask, or anywhere on the photo; ``auto``
 #: chooses one of the two per species on the database (:meth:`LocalReranking.fit`).
@@ -39,6 +46,10 @@ _CHOICE_QUERIES = 100
 #: matchers' only, or ``auto``: per species, the set of scores whose out-of-fold fused scores name
 #: more of the database's pseudo-queries right (:meth:`LocalReranking.fit`).
 FUSIONS = ("all", "local", "auto")
+#: Which database images a query is compared with: every image of its species, only those of its
+#: ``orientation`` (and of the mirror view when ``mirror="opposite"``), or ``auto``: per species,
+#: the one that names more of the database's pseudo-queries right (:meth:`LocalReranking.fit`).
+ORIENTATIONS = ("any", "same", "auto")
 
 
 class LocalReranking(BaseEstimator):
@@ -62,6 +73,15 @@ class LocalReranking(BaseEstimator):
     scores name most pseudo-known queries of the database right (the larger set on a tie);
     ``fusion_`` holds the names fused per species after ``fit``, ``fusion_choice_`` the top-1 of
     each set tried.
+    ``orientation``: which database images a query is compared with (:data:`ORIENTATIONS`; a dict
+    gives it per species, key ``None`` the rest): ``any`` (every image of its species), ``same``
+    (those whose ``orientation`` is the query's, or its mirror view with ``mirror="opposite"``;
+    images of unknown orientation always, and the whole species when it has no image of the
+    query's orientation), or ``auto``: per species, ``same`` when restricting the calibration
+    pairs to it names more pseudo-known queries right by the raw local scores, else ``any``
+    (``orientation_`` after ``fit``, ``orientation_choice_`` the top-1 of both). A flank of a
+    striped antelope and the other flank are two patterns; a nose and an ear of one lion are
+    never compared by orientation, since each lion has one photo of each part.
     """
 
     def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int | None = 100,
@@ -71,7 +91,8 @@ class LocalReranking(BaseEstimator):
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, seed: int = 0,
                  keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None,
-                 fusion: str | dict[str | None, str] = "auto"):
+                 fusion: str | dict[str | None, str] = "auto",
+                 orientation: str | dict[str | None, str] = "auto"):
         self.features = features
         self.shortlist = shortlist
         self.max_keypoints = max_keypoints
@@ -90,6 +111,7 @@ class LocalReranking(BaseEstimator):
         self.mirror = mirror
         self.ray = ray
         self.fusion = fusion
+        self.orientation = orientation
 
     def _build(self) -> None:
         """Check the parameters and build the components: the scorers (keypoint extractors and
@@ -103,6 +125,11 @@ class LocalReranking(BaseEstimator):
         if any(fusion not in FUSIONS for fusion in fusions):
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)} (or a dict of them by "
                              f"species), not {self.fusion!r}")
+        orientations = (self.orientation.values() if isinstance(self.orientation, dict)
+                        else [self.orientation])
+        if any(value not in ORIENTATIONS for value in orientations):
+            raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)} (or a dict of "
+                             f"them by species), not {self.orientation!r}")
         self.pool_ = None if self.ray is None else RayPool(self.ray)
         self.local_scorer_ = LocalScorer(self.features, self.max_keypoints, self.long_side,
                                          self.pair_score, self.mirror, self.device,
@@ -128,11 +155,19 @@ class LocalReranking(BaseEstimator):
         self.database_species_ = species
         queries, unknown = self._bounded(split.queries, split.unknown, species, rng)
         reference = split.reference
-        shortlist, _ = nearest_images(features[reference], species[reference], features[queries],
-                                      species[queries], self.shortlist or len(reference))
-        rows, columns = np.nonzero(shortlist >= 0)
-        pairs = np.stack([queries[rows], reference[shortlist[rows, columns]]], 1)
+        # Species choosing their orientation compare every image until they have chosen.
+        setting = (dict(self.orientation) if isinstance(self.orientation, dict)
+                   else {None: self.orientation})
+        self.orientation_ = {key: ("any" if value == "auto" else value)
+                             for key, value in {None: "any", **setting}.items()}
+        rows, pairs = self._calibration_pairs(queries, reference, features, species)
         scores = self.scoring_.score(self.database_, self.database_, pairs, "calibration pairs")
+        fixed = dict(self.orientation_)
+        self.orientation_, self.orientation_choice_ = self._choose_orientation(
+            setting, scores, pairs, rows, queries, identities, species, unknown)
+        if self.orientation_ != fixed:  # shortlisted anew as queries are; each pair scored once
+            rows, pairs, scores = self._rescored(scores, pairs, *self._calibration_pairs(
+                queries, reference, features, species))
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         self.calibration_ = Calibration.fit(scores, same)
         # The choice of fused scores and the thresholds from out-of-fold calibrated scores (folds
@@ -151,6 +186,80 @@ class LocalReranking(BaseEstimator):
             species[queries])
         self.calibration_pairs_ = len(pairs)
         return self
+
+    def _calibration_pairs(self, queries: np.ndarray, reference: np.ndarray,
+                           features: np.ndarray, species: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """Pseudo-queries' shortlists among the reference images, as real queries' are made
+        (``orientation_``): each pair's pseudo-query row and its ``(query, reference)`` images."""
+        orientation = self.database_.orientation
+        shortlist, _ = nearest_images(features[reference], species[reference], features[queries],
+                                      species[queries], self.shortlist or len(reference),
+                                      database_views=orientation[reference],
+                                      query_views=self._views(orientation[queries],
+                                                              species[queries]))
+        rows, columns = np.nonzero(shortlist >= 0)
+        return rows, np.stack([queries[rows], reference[shortlist[rows, columns]]], 1)
+
+    def _rescored(self, scores: dict[str, np.ndarray], pairs: np.ndarray, rows: np.ndarray,
+                  wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """The scores of the ``wanted`` pairs (pseudo-query ``rows``): those among ``pairs``
+        taken from ``scores``, the others scored now."""
+        width = int(max(pairs.max(initial=0), wanted.max(initial=0))) + 1
+        known = dict(zip((pairs[:, 0] * width + pairs[:, 1]).tolist(), range(len(pairs))))
+        where = np.array([known.get(key, -1) for key in
+                          (wanted[:, 0] * width + wanted[:, 1]).tolist()], np.int64)
+        missing = where < 0
+        found = {name: values[np.maximum(where, 0)] for name, values in scores.items()}
+        if missing.any():
+            extra = self.scoring_.score(self.database_, self.database_, wanted[missing],
+                                        "calibration pairs of the same orientation")
+            for name, values in extra.items():
+                found[name][missing] = values
+        return rows, wanted, found
+
+    def _views(self, orientation: np.ndarray, species: np.ndarray) -> list[frozenset | None]:
+        """Per image, the database orientations it is compared with (``None``: every one)."""
+        modes = by_species(self.orientation_, species, "any")
+        return [_views_of(value, self.mirror) if mode == "same" else None
+                for value, mode in zip(orientation, modes)]
+
+    def _choose_orientation(self, setting: dict, scores: dict[str, np.ndarray], pairs: np.ndarray,
+                            rows: np.ndarray, queries: np.ndarray, identities: np.ndarray,
+                            species: np.ndarray, unknown: np.ndarray
+                            ) -> tuple[dict[str | None, str], dict]:
+        """``orientation`` (``setting``, by species) with every ``auto`` resolved per species:
+        the top-1 of the species' pseudo-known ``queries`` by the raw local scores (then the
+        cosine) over all their calibration ``pairs`` (pseudo-query ``rows``), and over those of
+        their views alone (a query with none keeps all, as
+        :func:`~wildreid.ranking.nearest_images` does); ``same`` wins only when it names more of
+        them right. With a shortlist, ``same`` is judged on the same-orientation part of the
+        any-orientation shortlist (fewer candidates than its own shortlist holds)."""
+        resolved = dict(self.orientation_)
+        table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
+                              "score": _evidence(scores, self.features, slice(None)),
+                              "cosine": scores["cosine"]})
+        orientation = self.database_.orientation
+        views = [_views_of(value, self.mirror) for value in orientation[queries]]
+        shown = np.array([views[row] is None or value is None or value in views[row]
+                          for row, value in zip(rows, orientation[pairs[:, 1]])], bool)
+        has_view = np.bincount(rows[shown], minlength=len(queries)) > 0
+        same_pairs = shown | ~has_view[rows]
+        truth = identities[queries]
+        choice: dict = {}
+        for name in dict.fromkeys(species[queries]):
+            if by_species(setting, [name], "any")[0] != "auto":
+                continue
+            known = (species[queries] == name) & ~unknown
+            if not known.any():
+                continue
+            top1 = {}
+            for mode, kept in (("any", np.ones(len(pairs), bool)), ("same", same_pairs)):
+                best = _top_identities(table[kept], len(queries), 1)["identity"][:, 0]
+                top1[mode] = float(np.mean(best[known] == truth[known]))
+            choice[name] = top1
+            resolved[name] = "same" if top1["same"] > top1["any"] else "any"
+        return resolved, choice
 
     def _choose_places(self, images: pd.DataFrame, features: np.ndarray, species: np.ndarray,
                        split, isolator: Isolator | None, rng) -> dict[str | None, str]:
@@ -287,7 +396,8 @@ class LocalReranking(BaseEstimator):
         gallery = self.database_.features
         shortlist, _ = nearest_images(gallery, self.database_species_, features, species,
                                       self.shortlist or len(gallery), self.shortlist_indexes_,
-                                      index_dir(self.cache_dir))
+                                      index_dir(self.cache_dir), self.database_.orientation,
+                                      self._views(queries.orientation, species))
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([rows, shortlist[rows, columns]], 1)
         scores = self.scoring_.score(queries, self.database_, pairs, "query pairs")
@@ -325,6 +435,15 @@ class LocalReranking(BaseEstimator):
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused
         return similarity
+
+
+def _views_of(orientation: str | None, mirror: str) -> frozenset | None:
+    """The database orientations an image of ``orientation`` is compared with: its own and, with
+    ``mirror="opposite"``, its mirror view; ``None`` (every one) when its orientation is unknown."""
+    if orientation is None:
+        return None
+    mirrored = mirror_view(orientation) if mirror == "opposite" else None
+    return frozenset({orientation, mirrored} - {None})
 
 
 def _evidence(scores: dict[str, np.ndarray], names: Sequence[str], rows: np.ndarray

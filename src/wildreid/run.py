@@ -65,6 +65,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                      local: Sequence[str] | None = None, mirror: str = "none",
                      max_keypoints: int | None = None, long_side: int = 512,
                      keypoints_on: str | None = None, fusion: str | None = None,
+                     orientation: str | None = None,
                      wildlife_dataset: str | None = None,
                      cluster_new: bool = False, ray: str | None = None) -> Run:
     """Identify every query of a dataset and write the run folder (``output``'s): the
@@ -89,6 +90,11 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         from wildreid.rerank import FUSIONS
 
         configuration["fusion"] = parse_by_species(fusion, FUSIONS, "fusion", "nyala=all,lion=local")
+    if orientation is not None:
+        from wildreid.rerank import ORIENTATIONS
+
+        configuration["orientation"] = parse_by_species(orientation, ORIENTATIONS, "orientation",
+                                                        "nyala=same,lion=any")
 
     dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_dataset)
     if dataset.query.empty:
@@ -115,6 +121,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         # The scores fused per species (the pooled entry under null, as keypoints_on's).
         configuration["fusion_chosen"] = {k: list(v) for k, v in
                                           identifier.reranking_.fusion_.items()}
+        configuration["orientation_chosen"] = identifier.reranking_.orientation_
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
         "wildlife_dataset": wildlife_dataset,

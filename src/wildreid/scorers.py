@@ -49,15 +49,18 @@ def keypoint_regions(images: pd.DataFrame, keypoints_on: str | dict[str | None, 
     return regions
 
 
+def mirror_view(orientation) -> str | None:
+    """The mirror view of an ``orientation`` value: ``right`` for ``left``, ``left_ear`` for
+    ``right_ear``...; ``None`` for values with no side (and missing ones)."""
+    if not isinstance(orientation, str) or not ("left" in orientation or "right" in orientation):
+        return None
+    return orientation.replace("left", "\0").replace("right", "left").replace("\0", "right")
+
+
 def mirror_views(first: Sequence, second: Sequence) -> np.ndarray:
     """Pairs of ``orientation`` values that are mirror views: ``left``/``right``,
     ``left_ear``/``right_ear``... (missing orientations never are)."""
-    def swapped(value) -> str | None:
-        if not isinstance(value, str) or not ("left" in value or "right" in value):
-            return None
-        return value.replace("left", "\0").replace("right", "left").replace("\0", "right")
-
-    mirror_of = {value: swapped(value) for value in set(first)}  # few distinct orientations
+    mirror_of = {value: mirror_view(value) for value in set(first)}  # few distinct orientations
     return np.array([mirror_of[a] is not None and mirror_of[a] == b
                      for a, b in zip(first, second)], dtype=bool)
 
