@@ -13,11 +13,10 @@ read from the same table:
 
 - candidates: every gallery image, or only those of the query's ``orientation`` (nyala: the same
   flank; lion: the same body part), gallery images of unknown orientation kept;
-- pair score: each of :data:`~wildreid.matching.PAIR_SCORES`, raw or normalised against hubness
-  (a gallery image that matches every query a little: its score minus the median of its scores
-  against the development queries of other identities is *not* tried, since a user's queries
-  have no identities; the normaliser here is the gallery image's own median over all development
-  queries, and the geometric mean of the two images' keypoint counts).
+- pair score: each of :data:`~wildreid.matching.PAIR_SCORES` and the global cosine, raw or
+  read against hubness (a gallery image that matches every query a little): minus the gallery
+  image's median score over the development queries, or over the geometric mean of the two
+  images' keypoint counts.
 
 Top-1 (identity of the best image) per variant, beside the share of queries with a true image of
 their orientation in the gallery (the ceiling of the same-orientation variants).
@@ -68,6 +67,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/wildreid-study-cache"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--tables", type=Path, default=None,
+                        help="also save the score tables (.npz) for offline study")
     args = parser.parse_args(argv)
     dataset = load_dataset(args.bench, "closedset_metadata.csv")
     metadata = dataset.metadata[dataset.metadata["species"] == args.species]
@@ -92,6 +93,9 @@ def main(argv=None) -> int:
                                                                              "global features")
     scores["cosine"] = embeddings[queries] @ embeddings[gallery].T
     counts = np.array([len(k) for k in keypoints], np.float32)
+    if args.tables:
+        np.savez_compressed(args.tables, queries=queries, gallery=gallery, identities=identities,
+                            orientation=orientation, counts=counts, **scores)
     truth, names = identities[queries], identities[gallery]
     same = (orientation[gallery][None, :] == orientation[queries][:, None]) | (
         orientation[gallery][None, :] == "")
