@@ -33,7 +33,7 @@ from wildreid.features import resolve_device
 from wildreid.isolation import parse_by_species, parse_isolation
 from wildreid.metrics import best_threshold, evaluate, threshold_curve
 from wildreid.pipeline import Identifier
-from wildreid.rerank import FUSIONS, KEYPOINT_PLACES, ORIENTATIONS
+from wildreid.rerank import FUSIONS, KEYPOINT_PLACES, ORIENTATIONS, PAIR_SCORE_CHOICES
 
 
 def machine(device: str) -> str:
@@ -104,7 +104,9 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                             mirror=args.mirror, keep_pair_scores=args.dump_pairs,
                             fusion=parse_by_species(args.fusion, FUSIONS, "fusion", "lion=local"),
                             orientation=parse_by_species(args.orientation, ORIENTATIONS,
-                                                         "orientation", "nyala=same"))
+                                                         "orientation", "nyala=same"),
+                            pair_score=parse_by_species(args.pair_score, PAIR_SCORE_CHOICES,
+                                                        "pair-score", "nyala=inliers"))
     start = time.perf_counter()
     described = identifier.describe(dataset.metadata, "all images")
     describe_seconds = time.perf_counter() - start
@@ -123,21 +125,17 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
         "max_keypoints": args.max_keypoints, "long_side": args.long_side, "mirror": args.mirror,
         "pairs_per_s": (identifier.reranking_.local_scorer_.pairs_per_second
                         if identifier.reranking_ else None),
-        "keypoints_on_chosen": ({str(k): v for k, v in identifier.reranking_.keypoints_on_.items()}
-                                if identifier.reranking_ else None),
-        "keypoint_choice": ({str(k): v for k, v in identifier.reranking_.keypoint_choice_.items()}
-                            if identifier.reranking_ else None),
+        "keypoints_on_chosen": learned(identifier, "keypoints_on_"),
+        "keypoint_choice": learned(identifier, "keypoint_choice_"),
         "fusion": args.fusion,
-        "fusion_chosen": ({str(k): list(v) for k, v in identifier.reranking_.fusion_.items()}
-                          if identifier.reranking_ else None),
-        "fusion_choice": ({str(k): v for k, v in identifier.reranking_.fusion_choice_.items()}
-                          if identifier.reranking_ else None),
+        "fusion_chosen": learned(identifier, "fusion_", list),
+        "fusion_choice": learned(identifier, "fusion_choice_"),
         "orientation": args.orientation,
-        "orientation_chosen": ({str(k): v for k, v in identifier.reranking_.orientation_.items()}
-                               if identifier.reranking_ else None),
-        "orientation_choice": ({str(k): v for k, v in
-                                identifier.reranking_.orientation_choice_.items()}
-                               if identifier.reranking_ else None),
+        "orientation_chosen": learned(identifier, "orientation_"),
+        "orientation_choice": learned(identifier, "orientation_choice_"),
+        "pair_score": args.pair_score,
+        "pair_score_chosen": learned(identifier, "pair_score_"),
+        "pair_score_choice": learned(identifier, "pair_score_choice_"),
         "wall_s": round(wall, 2),
         "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()},
@@ -197,6 +195,14 @@ def markdown(row: dict, model: str, device: str, date: str) -> str:
             f"| {row['wall_s']:.0f} s | {row['images_per_s']:.0f} | {row['peak_rss_mib']:.0f} MiB |")
 
 
+def learned(identifier: Identifier, name: str, convert=lambda value: value) -> dict | None:
+    """A per-species choice the re-ranking learned on the database (``None`` without one), by
+    species name (``"None"``: the rest)."""
+    if identifier.reranking_ is None:
+        return None
+    return {str(key): convert(value) for key, value in getattr(identifier.reranking_, name).items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """This benchmark's options (also the evaluation settings other benchmarks start from)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -220,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="all | local | auto, or per species: nyala=all,lion=local")
     parser.add_argument("--orientation", default="auto",
                         help="any | same | auto, or per species: nyala=same,lion=any")
+    parser.add_argument("--pair-score", default="auto",
+                        help="confidence_sum | matches@0.5 ... | inliers | auto, or per species: "
+                        "nyala=inliers,lion=auto")
     parser.add_argument("--identities", type=int, default=0,
                         help="reduced scale: this many random individuals per species")
     parser.add_argument("--dump-pairs", action="store_true",

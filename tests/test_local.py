@@ -660,3 +660,43 @@ def test_queries_compared_with_their_orientation_and_chosen_per_species(real_sub
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--orientation", "nyala=flip",
                                       "--preset", "accurate", "--local", "sift"])
     assert result.exit_code == 2 and "unknown orientation 'flip'" in result.output, result.output
+
+
+def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subset, tmp_path):
+    """``pair_score`` by species: each query's pairs are calibrated on its species' score (RANSAC
+    inliers for nyala, matches above 0.5 for lion here), so each candidate's score is the
+    calibrated value of that column; ``auto`` chooses per species the score naming most of the
+    database's pseudo-known queries right, and RANSAC runs on query pairs only where kept."""
+    from wildreid.matching import PAIR_SCORES
+
+    dataset = load_dataset(real_subset)
+    queries = dataset.query.reset_index(drop=True)
+    setting = {"nyala": "inliers", None: "matches@0.5"}
+    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
+                            device="cpu", keep_pair_scores=True, keypoints_on="image",
+                            orientation="any", fusion="local", pair_score=setting
+                            ).fit(dataset.database)
+    reranking = identifier.reranking_
+    assert reranking.pair_score_ == setting and reranking.pair_score_choice_ == {}
+    candidates = identifier.predict_candidates(queries, k=1)
+    table = reranking.scoring_.pair_tables["query pairs"]
+    species = queries["species"].to_numpy()[table["first"]]
+    kept = np.where(species == "nyala", table["sift:inliers"], table["sift:matches@0.5"])
+    assert not np.allclose(kept, table["sift:confidence_sum"])  # the case is reached
+    assert (table["sift:inliers"][species == "nyala"] > 0).any()
+    fused = reranking.calibration_.fuse({"sift": kept.astype(np.float32)}, ("sift",))
+    best = pd.Series(fused).groupby(table["first"].to_numpy()).max()
+    assert np.allclose(candidates["score"].to_numpy(), best.sort_index().to_numpy(), atol=1e-6)
+
+    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
+                            device="cpu", keypoints_on="image", orientation="any"
+                            ).fit(dataset.database)
+    reranking = identifier.reranking_
+    assert set(reranking.pair_score_choice_) == {"nyala", "lion"}
+    for name, top1 in reranking.pair_score_choice_.items():
+        assert list(top1) == list(PAIR_SCORES)
+        assert reranking.pair_score_[name] == max(PAIR_SCORES, key=top1.get)
+    assert reranking.local_scorer_.ransac == ("inliers" in reranking.pair_score_.values())
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--pair-score", "lion=best",
+                                      "--preset", "accurate", "--local", "sift"])
+    assert result.exit_code == 2 and "unknown pair-score 'best'" in result.output, result.output

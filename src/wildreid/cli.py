@@ -120,6 +120,10 @@ def identify(
                                     "with: any | same (those of its orientation column: the "
                                     "same flank) | auto (chosen per species on the database), "
                                     "or per species as 'nyala=same,lion=any' [default: auto]."),
+    pair_score: str = typer.Option(None, help="Which local score of a pair is calibrated: "
+                                   "confidence_sum | matches@0.2 ... | inliers (RANSAC) | auto "
+                                   "(chosen per species on the database), or per species as "
+                                   "'nyala=inliers,lion=auto' [default: auto]."),
     cluster_new: bool = typer.Option(False, "--cluster-new", help="Group the queries answered "
                                      "new_individual into proposed new individuals "
                                      "(new_individual_1, ...), cut as fitted on the database."),
@@ -151,6 +155,7 @@ def identify(
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
             local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side,
             keypoints_on=keypoints_on, fusion=fusion, orientation=orientation,
+            pair_score=pair_score,
             wildlife_dataset=wildlife_datasets,
             cluster_new=cluster_new, ray=ray)
     from wildreid.grouping import is_new, is_proposed

@@ -79,6 +79,10 @@ class Identifier(BaseEstimator):
         species), ``"same"`` (those of its ``orientation``, and of the mirror view with
         ``mirror="opposite"``) or ``"auto"`` (the default: per species, ``same`` where it names
         more of the database's pseudo-queries right); a dict gives it per species.
+        ``pair_score``: which of a matcher's scores of a pair is calibrated —
+        ``"confidence_sum"``, ``"matches@<confidence>"``, ``"inliers"`` (RANSAC) or ``"auto"``
+        (the default: per species, the one that names more of the database's pseudo-queries
+        right); a dict gives it per species.
     cluster_new: :meth:`predict` gives the queries answered ``new_individual`` proposed new
         individuals (``new_individual_1``...): clustered on the similarity that ranks candidates
         (:meth:`similarity`), cut as fitted on the database's pseudo-unknowns
@@ -105,6 +109,7 @@ class Identifier(BaseEstimator):
                  keypoints_on: str | dict[str | None, str] = "auto",
                  mirror: str = "none", fusion: str | dict[str | None, str] = "auto",
                  orientation: str | dict[str | None, str] = "auto",
+                 pair_score: str | dict[str | None, str] = "auto",
                  keep_pair_scores: bool = False, cluster_new: bool = False,
                  ray: str | None = None, seed: int = 0):
         self.model = model
@@ -125,6 +130,7 @@ class Identifier(BaseEstimator):
         self.mirror = mirror
         self.fusion = fusion
         self.orientation = orientation
+        self.pair_score = pair_score
         self.keep_pair_scores = keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.cluster_new = cluster_new
@@ -265,7 +271,7 @@ class Identifier(BaseEstimator):
                 device=self.device, cache_dir=self.cache_dir, workers=self.workers,
                 progress=self.progress, seed=self.seed, mirror=self.mirror,
                 keep_pair_scores=self.keep_pair_scores, ray=self.ray, fusion=self.fusion,
-                orientation=self.orientation).fit(
+                orientation=self.orientation, pair_score=self.pair_score).fit(
                     database, features, self.isolator)
         if self.threshold == "auto" and self.reranking_ is not None:
             self.decision_ = self.reranking_.decision_

@@ -26,6 +26,7 @@ from sklearn.base import BaseEstimator
 from wildreid.distributed import RayPool
 from wildreid.fusion import Calibration, cross_fitted_calibration
 from wildreid.isolation import Isolator, by_species
+from wildreid.matching import PAIR_SCORES
 from wildreid.openset import OpenSetDecision, pseudo_split, species_keys
 from wildreid.ranking import index_dir, nearest_images
 from wildreid.scorers import (
@@ -33,6 +34,7 @@ from wildreid.scorers import (
     LocalScorer,
     PairScoring,
     Side,
+    kept_score,
     keypoint_regions,
     mirror_view,
 )
@@ -50,6 +52,13 @@ FUSIONS = ("all", "local", "auto")
 #: ``orientation`` (and of the mirror view when ``mirror="opposite"``), or ``auto``: per species,
 #: the one that names more of the database's pseudo-queries right (:meth:`LocalReranking.fit`).
 ORIENTATIONS = ("any", "same", "auto")
+#: Which of a matcher's scores of a pair is calibrated: one of
+#: :data:`~wildreid.matching.PAIR_SCORES` (the sum of match confidences, matches above a
+#: confidence, RANSAC inliers), or ``auto``: per species, the one that names more of the
+#: database's pseudo-queries right (:meth:`LocalReranking.fit`).
+PAIR_SCORE_CHOICES = (*PAIR_SCORES, "auto")
+#: The pair score of species that name none, and of those choosing until they have chosen.
+_DEFAULT_PAIR_SCORE = "confidence_sum"
 
 
 class LocalReranking(BaseEstimator):
@@ -62,6 +71,12 @@ class LocalReranking(BaseEstimator):
     gives it per species (key ``None``: the rest); ``auto`` chooses per species, on pseudo-queries
     of the database, the place whose matches name more of them right (``keypoints_on_`` after
     ``fit``; ``keypoint_choice_`` holds the top-1 of each place).
+    ``pair_score``: which of a matcher's scores of a pair is calibrated
+    (:data:`PAIR_SCORE_CHOICES`; a dict gives it per species, key ``None`` the rest): the sum of
+    match confidences, the matches above a confidence, the RANSAC inliers, or ``auto``: per
+    species, the one whose raw values name most pseudo-known queries of the database right over
+    the calibration pairs (``pair_score_`` after ``fit``, ``pair_score_choice_`` the top-1 of
+    each; RANSAC runs on the query pairs only where inliers are kept).
     ``calibration_queries``: pseudo-queries per species used to fit calibration and thresholds
     (the pair sample stays ``calibration_queries x shortlist`` whatever the database size).
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
@@ -87,7 +102,8 @@ class LocalReranking(BaseEstimator):
     def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int | None = 100,
                  max_keypoints: int = 512, long_side: int = 512,
                  keypoints_on: str | dict[str | None, str] = "auto",
-                 pair_score: str = "confidence_sum", calibration_queries: int = 300,
+                 pair_score: str | dict[str | None, str] = "auto",
+                 calibration_queries: int = 300,
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, seed: int = 0,
                  keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None,
@@ -130,11 +146,17 @@ class LocalReranking(BaseEstimator):
         if any(value not in ORIENTATIONS for value in orientations):
             raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)} (or a dict of "
                              f"them by species), not {self.orientation!r}")
+        pair_scores = self._pair_score_setting().values()
+        if any(value not in PAIR_SCORE_CHOICES for value in pair_scores):
+            raise ValueError(f"pair_score must be one of {', '.join(PAIR_SCORE_CHOICES)} (or a "
+                             f"dict of them by species), not {self.pair_score!r}")
         self.pool_ = None if self.ray is None else RayPool(self.ray)
+        # The default column; each species' own is taken from every score by _kept.
         self.local_scorer_ = LocalScorer(self.features, self.max_keypoints, self.long_side,
-                                         self.pair_score, self.mirror, self.device,
+                                         _DEFAULT_PAIR_SCORE, self.mirror, self.device,
                                          self.batch_size, self.cache_dir, self.workers,
-                                         self.progress, self.pool_, ransac=self.keep_pair_scores)
+                                         self.progress, self.pool_,
+                                         ransac=self._needs_ransac(pair_scores))
         self.scoring_ = PairScoring([CosineScorer(), self.local_scorer_], self.keep_pair_scores)
 
     def fit(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None
@@ -146,6 +168,10 @@ class LocalReranking(BaseEstimator):
         split = pseudo_split(identities, rng)
         if split is None:
             raise ValueError("local re-ranking needs 3 or more database identities to calibrate")
+        # Species choosing their pair score use the confidence sum until they have chosen.
+        pair_scores = self._pair_score_setting()
+        self.pair_score_ = {key: (_DEFAULT_PAIR_SCORE if value == "auto" else value)
+                            for key, value in {None: _DEFAULT_PAIR_SCORE, **pair_scores}.items()}
         self.keypoints_on_ = self._choose_places(images, features, species, split, isolator, rng)
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
         self.database_ = Side(images, features, regions,
@@ -161,7 +187,13 @@ class LocalReranking(BaseEstimator):
         self.orientation_ = {key: ("any" if value == "auto" else value)
                              for key, value in {None: "any", **setting}.items()}
         rows, pairs = self._calibration_pairs(queries, reference, features, species)
-        scores = self.scoring_.score(self.database_, self.database_, pairs, "calibration pairs")
+        columns = self.scoring_.score(self.database_, self.database_, pairs, "calibration pairs",
+                                      details=True)
+        self.pair_score_, self.pair_score_choice_ = self._choose_pair_score(
+            pair_scores, columns, pairs, rows, queries, identities, species, unknown)
+        # RANSAC (CPU time) from here on only where a species keeps its inliers.
+        self.local_scorer_.ransac = self._needs_ransac(self.pair_score_.values())
+        scores = self._kept(columns, species[pairs[:, 0]])
         fixed = dict(self.orientation_)
         self.orientation_, self.orientation_choice_ = self._choose_orientation(
             setting, scores, pairs, rows, queries, identities, species, unknown)
@@ -212,11 +244,72 @@ class LocalReranking(BaseEstimator):
         missing = where < 0
         found = {name: values[np.maximum(where, 0)] for name, values in scores.items()}
         if missing.any():
-            extra = self.scoring_.score(self.database_, self.database_, wanted[missing],
-                                        "calibration pairs of the same orientation")
+            extra = self._scored(self.database_, self.database_, wanted[missing],
+                                 "calibration pairs of the same orientation",
+                                 self.database_species_[wanted[missing, 0]])
             for name, values in extra.items():
                 found[name][missing] = values
         return rows, wanted, found
+
+    def _pair_score_setting(self) -> dict[str | None, str]:
+        return (dict(self.pair_score) if isinstance(self.pair_score, dict)
+                else {None: self.pair_score})
+
+    def _needs_ransac(self, pair_scores) -> bool:
+        """Whether RANSAC inliers are computed, given the pair scores set or chosen."""
+        return self.keep_pair_scores or bool({"inliers", "auto"} & set(pair_scores))
+
+    def _scored(self, query: Side, gallery: Side, pairs: np.ndarray, description: str,
+                species: np.ndarray, mirror: bool = True) -> dict[str, np.ndarray]:
+        """The scores (``scoring_.names``) of ``pairs``, each matcher's being the pair score
+        of its query's ``species`` (``pair_score_``)."""
+        return self._kept(self.scoring_.score(query, gallery, pairs, description, mirror,
+                                              details=True), species)
+
+    def _kept(self, columns: dict[str, np.ndarray], species: np.ndarray) -> dict[str, np.ndarray]:
+        """From every column of a scoring, the scores: the cosine and each matcher's pair score
+        of each pair's query ``species`` (``pair_score_``)."""
+        scores = {name: columns[name] for name in self.scoring_.names}
+        chosen = by_species(self.pair_score_, species, _DEFAULT_PAIR_SCORE)
+        for matcher in self.features:
+            found = np.empty(len(chosen), np.float32)
+            for pair_score in dict.fromkeys(chosen):
+                rows = chosen == pair_score
+                found[rows] = kept_score(columns, matcher, pair_score)[rows]
+            scores[matcher] = found
+        return scores
+
+    def _choose_pair_score(self, setting: dict, columns: dict[str, np.ndarray],
+                           pairs: np.ndarray, rows: np.ndarray, queries: np.ndarray,
+                           identities: np.ndarray, species: np.ndarray, unknown: np.ndarray
+                           ) -> tuple[dict[str | None, str], dict]:
+        """``pair_score`` (``setting``, by species) with every ``auto`` resolved per species:
+        of :data:`~wildreid.matching.PAIR_SCORES`, the one whose raw values (summed over the
+        matchers, then the cosine) name most of the species' pseudo-known ``queries`` right
+        over their calibration ``pairs`` (pseudo-query ``rows``, every ``columns`` of their
+        scoring); the first in that order on a tie (the confidence sum)."""
+        resolved = dict(self.pair_score_)
+        truth = identities[queries]
+        table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
+                              "cosine": columns["cosine"]})
+        choice: dict = {}
+        for name in dict.fromkeys(species[queries]):
+            if by_species(setting, [name], _DEFAULT_PAIR_SCORE)[0] != "auto":
+                continue
+            known = (species[queries] == name) & ~unknown
+            if not known.any():
+                continue
+            mine = species[queries][rows] == name
+            top1 = {}
+            for pair_score in PAIR_SCORES:
+                score = np.sum([kept_score(columns, matcher, pair_score)[mine]
+                                for matcher in self.features], axis=0)
+                best = _top_identities(table[mine].assign(score=score), len(queries),
+                                       1)["identity"][:, 0]
+                top1[pair_score] = float(np.mean(best[known] == truth[known]))
+            choice[name] = top1
+            resolved[name] = max(PAIR_SCORES, key=top1.get)  # the first of the best
+        return resolved, choice
 
     def _views(self, orientation: np.ndarray, species: np.ndarray) -> list[frozenset | None]:
         """Per image, the database orientations it is compared with (``None``: every one)."""
@@ -296,8 +389,8 @@ class LocalReranking(BaseEstimator):
                                                      f"{name}: choosing keypoints ({place})")
                 side = Side(subset, features[members], regions, found)
                 # Not mirrored: each place is judged on the pairs as they are.
-                scores = self.scoring_.score(side, side, pairs,
-                                             f"{name}: keypoints on the {place}", mirror=False)
+                scores = self._scored(side, side, pairs, f"{name}: keypoints on the {place}",
+                                      np.full(len(pairs), name, dtype=object), mirror=False)
                 hits = []
                 for matcher in self.features:
                     table = pd.DataFrame({"query": rows, "identity": identities[members][
@@ -400,7 +493,7 @@ class LocalReranking(BaseEstimator):
                                       self._views(queries.orientation, species))
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([rows, shortlist[rows, columns]], 1)
-        scores = self.scoring_.score(queries, self.database_, pairs, "query pairs")
+        scores = self._scored(queries, self.database_, pairs, "query pairs", species[rows])
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
                               "score": self._fused(scores, species[rows]),
                               "local": self._local_evidence(scores, species[rows]),
@@ -429,8 +522,8 @@ class LocalReranking(BaseEstimator):
         regions = keypoint_regions(images, self.keypoints_on_, isolator, f"{description}: regions")
         side = Side(images, features, regions,
                     self.local_scorer_.keypoints(images, regions, description))
-        scores = self.scoring_.score(side, side, pairs, f"{description} pairs")
         species = species_keys(images.get("species"), count)
+        scores = self._scored(side, side, pairs, f"{description} pairs", species[pairs[:, 0]])
         fused = self._fused(scores, species[pairs[:, 0]])
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused

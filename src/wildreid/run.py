@@ -65,7 +65,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                      local: Sequence[str] | None = None, mirror: str = "none",
                      max_keypoints: int | None = None, long_side: int = 512,
                      keypoints_on: str | None = None, fusion: str | None = None,
-                     orientation: str | None = None,
+                     orientation: str | None = None, pair_score: str | None = None,
                      wildlife_dataset: str | None = None,
                      cluster_new: bool = False, ray: str | None = None) -> Run:
     """Identify every query of a dataset and write the run folder (``output``'s): the
@@ -95,6 +95,11 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
 
         configuration["orientation"] = parse_by_species(orientation, ORIENTATIONS, "orientation",
                                                         "nyala=same,lion=any")
+    if pair_score is not None:
+        from wildreid.rerank import PAIR_SCORE_CHOICES
+
+        configuration["pair_score"] = parse_by_species(pair_score, PAIR_SCORE_CHOICES,
+                                                       "pair-score", "nyala=inliers,lion=auto")
 
     dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_dataset)
     if dataset.query.empty:
@@ -122,6 +127,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         configuration["fusion_chosen"] = {k: list(v) for k, v in
                                           identifier.reranking_.fusion_.items()}
         configuration["orientation_chosen"] = identifier.reranking_.orientation_
+        configuration["pair_score_chosen"] = identifier.reranking_.pair_score_
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
         "wildlife_dataset": wildlife_dataset,

@@ -126,9 +126,11 @@ class PairScoring:
             raise ValueError(f"two scorers give scores of one name: {self.names}")
 
     def score(self, query: Side, gallery: Side, pairs: np.ndarray, description: str,
-              mirror: bool = True) -> dict[str, np.ndarray]:
+              mirror: bool = True, details: bool = False) -> dict[str, np.ndarray]:
         """Each score (:attr:`names`) of each ``(query row, gallery row)`` of ``pairs``. The
-        gallery may be the queries themselves. ``mirror=False``: no pair matched mirrored."""
+        gallery may be the queries themselves. ``mirror=False``: no pair matched mirrored.
+        ``details``: every column the scorers give (each matcher's
+        :data:`~wildreid.matching.PAIR_SCORES`) besides the scores."""
         pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
         columns: dict[str, np.ndarray] = {}
         for scorer in self.scorers:
@@ -136,7 +138,7 @@ class PairScoring:
         if self.keep_pair_scores:
             self.pair_tables[description] = pd.DataFrame(
                 {"first": pairs[:, 0], "second": pairs[:, 1], **columns})
-        return {name: columns[name] for name in self.names}
+        return columns if details else {name: columns[name] for name in self.names}
 
 
 class _MirroredQueries(NamedTuple):
@@ -153,6 +155,8 @@ class LocalScorer:
     ``disk``, ``sift``, ``orb``: the one registered for each), from the sides' keypoints.
 
     ``pair_score``: which of a matcher's scores (:data:`~wildreid.matching.PAIR_SCORES`) is kept.
+    ``ransac``: compute RANSAC inliers (CPU time) even when they are not the kept score; an
+    attribute a caller may set between calls.
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
     are mirror views (``opposite``) or for every pair (``all``); the better score is kept.
     ``pool``: a :class:`~wildreid.distributed.RayPool` for keypoints and matching.
@@ -244,6 +248,12 @@ class LocalScorer:
                 if flipped.any():  # NaN where the pair was not matched mirrored
                     columns[f"{name}:mirrored:{key}"] = np.full(len(pairs), np.nan, np.float32)
                     columns[f"{name}:mirrored:{key}"][flipped] = found[key][len(pairs):]
-            columns[name] = np.fmax(columns[f"{name}:{self.pair_score}"],
-                                    columns.get(f"{name}:mirrored:{self.pair_score}", np.nan))
+            columns[name] = kept_score(columns, name, self.pair_score)
         return columns
+
+
+def kept_score(columns: dict[str, np.ndarray], matcher: str, pair_score: str) -> np.ndarray:
+    """``matcher``'s ``pair_score`` of each pair from a :meth:`LocalScorer.score`'s detail
+    ``columns``: the better of the pair as it is and mirrored (where it was matched mirrored)."""
+    return np.fmax(columns[f"{matcher}:{pair_score}"],
+                   columns.get(f"{matcher}:mirrored:{pair_score}", np.nan))
