@@ -33,7 +33,13 @@ from wildreid.features import resolve_device
 from wildreid.isolation import parse_by_species, parse_isolation
 from wildreid.metrics import best_threshold, evaluate, threshold_curve
 from wildreid.pipeline import Identifier
-from wildreid.rerank import FUSIONS, KEYPOINT_PLACES, ORIENTATIONS, PAIR_SCORE_CHOICES
+from wildreid.rerank import (
+    AGGREGATIONS,
+    FUSIONS,
+    KEYPOINT_PLACES,
+    ORIENTATIONS,
+    PAIR_SCORE_CHOICES,
+)
 
 
 def machine(device: str) -> str:
@@ -106,7 +112,10 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                             orientation=parse_by_species(args.orientation, ORIENTATIONS,
                                                          "orientation", "nyala=same"),
                             pair_score=parse_by_species(args.pair_score, PAIR_SCORE_CHOICES,
-                                                        "pair-score", "nyala=inliers"))
+                                                        "pair-score", "nyala=inliers"),
+                            local_aggregation=parse_by_species(
+                                args.local_aggregation, AGGREGATIONS, "local-aggregation",
+                                "nyala=top2"))
     start = time.perf_counter()
     described = identifier.describe(dataset.metadata, "all images")
     describe_seconds = time.perf_counter() - start
@@ -136,6 +145,9 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
         "pair_score": args.pair_score,
         "pair_score_chosen": learned(identifier, "pair_score_"),
         "pair_score_choice": learned(identifier, "pair_score_choice_"),
+        "local_aggregation": args.local_aggregation,
+        "local_aggregation_chosen": learned(identifier, "aggregation_"),
+        "local_aggregation_choice": learned(identifier, "aggregation_choice_"),
         "wall_s": round(wall, 2),
         "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()},
@@ -229,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pair-score", default="auto",
                         help="confidence_sum | matches@0.5 ... | inliers | auto, or per species: "
                         "nyala=inliers,lion=auto")
+    parser.add_argument("--local-aggregation", default="auto",
+                        help="max | top2 | auto, or per species: nyala=top2,lion=max")
     parser.add_argument("--identities", type=int, default=0,
                         help="reduced scale: this many random individuals per species")
     parser.add_argument("--dump-pairs", action="store_true",

@@ -124,6 +124,11 @@ def identify(
                                    "confidence_sum | matches@0.2 ... | inliers (RANSAC) | auto "
                                    "(chosen per species on the database), or per species as "
                                    "'nyala=inliers,lion=auto' [default: auto]."),
+    local_aggregation: str = typer.Option(None, help="An identity's score from its photos' "
+                                          "fused pair scores: max (its best photo) | top2 (the "
+                                          "sum of its best two) | auto (chosen per species on "
+                                          "the database), or per species as "
+                                          "'nyala=top2,lion=max' [default: auto]."),
     cluster_new: bool = typer.Option(False, "--cluster-new", help="Group the queries answered "
                                      "new_individual into proposed new individuals "
                                      "(new_individual_1, ...), cut as fitted on the database."),
@@ -155,7 +160,7 @@ def identify(
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
             local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side,
             keypoints_on=keypoints_on, fusion=fusion, orientation=orientation,
-            pair_score=pair_score,
+            pair_score=pair_score, local_aggregation=local_aggregation,
             wildlife_dataset=wildlife_datasets,
             cluster_new=cluster_new, ray=ray)
     from wildreid.grouping import is_new, is_proposed

@@ -82,7 +82,10 @@ class Identifier(BaseEstimator):
         ``pair_score``: which of a matcher's scores of a pair is calibrated —
         ``"confidence_sum"``, ``"matches@<confidence>"``, ``"inliers"`` (RANSAC) or ``"auto"``
         (the default: per species, the one that names more of the database's pseudo-queries
-        right); a dict gives it per species.
+        right); a dict gives it per species. ``local_aggregation``: an identity's score from its
+        images' fused pair scores — ``"max"`` (its best image), ``"top2"`` (the sum of its best
+        two) or ``"auto"`` (the default: per species, ``top2`` where it names more of the
+        database's pseudo-queries right); a dict gives it per species.
     cluster_new: :meth:`predict` gives the queries answered ``new_individual`` proposed new
         individuals (``new_individual_1``...): clustered on the similarity that ranks candidates
         (:meth:`similarity`), cut as fitted on the database's pseudo-unknowns
@@ -110,6 +113,7 @@ class Identifier(BaseEstimator):
                  mirror: str = "none", fusion: str | dict[str | None, str] = "auto",
                  orientation: str | dict[str | None, str] = "auto",
                  pair_score: str | dict[str | None, str] = "auto",
+                 local_aggregation: str | dict[str | None, str] = "auto",
                  keep_pair_scores: bool = False, cluster_new: bool = False,
                  ray: str | None = None, seed: int = 0):
         self.model = model
@@ -131,6 +135,7 @@ class Identifier(BaseEstimator):
         self.fusion = fusion
         self.orientation = orientation
         self.pair_score = pair_score
+        self.local_aggregation = local_aggregation
         self.keep_pair_scores = keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.cluster_new = cluster_new
@@ -271,7 +276,8 @@ class Identifier(BaseEstimator):
                 device=self.device, cache_dir=self.cache_dir, workers=self.workers,
                 progress=self.progress, seed=self.seed, mirror=self.mirror,
                 keep_pair_scores=self.keep_pair_scores, ray=self.ray, fusion=self.fusion,
-                orientation=self.orientation, pair_score=self.pair_score).fit(
+                orientation=self.orientation, pair_score=self.pair_score,
+                aggregation=self.local_aggregation).fit(
                     database, features, self.isolator)
         if self.threshold == "auto" and self.reranking_ is not None:
             self.decision_ = self.reranking_.decision_

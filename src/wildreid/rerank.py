@@ -57,6 +57,12 @@ ORIENTATIONS = ("any", "same", "auto")
 #: confidence, RANSAC inliers), or ``auto``: per species, the one that names more of the
 #: database's pseudo-queries right (:meth:`LocalReranking.fit`).
 PAIR_SCORE_CHOICES = (*PAIR_SCORES, "auto")
+#: How an identity's score is read from its images' fused pair scores with a query: the best
+#: one (``max``), the sum of its best two (``top2``: two good views outweigh one), or ``auto``:
+#: per species, the one that names more of the database's pseudo-queries right.
+AGGREGATIONS = ("max", "top2", "auto")
+#: Images summed into an identity's score, by aggregation.
+_IMAGES_SUMMED = {"max": 1, "top2": 2}
 #: The pair score of species that name none, and of those choosing until they have chosen.
 _DEFAULT_PAIR_SCORE = "confidence_sum"
 
@@ -77,6 +83,10 @@ class LocalReranking(BaseEstimator):
     species, the one whose raw values name most pseudo-known queries of the database right over
     the calibration pairs (``pair_score_`` after ``fit``, ``pair_score_choice_`` the top-1 of
     each; RANSAC runs on the query pairs only where inliers are kept).
+    ``aggregation``: how an identity's score is read from its images' fused pair scores
+    (:data:`AGGREGATIONS`; a dict gives it per species): its best image's (``max``), the sum of
+    its best two (``top2``), or ``auto``: per species, ``top2`` when it names more pseudo-known
+    queries of the database right out of fold (``aggregation_``, ``aggregation_choice_``).
     ``calibration_queries``: pseudo-queries per species used to fit calibration and thresholds
     (the pair sample stays ``calibration_queries x shortlist`` whatever the database size).
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
@@ -108,7 +118,8 @@ class LocalReranking(BaseEstimator):
                  workers: int | None = None, progress: bool = True, seed: int = 0,
                  keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None,
                  fusion: str | dict[str | None, str] = "auto",
-                 orientation: str | dict[str | None, str] = "auto"):
+                 orientation: str | dict[str | None, str] = "auto",
+                 aggregation: str | dict[str | None, str] = "auto"):
         self.features = features
         self.shortlist = shortlist
         self.max_keypoints = max_keypoints
@@ -128,6 +139,7 @@ class LocalReranking(BaseEstimator):
         self.ray = ray
         self.fusion = fusion
         self.orientation = orientation
+        self.aggregation = aggregation
 
     def _build(self) -> None:
         """Check the parameters and build the components: the scorers (keypoint extractors and
@@ -146,6 +158,11 @@ class LocalReranking(BaseEstimator):
         if any(value not in ORIENTATIONS for value in orientations):
             raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)} (or a dict of "
                              f"them by species), not {self.orientation!r}")
+        aggregations = (self.aggregation.values() if isinstance(self.aggregation, dict)
+                        else [self.aggregation])
+        if any(value not in AGGREGATIONS for value in aggregations):
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)} (or a dict of "
+                             f"them by species), not {self.aggregation!r}")
         pair_scores = self._pair_score_setting().values()
         if any(value not in PAIR_SCORE_CHOICES for value in pair_scores):
             raise ValueError(f"pair_score must be one of {', '.join(PAIR_SCORE_CHOICES)} (or a "
@@ -212,7 +229,9 @@ class LocalReranking(BaseEstimator):
             scores, calibrated, table, species[queries], identities[queries], unknown)
         table["score"] = self._fused(calibrated, species[pairs[:, 0]], mean=True)
         table["local"] = self._local_evidence(scores, species[pairs[:, 0]])
-        top = _top_identities(table, len(queries), 1)
+        self.aggregation_, self.aggregation_choice_ = self._choose_aggregation(
+            table, queries, identities, species, unknown)
+        top = _top_identities(table, len(queries), 1, self._images_summed(species[pairs[:, 0]]))
         self.decision_ = OpenSetDecision.from_pseudo_queries(
             identities[queries], top["identity"][:, 0], top["score"][:, 0], unknown,
             species[queries])
@@ -310,6 +329,39 @@ class LocalReranking(BaseEstimator):
             choice[name] = top1
             resolved[name] = max(PAIR_SCORES, key=top1.get)  # the first of the best
         return resolved, choice
+
+    def _choose_aggregation(self, table: pd.DataFrame, queries: np.ndarray,
+                            identities: np.ndarray, species: np.ndarray, unknown: np.ndarray
+                            ) -> tuple[dict[str | None, str], dict]:
+        """``aggregation`` with every ``auto`` resolved per species: the top-1 of the species'
+        pseudo-known ``queries`` by each aggregation of the out-of-fold fused scores of their
+        calibration pairs (``table``); ``top2`` only when it names more of them right."""
+        setting = (dict(self.aggregation) if isinstance(self.aggregation, dict)
+                   else {None: self.aggregation})
+        resolved = {key: ("max" if value == "auto" else value)
+                    for key, value in {None: "max", **setting}.items()}
+        truth = identities[queries]
+        choice: dict = {}
+        for name in dict.fromkeys(species[queries]):
+            if by_species(setting, [name], "max")[0] != "auto":
+                continue
+            known = (species[queries] == name) & ~unknown
+            if not known.any():
+                continue
+            mine = table[species[queries][table["query"].to_numpy()] == name]
+            top1 = {}
+            for aggregation, summed in _IMAGES_SUMMED.items():
+                best = _top_identities(mine, len(queries), 1, summed)["identity"][:, 0]
+                top1[aggregation] = float(np.mean(best[known] == truth[known]))
+            choice[name] = top1
+            resolved[name] = "top2" if top1["top2"] > top1["max"] else "max"
+        return resolved, choice
+
+    def _images_summed(self, species: np.ndarray) -> np.ndarray:
+        """Per pair, the images summed into its identity's score (its query's species'
+        ``aggregation_``)."""
+        return np.array([_IMAGES_SUMMED[value] for value in
+                         by_species(self.aggregation_, species, "max")], np.int64)
 
     def _views(self, orientation: np.ndarray, species: np.ndarray) -> list[frozenset | None]:
         """Per image, the database orientations it is compared with (``None``: every one)."""
@@ -498,7 +550,7 @@ class LocalReranking(BaseEstimator):
                               "score": self._fused(scores, species[rows]),
                               "local": self._local_evidence(scores, species[rows]),
                               "cosine": scores["cosine"], "image": pairs[:, 1]})
-        top = _top_identities(table, len(images), k)
+        top = _top_identities(table, len(images), k, self._images_summed(species[rows]))
         return top["identity"], top["score"], top["image"]
 
 
@@ -548,15 +600,28 @@ def _evidence(scores: dict[str, np.ndarray], names: Sequence[str], rows: np.ndar
     return np.sum(local, axis=0, dtype=np.float32) if local else np.zeros(len(rows), np.float32)
 
 
-def _top_identities(table: pd.DataFrame, queries: int, k: int) -> dict[str, np.ndarray]:
-    """Per query the ``k`` identities of highest fused score (their best image). Fused scores are
-    step functions (isotonic plateaus), so ties are broken by the raw local evidence (``local``,
-    when the table has it: within a plateau, more matches still mean more), then by the cosine —
-    by sorting on them, never by adding them (any weight added would outvote the smallest real
-    steps)."""
+def _top_identities(table: pd.DataFrame, queries: int, k: int,
+                    summed: int | np.ndarray = 1) -> dict[str, np.ndarray]:
+    """Per query the ``k`` identities of highest fused score: of their best image, or the sum
+    over their best ``summed`` images (per row of ``table``, or one for all; the image given is
+    the best one). Fused scores are step functions (isotonic plateaus), so ties are broken by
+    the raw local evidence (``local``, when the table has it: within a plateau, more matches
+    still mean more; summed as the scores are), then by the best image's cosine — by sorting on
+    them, never by adding them (any weight added would outvote the smallest real steps)."""
     keys = ["query", "score", *(["local"] if "local" in table.columns else []), "cosine"]
-    best = (table.sort_values(keys, ascending=[True] + [False] * (len(keys) - 1), kind="stable")
-            .drop_duplicates(["query", "identity"]))
+    order = [True] + [False] * (len(keys) - 1)
+    ranked = table.assign(summed=np.broadcast_to(summed, len(table))).sort_values(
+        keys, ascending=order, kind="stable")
+    if (ranked["summed"] == 1).all():
+        best = ranked.drop_duplicates(["query", "identity"])
+    else:
+        position = ranked.groupby(["query", "identity"]).cumcount().to_numpy()
+        ranked = ranked[position < ranked["summed"].to_numpy()]
+        grouped = ranked.groupby(["query", "identity"], sort=False)
+        best = grouped.first()  # the best image's row, its scores summed with the next ones'
+        for column in keys[1:-1]:
+            best[column] = grouped[column].sum()
+        best = best.reset_index().sort_values(keys, ascending=order, kind="stable")
     best = best.assign(rank=best.groupby("query").cumcount())
     best = best[best["rank"] < k]
     names = np.full((queries, k), "", dtype=object)
