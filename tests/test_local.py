@@ -617,10 +617,10 @@ def test_shortlist_of_a_view_keeps_its_orientation_and_unknown_ones():
     assert found[0][0] == 0  # still ranked by cosine
 
 
-def test_queries_compared_with_their_orientation_and_chosen_per_species(real_subset, tmp_path):
+def test_queries_compared_with_photos_of_their_orientation(real_subset, tmp_path):
     """``orientation="same"``: query pairs and calibration pairs join photos of one orientation
     (a flank with the same flank), or of the mirror view too with ``mirror="opposite"``;
-    ``auto`` chooses per species on the database's pseudo-queries."""
+    ``auto``: the test of the auto settings below."""
     from wildreid.scorers import mirror_view
 
     dataset = load_dataset(real_subset)
@@ -650,13 +650,6 @@ def test_queries_compared_with_their_orientation_and_chosen_per_species(real_sub
                 assert ("left", "right") not in set(views)
             lion = list(zip(first["orientation"][~is_nyala], second["orientation"][~is_nyala]))
             assert any(a != b for a, b in lion)  # lion compares every photo
-    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
-                            device="cpu", keypoints_on="image").fit(dataset.database)
-    reranking = identifier.reranking_
-    assert set(reranking.orientation_choice_) == {"nyala", "lion"}
-    for species, top1 in reranking.orientation_choice_.items():
-        expected = "same" if top1["same"] > top1["any"] else "any"
-        assert reranking.orientation_[species] == expected
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--orientation", "nyala=flip",
                                       "--preset", "accurate", "--local", "sift"])
     assert result.exit_code == 2 and "unknown orientation 'flip'" in result.output, result.output
@@ -665,10 +658,7 @@ def test_queries_compared_with_their_orientation_and_chosen_per_species(real_sub
 def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subset, tmp_path):
     """``pair_score`` by species: each query's pairs are calibrated on its species' score (RANSAC
     inliers for nyala, matches above 0.5 for lion here), so each candidate's score is the
-    calibrated value of that column; ``auto`` chooses per species the score naming most of the
-    database's pseudo-known queries right, and RANSAC runs on query pairs only where kept."""
-    from wildreid.matching import PAIR_SCORES
-
+    calibrated value of that column (``auto``: the test of the auto settings below)."""
     dataset = load_dataset(real_subset)
     queries = dataset.query.reset_index(drop=True)
     setting = {"nyala": "inliers", None: "matches@0.5"}
@@ -687,16 +677,6 @@ def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subse
     fused = reranking.calibration_.fuse({"sift": kept.astype(np.float32)}, ("sift",))
     best = pd.Series(fused).groupby(table["first"].to_numpy()).max()
     assert np.allclose(candidates["score"].to_numpy(), best.sort_index().to_numpy(), atol=1e-6)
-
-    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
-                            device="cpu", keypoints_on="image", orientation="any"
-                            ).fit(dataset.database)
-    reranking = identifier.reranking_
-    assert set(reranking.pair_score_choice_) == {"nyala", "lion"}
-    for name, top1 in reranking.pair_score_choice_.items():
-        assert list(top1) == list(PAIR_SCORES)
-        assert reranking.pair_score_[name] == max(PAIR_SCORES, key=top1.get)
-    assert reranking.local_scorer_.ransac == ("inliers" in reranking.pair_score_.values())
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--pair-score", "lion=best",
                                       "--preset", "accurate", "--local", "sift"])
     assert result.exit_code == 2 and "unknown pair-score 'best'" in result.output, result.output
@@ -705,7 +685,7 @@ def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subse
 def test_identity_score_from_its_best_image_or_best_two_per_species(real_subset, tmp_path):
     """``local_aggregation`` by species: a nyala identity scores the sum of its two best fused
     pair scores (``top2``), a lion identity its best one (``max``), the image given being its
-    best; ``auto`` keeps ``top2`` only where it names more pseudo-known queries right."""
+    best (``auto``: the test of the auto settings below)."""
     dataset = load_dataset(real_subset)
     queries = dataset.query.reset_index(drop=True)
     database = dataset.database.reset_index(drop=True)
@@ -739,10 +719,29 @@ def test_identity_score_from_its_best_image_or_best_two_per_species(real_subset,
         top_by_max = mine["identity"].iloc[0]
         reached |= summed == 2 and found["identity"].iloc[0] != top_by_max
     assert reached  # on some nyala query the sum of two names another identity than the best image
+
+
+def test_auto_settings_chosen_per_species_on_the_database(real_subset, tmp_path):
+    """Every ``auto`` of the local stage is chosen per species by ``fit``, on the database's
+    pseudo-queries: the orientation compared (``same`` only when it names more of them right),
+    the pair score (the first of the best, in :data:`~wildreid.matching.PAIR_SCORES` order) and
+    the identity aggregation (``top2`` only when better); RANSAC then runs on query pairs only
+    where a species keeps its inliers."""
+    from wildreid.matching import PAIR_SCORES
+
+    dataset = load_dataset(real_subset)
     identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
-                            device="cpu", keypoints_on="image", orientation="any"
-                            ).fit(dataset.database)
+                            device="cpu", keypoints_on="image").fit(dataset.database)
     reranking = identifier.reranking_
-    assert set(reranking.aggregation_choice_) == {"nyala", "lion"}
-    for name, top1 in reranking.aggregation_choice_.items():
-        assert reranking.aggregation_[name] == ("top2" if top1["top2"] > top1["max"] else "max")
+    for chosen, choice, options in ((reranking.orientation_, reranking.orientation_choice_,
+                                     ("any", "same")),
+                                    (reranking.pair_score_, reranking.pair_score_choice_,
+                                     PAIR_SCORES),
+                                    (reranking.aggregation_, reranking.aggregation_choice_,
+                                     ("max", "top2"))):
+        assert set(choice) == {"nyala", "lion"}
+        for species, top1 in choice.items():
+            assert list(top1) == list(options)
+            best = max(top1.values())
+            assert chosen[species] == next(o for o in options if top1[o] == best)
+    assert reranking.local_scorer_.ransac == ("inliers" in reranking.pair_score_.values())

@@ -144,36 +144,22 @@ class LocalReranking(BaseEstimator):
     def _build(self) -> None:
         """Check the parameters and build the components: the scorers (keypoint extractors and
         matchers)."""
-        places = (self.keypoints_on.values() if isinstance(self.keypoints_on, dict)
-                  else [self.keypoints_on])
-        if any(place not in KEYPOINT_PLACES for place in places):
-            raise ValueError(f"keypoints_on must be one of {', '.join(KEYPOINT_PLACES)} (or a "
-                             f"dict of them by species), not {self.keypoints_on!r}")
-        fusions = self.fusion.values() if isinstance(self.fusion, dict) else [self.fusion]
-        if any(fusion not in FUSIONS for fusion in fusions):
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)} (or a dict of them by "
-                             f"species), not {self.fusion!r}")
-        orientations = (self.orientation.values() if isinstance(self.orientation, dict)
-                        else [self.orientation])
-        if any(value not in ORIENTATIONS for value in orientations):
-            raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)} (or a dict of "
-                             f"them by species), not {self.orientation!r}")
-        aggregations = (self.aggregation.values() if isinstance(self.aggregation, dict)
-                        else [self.aggregation])
-        if any(value not in AGGREGATIONS for value in aggregations):
-            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)} (or a dict of "
-                             f"them by species), not {self.aggregation!r}")
-        pair_scores = self._pair_score_setting().values()
-        if any(value not in PAIR_SCORE_CHOICES for value in pair_scores):
-            raise ValueError(f"pair_score must be one of {', '.join(PAIR_SCORE_CHOICES)} (or a "
-                             f"dict of them by species), not {self.pair_score!r}")
+        for value, choices, name in ((self.keypoints_on, KEYPOINT_PLACES, "keypoints_on"),
+                                     (self.fusion, FUSIONS, "fusion"),
+                                     (self.orientation, ORIENTATIONS, "orientation"),
+                                     (self.pair_score, PAIR_SCORE_CHOICES, "pair_score"),
+                                     (self.aggregation, AGGREGATIONS, "aggregation")):
+            if any(choice not in choices for choice in _setting(value).values()):
+                raise ValueError(f"{name} must be one of {', '.join(choices)} (or a dict of them "
+                                 f"by species), not {value!r}")
         self.pool_ = None if self.ray is None else RayPool(self.ray)
         # The default column; each species' own is taken from every score by _kept.
         self.local_scorer_ = LocalScorer(self.features, self.max_keypoints, self.long_side,
                                          _DEFAULT_PAIR_SCORE, self.mirror, self.device,
                                          self.batch_size, self.cache_dir, self.workers,
                                          self.progress, self.pool_,
-                                         ransac=self._needs_ransac(pair_scores))
+                                         ransac=self._needs_ransac(
+                                             _until_chosen(self.pair_score, _DEFAULT_PAIR_SCORE)))
         self.scoring_ = PairScoring([CosineScorer(), self.local_scorer_], self.keep_pair_scores)
 
     def fit(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None
@@ -186,9 +172,7 @@ class LocalReranking(BaseEstimator):
         if split is None:
             raise ValueError("local re-ranking needs 3 or more database identities to calibrate")
         # Species choosing their pair score use the confidence sum until they have chosen.
-        pair_scores = self._pair_score_setting()
-        self.pair_score_ = {key: (_DEFAULT_PAIR_SCORE if value == "auto" else value)
-                            for key, value in {None: _DEFAULT_PAIR_SCORE, **pair_scores}.items()}
+        self.pair_score_ = _until_chosen(self.pair_score, _DEFAULT_PAIR_SCORE)
         self.keypoints_on_ = self._choose_places(images, features, species, split, isolator, rng)
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
         self.database_ = Side(images, features, regions,
@@ -199,21 +183,21 @@ class LocalReranking(BaseEstimator):
         queries, unknown = self._bounded(split.queries, split.unknown, species, rng)
         reference = split.reference
         # Species choosing their orientation compare every image until they have chosen.
-        setting = (dict(self.orientation) if isinstance(self.orientation, dict)
-                   else {None: self.orientation})
-        self.orientation_ = {key: ("any" if value == "auto" else value)
-                             for key, value in {None: "any", **setting}.items()}
+        self.orientation_ = _until_chosen(self.orientation, "any")
         rows, pairs = self._calibration_pairs(queries, reference, features, species)
+        # Species choosing their pair score need every score, inliers included, of these pairs
+        # (and of these alone: RANSAC costs CPU time).
+        self.local_scorer_.ransac = self._needs_ransac(_setting(self.pair_score))
         columns = self.scoring_.score(self.database_, self.database_, pairs, "calibration pairs",
                                       details=True)
+        truth = identities[queries]
         self.pair_score_, self.pair_score_choice_ = self._choose_pair_score(
-            pair_scores, columns, pairs, rows, queries, identities, species, unknown)
-        # RANSAC (CPU time) from here on only where a species keeps its inliers.
-        self.local_scorer_.ransac = self._needs_ransac(self.pair_score_.values())
+            columns, pairs, rows, truth, species[queries], unknown)
+        self.local_scorer_.ransac = self._needs_ransac(self.pair_score_)
         scores = self._kept(columns, species[pairs[:, 0]])
         fixed = dict(self.orientation_)
         self.orientation_, self.orientation_choice_ = self._choose_orientation(
-            setting, scores, pairs, rows, queries, identities, species, unknown)
+            scores, pairs, rows, queries, identities, species, unknown)
         if self.orientation_ != fixed:  # shortlisted anew as queries are; each pair scored once
             rows, pairs, scores = self._rescored(scores, pairs, *self._calibration_pairs(
                 queries, reference, features, species))
@@ -230,7 +214,7 @@ class LocalReranking(BaseEstimator):
         table["score"] = self._fused(calibrated, species[pairs[:, 0]], mean=True)
         table["local"] = self._local_evidence(scores, species[pairs[:, 0]])
         self.aggregation_, self.aggregation_choice_ = self._choose_aggregation(
-            table, queries, identities, species, unknown)
+            table, truth, species[queries], unknown)
         top = _top_identities(table, len(queries), 1, self._images_summed(species[pairs[:, 0]]))
         self.decision_ = OpenSetDecision.from_pseudo_queries(
             identities[queries], top["identity"][:, 0], top["score"][:, 0], unknown,
@@ -270,13 +254,10 @@ class LocalReranking(BaseEstimator):
                 found[name][missing] = values
         return rows, wanted, found
 
-    def _pair_score_setting(self) -> dict[str | None, str]:
-        return (dict(self.pair_score) if isinstance(self.pair_score, dict)
-                else {None: self.pair_score})
-
-    def _needs_ransac(self, pair_scores) -> bool:
-        """Whether RANSAC inliers are computed, given the pair scores set or chosen."""
-        return self.keep_pair_scores or bool({"inliers", "auto"} & set(pair_scores))
+    def _needs_ransac(self, pair_scores: dict[str | None, str]) -> bool:
+        """Whether RANSAC inliers are computed: kept by a species (or to be chosen from), or
+        every score kept for a study."""
+        return self.keep_pair_scores or bool({"inliers", "auto"} & set(pair_scores.values()))
 
     def _scored(self, query: Side, gallery: Side, pairs: np.ndarray, description: str,
                 species: np.ndarray, mirror: bool = True) -> dict[str, np.ndarray]:
@@ -298,64 +279,37 @@ class LocalReranking(BaseEstimator):
             scores[matcher] = found
         return scores
 
-    def _choose_pair_score(self, setting: dict, columns: dict[str, np.ndarray],
-                           pairs: np.ndarray, rows: np.ndarray, queries: np.ndarray,
-                           identities: np.ndarray, species: np.ndarray, unknown: np.ndarray
-                           ) -> tuple[dict[str | None, str], dict]:
-        """``pair_score`` (``setting``, by species) with every ``auto`` resolved per species:
+    def _choose_pair_score(self, columns: dict[str, np.ndarray], pairs: np.ndarray,
+                           rows: np.ndarray, truth: np.ndarray, query_species: np.ndarray,
+                           unknown: np.ndarray) -> tuple[dict[str | None, str], dict]:
+        """``pair_score`` with every ``auto`` resolved per species (:func:`_choose_per_species`):
         of :data:`~wildreid.matching.PAIR_SCORES`, the one whose raw values (summed over the
-        matchers, then the cosine) name most of the species' pseudo-known ``queries`` right
-        over their calibration ``pairs`` (pseudo-query ``rows``, every ``columns`` of their
-        scoring); the first in that order on a tie (the confidence sum)."""
-        resolved = dict(self.pair_score_)
-        truth = identities[queries]
-        table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
+        matchers, then the cosine) name most pseudo-known queries right over their calibration
+        ``pairs`` (pseudo-query ``rows``, every ``columns`` of their scoring); the first in
+        that order on a tie (the confidence sum)."""
+        table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
                               "cosine": columns["cosine"]})
-        choice: dict = {}
-        for name in dict.fromkeys(species[queries]):
-            if by_species(setting, [name], _DEFAULT_PAIR_SCORE)[0] != "auto":
-                continue
-            known = (species[queries] == name) & ~unknown
-            if not known.any():
-                continue
-            mine = species[queries][rows] == name
-            top1 = {}
-            for pair_score in PAIR_SCORES:
-                score = np.sum([kept_score(columns, matcher, pair_score)[mine]
-                                for matcher in self.features], axis=0)
-                best = _top_identities(table[mine].assign(score=score), len(queries),
-                                       1)["identity"][:, 0]
-                top1[pair_score] = float(np.mean(best[known] == truth[known]))
-            choice[name] = top1
-            resolved[name] = max(PAIR_SCORES, key=top1.get)  # the first of the best
-        return resolved, choice
 
-    def _choose_aggregation(self, table: pd.DataFrame, queries: np.ndarray,
-                            identities: np.ndarray, species: np.ndarray, unknown: np.ndarray
+        def best(pair_score: str) -> np.ndarray:
+            score = np.sum([kept_score(columns, matcher, pair_score)
+                            for matcher in self.features], axis=0)
+            return _top_identities(table.assign(score=score), len(truth), 1)["identity"][:, 0]
+
+        return _choose_per_species(self.pair_score, self.pair_score_, PAIR_SCORES, best, truth,
+                                   query_species, unknown)
+
+    def _choose_aggregation(self, table: pd.DataFrame, truth: np.ndarray,
+                            query_species: np.ndarray, unknown: np.ndarray
                             ) -> tuple[dict[str | None, str], dict]:
-        """``aggregation`` with every ``auto`` resolved per species: the top-1 of the species'
-        pseudo-known ``queries`` by each aggregation of the out-of-fold fused scores of their
-        calibration pairs (``table``); ``top2`` only when it names more of them right."""
-        setting = (dict(self.aggregation) if isinstance(self.aggregation, dict)
-                   else {None: self.aggregation})
-        resolved = {key: ("max" if value == "auto" else value)
-                    for key, value in {None: "max", **setting}.items()}
-        truth = identities[queries]
-        choice: dict = {}
-        for name in dict.fromkeys(species[queries]):
-            if by_species(setting, [name], "max")[0] != "auto":
-                continue
-            known = (species[queries] == name) & ~unknown
-            if not known.any():
-                continue
-            mine = table[species[queries][table["query"].to_numpy()] == name]
-            top1 = {}
-            for aggregation, summed in _IMAGES_SUMMED.items():
-                best = _top_identities(mine, len(queries), 1, summed)["identity"][:, 0]
-                top1[aggregation] = float(np.mean(best[known] == truth[known]))
-            choice[name] = top1
-            resolved[name] = "top2" if top1["top2"] > top1["max"] else "max"
-        return resolved, choice
+        """``aggregation`` with every ``auto`` resolved per species (:func:`_choose_per_species`):
+        the top-1 of pseudo-known queries by each aggregation of the out-of-fold fused scores of
+        their calibration pairs (``table``); ``top2`` only when it names more of them right."""
+        def best(aggregation: str) -> np.ndarray:
+            return _top_identities(table, len(truth), 1,
+                                   _IMAGES_SUMMED[aggregation])["identity"][:, 0]
+
+        return _choose_per_species(self.aggregation, _until_chosen(self.aggregation, "max"),
+                                   tuple(_IMAGES_SUMMED), best, truth, query_species, unknown)
 
     def _images_summed(self, species: np.ndarray) -> np.ndarray:
         """Per pair, the images summed into its identity's score (its query's species'
@@ -369,18 +323,17 @@ class LocalReranking(BaseEstimator):
         return [_views_of(value, self.mirror) if mode == "same" else None
                 for value, mode in zip(orientation, modes)]
 
-    def _choose_orientation(self, setting: dict, scores: dict[str, np.ndarray], pairs: np.ndarray,
+    def _choose_orientation(self, scores: dict[str, np.ndarray], pairs: np.ndarray,
                             rows: np.ndarray, queries: np.ndarray, identities: np.ndarray,
                             species: np.ndarray, unknown: np.ndarray
                             ) -> tuple[dict[str | None, str], dict]:
-        """``orientation`` (``setting``, by species) with every ``auto`` resolved per species:
+        """``orientation`` with every ``auto`` resolved per species (:func:`_choose_per_species`):
         the top-1 of the species' pseudo-known ``queries`` by the raw local scores (then the
         cosine) over all their calibration ``pairs`` (pseudo-query ``rows``), and over those of
         their views alone (a query with none keeps all, as
         :func:`~wildreid.ranking.nearest_images` does); ``same`` wins only when it names more of
         them right. With a shortlist, ``same`` is judged on the same-orientation part of the
         any-orientation shortlist (fewer candidates than its own shortlist holds)."""
-        resolved = dict(self.orientation_)
         table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
                               "score": _evidence(scores, self.features, slice(None)),
                               "cosine": scores["cosine"]})
@@ -390,21 +343,13 @@ class LocalReranking(BaseEstimator):
                           for row, value in zip(rows, orientation[pairs[:, 1]])], bool)
         has_view = np.bincount(rows[shown], minlength=len(queries)) > 0
         same_pairs = shown | ~has_view[rows]
-        truth = identities[queries]
-        choice: dict = {}
-        for name in dict.fromkeys(species[queries]):
-            if by_species(setting, [name], "any")[0] != "auto":
-                continue
-            known = (species[queries] == name) & ~unknown
-            if not known.any():
-                continue
-            top1 = {}
-            for mode, kept in (("any", np.ones(len(pairs), bool)), ("same", same_pairs)):
-                best = _top_identities(table[kept], len(queries), 1)["identity"][:, 0]
-                top1[mode] = float(np.mean(best[known] == truth[known]))
-            choice[name] = top1
-            resolved[name] = "same" if top1["same"] > top1["any"] else "any"
-        return resolved, choice
+        compared = {"any": np.ones(len(pairs), bool), "same": same_pairs}
+
+        def best(mode: str) -> np.ndarray:
+            return _top_identities(table[compared[mode]], len(queries), 1)["identity"][:, 0]
+
+        return _choose_per_species(self.orientation, self.orientation_, ("any", "same"), best,
+                                   identities[queries], species[queries], unknown)
 
     def _choose_places(self, images: pd.DataFrame, features: np.ndarray, species: np.ndarray,
                        split, isolator: Isolator | None, rng) -> dict[str | None, str]:
@@ -412,10 +357,8 @@ class LocalReranking(BaseEstimator):
         queries of the species against their shortlist, matched with keypoints on the animal
         and on the whole photo; the place whose raw pair scores name more of them right wins
         (the animal on a tie, and wherever no region can be had)."""
-        setting = (dict(self.keypoints_on) if isinstance(self.keypoints_on, dict)
-                   else {None: self.keypoints_on})
-        resolved = {key: ("animal" if value == "auto" else value) for key, value in setting.items()}
-        resolved.setdefault(None, "animal")
+        setting = _setting(self.keypoints_on)
+        resolved = _until_chosen(setting, "animal")
         self.keypoint_choice_: dict[str | None, dict[str, float]] = {}
         identities = images["identity"].astype(str).to_numpy()
         for name in dict.fromkeys(species):
@@ -464,7 +407,7 @@ class LocalReranking(BaseEstimator):
         a tie (the order tried: larger sets first, in scorer order)."""
         names = tuple(calibrated)
         local = tuple(name for name in names if name != "cosine")
-        setting = self.fusion if isinstance(self.fusion, dict) else {None: self.fusion}
+        setting = _setting(self.fusion)
         fixed = {"all": names, "local": local or names}
         chosen = {key: fixed.get(value, names) for key, value in setting.items()}
         chosen.setdefault(None, names)
@@ -580,6 +523,43 @@ class LocalReranking(BaseEstimator):
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused
         return similarity
+
+
+def _setting(value: str | dict[str | None, str]) -> dict[str | None, str]:
+    """A setting given for all species or per species, as a dict by species (key ``None``: the
+    rest)."""
+    return dict(value) if isinstance(value, dict) else {None: value}
+
+
+def _until_chosen(value: str | dict[str | None, str], default: str) -> dict[str | None, str]:
+    """A per-species setting with ``default`` for the species it does not name and, until
+    ``fit`` has chosen, for those set to ``auto``."""
+    return {key: (default if choice == "auto" else choice)
+            for key, choice in {None: default, **_setting(value)}.items()}
+
+
+def _choose_per_species(setting: str | dict[str | None, str], resolved: dict[str | None, str],
+                        options: Sequence[str], best: Callable[[str], np.ndarray],
+                        truth: np.ndarray, query_species: np.ndarray, unknown: np.ndarray
+                        ) -> tuple[dict[str | None, str], dict]:
+    """``resolved`` with the value of each species that ``setting`` sets to ``auto`` chosen:
+    of ``options``, the one whose ``best(option)`` (each pseudo-query's top identity) is
+    ``truth`` for more of the species' pseudo-known queries (not ``unknown``), the first of them
+    on a tie; and, by species, the top-1 of each option."""
+    resolved, choice = dict(resolved), {}
+    found: dict[str, np.ndarray] = {}  # each option's top identities, for every species at once
+    for name in dict.fromkeys(query_species):
+        known = (query_species == name) & ~unknown
+        if by_species(setting, [name], "")[0] != "auto" or not known.any():
+            continue
+        top1 = {}
+        for option in options:
+            if option not in found:
+                found[option] = best(option)
+            top1[option] = float(np.mean(found[option][known] == truth[known]))
+        choice[name] = top1
+        resolved[name] = max(options, key=top1.get)  # the first of the best
+    return resolved, choice
 
 
 def _views_of(orientation: str | None, mirror: str) -> frozenset | None:
