@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pair-score", default="auto",
                         help="confidence_sum | matches@0.5 ... | inliers | auto, or per species: "
                         "nyala=inliers,lion=auto")
-    parser.add_argument("--local-aggregation", default="auto",
+    parser.add_argument("--local-aggregation", default="max",
                         help="max | top2 | auto, or per species: nyala=top2,lion=max")
     parser.add_argument("--identities", type=int, default=0,
                         help="reduced scale: this many random individuals per species")

@@ -731,7 +731,8 @@ def test_auto_settings_chosen_per_species_on_the_database(real_subset, tmp_path)
 
     dataset = load_dataset(real_subset)
     identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
-                            device="cpu", keypoints_on="image").fit(dataset.database)
+                            device="cpu", keypoints_on="image",
+                            local_aggregation="auto").fit(dataset.database)
     reranking = identifier.reranking_
     for chosen, choice, options in ((reranking.orientation_, reranking.orientation_choice_,
                                      ("any", "same")),

@@ -128,7 +128,8 @@ def identify(
                                           "fused pair scores: max (its best photo) | top2 (the "
                                           "sum of its best two) | auto (chosen per species on "
                                           "the database), or per species as "
-                                          "'nyala=top2,lion=max' [default: auto]."),
+                                          "'nyala=top2,lion=max' [default: max: with top2 the "
+                                          "fitted open-set threshold is too low]."),
     cluster_new: bool = typer.Option(False, "--cluster-new", help="Group the queries answered "
                                      "new_individual into proposed new individuals "
                                      "(new_individual_1, ...), cut as fitted on the database."),

@@ -84,8 +84,10 @@ class Identifier(BaseEstimator):
         (the default: per species, the one that names more of the database's pseudo-queries
         right); a dict gives it per species. ``local_aggregation``: an identity's score from its
         images' fused pair scores — ``"max"`` (its best image), ``"top2"`` (the sum of its best
-        two) or ``"auto"`` (the default: per species, ``top2`` where it names more of the
-        database's pseudo-queries right); a dict gives it per species.
+        two) or ``"auto"`` (per species, ``top2`` where it names more of the database's
+        pseudo-queries right); a dict gives it per species. ``"max"`` by default: with ``top2``
+        the open-set threshold fitted on the database sits under the queries' scores
+        (BENCHMARKS.md, 2026-12-06).
     cluster_new: :meth:`predict` gives the queries answered ``new_individual`` proposed new
         individuals (``new_individual_1``...): clustered on the similarity that ranks candidates
         (:meth:`similarity`), cut as fitted on the database's pseudo-unknowns
@@ -113,7 +115,7 @@ class Identifier(BaseEstimator):
                  mirror: str = "none", fusion: str | dict[str | None, str] = "auto",
                  orientation: str | dict[str | None, str] = "auto",
                  pair_score: str | dict[str | None, str] = "auto",
-                 local_aggregation: str | dict[str | None, str] = "auto",
+                 local_aggregation: str | dict[str | None, str] = "max",
                  keep_pair_scores: bool = False, cluster_new: bool = False,
                  ray: str | None = None, seed: int = 0):
         self.model = model

@@ -119,7 +119,7 @@ class LocalReranking(BaseEstimator):
                  keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None,
                  fusion: str | dict[str | None, str] = "auto",
                  orientation: str | dict[str | None, str] = "auto",
-                 aggregation: str | dict[str | None, str] = "auto"):
+                 aggregation: str | dict[str | None, str] = "max"):
         self.features = features
         self.shortlist = shortlist
         self.max_keypoints = max_keypoints
