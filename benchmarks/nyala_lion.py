@@ -115,7 +115,7 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
                                                         "pair-score", "nyala=inliers"),
                             local_aggregation=parse_by_species(
                                 args.local_aggregation, AGGREGATIONS, "local-aggregation",
-                                "nyala=top2"))
+                                "nyala=top2"), local_cascade=args.cascade)
     start = time.perf_counter()
     described = identifier.describe(dataset.metadata, "all images")
     describe_seconds = time.perf_counter() - start
@@ -148,6 +148,12 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
         "local_aggregation": args.local_aggregation,
         "local_aggregation_chosen": learned(identifier, "aggregation_"),
         "local_aggregation_choice": learned(identifier, "aggregation_choice_"),
+        "cascade": args.cascade,
+        "cascade_pair_score_chosen": learned(identifier, "cascade_pair_score_"),
+        "cascade_pair_score_choice": learned(identifier, "cascade_pair_score_choice_"),
+        "cascade_pairs_per_s": (identifier.reranking_.cascade_scoring_.scorers[0].pairs_per_second
+                                if identifier.reranking_ and
+                                identifier.reranking_.cascade_scoring_ else None),
         "wall_s": round(wall, 2),
         "images": len(described), "images_per_s": round(len(described) / describe_seconds, 1),
         "thresholds": {str(k): v for k, v in identifier.decision_.thresholds.items()},
@@ -210,9 +216,8 @@ def markdown(row: dict, model: str, device: str, date: str) -> str:
 def learned(identifier: Identifier, name: str, convert=lambda value: value) -> dict | None:
     """A per-species choice the re-ranking learned on the database (``None`` without one), by
     species name (``"None"``: the rest)."""
-    if identifier.reranking_ is None:
-        return None
-    return {str(key): convert(value) for key, value in getattr(identifier.reranking_, name).items()}
+    value = getattr(identifier.reranking_, name, None)  # None: no re-ranking, or no cascade
+    return None if value is None else {str(key): convert(v) for key, v in value.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "nyala=inliers,lion=auto")
     parser.add_argument("--local-aggregation", default="max",
                         help="max | top2 | auto, or per species: nyala=top2,lion=max")
+    parser.add_argument("--cascade", type=int, default=None,
+                        help="with --local first,later: the later matchers score each query's "
+                        "best CASCADE images by the first")
     parser.add_argument("--identities", type=int, default=0,
                         help="reduced scale: this many random individuals per species")
     parser.add_argument("--dump-pairs", action="store_true",

@@ -746,3 +746,50 @@ def test_auto_settings_chosen_per_species_on_the_database(real_subset, tmp_path)
             best = max(top1.values())
             assert chosen[species] == next(o for o in options if top1[o] == best)
     assert reranking.local_scorer_.ransac == ("inliers" in reranking.pair_score_.values())
+
+
+def test_cascade_scores_each_querys_best_pairs_by_the_first_matcher(real_subset, tmp_path):
+    """``local_cascade``: the later matcher (ORB) scores exactly each query's best ``K`` pairs by
+    the first (SIFT), ties by cosine, in ``fit`` and ``predict`` alike, and the candidates come
+    from those pairs; with ``K`` at least the gallery it ranks as the two matchers side by side."""
+    dataset = load_dataset(real_subset)
+    settings = dict(local=("sift", "orb"), shortlist=None, cache_dir=tmp_path, progress=False,
+                    device="cpu", keep_pair_scores=True, keypoints_on="image", orientation="any",
+                    fusion="all", pair_score="inliers", local_aggregation="max")
+    identifier = Identifier(**settings, local_cascade=2).fit(dataset.database)
+    reranking = identifier.reranking_
+    assert reranking.scoring_.names == ("cosine", "sift")
+    candidates = identifier.predict_candidates(dataset.query, k=5)
+    reached_tie = False
+    for stage in ("calibration pairs", "query pairs"):
+        first = reranking.scoring_.pair_tables[stage]
+        later = reranking.cascade_scoring_.pair_tables[f"{stage}: cascade"]
+        assert "orb:inliers" in later.columns  # every pair score of the later matcher
+        for query, pairs in first.groupby("first"):
+            ranked = pairs.sort_values(["sift:inliers", "cosine"], ascending=False,
+                                       kind="stable")
+            expected = set(ranked["second"].head(2))
+            assert set(later.loc[later["first"] == query, "second"]) == expected, (stage, query)
+            inliers = ranked["sift:inliers"].to_numpy()
+            reached_tie |= len(ranked) > 2 and inliers[1] == inliers[2]
+        assert later.groupby("first").size().max() == 2 and len(later) < len(first)
+    assert reached_tie  # ties broken by cosine at the cut: the hard case is reached
+    # A query's candidates are the identities of its two cascaded pairs (scored -inf beyond).
+    later = reranking.cascade_scoring_.pair_tables["query pairs: cascade"]
+    identities = dataset.database["identity"].to_numpy()
+    for row, query in enumerate(dataset.query["image_id"]):
+        named = candidates.loc[(candidates["image_id"] == query)
+                               & np.isfinite(candidates["score"]), "identity"]
+        assert set(named) == set(identities[later.loc[later["first"] == row, "second"]])
+
+    whole = Identifier(**settings, local_cascade=1000).fit(dataset.database)
+    side_by_side = Identifier(**settings).fit(dataset.database)
+    assert whole.reranking_.calibration_pairs_ == side_by_side.reranking_.calibration_pairs_
+    found = whole.predict_candidates(dataset.query, k=3)
+    expected = side_by_side.predict_candidates(dataset.query, k=3)
+    assert (found["identity"] == expected["identity"]).all()
+    assert np.allclose(found["score"], expected["score"])
+    with pytest.raises(ValueError, match="two or more features"):
+        Identifier(local=("sift",), local_cascade=3, progress=False).fit(dataset.database)
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--cascade", "0"])
+    assert result.exit_code == 2 and "--cascade" in result.output, result.output

@@ -130,6 +130,10 @@ def identify(
                                           "the database), or per species as "
                                           "'nyala=top2,lion=max' [default: max: with top2 the "
                                           "fitted open-set threshold is too low]."),
+    cascade: int = typer.Option(None, min=1, help="With two or more --local matchers, the "
+                                "first scores every shortlisted photo and the later ones only "
+                                "each query's best CASCADE by it, e.g. --local aliked-nn,aliked "
+                                "--cascade 10: LightGlue where the fast matcher points."),
     cluster_new: bool = typer.Option(False, "--cluster-new", help="Group the queries answered "
                                      "new_individual into proposed new individuals "
                                      "(new_individual_1, ...), cut as fitted on the database."),
@@ -161,7 +165,7 @@ def identify(
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
             local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side,
             keypoints_on=keypoints_on, fusion=fusion, orientation=orientation,
-            pair_score=pair_score, local_aggregation=local_aggregation,
+            pair_score=pair_score, local_aggregation=local_aggregation, cascade=cascade,
             wildlife_dataset=wildlife_datasets,
             cluster_new=cluster_new, ray=ray)
     from wildreid.grouping import is_new, is_proposed

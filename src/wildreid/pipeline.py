@@ -87,7 +87,10 @@ class Identifier(BaseEstimator):
         two) or ``"auto"`` (per species, ``top2`` where it names more of the database's
         pseudo-queries right); a dict gives it per species. ``"max"`` by default: with ``top2``
         the open-set threshold fitted on the database sits under the queries' scores
-        (BENCHMARKS.md, 2026-12-06).
+        (BENCHMARKS.md, 2026-12-06). ``local_cascade``: with two or more ``local`` matchers,
+        the first scores every shortlisted image and the later ones only each query's best
+        ``local_cascade`` by it (e.g. ``("aliked-nn", "aliked")`` with 10: LightGlue on what
+        the fast nearest-neighbour matcher puts first), in ``fit`` as in ``predict``.
     cluster_new: :meth:`predict` gives the queries answered ``new_individual`` proposed new
         individuals (``new_individual_1``...): clustered on the similarity that ranks candidates
         (:meth:`similarity`), cut as fitted on the database's pseudo-unknowns
@@ -116,7 +119,7 @@ class Identifier(BaseEstimator):
                  orientation: str | dict[str | None, str] = "auto",
                  pair_score: str | dict[str | None, str] = "auto",
                  local_aggregation: str | dict[str | None, str] = "max",
-                 keep_pair_scores: bool = False, cluster_new: bool = False,
+                 local_cascade: int | None = None, keep_pair_scores: bool = False, cluster_new: bool = False,
                  ray: str | None = None, seed: int = 0):
         self.model = model
         self.weights = weights
@@ -138,6 +141,7 @@ class Identifier(BaseEstimator):
         self.orientation = orientation
         self.pair_score = pair_score
         self.local_aggregation = local_aggregation
+        self.local_cascade = local_cascade
         self.keep_pair_scores = keep_pair_scores
         self.segmenter_weights = segmenter_weights
         self.cluster_new = cluster_new
@@ -279,7 +283,7 @@ class Identifier(BaseEstimator):
                 progress=self.progress, seed=self.seed, mirror=self.mirror,
                 keep_pair_scores=self.keep_pair_scores, ray=self.ray, fusion=self.fusion,
                 orientation=self.orientation, pair_score=self.pair_score,
-                aggregation=self.local_aggregation).fit(
+                aggregation=self.local_aggregation, cascade=self.local_cascade).fit(
                     database, features, self.isolator)
         if self.threshold == "auto" and self.reranking_ is not None:
             self.decision_ = self.reranking_.decision_

@@ -107,6 +107,11 @@ class LocalReranking(BaseEstimator):
     (``orientation_`` after ``fit``, ``orientation_choice_`` the top-1 of both). A flank of a
     striped antelope and the other flank are two patterns; a nose and an ear of one lion are
     never compared by orientation, since each lion has one photo of each part.
+    ``cascade``: with two or more ``features``, the first matcher scores every pair and the
+    later ones only each query's best ``cascade`` database images by it (ties by cosine), as in
+    ``fit`` so in ``rank``: a slow, faithful matcher (LightGlue) re-scores what a fast one
+    (``aliked-nn``) puts first. The other pairs are dropped. ``pair_score`` is chosen for each
+    stage (``pair_score_`` for the first, ``cascade_pair_score_`` for the later ones).
     """
 
     def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int | None = 100,
@@ -119,7 +124,7 @@ class LocalReranking(BaseEstimator):
                  keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None,
                  fusion: str | dict[str | None, str] = "auto",
                  orientation: str | dict[str | None, str] = "auto",
-                 aggregation: str | dict[str | None, str] = "max"):
+                 aggregation: str | dict[str | None, str] = "max", cascade: int | None = None):
         self.features = features
         self.shortlist = shortlist
         self.max_keypoints = max_keypoints
@@ -140,6 +145,7 @@ class LocalReranking(BaseEstimator):
         self.fusion = fusion
         self.orientation = orientation
         self.aggregation = aggregation
+        self.cascade = cascade
 
     def _build(self) -> None:
         """Check the parameters and build the components: the scorers (keypoint extractors and
@@ -152,15 +158,25 @@ class LocalReranking(BaseEstimator):
             if any(choice not in choices for choice in _setting(value).values()):
                 raise ValueError(f"{name} must be one of {', '.join(choices)} (or a dict of them "
                                  f"by species), not {value!r}")
+        if self.cascade is not None and (int(self.cascade) < 1 or len(self.features) < 2):
+            raise ValueError(f"cascade must be a number of images (1 or more) and needs two or "
+                             f"more features (the first scores every pair), not cascade="
+                             f"{self.cascade!r} with features {tuple(self.features)}")
         self.pool_ = None if self.ray is None else RayPool(self.ray)
+        stages = ([self.features[:1], self.features[1:]] if self.cascade is not None
+                  else [self.features])
         # The default column; each species' own is taken from every score by _kept.
-        self.local_scorer_ = LocalScorer(self.features, self.max_keypoints, self.long_side,
-                                         _DEFAULT_PAIR_SCORE, self.mirror, self.device,
-                                         self.batch_size, self.cache_dir, self.workers,
-                                         self.progress, self.pool_,
-                                         ransac=self._needs_ransac(
-                                             _until_chosen(self.pair_score, _DEFAULT_PAIR_SCORE)))
+        scorers = [LocalScorer(matchers, self.max_keypoints, self.long_side, _DEFAULT_PAIR_SCORE,
+                               self.mirror, self.device, self.batch_size, self.cache_dir,
+                               self.workers, self.progress, self.pool_,
+                               ransac=self._needs_ransac(
+                                   _until_chosen(self.pair_score, _DEFAULT_PAIR_SCORE)))
+                   for matchers in stages]
+        self.local_scorer_ = scorers[0]
         self.scoring_ = PairScoring([CosineScorer(), self.local_scorer_], self.keep_pair_scores)
+        # The later matchers of a cascade, scoring each query's best pairs by the first.
+        self.cascade_scoring_ = (PairScoring(scorers[1:], self.keep_pair_scores)
+                                 if len(scorers) > 1 else None)
 
     def fit(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None
             ) -> LocalReranking:
@@ -176,7 +192,7 @@ class LocalReranking(BaseEstimator):
         self.keypoints_on_ = self._choose_places(images, features, species, split, isolator, rng)
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
         self.database_ = Side(images, features, regions,
-                              self.local_scorer_.keypoints(images, regions, "database"))
+                              self._keypoints(images, regions, "database"))
         self.shortlist_indexes_: dict = {}  # approximate indexes of very large species, by species
         self.database_identities_ = identities
         self.database_species_ = species
@@ -192,7 +208,8 @@ class LocalReranking(BaseEstimator):
                                       details=True)
         truth = identities[queries]
         self.pair_score_, self.pair_score_choice_ = self._choose_pair_score(
-            columns, pairs, rows, truth, species[queries], unknown)
+            columns, columns["cosine"], pairs, rows, truth, species[queries], unknown,
+            self.local_scorer_.features, self.pair_score_)
         self.local_scorer_.ransac = self._needs_ransac(self.pair_score_)
         scores = self._kept(columns, species[pairs[:, 0]])
         fixed = dict(self.orientation_)
@@ -201,6 +218,9 @@ class LocalReranking(BaseEstimator):
         if self.orientation_ != fixed:  # shortlisted anew as queries are; each pair scored once
             rows, pairs, scores = self._rescored(scores, pairs, *self._calibration_pairs(
                 queries, reference, features, species))
+        if self.cascade_scoring_ is not None:
+            rows, pairs, scores = self._fit_cascade(rows, pairs, scores, truth, species[queries],
+                                                    unknown)
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         self.calibration_ = Calibration.fit(scores, same)
         # The choice of fused scores and the thresholds from out-of-fold calibrated scores (folds
@@ -221,6 +241,55 @@ class LocalReranking(BaseEstimator):
             species[queries])
         self.calibration_pairs_ = len(pairs)
         return self
+
+    def _fit_cascade(self, rows: np.ndarray, pairs: np.ndarray, scores: dict[str, np.ndarray],
+                     truth: np.ndarray, query_species: np.ndarray, unknown: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """The calibration pairs a cascade keeps (each pseudo-query's best ``cascade`` by the
+        first matcher), scored by the later matchers with each one's pair score chosen on them
+        (``cascade_pair_score_``)."""
+        self.cascade_pair_score_ = _until_chosen(self.pair_score, _DEFAULT_PAIR_SCORE)
+        for scorer in self.cascade_scoring_.scorers:
+            scorer.ransac = self._needs_ransac(_setting(self.pair_score))
+        keep, scores, columns = self._cascaded(self.database_, self.database_, pairs, scores,
+                                               self.database_species_[pairs[:, 0]],
+                                               "calibration pairs", self.cascade)
+        rows, pairs = rows[keep], pairs[keep]
+        later = self.cascade_scoring_.names
+        self.cascade_pair_score_, self.cascade_pair_score_choice_ = self._choose_pair_score(
+            columns, scores["cosine"], pairs, rows, truth, query_species, unknown, later,
+            self.cascade_pair_score_)
+        for scorer in self.cascade_scoring_.scorers:
+            scorer.ransac = self._needs_ransac(self.cascade_pair_score_)
+        scores.update(self._kept(columns, self.database_species_[pairs[:, 0]], later,
+                                 self.cascade_pair_score_))
+        return rows, pairs, scores
+
+    def _cascaded(self, query: Side, gallery: Side, pairs: np.ndarray,
+                  scores: dict[str, np.ndarray], species: np.ndarray, description: str,
+                  top: int | None, mirror: bool = True
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The pairs a cascade's later matchers score — each query's (``pairs[:, 0]``) best
+        ``top`` by the first matcher's score, ties by cosine (``None``: every pair) — as
+        positions in ``pairs``; their ``scores`` with the later matchers' added (pair scores of
+        the query ``species``, ``cascade_pair_score_``); every column of the later scoring."""
+        keep = (np.arange(len(pairs)) if top is None else
+                _best_per_query(pairs[:, 0], scores[self.local_scorer_.features[0]],
+                                scores["cosine"], top))
+        kept = {name: values[keep] for name, values in scores.items()}
+        columns = self.cascade_scoring_.score(query, gallery, pairs[keep],
+                                              f"{description}: cascade", mirror, details=True)
+        kept.update(self._kept(columns, species[keep], self.cascade_scoring_.names,
+                               self.cascade_pair_score_))
+        return keep, kept, columns
+
+    def _keypoints(self, images: pd.DataFrame, regions, description: str
+                   ) -> dict[str, list]:
+        """Every matcher's keypoints of ``images`` (of each stage of a cascade)."""
+        scorers = [self.local_scorer_, *(self.cascade_scoring_.scorers
+                                         if self.cascade_scoring_ is not None else ())]
+        return {name: found for scorer in scorers
+                for name, found in scorer.keypoints(images, regions, description).items()}
 
     def _calibration_pairs(self, queries: np.ndarray, reference: np.ndarray,
                            features: np.ndarray, species: np.ndarray
@@ -266,12 +335,16 @@ class LocalReranking(BaseEstimator):
         return self._kept(self.scoring_.score(query, gallery, pairs, description, mirror,
                                               details=True), species)
 
-    def _kept(self, columns: dict[str, np.ndarray], species: np.ndarray) -> dict[str, np.ndarray]:
-        """From every column of a scoring, the scores: the cosine and each matcher's pair score
-        of each pair's query ``species`` (``pair_score_``)."""
-        scores = {name: columns[name] for name in self.scoring_.names}
-        chosen = by_species(self.pair_score_, species, _DEFAULT_PAIR_SCORE)
-        for matcher in self.features:
+    def _kept(self, columns: dict[str, np.ndarray], species: np.ndarray,
+              matchers: Sequence[str] | None = None,
+              pair_score: dict[str | None, str] | None = None) -> dict[str, np.ndarray]:
+        """From every column of a scoring, the scores: the cosine (where scored) and each of
+        ``matchers``' (default: the first stage's) pair score of each pair's query ``species``
+        (``pair_score``, default ``pair_score_``)."""
+        scores = {"cosine": columns["cosine"]} if "cosine" in columns else {}
+        chosen = by_species(self.pair_score_ if pair_score is None else pair_score, species,
+                            _DEFAULT_PAIR_SCORE)
+        for matcher in self.local_scorer_.features if matchers is None else matchers:
             found = np.empty(len(chosen), np.float32)
             for pair_score in dict.fromkeys(chosen):
                 rows = chosen == pair_score
@@ -279,23 +352,25 @@ class LocalReranking(BaseEstimator):
             scores[matcher] = found
         return scores
 
-    def _choose_pair_score(self, columns: dict[str, np.ndarray], pairs: np.ndarray,
-                           rows: np.ndarray, truth: np.ndarray, query_species: np.ndarray,
-                           unknown: np.ndarray) -> tuple[dict[str | None, str], dict]:
-        """``pair_score`` with every ``auto`` resolved per species (:func:`_choose_per_species`):
-        of :data:`~wildreid.matching.PAIR_SCORES`, the one whose raw values (summed over the
-        matchers, then the cosine) name most pseudo-known queries right over their calibration
-        ``pairs`` (pseudo-query ``rows``, every ``columns`` of their scoring); the first in
-        that order on a tie (the confidence sum)."""
+    def _choose_pair_score(self, columns: dict[str, np.ndarray], cosine: np.ndarray,
+                           pairs: np.ndarray, rows: np.ndarray, truth: np.ndarray,
+                           query_species: np.ndarray, unknown: np.ndarray,
+                           matchers: Sequence[str], resolved: dict[str | None, str]
+                           ) -> tuple[dict[str | None, str], dict]:
+        """``pair_score`` (``resolved`` so far) with every ``auto`` resolved per species
+        (:func:`_choose_per_species`): of :data:`~wildreid.matching.PAIR_SCORES`, the one whose
+        raw values (summed over ``matchers``, then the ``cosine``) name most pseudo-known
+        queries right over their calibration ``pairs`` (pseudo-query ``rows``, every
+        ``columns`` of their scoring); the first in that order on a tie (the confidence sum)."""
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
-                              "cosine": columns["cosine"]})
+                              "cosine": cosine})
 
         def best(pair_score: str) -> np.ndarray:
-            score = np.sum([kept_score(columns, matcher, pair_score)
-                            for matcher in self.features], axis=0)
+            score = np.sum([kept_score(columns, matcher, pair_score) for matcher in matchers],
+                           axis=0)
             return _top_identities(table.assign(score=score), len(truth), 1)["identity"][:, 0]
 
-        return _choose_per_species(self.pair_score, self.pair_score_, PAIR_SCORES, best, truth,
+        return _choose_per_species(self.pair_score, resolved, PAIR_SCORES, best, truth,
                                    query_species, unknown)
 
     def _choose_aggregation(self, table: pd.DataFrame, truth: np.ndarray,
@@ -335,7 +410,8 @@ class LocalReranking(BaseEstimator):
         them right. With a shortlist, ``same`` is judged on the same-orientation part of the
         any-orientation shortlist (fewer candidates than its own shortlist holds)."""
         table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
-                              "score": _evidence(scores, self.features, slice(None)),
+                              "score": _evidence(scores, self.local_scorer_.features,
+                                                 slice(None)),
                               "cosine": scores["cosine"]})
         orientation = self.database_.orientation
         views = [_views_of(value, self.mirror) for value in orientation[queries]]
@@ -387,7 +463,7 @@ class LocalReranking(BaseEstimator):
                 scores = self._scored(side, side, pairs, f"{name}: keypoints on the {place}",
                                       np.full(len(pairs), name, dtype=object), mirror=False)
                 hits = []
-                for matcher in self.features:
+                for matcher in self.local_scorer_.features:
                     table = pd.DataFrame({"query": rows, "identity": identities[members][
                         pairs[:, 1]], "score": scores[matcher], "cosine": scores["cosine"]})
                     best = _top_identities(table, len(queries), 1)["identity"][:, 0]
@@ -479,8 +555,7 @@ class LocalReranking(BaseEstimator):
         row of the pair that gave each identity its score (-1 pads)."""
         species = species_keys(images.get("species"), len(images))
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "queries: regions")
-        queries = Side(images, features, regions,
-                       self.local_scorer_.keypoints(images, regions, "queries"))
+        queries = Side(images, features, regions, self._keypoints(images, regions, "queries"))
         gallery = self.database_.features
         shortlist, _ = nearest_images(gallery, self.database_species_, features, species,
                                       self.shortlist or len(gallery), self.shortlist_indexes_,
@@ -489,6 +564,10 @@ class LocalReranking(BaseEstimator):
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([rows, shortlist[rows, columns]], 1)
         scores = self._scored(queries, self.database_, pairs, "query pairs", species[rows])
+        if self.cascade_scoring_ is not None:
+            keep, scores, _ = self._cascaded(queries, self.database_, pairs, scores,
+                                             species[rows], "query pairs", self.cascade)
+            rows, pairs = rows[keep], pairs[keep]
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
                               "score": self._fused(scores, species[rows]),
                               "local": self._local_evidence(scores, species[rows]),
@@ -515,10 +594,12 @@ class LocalReranking(BaseEstimator):
         pairs = np.sort(np.stack([np.repeat(np.arange(count), width), nearest.ravel()], 1), axis=1)
         pairs = np.unique(pairs, axis=0)
         regions = keypoint_regions(images, self.keypoints_on_, isolator, f"{description}: regions")
-        side = Side(images, features, regions,
-                    self.local_scorer_.keypoints(images, regions, description))
+        side = Side(images, features, regions, self._keypoints(images, regions, description))
         species = species_keys(images.get("species"), count)
         scores = self._scored(side, side, pairs, f"{description} pairs", species[pairs[:, 0]])
+        if self.cascade_scoring_ is not None:  # few pairs per image: the later matchers score all
+            _, scores, _ = self._cascaded(side, side, pairs, scores, species[pairs[:, 0]],
+                                          f"{description} pairs", None)
         fused = self._fused(scores, species[pairs[:, 0]])
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused
@@ -569,6 +650,17 @@ def _views_of(orientation: str | None, mirror: str) -> frozenset | None:
         return None
     mirrored = mirror_view(orientation) if mirror == "opposite" else None
     return frozenset({orientation, mirrored} - {None})
+
+
+def _best_per_query(queries: np.ndarray, score: np.ndarray, cosine: np.ndarray, top: int
+                    ) -> np.ndarray:
+    """Positions of each query's ``top`` pairs of highest ``score``, ties by ``cosine``, in the
+    order given."""
+    order = np.lexsort((-cosine, -score, queries))
+    grouped = queries[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return np.sort(order[position < top])
 
 
 def _evidence(scores: dict[str, np.ndarray], names: Sequence[str], rows: np.ndarray

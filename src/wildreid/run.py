@@ -66,7 +66,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                      max_keypoints: int | None = None, long_side: int = 512,
                      keypoints_on: str | None = None, fusion: str | None = None,
                      orientation: str | None = None, pair_score: str | None = None,
-                     local_aggregation: str | None = None,
+                     local_aggregation: str | None = None, cascade: int | None = None,
                      wildlife_dataset: str | None = None,
                      cluster_new: bool = False, ray: str | None = None) -> Run:
     """Identify every query of a dataset and write the run folder (``output``'s): the
@@ -106,6 +106,8 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
 
         configuration["local_aggregation"] = parse_by_species(
             local_aggregation, AGGREGATIONS, "local-aggregation", "nyala=top2,lion=max")
+    if cascade is not None:
+        configuration["local_cascade"] = cascade
 
     dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_dataset)
     if dataset.query.empty:
@@ -135,6 +137,8 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         configuration["orientation_chosen"] = identifier.reranking_.orientation_
         configuration["pair_score_chosen"] = identifier.reranking_.pair_score_
         configuration["local_aggregation_chosen"] = identifier.reranking_.aggregation_
+        if identifier.reranking_.cascade_scoring_ is not None:
+            configuration["cascade_pair_score_chosen"] = identifier.reranking_.cascade_pair_score_
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
         "wildlife_dataset": wildlife_dataset,
