@@ -57,11 +57,12 @@ ORIENTATIONS = ("any", "same", "auto")
 #: confidence, RANSAC inliers), or ``auto``: per species, the one that names more of the
 #: database's pseudo-queries right (:meth:`LocalReranking.fit`).
 PAIR_SCORE_CHOICES = (*PAIR_SCORES, "auto")
-#: How an identity's score is read from its images' fused pair scores with a query: the best
-#: one (``max``), the sum of its best two (``top2``: two good views outweigh one), or ``auto``:
-#: per species, the one that names more of the database's pseudo-queries right.
+#: How identities are ordered from their images' fused pair scores with a query: by the best
+#: one (``max``), by the sum of their best two (``top2``: two good views outweigh one), or
+#: ``auto``: per species, the one that names more of the database's pseudo-queries right. The
+#: score given, which the open-set threshold reads, is the best image's either way.
 AGGREGATIONS = ("max", "top2", "auto")
-#: Images summed into an identity's score, by aggregation.
+#: Images summed into the value that orders identities, by aggregation.
 _IMAGES_SUMMED = {"max": 1, "top2": 2}
 #: The pair score of species that name none, and of those choosing until they have chosen.
 _DEFAULT_PAIR_SCORE = "confidence_sum"
@@ -83,10 +84,11 @@ class LocalReranking(BaseEstimator):
     species, the one whose raw values name most pseudo-known queries of the database right over
     the calibration pairs (``pair_score_`` after ``fit``, ``pair_score_choice_`` the top-1 of
     each; RANSAC runs on the query pairs only where inliers are kept).
-    ``aggregation``: how an identity's score is read from its images' fused pair scores
-    (:data:`AGGREGATIONS`; a dict gives it per species): its best image's (``max``), the sum of
-    its best two (``top2``), or ``auto``: per species, ``top2`` when it names more pseudo-known
-    queries of the database right out of fold (``aggregation_``, ``aggregation_choice_``).
+    ``aggregation``: how identities are ordered from their images' fused pair scores
+    (:data:`AGGREGATIONS`; a dict gives it per species): by their best image's (``max``), by the
+    sum of their best two (``top2``), or ``auto``: per species, ``top2`` when it names more
+    pseudo-known queries of the database right out of fold (``aggregation_``,
+    ``aggregation_choice_``); an identity's score is its best image's either way.
     ``calibration_queries``: pseudo-queries per species used to fit calibration and thresholds
     (the pair sample stays ``calibration_queries x shortlist`` whatever the database size).
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
@@ -675,11 +677,14 @@ def _evidence(scores: dict[str, np.ndarray], names: Sequence[str], rows: np.ndar
 def _top_identities(table: pd.DataFrame, queries: int, k: int,
                     summed: int | np.ndarray = 1) -> dict[str, np.ndarray]:
     """Per query the ``k`` identities of highest fused score: of their best image, or the sum
-    over their best ``summed`` images (per row of ``table``, or one for all; the image given is
-    the best one). Fused scores are step functions (isotonic plateaus), so ties are broken by
-    the raw local evidence (``local``, when the table has it: within a plateau, more matches
-    still mean more; summed as the scores are), then by the best image's cosine — by sorting on
-    them, never by adding them (any weight added would outvote the smallest real steps)."""
+    over their best ``summed`` images (per row of ``table``, or one for all). The score and image
+    given are always the best image's: a sum only orders the identities, since the open-set
+    threshold is fitted on pseudo-queries that meet their identity with fewer photos than real
+    queries do, so sums would sit lower there than at query time (BENCHMARKS.md, 2026-12-06).
+    Fused scores are step functions (isotonic plateaus), so ties are broken by the raw local
+    evidence (``local``, when the table has it: within a plateau, more matches still mean more;
+    summed as the scores are), then by the best image's cosine — by sorting on them, never by
+    adding them (any weight added would outvote the smallest real steps)."""
     keys = ["query", "score", *(["local"] if "local" in table.columns else []), "cosine"]
     order = [True] + [False] * (len(keys) - 1)
     ranked = table.assign(summed=np.broadcast_to(summed, len(table))).sort_values(
@@ -690,10 +695,12 @@ def _top_identities(table: pd.DataFrame, queries: int, k: int,
         position = ranked.groupby(["query", "identity"]).cumcount().to_numpy()
         ranked = ranked[position < ranked["summed"].to_numpy()]
         grouped = ranked.groupby(["query", "identity"], sort=False)
-        best = grouped.first()  # the best image's row, its scores summed with the next ones'
-        for column in keys[1:-1]:
-            best[column] = grouped[column].sum()
-        best = best.reset_index().sort_values(keys, ascending=order, kind="stable")
+        best = grouped.first()  # the best image's row, ordered by the sums over the next ones
+        sums = [f"{column} summed" for column in keys[1:-1]]
+        for column, total in zip(keys[1:-1], sums):
+            best[total] = grouped[column].sum()
+        best = best.reset_index().sort_values(["query", *sums, "cosine"], ascending=order,
+                                              kind="stable")
     best = best.assign(rank=best.groupby("query").cumcount())
     best = best[best["rank"] < k]
     names = np.full((queries, k), "", dtype=object)
