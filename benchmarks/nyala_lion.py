@@ -169,7 +169,8 @@ def run_protocol(name: str, metadata: str, solution: str, args, aggregation: str
 
 def dump_pairs(identifier, dataset, answers: pd.DataFrame, protocol: str, out: Path) -> None:
     """Every pair score with its truth, for offline studies of calibration and fusion
-    (``benchmarks/fusion_study.py``): ``pairs-<protocol>.csv.gz``."""
+    (``benchmarks/fusion_study.py``): ``pairs-<protocol>.csv.gz``; with a cascade, the later
+    matchers' columns on the pairs they scored (``cascaded``), empty on the others."""
     reranking = identifier.reranking_
     database = dataset.database
     truth = answers.set_index("image_id")["identity"]
@@ -179,6 +180,12 @@ def dump_pairs(identifier, dataset, answers: pd.DataFrame, protocol: str, out: P
         if stage not in ("calibration pairs", "query pairs"):  # others index their own subsets
             continue
         table = table.copy()
+        cascade = (reranking.cascade_scoring_.pair_tables.get(f"{stage}: cascade")
+                   if reranking.cascade_scoring_ is not None else None)
+        if cascade is not None:  # the later matchers' columns where they scored the pair
+            table = table.merge(cascade.assign(cascaded=True), on=["first", "second"],
+                                how="left")
+            table["cascaded"] = table["cascaded"].eq(True)
         table["stage"] = stage
         # Both stages score (query, database) pairs: rows of the queries, rows of the database.
         query_stage = stage.startswith("query")

@@ -793,7 +793,37 @@ def test_cascade_scores_each_querys_best_pairs_by_the_first_matcher(real_subset,
     expected = side_by_side.predict_candidates(dataset.query, k=3)
     assert (found["identity"] == expected["identity"]).all()
     assert np.allclose(found["score"], expected["score"])
-    with pytest.raises(ValueError, match="two or more features"):
-        Identifier(local=("sift",), local_cascade=3, progress=False).fit(dataset.database)
+    # Chosen on the database: each stage's pair score, RANSAC kept where a species keeps inliers.
+    chosen = Identifier(local=("sift", "orb"), local_cascade=2, shortlist=None, cache_dir=tmp_path,
+                        progress=False, device="cpu", keypoints_on="image", pair_score="auto",
+                        orientation="auto").fit(dataset.database).reranking_
+    assert set(chosen.cascade_pair_score_choice_) == {"nyala", "lion"}
+    for scorer, pair_score in ((chosen.local_scorer_, chosen.pair_score_),
+                               (chosen.cascade_scoring_.scorers[0], chosen.cascade_pair_score_)):
+        assert scorer.ransac == ("inliers" in pair_score.values())
+    for settings, message in (({"local": ("sift",), "local_cascade": 3}, "two or more"),
+                              ({"local": ("sift", "orb"), "local_cascade": 0}, "1 or more"),
+                              ({"local": ("sift", "sift")}, "each local matcher once"),
+                              ({"local": (), "local_cascade": 3}, "needs local matchers")):
+        with pytest.raises(ValueError, match=message):  # before the database is described
+            Identifier(progress=False, device="cpu", cache_dir=tmp_path / "unused",
+                       **settings).fit(dataset.database)
+        assert not (tmp_path / "unused").exists()
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--cascade", "0"])
     assert result.exit_code == 2 and "--cascade" in result.output, result.output
+
+
+def test_best_pairs_per_query_ties_broken_by_cosine():
+    """The cascade's cut: each query's ``top`` pairs by the first matcher's score, ties by the
+    cosine whatever the order the pairs come in; positions in the order given."""
+    from wildreid.rerank import _best_per_query
+
+    queries = np.array([1, 0, 1, 1, 0, 1, 2])
+    score = np.array([5.0, 1.0, 3.0, 3.0, 2.0, 1.0, 0.0], np.float32)
+    cosine = np.array([0.1, 0.9, 0.2, 0.8, 0.1, 0.9, 0.5], np.float32)
+    # Query 1: 5.0, then the tie at 3.0 goes to the later pair (higher cosine).
+    assert _best_per_query(queries, score, cosine, 2).tolist() == [0, 1, 3, 4, 6]
+    assert _best_per_query(queries, score, cosine, 1).tolist() == [0, 4, 6]
+    assert _best_per_query(queries, score, cosine, 10).tolist() == list(range(7))
+    empty = np.array([], np.int64)
+    assert _best_per_query(empty, empty.astype(np.float32), empty.astype(np.float32), 3).size == 0

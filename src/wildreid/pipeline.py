@@ -19,7 +19,7 @@ from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter, by_species
 from wildreid.models import DEFAULT_MODEL, create_descriptor, parse_ensemble
 from wildreid.openset import OpenSetDecision
 from wildreid.ranking import IdentityIndex, index_dir
-from wildreid.rerank import LocalReranking
+from wildreid.rerank import LocalReranking, check_matchers
 from wildreid.routing import SpeciesRouter, blank_species
 
 #: Named configurations of :class:`Identifier` (``wildreid identify --preset``).
@@ -156,6 +156,10 @@ class Identifier(BaseEstimator):
         for mode in modes.values():
             if mode not in ISOLATION_MODES:
                 raise ValueError(f"unknown isolation {mode!r}; use one of {', '.join(ISOLATION_MODES)}")
+        if self.local:  # before the database is described: a wrong setting fails at once
+            check_matchers(self.local, self.local_cascade)
+        elif self.local_cascade is not None:
+            raise ValueError("local_cascade needs local matchers (two or more)")
 
     def isolation_of(self, images: pd.DataFrame) -> np.ndarray:
         """The isolation mode of each image (by its species)."""

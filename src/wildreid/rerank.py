@@ -160,10 +160,7 @@ class LocalReranking(BaseEstimator):
             if any(choice not in choices for choice in _setting(value).values()):
                 raise ValueError(f"{name} must be one of {', '.join(choices)} (or a dict of them "
                                  f"by species), not {value!r}")
-        if self.cascade is not None and (int(self.cascade) < 1 or len(self.features) < 2):
-            raise ValueError(f"cascade must be a number of images (1 or more) and needs two or "
-                             f"more features (the first scores every pair), not cascade="
-                             f"{self.cascade!r} with features {tuple(self.features)}")
+        check_matchers(self.features, self.cascade)
         self.pool_ = None if self.ray is None else RayPool(self.ray)
         stages = ([self.features[:1], self.features[1:]] if self.cascade is not None
                   else [self.features])
@@ -348,9 +345,9 @@ class LocalReranking(BaseEstimator):
                             _DEFAULT_PAIR_SCORE)
         for matcher in self.local_scorer_.features if matchers is None else matchers:
             found = np.empty(len(chosen), np.float32)
-            for pair_score in dict.fromkeys(chosen):
-                rows = chosen == pair_score
-                found[rows] = kept_score(columns, matcher, pair_score)[rows]
+            for value in dict.fromkeys(chosen):
+                rows = chosen == value
+                found[rows] = kept_score(columns, matcher, value)[rows]
             scores[matcher] = found
         return scores
 
@@ -582,7 +579,8 @@ class LocalReranking(BaseEstimator):
                    neighbours: int = 10, description: str = "new individuals") -> np.ndarray:
         """The fused score of every two of ``images`` (one species), as candidates are ranked:
         each image is matched with its ``neighbours`` most similar others by cosine, both ways
-        scored once (lower row first) and fused; pairs never matched score 0."""
+        scored once (lower row first) and fused; pairs never matched score 0. A cascade's later
+        matchers score every one of these pairs (few per image)."""
         count = len(images)
         similarity = np.zeros((count, count), np.float32)
         np.fill_diagonal(similarity, 1.0)
@@ -606,6 +604,17 @@ class LocalReranking(BaseEstimator):
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused
         return similarity
+
+
+def check_matchers(features: Sequence[str], cascade: int | None) -> None:
+    """``ValueError`` unless the local matchers are distinct and, with a ``cascade``, two or
+    more (the first scores every pair) with ``cascade`` a number of images, 1 or more."""
+    if len(set(features)) != len(tuple(features)):
+        raise ValueError(f"each local matcher once, not {tuple(features)}")
+    if cascade is not None and (int(cascade) < 1 or len(tuple(features)) < 2):
+        raise ValueError(f"cascade must be a number of images (1 or more) and needs two or more "
+                         f"local matchers (the first scores every pair), not cascade={cascade!r} "
+                         f"with {tuple(features)}")
 
 
 def _setting(value: str | dict[str | None, str]) -> dict[str | None, str]:
