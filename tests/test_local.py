@@ -827,3 +827,30 @@ def test_best_pairs_per_query_ties_broken_by_cosine():
     assert _best_per_query(queries, score, cosine, 10).tolist() == list(range(7))
     empty = np.array([], np.int64)
     assert _best_per_query(empty, empty.astype(np.float32), empty.astype(np.float32), 3).size == 0
+
+
+def test_matchers_of_one_keypoint_method_share_its_keypoints(real_subset, tmp_path):
+    """``aliked-nn`` and ``aliked`` (LightGlue) read ALIKED's keypoints: within a scorer and
+    across a cascade's stages they share one extractor, run once per image set."""
+    from wildreid.rerank import LocalReranking
+
+    reranking = LocalReranking(("aliked-nn", "aliked"), cascade=10, device="cpu",
+                               cache_dir=tmp_path, progress=False)
+    reranking._build()
+    first = reranking.local_scorer_.extractors["aliked-nn"]
+    assert reranking.cascade_scoring_.scorers[0].extractors["aliked"] is first
+    calls = []
+    original = type(first).__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(self)
+        return original(self, *args, **kwargs)
+
+    images = load_dataset(real_subset).database.head(2)
+    type(first).__call__ = counted
+    try:
+        found = reranking._keypoints(images, None, "shared")
+    finally:
+        type(first).__call__ = original
+    assert calls == [first] and found["aliked"] is found["aliked-nn"]
+    assert len(found["aliked"]) == 2 and len(found["aliked"][0].xy) > 0

@@ -119,8 +119,8 @@ class Identifier(BaseEstimator):
                  orientation: str | dict[str | None, str] = "auto",
                  pair_score: str | dict[str | None, str] = "auto",
                  local_aggregation: str | dict[str | None, str] = "max",
-                 local_cascade: int | None = None, keep_pair_scores: bool = False, cluster_new: bool = False,
-                 ray: str | None = None, seed: int = 0):
+                 local_cascade: int | None = None, keep_pair_scores: bool = False,
+                 cluster_new: bool = False, ray: str | None = None, seed: int = 0):
         self.model = model
         self.weights = weights
         self.threshold = threshold

@@ -34,6 +34,7 @@ from wildreid.scorers import (
     LocalScorer,
     PairScoring,
     Side,
+    extracted_keypoints,
     kept_score,
     keypoint_regions,
     mirror_view,
@@ -164,12 +165,14 @@ class LocalReranking(BaseEstimator):
         self.pool_ = None if self.ray is None else RayPool(self.ray)
         stages = ([self.features[:1], self.features[1:]] if self.cascade is not None
                   else [self.features])
+        extractors: dict = {}  # by keypoint method: the stages share their keypoints
         # The default column; each species' own is taken from every score by _kept.
         scorers = [LocalScorer(matchers, self.max_keypoints, self.long_side, _DEFAULT_PAIR_SCORE,
                                self.mirror, self.device, self.batch_size, self.cache_dir,
                                self.workers, self.progress, self.pool_,
                                ransac=self._needs_ransac(
-                                   _until_chosen(self.pair_score, _DEFAULT_PAIR_SCORE)))
+                                   _until_chosen(self.pair_score, _DEFAULT_PAIR_SCORE)),
+                               extractors=extractors)
                    for matchers in stages]
         self.local_scorer_ = scorers[0]
         self.scoring_ = PairScoring([CosineScorer(), self.local_scorer_], self.keep_pair_scores)
@@ -284,11 +287,13 @@ class LocalReranking(BaseEstimator):
 
     def _keypoints(self, images: pd.DataFrame, regions, description: str
                    ) -> dict[str, list]:
-        """Every matcher's keypoints of ``images`` (of each stage of a cascade)."""
+        """Every matcher's keypoints of ``images`` (of each stage of a cascade), each keypoint
+        method's computed once."""
         scorers = [self.local_scorer_, *(self.cascade_scoring_.scorers
                                          if self.cascade_scoring_ is not None else ())]
-        return {name: found for scorer in scorers
-                for name, found in scorer.keypoints(images, regions, description).items()}
+        return extracted_keypoints({name: extractor for scorer in scorers
+                                    for name, extractor in scorer.extractors.items()},
+                                   images, regions, description)
 
     def _calibration_pairs(self, queries: np.ndarray, reference: np.ndarray,
                            features: np.ndarray, species: np.ndarray

@@ -160,6 +160,9 @@ class LocalScorer:
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
     are mirror views (``opposite``) or for every pair (``all``); the better score is kept.
     ``pool``: a :class:`~wildreid.distributed.RayPool` for keypoints and matching.
+    ``extractors``: keypoint extractors by keypoint method (``cache_key``), shared with other
+    scorers (the stages of a cascade): matchers of one method's keypoints (``aliked``,
+    ``aliked-nn``) share one extractor, so its keypoints are computed once.
     Besides each matcher's kept score, :meth:`score` gives every one of its
     :data:`~wildreid.matching.PAIR_SCORES` (``"<matcher>:<score>"``, mirrored ones
     ``"<matcher>:mirrored:<score>"``, NaN where not matched mirrored); ``pairs_per_second``: per
@@ -169,7 +172,7 @@ class LocalScorer:
                  pair_score: str = "confidence_sum", mirror: str = "none", device: str = "auto",
                  batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, pool=None,
-                 ransac: bool = False):
+                 ransac: bool = False, extractors: dict[str, KeypointExtractor] | None = None):
         if mirror not in MIRROR_MODES:
             raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {mirror!r}")
         if pair_score not in PAIR_SCORES:
@@ -180,10 +183,15 @@ class LocalScorer:
         # RANSAC inliers cost CPU time: computed only when they are the kept score or asked for.
         self.ransac = ransac or pair_score == "inliers"
         self.names = self.features
-        self.extractors = {name: KeypointExtractor(
-            create_local_features(name, max_keypoints=max_keypoints, long_side=long_side,
-                                  device=device), cache_dir, workers, progress, pool)
-            for name in self.features}
+        shared = {} if extractors is None else extractors
+        self.extractors: dict[str, KeypointExtractor] = {}
+        for name in self.features:
+            method = create_local_features(name, max_keypoints=max_keypoints, long_side=long_side,
+                                           device=device)
+            if method.cache_key not in shared:
+                shared[method.cache_key] = KeypointExtractor(method, cache_dir, workers,
+                                                             progress, pool)
+            self.extractors[name] = shared[method.cache_key]
         self.matchers = {name: create_matcher(name, device=device, batch_size=batch_size)
                          for name in self.features}
         self.pairs_per_second: dict[str, float] = {}
@@ -191,11 +199,7 @@ class LocalScorer:
     def keypoints(self, images: pd.DataFrame, regions: Sequence[Region | None] | None,
                   description: str, mirrored: bool = False) -> dict[str, Sequence[Keypoints]]:
         """Each matcher's keypoints of ``images`` (``mirrored``: of the images flipped)."""
-        paths = images["filepath" if "filepath" in images.columns else "path"].astype(str).tolist()
-        if mirrored:
-            description = f"{description} mirrored"
-        return {name: extractor(paths, regions, f"{description}: {name} keypoints", mirrored)
-                for name, extractor in self.extractors.items()}
+        return extracted_keypoints(self.extractors, images, regions, description, mirrored)
 
     def mirrored(self, query_orientation: Sequence, gallery_orientation: Sequence) -> np.ndarray:
         """Which pairs are also matched with the query mirrored."""
@@ -250,6 +254,22 @@ class LocalScorer:
                     columns[f"{name}:mirrored:{key}"][flipped] = found[key][len(pairs):]
             columns[name] = kept_score(columns, name, self.pair_score)
         return columns
+
+
+def extracted_keypoints(extractors: dict[str, KeypointExtractor], images: pd.DataFrame,
+                        regions: Sequence[Region | None] | None, description: str,
+                        mirrored: bool = False) -> dict[str, Sequence[Keypoints]]:
+    """Each matcher's keypoints of ``images`` (``mirrored``: of the images flipped), by its
+    ``extractors``: each extractor run (or its cache read) once, whatever matchers share it."""
+    paths = images["filepath" if "filepath" in images.columns else "path"].astype(str).tolist()
+    if mirrored:
+        description = f"{description} mirrored"
+    found: dict[int, Sequence[Keypoints]] = {}
+    for name, extractor in extractors.items():
+        if id(extractor) not in found:
+            found[id(extractor)] = extractor(paths, regions, f"{description}: {name} keypoints",
+                                             mirrored)
+    return {name: found[id(extractor)] for name, extractor in extractors.items()}
 
 
 def kept_score(columns: dict[str, np.ndarray], matcher: str, pair_score: str) -> np.ndarray:
