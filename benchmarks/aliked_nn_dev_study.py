@@ -3,18 +3,18 @@ carved from the database, where LightGlue is too slow to run (a CPU).
 
     python benchmarks/aliked_nn_dev_study.py [--species nyala] [--cache-dir DIR] [--out DIR]
 
-Development split: protocol B's database only, as in ``sift_dev_study.py`` (one random image of
-every identity with two or more is a development query, the rest the development gallery; the
-benchmark's queries and answers are never read). Every development query is matched against
-every development gallery image once, by mutual nearest neighbours with the loosest ratio tried,
-so every ratio below it is read from the same matches (a match passes ratio ``r`` when its
+Development split: the photos in the database of both protocols, as in ``sift_dev_study.py`` (one
+random image of every identity with two or more is a development query, the rest the development
+gallery; the benchmark's queries and answers are never read). Every development query is matched
+against every development gallery image once, by mutual nearest neighbours with the loosest ratio
+tried, so every ratio below it is read from the same matches (a match passes ratio ``r`` when its
 confidence, 1 - its ratio, exceeds 1 - ``r``). Tried: the ratio, the pair score (sum of
 confidences, count of matches above a confidence level, or RANSAC inliers: the pipeline's pair
-scores) and where the keypoints lie (the animal or the whole photo). Then, for the chosen
-setting, the shortlist: top-1 when each development query is matched only against its ``K``
-nearest gallery images by the pipeline's global cosine (``--shortlists``), beside the share of
-queries whose shortlist holds a true image, and a true image of the same flank (``orientation``).
-Writes ``benchmarks/results/aliked-nn-dev-<species>-<device>-<date>.json``.
+scores) and where the keypoints lie (the animal or the whole photo). Then, for the chosen setting,
+the shortlist: top-1 when each development query is matched only against its ``K`` nearest gallery
+images by the pipeline's global cosine (``--shortlists``), beside the share of queries whose
+shortlist holds a true image, and a true image of the same flank (``orientation``).
+Writes ``benchmarks/results/aliked-nn-dev-<species>-both-databases-cpu-<date>.json``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_BENCH, write_cpu_result
+from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, development_database, write_cpu_result
 from sift_dev_study import dev_split
 
-from wildreid.data import load_dataset
 from wildreid.isolation import Isolator, Segmenter
 from wildreid.local import AlikedNearest, KeypointExtractor
 from wildreid.matching import CONFIDENCE_LEVELS, NearestNeighbourMatcher, ransac_inliers
@@ -108,9 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/wildreid-study-cache"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
-    dataset = load_dataset(args.bench, "closedset_metadata.csv")
-    metadata = dataset.metadata[dataset.metadata["species"] == args.species]
-    metadata = metadata[metadata["split"] == "database"].reset_index(drop=True)
+    metadata = development_database(args.bench, args.species)
     identities = metadata["identity"].fillna("").astype(str).to_numpy()
     paths = metadata["filepath"].astype(str).tolist()
     queries, gallery = dev_split(identities)
@@ -149,8 +146,8 @@ def main(argv=None) -> int:
     orientation = metadata["orientation"].fillna("").astype(str).to_numpy()
     shortlists = [shortlist_trial(table, cosine, size, identities, orientation, queries, gallery)
                   for size in SHORTLISTS]
-    write_cpu_result(args.out, f"aliked-nn-dev-{args.species}", {
-        "species": args.species,
+    write_cpu_result(args.out, f"aliked-nn-dev-{args.species}-both-databases", {
+        "development_split": DEVELOPMENT_SPLIT, "species": args.species,
         "features": {"max_keypoints": args.max_keypoints, "long_side": args.long_side},
         "development": {"queries": len(queries), "gallery": len(gallery),
                         "pairs": len(queries) * len(gallery), "chosen": chosen,

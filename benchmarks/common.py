@@ -25,6 +25,26 @@ def unused_path(path: Path) -> Path:
     return candidate
 
 
+#: Where the development studies carve their split from, as written in their result files.
+DEVELOPMENT_SPLIT = "photos in the database of both protocols (A's metadata.csv, B's closedset)"
+
+
+def development_database(bench: Path, species: str) -> pd.DataFrame:
+    """The ``species``' photos that lie in the database of both protocols: B's
+    (``closedset_metadata.csv``) and A's (``metadata.csv``), loaded as the pipeline loads them
+    (absolute ``filepath`` column). No query of either protocol is among them, so a setting chosen
+    on a development split of these photos has seen neither benchmark's queries; protocol B's
+    database alone holds 867 of protocol A's 1,092 nyala queries (and A's database some of B's)."""
+    from wildreid.data import load_dataset  # the library is only needed by the studies
+
+    metadata = load_dataset(bench, "closedset_metadata.csv").metadata
+    protocol_a = pd.read_csv(bench / "metadata.csv", dtype=str, keep_default_na=False)
+    in_a = protocol_a.loc[protocol_a["split"] == "database", "image_id"]
+    chosen = ((metadata["species"] == species) & (metadata["split"] == "database")
+              & metadata["image_id"].isin(in_a))
+    return metadata[chosen].reset_index(drop=True)
+
+
 def write_cpu_result(folder: Path, name: str, settings: dict, results: list) -> Path:
     """``<folder>/<name>-cpu-<date>.json`` (never over an existing one) with the machine, date,
     command line, ``settings`` and ``results``; printed and returned."""

@@ -5,11 +5,12 @@ development split carved from the database (the benchmark's queries and answers 
     python benchmarks/orientation_dev_study.py --species lion --local sift --keypoints-on image \
         --long-side 256
 
-Development split: protocol B's database of the species (``sift_dev_study.dev_split``: one random
-image of every identity with two or more is a development query, the rest the development
-gallery). Every development query is scored against every gallery image once by the pipeline's own
-pair scorer (:func:`wildreid.matching.score_pairs`, RANSAC inliers included), then each variant is
-read from the same table:
+Development split: the species' photos in the database of both protocols
+(``common.development_database``, never a query of either) split by ``sift_dev_study.dev_split``
+(one random image of every identity with two or more is a development query, the rest the
+development gallery). Every development query is scored against every gallery image once by the
+pipeline's own pair scorer (:func:`wildreid.matching.score_pairs`, RANSAC inliers included), then
+each variant is read from the same table:
 
 - candidates: every gallery image, or only those of the query's ``orientation`` (nyala: the same
   flank; lion: the same body part), gallery images of unknown orientation kept;
@@ -20,7 +21,7 @@ read from the same table:
 
 Top-1 (identity of the best image) per variant, beside the share of queries with a true image of
 their orientation in the gallery (the ceiling of the same-orientation variants).
-Writes ``benchmarks/results/orientation-dev-<species>-<local>-cpu-<date>.json``.
+Writes ``benchmarks/results/orientation-dev-<species>-<local>-both-databases-cpu-<date>.json``.
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_BENCH, write_cpu_result
+from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, development_database, write_cpu_result
 from sift_dev_study import dev_split
 
-from wildreid.data import load_dataset
 from wildreid.isolation import Isolator, Segmenter
 from wildreid.local import KeypointExtractor, create_local_features
 from wildreid.matching import PAIR_SCORES, create_matcher, score_pairs
@@ -70,9 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tables", type=Path, default=None,
                         help="also save the score tables (.npz) for offline study")
     args = parser.parse_args(argv)
-    dataset = load_dataset(args.bench, "closedset_metadata.csv")
-    metadata = dataset.metadata[dataset.metadata["species"] == args.species]
-    metadata = metadata[metadata["split"] == "database"].reset_index(drop=True)
+    metadata = development_database(args.bench, args.species)
     identities = metadata["identity"].fillna("").astype(str).to_numpy()
     orientation = metadata["orientation"].fillna("").astype(str).to_numpy()
     queries, gallery = dev_split(identities)
@@ -120,8 +118,9 @@ def main(argv=None) -> int:
                       f"{100 * trial['top1']:.1f} %", flush=True)
     chosen = max(trials, key=lambda trial: trial["top1"])  # the first best, in the order tried
     print(f"chosen on development: {chosen}")
-    write_cpu_result(args.out, f"orientation-dev-{args.species}-{args.local}", {
-        "species": args.species, "local": args.local, "keypoints_on": args.keypoints_on,
+    write_cpu_result(args.out, f"orientation-dev-{args.species}-{args.local}-both-databases", {
+        "development_split": DEVELOPMENT_SPLIT, "species": args.species, "local": args.local,
+        "keypoints_on": args.keypoints_on,
         "features": {"max_keypoints": args.max_keypoints, "long_side": args.long_side},
         "development": {"queries": len(queries), "gallery": len(gallery),
                         "pairs": len(queries) * len(gallery), "true_in_gallery": ceiling,

@@ -3,15 +3,16 @@ protocol B (the published closed-set split), every query against every database 
 
     python benchmarks/sift_dev_study.py [--species lion] [--cache-dir DIR] [--out DIR]
 
-Development split: protocol B's database only; one random image of every identity with two or
-more is a development query, the rest the development gallery (the benchmark's queries and
+Development split: the photos in the database of both protocols (``common.development_database``:
+never a query of protocol A or B); one random image of every identity with two or more is a
+development query, the rest the development gallery (the benchmark's queries and
 answers are never read while choosing). Settings are searched greedily, one factor at a time from
 the settings before this study (each change kept when it raises development top-1): keypoints on
 the animal or the whole image, detected on the animal's box or the whole frame, the long side
 images are resized to, keypoints kept, RootSIFT or plain SIFT, mutual check, ratio; and the pair
 score (sum of match confidences, or the count of matches with ratio < 0.8 as in the published
 baseline). The chosen setting and the starting one are then run once on protocol
-B. Writes ``benchmarks/results/sift-dev-<species>-<device>-<date>.json``.
+B. Writes ``benchmarks/results/sift-dev-<species>-both-databases-cpu-<date>.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import DEFAULT_BENCH, unused_path
+from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, development_database, unused_path
 from nyala_lion import machine
 
 from wildreid.data import load_dataset
@@ -94,8 +95,10 @@ def main(argv=None) -> int:
     paths = metadata["filepath"].astype(str).tolist()
     regions = Isolator(Segmenter(), cache_dir=args.cache_dir)(metadata, "regions")
     runner = Runner(paths, regions, args.cache_dir)
-    dev_queries, dev_gallery = dev_split(identities[database])
-    dev_queries, dev_gallery = database[dev_queries], database[dev_gallery]
+    development = np.flatnonzero(metadata["image_id"].isin(
+        development_database(args.bench, args.species)["image_id"]).to_numpy())
+    dev_queries, dev_gallery = dev_split(identities[development])
+    dev_queries, dev_gallery = development[dev_queries], development[dev_gallery]
     print(f"{args.species}: development {len(dev_queries)} queries x {len(dev_gallery)} images")
 
     trials = []
@@ -132,11 +135,12 @@ def main(argv=None) -> int:
     date = datetime.date.today().isoformat()
     report = {"date": date, "machine": machine("cpu"), "species": args.species,
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "development_split": DEVELOPMENT_SPLIT,
               "development": {"queries": len(dev_queries), "gallery": len(dev_gallery),
                               "trials": trials, "chosen": chosen, "chosen_score": chosen_score},
               "protocol_B": protocol_b}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = unused_path(args.out / f"sift-dev-{args.species}-cpu-{date}.json")
+    path = unused_path(args.out / f"sift-dev-{args.species}-both-databases-cpu-{date}.json")
     path.write_text(json.dumps(report, indent=2))
     print(f"results: {path}")
     return 0
