@@ -803,6 +803,8 @@ def test_cascade_scores_each_querys_best_pairs_by_the_first_matcher(real_subset,
         assert scorer.ransac == ("inliers" in pair_score.values())
     for settings, message in (({"local": ("sift",), "local_cascade": 3}, "two or more"),
                               ({"local": ("sift", "orb"), "local_cascade": 0}, "1 or more"),
+                              ({"local": ("sift", "orb"), "local_cascade": 2.5}, "number of images"),
+                              ({"local": ("sift", "orb"), "local_cascade": True}, "number of images"),
                               ({"local": ("sift", "sift")}, "each local matcher once"),
                               ({"local": (), "local_cascade": 3}, "needs local matchers")):
         with pytest.raises(ValueError, match=message):  # before the database is described

@@ -16,6 +16,7 @@ shortlist and aggregates per identity (max).
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -613,10 +614,11 @@ class LocalReranking(BaseEstimator):
 
 def check_matchers(features: Sequence[str], cascade: int | None) -> None:
     """``ValueError`` unless the local matchers are distinct and, with a ``cascade``, two or
-    more (the first scores every pair) with ``cascade`` a number of images, 1 or more."""
+    more (the first scores every pair) with ``cascade`` a whole number of images, 1 or more."""
     if len(set(features)) != len(tuple(features)):
         raise ValueError(f"each local matcher once, not {tuple(features)}")
-    if cascade is not None and (int(cascade) < 1 or len(tuple(features)) < 2):
+    whole = isinstance(cascade, numbers.Integral) and not isinstance(cascade, bool)
+    if cascade is not None and (not whole or cascade < 1 or len(tuple(features)) < 2):
         raise ValueError(f"cascade must be a number of images (1 or more) and needs two or more "
                          f"local matchers (the first scores every pair), not cascade={cascade!r} "
                          f"with {tuple(features)}")
