@@ -75,6 +75,16 @@ def main(argv=None) -> int:
     # The first stage's order, the cosine breaking its ties (as the pipeline does).
     order = np.lexsort((-tables["cosine"], -first), axis=1)[:, :args.top]
     ceiling = float(np.mean((names[order] == truth[:, None]).any(1)))
+    # What a cascade needs of its first stage: the true identity among its candidates (recall),
+    # for each score the first stage could be read by.
+    recall = {}
+    for score in [*PAIR_SCORES, "cosine"]:
+        ranked = np.lexsort((-tables["cosine"], -tables[score]), axis=1)
+        recall[score] = {top: float(np.mean((names[ranked[:, :top]] == truth[:, None]).any(1)))
+                         for top in (1, 3, 5, args.top)}
+        print(f"  first stage read by {score:16s}: a true image among the first 1/3/5/"
+              f"{args.top}: " + " / ".join(f"{100 * v:.1f}" for v in recall[score].values())
+              + " %", flush=True)
     print(f"{args.species}: {len(queries)} development queries, top {args.top} of "
           f"{len(gallery)} images by {args.first} {args.first_score}; a true image among them "
           f"for {100 * ceiling:.1f} %", flush=True)
@@ -115,7 +125,8 @@ def main(argv=None) -> int:
         "tables": args.tables.name, "first": args.first,
         "first_score": args.first_score, "second": args.second, "top": args.top,
         "development": {"queries": len(queries), "gallery": len(gallery),
-                        "pairs": len(pairs), "true_among_candidates": ceiling},
+                        "pairs": len(pairs), "true_among_candidates": ceiling,
+                        "true_among_first_by_score": recall},
         "seconds": {"second_stage": seconds,
                     "pairs_per_second": round(len(pairs) / max(seconds, 1e-9), 2)}}, trials)
     return 0
