@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from wildreid.data import NEW_INDIVIDUAL
-from wildreid.openset import OpenSetDecision, fit_threshold, pseudo_split
+from wildreid.metrics import threshold_curve
+from wildreid.openset import OpenSetDecision, fit_threshold, pseudo_split, sightings_of
+from wildreid.ranking import IdentityIndex
 
 
 def _clusters(n_ids: int, per_id: int, spread: float, seed: int):
@@ -75,3 +78,83 @@ def test_thresholds_from_any_scorers_pseudo_queries():
     with pytest.raises(ValueError, match="give --threshold"):
         OpenSetDecision.from_pseudo_queries(truth[~unknown], top[~unknown], score[~unknown],
                                             unknown[~unknown])
+
+
+def _sightings_world(seed: int, identities: int = 40, sightings: int = 4, per_sighting: int = 2,
+                     between: float = 1.3, within: float = 0.05):
+    """Photos of one sighting nearly alike (same place and light), sightings of one individual
+    far apart: unit features, identities and each photo's date (one day per sighting)."""
+    rng = np.random.default_rng(seed)
+    features, names, dates = [], [], []
+    for individual in range(identities):
+        centre = rng.normal(size=32)
+        for sighting in range(sightings):
+            seen = centre + between * rng.normal(size=32)
+            for _ in range(per_sighting):
+                features.append(seen + within * rng.normal(size=32))
+                names.append(f"id{individual}")
+                dates.append(f"2024-01-0{sighting + 1} 0{sighting}:30")
+    features = np.array(features, np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    return features, np.array(names), np.array(dates, dtype=object)
+
+
+def test_sightings_of_reads_days_and_gives_undated_photos_their_own():
+    images = pd.DataFrame({"date": ["2024-01-02 10:00", "2024-01-02 17:45", None, "spring",
+                                    "", np.nan]})
+    assert list(sightings_of(images)) == ["2024-01-02", "2024-01-02", "row 2", "spring", "row 4",
+                                          "row 5"]
+    assert sightings_of(pd.DataFrame({"date": [None, " "]})) is None
+    assert sightings_of(pd.DataFrame({"identity": ["a"]})) is None
+
+
+def test_pseudo_split_holds_out_whole_sightings():
+    _, identities, dates = _sightings_world(0, identities=12)
+    dates[identities == "id0"] = "2024-02-01"  # id0 was seen once
+    sightings = sightings_of(pd.DataFrame({"date": dates}))
+    known_queries_of_id0 = 0
+    for seed in range(20):
+        split = pseudo_split(identities, np.random.default_rng(seed), sightings=sightings)
+        reference = set(zip(identities[split.reference], sightings[split.reference]))
+        known = split.queries[~split.unknown]
+        assert len(known)
+        for row in known:  # a pseudo-known query never meets a photo of its own sighting...
+            assert (identities[row], sightings[row]) not in reference
+            # ...but always meets its individual
+            assert identities[row] in set(identities[split.reference])
+        known_queries_of_id0 += int((identities[known] == "id0").sum())
+    assert known_queries_of_id0 == 0  # seen once: a pseudo-unknown or all in the reference
+
+
+def test_pseudo_split_falls_back_to_photos_when_no_identity_was_seen_twice():
+    identities = np.repeat([f"id{i}" for i in range(10)], 3)
+    sightings = np.repeat([f"day{i}" for i in range(10)], 3)
+    split = pseudo_split(identities, np.random.default_rng(0), sightings=sightings)
+    assert split is not None and (~split.unknown).any()
+
+
+def test_threshold_fitted_by_sightings_suits_queries_of_new_sightings():
+    """The hard case: photos of one sighting are near duplicates. Held out photo by photo, a
+    pseudo-known query meets its twin and scores high, so the threshold is fitted too high and
+    real queries (a new sighting of a known individual) are called new. Held out by sighting,
+    the pseudo-queries look like the queries."""
+    scores = {"photos": [], "sightings": []}
+    thresholds = {"photos": [], "sightings": []}
+    for seed in range(3):
+        features, identities, dates = _sightings_world(seed)
+        number = np.array([int(name[2:]) for name in identities])
+        last = np.array([date.startswith("2024-01-04") for date in dates])
+        database = (number < 30) & ~last
+        queries = ((number < 30) & last) | (number >= 30)  # new sightings, new individuals
+        names, best = IdentityIndex(features[database], identities[database]).search(
+            features[queries], k=1)
+        sightings = sightings_of(pd.DataFrame({"date": dates[database]}))
+        for how, given in (("photos", None), ("sightings", sightings)):
+            threshold, _ = fit_threshold(features[database], identities[database],
+                                         sightings=given)
+            curve = threshold_curve(identities[queries], names[:, 0], best[:, 0],
+                                    number[queries] >= 30, thresholds=np.array([threshold]))
+            scores[how].append(curve["score"].iloc[0])
+            thresholds[how].append(threshold)
+    assert np.mean(thresholds["sightings"]) < np.mean(thresholds["photos"])
+    assert np.mean(scores["sightings"]) > np.mean(scores["photos"]) + 0.08

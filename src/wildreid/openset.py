@@ -2,7 +2,8 @@
 
 Thresholds are fitted from the database alone, since query labels never exist: some identities are
 held out entirely (pseudo-unknowns), some images of the others are held out (pseudo-known
-queries), the rest forms a pseudo-database. Per species, the threshold maximising
+queries; whole sightings where the metadata gives dates, as real queries come), the rest forms a
+pseudo-database. Per species, the threshold maximising
 sqrt(BAKS x BAUS) on these pseudo-queries, pooled over several random splits, is kept.
 
 One door for every scorer: :meth:`OpenSetDecision.from_pseudo_queries` fits the thresholds from
@@ -31,10 +32,34 @@ class PseudoSplit:
     unknown: np.ndarray  # per pseudo-query: its identity is absent from the reference
 
 
+def sightings_of(images: pd.DataFrame) -> np.ndarray | None:
+    """Each image's sighting for :func:`pseudo_split`: its day where the ``date`` column gives
+    one (any date pandas reads; other text as written), a sighting of its own where it gives
+    none; ``None`` when no image has a date."""
+    if "date" not in images.columns:
+        return None
+    text = images["date"].astype(object)
+    text = text.where(text.notna() & (text.astype(str).str.strip() != ""), None)
+    if text.isna().all():
+        return None
+    days = pd.to_datetime(text, errors="coerce", format="mixed")
+    return np.array([f"row {row}" if pd.isna(value) else
+                     str(day.date()) if not pd.isna(day) else str(value)
+                     for row, (value, day) in enumerate(zip(text, days))], dtype=object)
+
+
 def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fraction: float = 0.3,
-                 query_fraction: float = 0.3) -> PseudoSplit | None:
+                 query_fraction: float = 0.3, sightings: np.ndarray | None = None
+                 ) -> PseudoSplit | None:
     """Hold out ``unknown_fraction`` of identities whole and ``query_fraction`` of the images of
-    each remaining identity that has at least two; ``None`` when too few identities to simulate."""
+    each remaining identity that has at least two; ``None`` when too few identities to simulate.
+
+    ``sightings`` (one key per image, e.g. :func:`sightings_of`): ``query_fraction`` of each known
+    identity's *sightings* are held out, every photo of a held sighting with it, as real queries
+    come (AnimalCLEF's are later encounters): a pseudo-query never meets a photo of its own
+    sighting, whose place and light would make the whole photo look more telling than it is on
+    queries. An identity seen once gives no pseudo-known query; when no identity was seen twice,
+    photos are held out one by one as without ``sightings``."""
     names = np.unique(identities)
     if len(names) < 3:
         return None
@@ -47,12 +72,21 @@ def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fract
             queries.extend(rows)
             unknown.extend([True] * len(rows))
             continue
-        held = min(len(rows) - 1, round(query_fraction * len(rows)))
-        if held == 0 and len(rows) >= 2:
-            held = 1
-        queries.extend(rows[:held])
-        unknown.extend([False] * held)
-        reference.extend(rows[held:])
+        if sightings is None:
+            held = min(len(rows) - 1, round(query_fraction * len(rows)))
+            if held == 0 and len(rows) >= 2:
+                held = 1
+            held_rows, kept_rows = rows[:held], rows[held:]
+        else:
+            seen = rng.permutation(np.unique(sightings[rows]))
+            held = min(len(seen) - 1, max(1, round(query_fraction * len(seen))))
+            out = np.isin(sightings[rows], seen[:held])
+            held_rows, kept_rows = rows[out], rows[~out]
+        queries.extend(held_rows)
+        unknown.extend([False] * len(held_rows))
+        reference.extend(kept_rows)
+    if sightings is not None and all(unknown):
+        return pseudo_split(identities, rng, unknown_fraction, query_fraction)
     if not any(unknown) or all(unknown):
         return None
     return PseudoSplit(np.array(reference), np.array(queries), np.array(unknown))
@@ -72,15 +106,16 @@ def pseudo_query_threshold(true_identity, top_identity, top_score, unknown
 
 
 def fit_threshold(features: np.ndarray, identities, aggregation: str = "max", repeats: int = 5,
-                  seed: int = 0, unknown_fraction: float = 0.3,
-                  query_fraction: float = 0.3) -> tuple[float, pd.DataFrame]:
+                  seed: int = 0, unknown_fraction: float = 0.3, query_fraction: float = 0.3,
+                  sightings: np.ndarray | None = None) -> tuple[float, pd.DataFrame]:
     """The threshold that maximises sqrt(BAKS x BAUS) on pseudo-queries of one species' database
-    (by cosine), and the pooled threshold curve it was read from."""
+    (by cosine; held out by ``sightings`` when given), and the pooled threshold curve it was
+    read from."""
     identities = np.asarray(identities, dtype=object).astype(str)
     rng = np.random.default_rng(seed)
     true_ids, top_ids, top_scores, unknown = [], [], [], []
     for round_ in range(repeats):
-        split = pseudo_split(identities, rng, unknown_fraction, query_fraction)
+        split = pseudo_split(identities, rng, unknown_fraction, query_fraction, sightings)
         if split is None:
             break
         index = IdentityIndex(features[split.reference], identities[split.reference],
@@ -156,14 +191,17 @@ class OpenSetDecision:
 
     @classmethod
     def fit(cls, features: np.ndarray, identities, species=None, aggregation: str = "max",
-            repeats: int = 5, seed: int = 0) -> OpenSetDecision:
-        """Thresholds by cosine: each species' pseudo-queries drawn among its own images."""
+            repeats: int = 5, seed: int = 0, sightings: np.ndarray | None = None
+            ) -> OpenSetDecision:
+        """Thresholds by cosine: each species' pseudo-queries drawn among its own images (held
+        out by ``sightings`` when given: :func:`pseudo_split`)."""
         identities = np.asarray(identities, dtype=object).astype(str)
         thresholds: dict[str | None, float] = {}
         for key, rows in _species_groups(species_keys(species, len(identities))).items():
             try:
-                thresholds[key], _ = fit_threshold(features[rows], identities[rows], aggregation,
-                                                   repeats=repeats, seed=seed)
+                thresholds[key], _ = fit_threshold(
+                    features[rows], identities[rows], aggregation, repeats=repeats, seed=seed,
+                    sightings=None if sightings is None else sightings[rows])
             except ValueError:
                 continue  # too few identities here: the pooled threshold applies
         if None not in thresholds:

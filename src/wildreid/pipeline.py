@@ -17,7 +17,7 @@ from wildreid.features import FeatureExtractor
 from wildreid.grouping import NewIndividualGrouping, name_groups
 from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter, by_species
 from wildreid.models import DEFAULT_MODEL, create_descriptor, parse_ensemble
-from wildreid.openset import OpenSetDecision
+from wildreid.openset import OpenSetDecision, sightings_of
 from wildreid.ranking import IdentityIndex, index_dir
 from wildreid.rerank import LocalReranking, check_matchers
 from wildreid.routing import SpeciesRouter, blank_species
@@ -293,7 +293,8 @@ class Identifier(BaseEstimator):
             self.decision_ = self.reranking_.decision_
         elif self.threshold == "auto":
             self.decision_ = OpenSetDecision.fit(features, identities, species,
-                                                 self.aggregation, seed=self.seed)
+                                                 self.aggregation, seed=self.seed,
+                                                 sightings=sightings_of(database))
         else:
             fixed = -np.inf if self.threshold is None else float(self.threshold)
             self.decision_ = OpenSetDecision.fixed(fixed)

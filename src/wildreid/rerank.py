@@ -28,7 +28,7 @@ from wildreid.distributed import RayPool
 from wildreid.fusion import Calibration, cross_fitted_calibration
 from wildreid.isolation import Isolator, by_species
 from wildreid.matching import PAIR_SCORES
-from wildreid.openset import OpenSetDecision, pseudo_split, species_keys
+from wildreid.openset import OpenSetDecision, pseudo_split, sightings_of, species_keys
 from wildreid.ranking import index_dir, nearest_images
 from wildreid.scorers import (
     CosineScorer,
@@ -187,7 +187,7 @@ class LocalReranking(BaseEstimator):
         identities = images["identity"].astype(str).to_numpy()
         species = species_keys(images.get("species"), len(images))
         rng = np.random.default_rng(self.seed)
-        split = pseudo_split(identities, rng)
+        split = pseudo_split(identities, rng, sightings=sightings_of(images))
         if split is None:
             raise ValueError("local re-ranking needs 3 or more database identities to calibrate")
         # Species choosing their pair score use the confidence sum until they have chosen.
