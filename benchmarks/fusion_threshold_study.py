@@ -1,0 +1,135 @@
+"""Does fusing the global cosine with a local score move the fitted threshold away from the best
+one? A study on development photos (never a benchmark query), on the pair tables
+``threshold_design_study.py --tables`` saved.
+
+    python benchmarks/fusion_threshold_study.py --tables /tmp/nyala-aliked-nn-all-pairs.npz
+        --species nyala [--repeats 50]
+
+Every nyala protocol A run with the cosine in the fused score had its fitted threshold further
+from the best one than the runs without it (BENCHMARKS.md "Pseudo-queries and the threshold").
+This replays ``LocalReranking.fit`` on simulated open-set protocols cut from the development
+photos (``common.development_database``), as ``threshold_design_study`` cuts them: on each
+simulated database one pseudo-split, its pseudo-queries against the photos left as calibration
+pairs, each score calibrated by isotonic regression (cross-fitted by pseudo-query identity for
+the threshold, fitted on all the pairs for the queries), the fused score the mean of the
+calibrated ones, an identity's score its best photo; then the simulated queries' score at the
+fitted threshold and at the best one in hindsight, for the local score alone and fused with the
+cosine. Writes ``benchmarks/results/fusion-threshold-<species>-<local>-both-databases-cpu-<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, development_database, write_cpu_result
+
+from wildreid.fusion import Calibration, cross_fitted_calibration
+from wildreid.metrics import threshold_curve
+from wildreid.openset import pseudo_query_threshold, pseudo_split
+
+
+def best_identities(fused: np.ndarray, identities: np.ndarray, columns: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best identity among ``columns`` (photos) of a queries x columns table."""
+    names = np.unique(identities[columns])
+    per_identity = np.stack([fused[:, identities[columns] == name].max(1) for name in names], 1)
+    best = per_identity.argmax(1)
+    return names[best], per_identity[np.arange(len(fused)), best]
+
+
+def simulate(tables: dict[str, np.ndarray], local: str, identities: np.ndarray, repeats: int,
+             seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    fusions = {"local alone": (local,), "cosine + local": ("cosine", local)}
+    records = {name: [] for name in fusions}
+    for _ in range(repeats):
+        outer = pseudo_split(identities, rng)
+        database, queries = outer.reference, outer.queries
+        inner = pseudo_split(identities[database], np.random.default_rng(rng.integers(2**32)))
+        pseudo, reference = database[inner.queries], database[inner.reference]
+        rows, columns = np.meshgrid(pseudo, reference, indexing="ij")
+        pairs = {name: table[rows, columns].ravel() for name, table in tables.items()}
+        same = (identities[rows] == identities[columns]).ravel()
+        out_of_fold = cross_fitted_calibration(pairs, same, identities[rows].ravel())
+        calibration = Calibration.fit(pairs, same)
+        outer_rows, outer_columns = np.meshgrid(queries, database, indexing="ij")
+        outer_pairs = {name: table[outer_rows, outer_columns] for name, table in tables.items()}
+        for fusion, names in fusions.items():
+            fitted = np.mean([out_of_fold[name] for name in names], 0).reshape(rows.shape)
+            top, score = best_identities(fitted, identities, reference)
+            threshold, _ = pseudo_query_threshold(identities[pseudo], top, score, inner.unknown)
+            applied = calibration.transform({name: outer_pairs[name].ravel() for name in names})
+            fused = np.mean(list(applied.values()), 0).reshape(outer_rows.shape)
+            top, score = best_identities(fused, identities, database)
+            curve = threshold_curve(identities[queries], top, score, outer.unknown)
+            hindsight = curve.loc[curve["score"].idxmax()]
+            at = threshold_curve(identities[queries], top, score, outer.unknown,
+                                 thresholds=np.array([threshold])).iloc[0]
+            known = ~outer.unknown
+            records[fusion].append({
+                "score": float(at["score"]), "hindsight": float(hindsight["score"]),
+                "baks": float(at["baks"]), "baus": float(at["baus"]),
+                "threshold": float(threshold), "best_threshold": float(hindsight["threshold"]),
+                "known_top1": float(np.mean(top[known] == identities[queries][known]))})
+    summary = {}
+    baseline = np.array([r["hindsight"] - r["score"] for r in records["local alone"]])
+    for fusion, found in records.items():
+        gap = np.array([r["hindsight"] - r["score"] for r in found])
+        paired = gap - baseline
+        summary[fusion] = {
+            "mean_score": round(float(np.mean([r["score"] for r in found])), 4),
+            "mean_hindsight": round(float(np.mean([r["hindsight"] for r in found])), 4),
+            "mean_gap": round(float(gap.mean()), 4),
+            "gap_se": round(float(gap.std(ddof=1) / np.sqrt(len(gap))), 4),
+            "gap_minus_local_alone": round(float(paired.mean()), 4),
+            "gap_minus_local_alone_se": round(float(paired.std(ddof=1) / np.sqrt(len(gap))), 4),
+            "share_gap_over_0.02": round(float(np.mean(gap > 0.02)), 3),
+            "median_threshold_under_best": round(float(np.median(
+                [r["best_threshold"] - r["threshold"] for r in found])), 4),
+            "mean_baks": round(float(np.mean([r["baks"] for r in found])), 4),
+            "mean_baus": round(float(np.mean([r["baus"] for r in found])), 4),
+            "mean_known_top1": round(float(np.mean([r["known_top1"] for r in found])), 4)}
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tables", type=Path, required=True)
+    parser.add_argument("--species", default="nyala")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    metadata = development_database(args.bench, args.species)
+    identities = metadata["identity"].fillna("").astype(str).to_numpy()
+    tables = dict(np.load(args.tables).items())
+    if "cosine" not in tables:  # the study keeps the local table only; the cosine is cheap
+        from wildreid.pipeline import Identifier
+
+        embeddings = Identifier(device="cpu").describe(metadata, "global features")
+        tables["cosine"] = embeddings @ embeddings.T
+    local = next(name for name in tables if name != "cosine")
+    count = len(identities)
+    if tables[local].shape != (count, count):
+        raise SystemExit(f"{args.tables}: {tables[local].shape} table, but the development split "
+                         f"of {args.species} has {count} photos; is it that species' table?")
+    print(f"{args.species}: {count} development photos, local score {local}", flush=True)
+    summary = simulate(tables, local, identities, args.repeats)
+    for fusion, figures in summary.items():
+        print(f"  {fusion:15s} score {figures['mean_score']:.3f} (hindsight "
+              f"{figures['mean_hindsight']:.3f}, gap {figures['mean_gap']:.3f} ± "
+              f"{figures['gap_se']:.3f}, against the local score alone "
+              f"{figures['gap_minus_local_alone']:+.3f} ± {figures['gap_minus_local_alone_se']:.3f};"
+              f" BAKS {figures['mean_baks']:.3f}, BAUS {figures['mean_baus']:.3f})", flush=True)
+    write_cpu_result(args.out, f"fusion-threshold-{args.species}-{local}-both-databases", {
+        "development_split": DEVELOPMENT_SPLIT, "species": args.species, "local": local,
+        "repeats": args.repeats, "photos": count, "tables": args.tables.name},
+        [{"fusion": fusion, **figures} for fusion, figures in summary.items()])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
