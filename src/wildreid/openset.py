@@ -32,20 +32,33 @@ class PseudoSplit:
     unknown: np.ndarray  # per pseudo-query: its identity is absent from the reference
 
 
+#: ``date`` values that mean "no date" (compared lower-case, stripped).
+_NO_DATE = {"", "na", "n/a", "nan", "nat", "none", "null", "unknown", "?", "-"}
+#: Fewer pseudo-known queries than this from whole sightings: held out photo by photo instead.
+MIN_KNOWN_PSEUDO_QUERIES = 5
+
+
+def _day(value: str) -> str:
+    """The day a date names, in its own time zone (each value parsed alone: a file may mix UTC
+    offsets, e.g. across a change to summer time); the text itself where it is no date."""
+    day = pd.to_datetime(value, errors="coerce")
+    return value if pd.isna(day) else str(day.date())
+
+
 def sightings_of(images: pd.DataFrame) -> np.ndarray | None:
-    """Each image's sighting for :func:`pseudo_split`: its day where the ``date`` column gives
-    one (any date pandas reads; other text as written), a sighting of its own where it gives
-    none; ``None`` when no image has a date."""
+    """Each image's sighting for :func:`pseudo_split`: the day its ``date`` names (any date pandas
+    reads, in its own time zone; other text as written), a sighting of its own where it has no
+    date (missing, blank, ``NA``, ``unknown``...); ``None`` when no image has a date. A
+    sighting that runs past midnight counts as two."""
     if "date" not in images.columns:
         return None
-    text = images["date"].astype(object)
-    text = text.where(text.notna() & (text.astype(str).str.strip() != ""), None)
-    if text.isna().all():
+    text = [None if pd.isna(value) or str(value).strip().lower() in _NO_DATE
+            else str(value).strip() for value in images["date"]]
+    if all(value is None for value in text):
         return None
-    days = pd.to_datetime(text, errors="coerce", format="mixed")
-    return np.array([f"row {row}" if pd.isna(value) else
-                     str(day.date()) if not pd.isna(day) else str(value)
-                     for row, (value, day) in enumerate(zip(text, days))], dtype=object)
+    days = {value: _day(value) for value in dict.fromkeys(text) if value is not None}
+    return np.array([f"row {row}" if value is None else days[value]
+                     for row, value in enumerate(text)], dtype=object)
 
 
 def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fraction: float = 0.3,
@@ -58,11 +71,16 @@ def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fract
     identity's *sightings* are held out, every photo of a held sighting with it, as real queries
     come (AnimalCLEF's are later encounters): a pseudo-query never meets a photo of its own
     sighting, whose place and light would make the whole photo look more telling than it is on
-    queries. An identity seen once gives no pseudo-known query; when no identity was seen twice,
-    photos are held out one by one as without ``sightings``."""
+    queries. An identity seen once gives no pseudo-known query; when whole sightings give fewer
+    than :data:`MIN_KNOWN_PSEUDO_QUERIES` (few individuals seen twice), photos are held out one
+    by one as without ``sightings``."""
     names = np.unique(identities)
     if len(names) < 3:
         return None
+    if sightings is not None:
+        sightings = np.asarray(sightings, dtype=object)
+        if len(sightings) != len(identities):
+            raise ValueError(f"{len(sightings)} sightings for {len(identities)} images")
     n_unknown = min(len(names) - 2, max(1, round(unknown_fraction * len(names))))
     unknown_names = set(rng.choice(names, n_unknown, replace=False))
     reference, queries, unknown = [], [], []
@@ -72,7 +90,8 @@ def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fract
             queries.extend(rows)
             unknown.extend([True] * len(rows))
             continue
-        if sightings is None:
+        if sightings is None or len(np.unique(sightings[rows])) == len(rows):
+            # (each photo its own sighting: the same cut, the same random draws)
             held = min(len(rows) - 1, round(query_fraction * len(rows)))
             if held == 0 and len(rows) >= 2:
                 held = 1
@@ -85,7 +104,7 @@ def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fract
         queries.extend(held_rows)
         unknown.extend([False] * len(held_rows))
         reference.extend(kept_rows)
-    if sightings is not None and all(unknown):
+    if sightings is not None and len(unknown) - sum(unknown) < MIN_KNOWN_PSEUDO_QUERIES:
         return pseudo_split(identities, rng, unknown_fraction, query_fraction)
     if not any(unknown) or all(unknown):
         return None
