@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, development_database, write_cpu_result
+from threshold_design_study import summarise
 
 from wildreid.fusion import Calibration, cross_fitted_calibration
 from wildreid.metrics import threshold_curve
@@ -74,25 +75,7 @@ def simulate(tables: dict[str, np.ndarray], local: str, identities: np.ndarray, 
                 "baks": float(at["baks"]), "baus": float(at["baus"]),
                 "threshold": float(threshold), "best_threshold": float(hindsight["threshold"]),
                 "known_top1": float(np.mean(top[known] == identities[queries][known]))})
-    summary = {}
-    baseline = np.array([r["hindsight"] - r["score"] for r in records["local alone"]])
-    for fusion, found in records.items():
-        gap = np.array([r["hindsight"] - r["score"] for r in found])
-        paired = gap - baseline
-        summary[fusion] = {
-            "mean_score": round(float(np.mean([r["score"] for r in found])), 4),
-            "mean_hindsight": round(float(np.mean([r["hindsight"] for r in found])), 4),
-            "mean_gap": round(float(gap.mean()), 4),
-            "gap_se": round(float(gap.std(ddof=1) / np.sqrt(len(gap))), 4),
-            "gap_minus_local_alone": round(float(paired.mean()), 4),
-            "gap_minus_local_alone_se": round(float(paired.std(ddof=1) / np.sqrt(len(gap))), 4),
-            "share_gap_over_0.02": round(float(np.mean(gap > 0.02)), 3),
-            "median_threshold_under_best": round(float(np.median(
-                [r["best_threshold"] - r["threshold"] for r in found])), 4),
-            "mean_baks": round(float(np.mean([r["baks"] for r in found])), 4),
-            "mean_baus": round(float(np.mean([r["baus"] for r in found])), 4),
-            "mean_known_top1": round(float(np.mean([r["known_top1"] for r in found])), 4)}
-    return summary
+    return summarise(records, "local alone", "local_alone", extra=("known_top1",))
 
 
 def main(argv=None) -> int:

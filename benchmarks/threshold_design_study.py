@@ -139,24 +139,34 @@ def simulate(scores: np.ndarray, identities: np.ndarray, repeats: int, seed: int
                 "score": float(at["score"]), "baks": float(at["baks"]), "baus": float(at["baus"]),
                 "hindsight": float(hindsight["score"]), "threshold": float(threshold),
                 "best_threshold": float(hindsight["threshold"])})
+    return summarise(records, DESIGNS[0][0], "held_out")
+
+
+def summarise(records: dict[str, list[dict]], baseline: str, against: str,
+              extra: tuple[str, ...] = ()) -> dict:
+    """Per variant, over the simulated protocols (``records``: score, hindsight, BAKS, BAUS,
+    fitted and best threshold of each): the means, the gap to the hindsight and that gap against
+    the ``baseline`` variant's on the same protocols (paired: ``gap_minus_<against>``), and the
+    means of the ``extra`` record fields."""
     summary = {}
-    baseline = np.array([r["hindsight"] - r["score"] for r in records[DESIGNS[0][0]]])
-    for design, found in records.items():
+    reference = np.array([r["hindsight"] - r["score"] for r in records[baseline]])
+    mean = lambda found, key: round(float(np.mean([r[key] for r in found])), 4)  # noqa: E731
+    for name, found in records.items():
         gap = np.array([r["hindsight"] - r["score"] for r in found])
-        paired = gap - baseline  # the same simulated protocols: differences are paired
+        paired = gap - reference  # the same simulated protocols: differences are paired
         under = np.array([r["best_threshold"] - r["threshold"] for r in found])
-        summary[design] = {
-            "mean_score": round(float(np.mean([r["score"] for r in found])), 4),
-            "mean_hindsight": round(float(np.mean([r["hindsight"] for r in found])), 4),
+        summary[name] = {
+            "mean_score": mean(found, "score"), "mean_hindsight": mean(found, "hindsight"),
             "mean_gap": round(float(gap.mean()), 4),
             "gap_se": round(float(gap.std(ddof=1) / np.sqrt(len(gap))), 4),
-            "gap_minus_held_out": round(float(paired.mean()), 4),
-            "gap_minus_held_out_se": round(float(paired.std(ddof=1) / np.sqrt(len(paired))), 4),
+            f"gap_minus_{against}": round(float(paired.mean()), 4),
+            f"gap_minus_{against}_se": round(float(paired.std(ddof=1) / np.sqrt(len(paired))),
+                                             4),
             "share_gap_over_0.02": round(float(np.mean(gap > 0.02)), 3),
             "median_threshold_under_best": round(float(np.median(under)), 4),
             "mean_abs_gap_of_thresholds": round(float(np.mean(np.abs(under))), 4),
-            "mean_baks": round(float(np.mean([r["baks"] for r in found])), 4),
-            "mean_baus": round(float(np.mean([r["baus"] for r in found])), 4)}
+            "mean_baks": mean(found, "baks"), "mean_baus": mean(found, "baus"),
+            **{f"mean_{key}": mean(found, key) for key in extra}}
     return summary
 
 
