@@ -88,6 +88,17 @@ def test_validation_split_is_identity_disjoint_for_unknowns():
     assert set(identities[queries[~unknown]]) <= set(identities[train])
 
 
+def test_validation_split_holds_out_whole_sightings():
+    """With dates, a known individual's validation query is a whole sighting (never a photo whose
+    twin from the same day stays in training)."""
+    identities = np.repeat([f"id{i}" for i in range(12)], 4)
+    sightings = np.array([f"id{i // 4}-day{(i % 4) // 2}" for i in range(48)], dtype=object)
+    train, queries, unknown = validation_split(identities, 0.2, seed=0, sightings=sightings)
+    known = queries[~unknown]
+    assert len(known) and not set(sightings[known]) & set(sightings[train])
+    assert set(identities[known]) <= set(identities[train])
+
+
 def test_train_command_uses_only_the_database(real_subset, tmp_path):
     out = tmp_path / "cli.pt"
     result = CliRunner().invoke(app, [

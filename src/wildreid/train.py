@@ -29,7 +29,7 @@ from wildreid.features import FeatureExtractor, resolve_device
 from wildreid.images import load_image
 from wildreid.metrics import baks, baus, best_threshold, geometric_score, threshold_curve
 from wildreid.models import Descriptor, EmbeddingHead, WithHead, create_descriptor, save_descriptor
-from wildreid.openset import fit_threshold, pseudo_split
+from wildreid.openset import fit_threshold, pseudo_split, sightings_of
 from wildreid.progress import progress_bar
 from wildreid.ranking import IdentityIndex
 from wildreid.registry import Registry
@@ -122,14 +122,16 @@ def _transform(descriptor: Descriptor, augment: bool):
     ])
 
 
-def validation_split(identities: np.ndarray, unknown_fraction: float, seed: int
+def validation_split(identities: np.ndarray, unknown_fraction: float, seed: int,
+                     sightings: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row roles: ``train`` (used for training and as the validation reference), ``queries``
-    (held out: all images of pseudo-unknown identities, one image of each other identity with
-    two or more) and, per query, whether its identity is unknown — the open-set simulation of
-    :func:`wildreid.openset.pseudo_split`, holding out as little as possible."""
+    (held out: all images of pseudo-unknown identities, one image — one sighting, with
+    ``sightings`` — of each other identity with two or more) and, per query, whether its
+    identity is unknown — the open-set simulation of :func:`wildreid.openset.pseudo_split`,
+    holding out as little as possible."""
     split = pseudo_split(np.asarray(identities), np.random.default_rng(seed), unknown_fraction,
-                         query_fraction=0.0)
+                         query_fraction=0.0, sightings=sightings)
     if split is None:
         raise TrainingDataError("training needs at least 3 identities in the database, and at "
                                 "least one with two or more images; add more labelled "
@@ -331,7 +333,9 @@ class Trainer:
                        if "orientation" in database.columns else np.full(len(paths), None))
         species = (database["species"].astype(object).to_numpy() if "species" in database.columns
                    else None)
-        train, queries, unknown = validation_split(identities, config.unknown_fraction, config.seed)
+        sightings = sightings_of(database)
+        train, queries, unknown = validation_split(identities, config.unknown_fraction, config.seed,
+                                                   sightings)
         regions = None
         if config.isolation != "none":
             from wildreid.isolation import Isolator
@@ -412,7 +416,8 @@ class Trainer:
                 descriptor.model = backbone if start else model
                 embedded = self.embed(descriptor, paths, validation_rows)
                 descriptor.model = model
-            return validation_scores(embedded, identities, species, train, queries, unknown)
+            return validation_scores(embedded, identities, species, train, queries, unknown,
+                                     sightings)
 
         if self.baseline is None:  # the starting model on the same validation: what to beat
             self.baseline = validate(start=True)
@@ -539,9 +544,11 @@ class Trainer:
 
 
 def validation_scores(embedded: np.ndarray, identities: np.ndarray, species: np.ndarray | None,
-                      train: np.ndarray, queries: np.ndarray, unknown: np.ndarray) -> dict:
+                      train: np.ndarray, queries: np.ndarray, unknown: np.ndarray,
+                      sightings: np.ndarray | None = None) -> dict:
     """Open-set score and top-1 of the held-out queries (rows after ``len(train)`` of
-    ``embedded``) against the training images (the first rows), within each species."""
+    ``embedded``) against the training images (the first rows), within each species; the
+    threshold fitted on the training images (by ``sightings`` when given)."""
     reference, probe = embedded[:len(train)], embedded[len(train):]
     index = IdentityIndex(reference, identities[train],
                           None if species is None else species[train])
@@ -549,7 +556,8 @@ def validation_scores(embedded: np.ndarray, identities: np.ndarray, species: np.
     truth = identities[queries]
     known = ~unknown
     top1 = float((names[known, 0] == truth[known]).mean()) if known.any() else float("nan")
-    threshold, _ = fit_threshold(reference, identities[train], seed=0)
+    threshold, _ = fit_threshold(reference, identities[train], seed=0,
+                                 sightings=None if sightings is None else sightings[train])
     answers = np.where(top[:, 0] >= threshold, names[:, 0], "new_individual")
     unknown_ids = set(truth[unknown])
     baks_value = baks(truth, answers, unknown_ids)
