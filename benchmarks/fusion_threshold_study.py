@@ -25,20 +25,11 @@ from pathlib import Path
 
 import numpy as np
 from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, development_database, write_cpu_result
-from threshold_design_study import summarise
+from threshold_design_study import best_identities, summarise
 
 from wildreid.fusion import Calibration, cross_fitted_calibration
 from wildreid.metrics import threshold_curve
 from wildreid.openset import pseudo_query_threshold, pseudo_split
-
-
-def best_identities(fused: np.ndarray, identities: np.ndarray, columns: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's best identity among ``columns`` (photos) of a queries x columns table."""
-    names = np.unique(identities[columns])
-    per_identity = np.stack([fused[:, identities[columns] == name].max(1) for name in names], 1)
-    best = per_identity.argmax(1)
-    return names[best], per_identity[np.arange(len(fused)), best]
 
 
 def simulate(tables: dict[str, np.ndarray], local: str, identities: np.ndarray, repeats: int,
@@ -60,11 +51,11 @@ def simulate(tables: dict[str, np.ndarray], local: str, identities: np.ndarray, 
         outer_pairs = {name: table[outer_rows, outer_columns] for name, table in tables.items()}
         for fusion, names in fusions.items():
             fitted = np.mean([out_of_fold[name] for name in names], 0).reshape(rows.shape)
-            top, score = best_identities(fitted, identities, reference)
+            top, score = best_identities(fitted, identities[reference])
             threshold, _ = pseudo_query_threshold(identities[pseudo], top, score, inner.unknown)
             applied = calibration.transform({name: outer_pairs[name].ravel() for name in names})
             fused = np.mean(list(applied.values()), 0).reshape(outer_rows.shape)
-            top, score = best_identities(fused, identities, database)
+            top, score = best_identities(fused, identities[database])
             curve = threshold_curve(identities[queries], top, score, outer.unknown)
             hindsight = curve.loc[curve["score"].idxmax()]
             at = threshold_curve(identities[queries], top, score, outer.unknown,
@@ -88,13 +79,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     metadata = development_database(args.bench, args.species)
     identities = metadata["identity"].fillna("").astype(str).to_numpy()
-    tables = dict(np.load(args.tables).items())
-    if "cosine" not in tables:  # the study keeps the local table only; the cosine is cheap
-        from wildreid.pipeline import Identifier
-
-        embeddings = Identifier(device="cpu").describe(metadata, "global features")
-        tables["cosine"] = embeddings @ embeddings.T
-    local = next(name for name in tables if name != "cosine")
+    tables = dict(np.load(args.tables))
+    locals_ = [name for name in tables if name != "cosine"]
+    if "cosine" not in tables or len(locals_) != 1:
+        raise SystemExit(f"{args.tables}: holds {sorted(tables)}; give the tables "
+                         "threshold_design_study.py --local L --tables saved (cosine and L)")
+    local = locals_[0]
     count = len(identities)
     if tables[local].shape != (count, count):
         raise SystemExit(f"{args.tables}: {tables[local].shape} table, but the development split "

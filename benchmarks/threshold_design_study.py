@@ -55,14 +55,13 @@ DESIGNS = (("held-out", "held-out", 5), ("held-out, 1 split", "held-out", 1),
            ("whole-database", "whole-database", 5), ("leave-one-out", "leave-one-out", 5))
 
 
-def best_identities(scores: np.ndarray, queries: np.ndarray, allowed: np.ndarray,
-                    identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's best identity and its score (its best allowed photo)."""
-    table = np.where(allowed, scores[queries], -np.inf)
+def best_identities(table: np.ndarray, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best identity and its score (its best photo) in a queries x photos ``table``
+    (-inf: a photo the query does not meet), ``identities`` being the photos'."""
     names = np.unique(identities)
     per_identity = np.stack([table[:, identities == name].max(1) for name in names], 1)
     best = per_identity.argmax(1)
-    return names[best], per_identity[np.arange(len(queries)), best]
+    return names[best], per_identity[np.arange(len(table)), best]
 
 
 def pseudo_queries(design: str, database: np.ndarray, identities: np.ndarray,
@@ -106,7 +105,7 @@ def fitted_threshold(design: str, scores: np.ndarray, database: np.ndarray,
         if found is None:
             break
         queries, is_unknown, allowed = found
-        names, values = best_identities(scores, queries, allowed, identities)
+        names, values = best_identities(np.where(allowed, scores[queries], -np.inf), identities)
         true.extend(f"{round_}:{name}" for name in identities[queries])
         top.extend(f"{round_}:{name}" for name in names)
         best.append(values)
@@ -118,16 +117,11 @@ def fitted_threshold(design: str, scores: np.ndarray, database: np.ndarray,
 def simulate(scores: np.ndarray, identities: np.ndarray, repeats: int, seed: int = 0) -> dict:
     """Per design: the simulated protocols' scores at the fitted threshold and in hindsight."""
     rng = np.random.default_rng(seed)
-    count = len(identities)
-    rows = np.arange(count)
     records = {name: [] for name, _, _ in DESIGNS}
     for _ in range(repeats):
         outer = pseudo_split(identities, rng)
-        database = outer.reference
-        queries = outer.queries
-        in_database = np.isin(rows, database)
-        names, values = best_identities(scores, queries, np.broadcast_to(
-            in_database, (len(queries), count)), identities)
+        database, queries = outer.reference, outer.queries
+        names, values = best_identities(scores[np.ix_(queries, database)], identities[database])
         curve = threshold_curve(identities[queries], names, values, outer.unknown)
         hindsight = curve.loc[curve["score"].idxmax()]
         for name, design, rounds in DESIGNS:
@@ -192,9 +186,9 @@ def main(argv=None) -> int:
                                                                              "global features")
     tables = {"cosine": embeddings @ embeddings.T}
     seconds = {}
-    if args.tables and args.tables.exists():
-        tables.update({name: values for name, values in np.load(args.tables).items()
-                       if name != "cosine"})
+    stored = dict(np.load(args.tables)) if args.tables and args.tables.exists() else {}
+    if args.local in stored:
+        tables[args.local] = stored[args.local]
     elif args.local != "none":
         start = time.perf_counter()
         regions = (Isolator(Segmenter(), cache_dir=args.cache_dir)(metadata, "regions")

@@ -335,13 +335,11 @@ class Catalog:
     def _frame(self, images: pd.DataFrame) -> pd.DataFrame:
         """Catalog photos as the pipeline reads them (with their dates: thresholds are fitted on
         whole sightings where photos have them)."""
-        frame = pd.DataFrame({"image_id": images["image_id"].astype(str).to_numpy(),
-                              "filepath": [str(self.folder / p) for p in images["path"]],
-                              "identity": images["individual"].to_numpy(),
-                              "species": images["species"].to_numpy()})
-        if "date" in images.columns:
-            frame["date"] = images["date"].to_numpy()
-        return frame
+        return pd.DataFrame({"image_id": images["image_id"].astype(str).to_numpy(),
+                             "filepath": [str(self.folder / p) for p in images["path"]],
+                             "identity": images["individual"].to_numpy(),
+                             "species": images["species"].to_numpy(),
+                             "date": images["date"].to_numpy()})
 
     def identify(self, image_id: str, k: int = 5) -> pd.DataFrame:
         """Ranked candidate individuals (``rank, identity, score, image``: the photo whose pair

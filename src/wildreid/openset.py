@@ -13,6 +13,8 @@ any table of pseudo-queries and their best identity's score (the cosine's in
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,11 +40,22 @@ _NO_DATE = {"", "na", "n/a", "nan", "nat", "none", "null", "unknown", "?", "-"}
 MIN_KNOWN_PSEUDO_QUERIES = 5
 
 
+#: A date that starts year first (ISO ``2024-05-01``, EXIF ``2024:05:01 10:00:00``, ``2024/5/1``).
+_YEAR_FIRST = re.compile(r"^(\d{4})[-:/.](\d{1,2})[-:/.](\d{1,2})(?!\d)")
+
+
 def _day(value: str) -> str:
-    """The day a date names, in its own time zone (each value parsed alone: a file may mix UTC
-    offsets, e.g. across a change to summer time); the text itself where it is no date."""
-    day = pd.to_datetime(value, errors="coerce")
-    return value if pd.isna(day) else str(day.date())
+    """The day a date names, in its own time zone (each value read alone: a file may mix UTC
+    offsets, e.g. across a change to summer time); the text itself where it is no date. Only
+    equal days matter here, so an ambiguous ``01/02/2024`` need only be read one way."""
+    year_first = _YEAR_FIRST.match(value)  # the day as written: in the photo's own time zone
+    if year_first:
+        year, month, day = (int(part) for part in year_first.groups())
+        return f"{year:04d}-{month:02d}-{day:02d}"
+    with warnings.catch_warnings():  # pandas warns about day-first guesses; any reading will do
+        warnings.simplefilter("ignore")
+        parsed = pd.to_datetime(value, errors="coerce")
+    return value if pd.isna(parsed) else str(parsed.date())
 
 
 def sightings_of(images: pd.DataFrame) -> np.ndarray | None:
@@ -90,16 +103,16 @@ def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fract
             queries.extend(rows)
             unknown.extend([True] * len(rows))
             continue
-        if sightings is None or len(np.unique(sightings[rows])) == len(rows):
-            # (each photo its own sighting: the same cut, the same random draws)
+        seen_on = rows if sightings is None else sightings[rows]
+        if len(np.unique(seen_on)) == len(rows):  # each photo a sighting: held out one by one
             held = min(len(rows) - 1, round(query_fraction * len(rows)))
             if held == 0 and len(rows) >= 2:
                 held = 1
             held_rows, kept_rows = rows[:held], rows[held:]
         else:
-            seen = rng.permutation(np.unique(sightings[rows]))
+            seen = rng.permutation(np.unique(seen_on))
             held = min(len(seen) - 1, max(1, round(query_fraction * len(seen))))
-            out = np.isin(sightings[rows], seen[:held])
+            out = np.isin(seen_on, seen[:held])
             held_rows, kept_rows = rows[out], rows[~out]
         queries.extend(held_rows)
         unknown.extend([False] * len(held_rows))
