@@ -69,6 +69,21 @@ def simulate(tables: dict[str, np.ndarray], local: str, identities: np.ndarray, 
     return summarise(records, "local alone", "local_alone", extra=("known_top1",))
 
 
+def read_tables(path: Path, species: str, count: int) -> tuple[dict[str, np.ndarray], str]:
+    """The pair tables ``threshold_design_study.py --local L --tables`` saved (the cosine's and
+    one local score's, over the ``count`` development photos of ``species``), and L."""
+    tables = dict(np.load(path))
+    locals_ = [name for name in tables if name != "cosine"]
+    if "cosine" not in tables or len(locals_) != 1:
+        raise SystemExit(f"{path}: holds {sorted(tables)}; give the tables "
+                         "threshold_design_study.py --local L --tables saved (cosine and L)")
+    local = locals_[0]
+    if tables[local].shape != (count, count):
+        raise SystemExit(f"{path}: {tables[local].shape} table, but the development split "
+                         f"of {species} has {count} photos; is it that species' table?")
+    return tables, local
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tables", type=Path, required=True)
@@ -79,16 +94,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     metadata = development_database(args.bench, args.species)
     identities = metadata["identity"].fillna("").astype(str).to_numpy()
-    tables = dict(np.load(args.tables))
-    locals_ = [name for name in tables if name != "cosine"]
-    if "cosine" not in tables or len(locals_) != 1:
-        raise SystemExit(f"{args.tables}: holds {sorted(tables)}; give the tables "
-                         "threshold_design_study.py --local L --tables saved (cosine and L)")
-    local = locals_[0]
     count = len(identities)
-    if tables[local].shape != (count, count):
-        raise SystemExit(f"{args.tables}: {tables[local].shape} table, but the development split "
-                         f"of {args.species} has {count} photos; is it that species' table?")
+    tables, local = read_tables(args.tables, args.species, count)
     print(f"{args.species}: {count} development photos, local score {local}", flush=True)
     summary = simulate(tables, local, identities, args.repeats)
     for fusion, figures in summary.items():

@@ -140,15 +140,18 @@ def summarise(records: dict[str, list[dict]], baseline: str, against: str,
               extra: tuple[str, ...] = ()) -> dict:
     """Per variant, over the simulated protocols (``records``: score, hindsight, BAKS, BAUS,
     fitted and best threshold of each): the means, the gap to the hindsight and that gap against
-    the ``baseline`` variant's on the same protocols (paired: ``gap_minus_<against>``), and the
+    the ``baseline`` variant's on the same protocols (paired: ``gap_minus_<against>``), the score
+    against the baseline's (paired: ``score_minus_<against>``), and the
     means of the ``extra`` record fields."""
     summary = {}
     reference = np.array([r["hindsight"] - r["score"] for r in records[baseline]])
+    baseline_score = np.array([r["score"] for r in records[baseline]])
     mean = lambda found, key: round(float(np.mean([r[key] for r in found])), 4)  # noqa: E731
     for name, found in records.items():
         gap = np.array([r["hindsight"] - r["score"] for r in found])
         paired = gap - reference  # the same simulated protocols: differences are paired
         under = np.array([r["best_threshold"] - r["threshold"] for r in found])
+        gained = np.array([r["score"] for r in found]) - baseline_score  # paired as well
         summary[name] = {
             "mean_score": mean(found, "score"), "mean_hindsight": mean(found, "hindsight"),
             "mean_gap": round(float(gap.mean()), 4),
@@ -156,6 +159,9 @@ def summarise(records: dict[str, list[dict]], baseline: str, against: str,
             f"gap_minus_{against}": round(float(paired.mean()), 4),
             f"gap_minus_{against}_se": round(float(paired.std(ddof=1) / np.sqrt(len(paired))),
                                              4),
+            f"score_minus_{against}": round(float(gained.mean()), 4),
+            f"score_minus_{against}_se": round(float(gained.std(ddof=1) / np.sqrt(len(gained))),
+                                               4),
             "share_gap_over_0.02": round(float(np.mean(gap > 0.02)), 3),
             "median_threshold_under_best": round(float(np.median(under)), 4),
             "mean_abs_gap_of_thresholds": round(float(np.mean(np.abs(under))), 4),

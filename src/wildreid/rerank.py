@@ -98,8 +98,9 @@ class LocalReranking(BaseEstimator):
     (``all``, when the orientation is unknown); each pair keeps its better score.
     ``fusion``: which calibrated scores are averaged into the fused one (:data:`FUSIONS`; a dict
     gives it per species, key ``None`` the rest): ``all``, ``local`` (not the global cosine), or
-    ``auto``: per species, of every non-empty set of the scores, the one whose cross-fitted fused
-    scores name most pseudo-known queries of the database right (the larger set on a tie);
+    ``auto``: per species, from the top-1 of each non-empty set of the scores over the database's
+    pseudo-known queries (cross-fitted fused scores), the fewest scores within one standard error
+    of the best set (:func:`fused_set_chosen`; never the cosine alone beside local matchers);
     ``fusion_`` holds the names fused per species after ``fit``, ``fusion_choice_`` the top-1 of
     each set tried.
     ``orientation``: which database images a query is compared with (:data:`ORIENTATIONS`; a dict
@@ -482,10 +483,9 @@ class LocalReranking(BaseEstimator):
                        table: pd.DataFrame, species: np.ndarray, truth: np.ndarray,
                        unknown: np.ndarray) -> tuple[dict[str | None, tuple[str, ...]], dict]:
         """The scores fused per species (``fusion`` resolved): for ``auto``, every non-empty set
-        of the ``scores``, fused from their out-of-fold ``calibrated`` values over the calibration
-        pairs (``table``: pseudo-query row, candidate identity, cosine), and the set whose top
-        identity is right for more of the species' pseudo-known queries wins, the larger set on
-        a tie (the order tried: larger sets first, in scorer order)."""
+        of the ``scores`` is fused from their out-of-fold ``calibrated`` values over the
+        calibration pairs (``table``: pseudo-query row, candidate identity, cosine), its top-1
+        over the species' pseudo-known queries measured, and :func:`fused_set_chosen` picks."""
         names = tuple(calibrated)
         local = tuple(name for name in names if name != "cosine")
         setting = _setting(self.fusion)
@@ -513,7 +513,7 @@ class LocalReranking(BaseEstimator):
                     local=_evidence(scores, subset, rows))
                 best = _top_identities(scored, len(species), 1)["identity"][:, 0]
                 hits[subset] = float(np.mean(best[known] == truth[known]))
-            chosen[name] = max(sets, key=lambda subset: hits[subset])  # first of the best
+            chosen[name] = fused_set_chosen(hits, int(known.sum()))
             choice[name] = {"+".join(subset): top1 for subset, top1 in hits.items()}
         return chosen, choice
 
@@ -635,6 +635,25 @@ def _until_chosen(value: str | dict[str | None, str], default: str) -> dict[str 
     ``fit`` has chosen, for those set to ``auto``."""
     return {key: (default if choice == "auto" else choice)
             for key, choice in {None: default, **_setting(value)}.items()}
+
+
+def fused_set_chosen(top1: dict[tuple[str, ...], float], queries: int) -> tuple[str, ...]:
+    """The set of scores to fuse, from each set's top-1 (``top1``) over ``queries`` pseudo-known
+    queries: the fewest scores whose top-1 is within one binomial standard error of the best (the
+    one-standard-error rule of model selection), the best top-1 among those, then the first in
+    ``top1``'s order. The cosine alone is never chosen when a set holds a local score: local
+    matching was asked for, and on a few dozen pseudo-queries the cosine can lead by chance.
+
+    A few hundred pseudo-queries cannot tell sets a query or two apart, and each score fused
+    beyond need brings its own way of failing on queries unlike the pseudo-queries (on nyala
+    protocol A the cosine joined by one pseudo-query in 123). Chosen against "most right, the
+    larger set on a tie" on simulated protocols of development photos blind to both benchmarks
+    (``benchmarks/fusion_choice_study.py``; BENCHMARKS.md)."""
+    sets = [subset for subset in top1 if subset != ("cosine",)] or list(top1)
+    best = max(top1[subset] for subset in sets)
+    error = np.sqrt(best * (1 - best) / max(queries, 1))
+    near = [subset for subset in sets if top1[subset] >= best - error - 1e-12]
+    return min(near, key=lambda subset: (len(subset), -top1[subset]))  # the first on a tie
 
 
 def _choose_per_species(setting: str | dict[str | None, str], resolved: dict[str | None, str],
