@@ -29,20 +29,16 @@ fitted threshold. Writes ``benchmarks/results/fusion-choice-<species>-<local>-bo
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, development_database, write_cpu_result
-from fusion_threshold_study import read_tables
+from common import DEVELOPMENT_SPLIT, write_cpu_result
+from fusion_threshold_study import scored_at, simulated_protocols, study_inputs
 from threshold_design_study import summarise
 
-from wildreid.fusion import Calibration, cross_fitted_calibration
-from wildreid.metrics import threshold_curve
-from wildreid.openset import pseudo_query_threshold, pseudo_split
+from wildreid.openset import pseudo_query_threshold
 from wildreid.rerank import _top_identities, fused_set_chosen
 
 BASE_RULES = ("larger on a tie", "smaller on a tie", "one standard error")
@@ -85,46 +81,31 @@ def simulate(tables: dict[str, np.ndarray], local: str, identities: np.ndarray, 
     fixed = {" + ".join(subset) + " always": subset for subset in sets}
     records = {name: [] for name in (*RULES, *fixed)}
     picks = {rule: [] for rule in RULES}
-    rng = np.random.default_rng(seed)
-    for _ in range(repeats):
-        outer = pseudo_split(identities, rng)
-        database, queries = outer.reference, outer.queries
-        inner = pseudo_split(identities[database], np.random.default_rng(rng.integers(2**32)))
-        pseudo, reference = database[inner.queries], database[inner.reference]
-        rows, columns = np.meshgrid(np.arange(len(pseudo)), reference, indexing="ij")
-        pairs = {name: table[pseudo[rows], columns].ravel() for name, table in tables.items()}
-        same = (identities[pseudo[rows]] == identities[columns]).ravel()
-        out_of_fold = cross_fitted_calibration(pairs, same, identities[pseudo[rows]].ravel())
-        calibration = Calibration.fit(pairs, same)
-        known, truth = ~inner.unknown, identities[pseudo]
-        outer_rows, outer_columns = np.meshgrid(np.arange(len(queries)), database, indexing="ij")
-        outer_pairs = {name: table[queries[outer_rows], outer_columns].ravel()
-                       for name, table in tables.items()}
+    for found in simulated_protocols(tables, identities, repeats, seed):
+        # Pairs as query row (within the pseudo-queries, then within the simulated queries) and
+        # photo, for the pipeline's tie-break.
+        rows, columns = np.meshgrid(np.arange(len(found.pseudo)), found.reference,
+                                    indexing="ij")
+        query_rows, query_columns = np.meshgrid(np.arange(len(found.queries)), found.database,
+                                                indexing="ij")
+        known, truth = ~found.inner.unknown, identities[found.pseudo]
         hits, result = {}, {}
         for subset in sets:
-            fused = np.mean([out_of_fold[name] for name in subset], 0)
-            evidence = pairs[local] if local in subset else np.zeros_like(fused)
-            top, score = top_identities(fused, evidence, pairs["cosine"], rows.ravel(),
-                                        identities[columns].ravel(), len(pseudo))
+            fused = np.mean([found.out_of_fold[name] for name in subset], 0)
+            evidence = found.pairs[local] if local in subset else np.zeros_like(fused)
+            top, score = top_identities(fused, evidence, found.pairs["cosine"], rows.ravel(),
+                                        identities[columns].ravel(), len(found.pseudo))
             hits[subset] = float(np.mean(top[known] == truth[known]))
-            threshold, _ = pseudo_query_threshold(truth, top, score, inner.unknown)
-            applied = calibration.transform({name: outer_pairs[name] for name in subset})
+            threshold, _ = pseudo_query_threshold(truth, top, score, found.inner.unknown)
+            applied = found.calibration.transform({name: found.query_pairs[name]
+                                                   for name in subset})
             fused = np.mean(list(applied.values()), 0)
-            evidence = outer_pairs[local] if local in subset else np.zeros_like(fused)
-            top, score = top_identities(fused, evidence, outer_pairs["cosine"],
-                                        outer_rows.ravel(), identities[outer_columns].ravel(),
-                                        len(queries))
-            curve = threshold_curve(identities[queries], top, score, outer.unknown)
-            hindsight = curve.loc[curve["score"].idxmax()]
-            at = threshold_curve(identities[queries], top, score, outer.unknown,
-                                 thresholds=np.array([threshold])).iloc[0]
-            outer_known = ~outer.unknown
-            result[subset] = {
-                "score": float(at["score"]), "hindsight": float(hindsight["score"]),
-                "baks": float(at["baks"]), "baus": float(at["baus"]),
-                "threshold": float(threshold), "best_threshold": float(hindsight["threshold"]),
-                "known_top1": float(np.mean(top[outer_known]
-                                            == identities[queries][outer_known]))}
+            evidence = found.query_pairs[local] if local in subset else np.zeros_like(fused)
+            top, score = top_identities(fused, evidence, found.query_pairs["cosine"],
+                                        query_rows.ravel(), identities[query_columns].ravel(),
+                                        len(found.queries))
+            result[subset] = scored_at(identities[found.queries], top, score,
+                                       found.outer.unknown, threshold)
         for name, subset in fixed.items():
             records[name].append(result[subset])
         for rule in RULES:
@@ -137,18 +118,7 @@ def simulate(tables: dict[str, np.ndarray], local: str, identities: np.ndarray, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tables", type=Path, required=True)
-    parser.add_argument("--species", default="nyala")
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args(argv)
-    metadata = development_database(args.bench, args.species)
-    identities = metadata["identity"].fillna("").astype(str).to_numpy()
-    tables, local = read_tables(args.tables, args.species, len(identities))
-    print(f"{args.species}: {len(identities)} development photos, local score {local}",
-          flush=True)
+    args, identities, tables, local = study_inputs(__doc__.split("\n\n")[0], argv)
     summary, picks = simulate(tables, local, identities, args.repeats)
     for name, figures in summary.items():
         print(f"  {name:22s} score {figures['mean_score']:.3f} (hindsight "

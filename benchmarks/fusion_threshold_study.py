@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, development_database, write_cpu_result
@@ -29,14 +31,33 @@ from threshold_design_study import best_identities, summarise
 
 from wildreid.fusion import Calibration, cross_fitted_calibration
 from wildreid.metrics import threshold_curve
-from wildreid.openset import pseudo_query_threshold, pseudo_split
+from wildreid.openset import PseudoSplit, pseudo_query_threshold, pseudo_split
 
 
-def simulate(tables: dict[str, np.ndarray], local: str, identities: np.ndarray, repeats: int,
-             seed: int = 0) -> dict:
+class Protocol(NamedTuple):
+    """One simulated open-set protocol and what ``LocalReranking.fit`` learns on its database:
+    the outer split (``outer``: the simulated queries against the simulated ``database`` rows),
+    one pseudo-split of the database (``inner``; its pseudo-queries' rows ``pseudo`` against the
+    ``reference`` rows), the calibration pairs (``pairs``: each table's values over ``pseudo`` x
+    ``reference``, flattened; ``same``), their out-of-fold and in-sample calibrations, and the
+    simulated queries' pairs (``query_pairs``: over ``queries`` x ``database``, flattened)."""
+    outer: PseudoSplit
+    inner: PseudoSplit
+    database: np.ndarray
+    queries: np.ndarray
+    pseudo: np.ndarray
+    reference: np.ndarray
+    pairs: dict[str, np.ndarray]
+    same: np.ndarray
+    out_of_fold: dict[str, np.ndarray]
+    calibration: Calibration
+    query_pairs: dict[str, np.ndarray]
+
+
+def simulated_protocols(tables: dict[str, np.ndarray], identities: np.ndarray, repeats: int,
+                        seed: int = 0) -> Iterator[Protocol]:
+    """``repeats`` simulated protocols cut from the photos as the pseudo-splits cut them."""
     rng = np.random.default_rng(seed)
-    fusions = {"local alone": (local,), "cosine + local": ("cosine", local)}
-    records = {name: [] for name in fusions}
     for _ in range(repeats):
         outer = pseudo_split(identities, rng)
         database, queries = outer.reference, outer.queries
@@ -46,26 +67,43 @@ def simulate(tables: dict[str, np.ndarray], local: str, identities: np.ndarray, 
         pairs = {name: table[rows, columns].ravel() for name, table in tables.items()}
         same = (identities[rows] == identities[columns]).ravel()
         out_of_fold = cross_fitted_calibration(pairs, same, identities[rows].ravel())
-        calibration = Calibration.fit(pairs, same)
         outer_rows, outer_columns = np.meshgrid(queries, database, indexing="ij")
-        outer_pairs = {name: table[outer_rows, outer_columns] for name, table in tables.items()}
+        yield Protocol(outer, inner, database, queries, pseudo, reference, pairs, same,
+                       out_of_fold, Calibration.fit(pairs, same),
+                       {name: table[outer_rows, outer_columns].ravel()
+                        for name, table in tables.items()})
+
+
+def scored_at(truth: np.ndarray, top: np.ndarray, score: np.ndarray, unknown: np.ndarray,
+              threshold: float) -> dict:
+    """The simulated queries' figures (their ``truth``, best identity ``top`` and its ``score``,
+    whether ``unknown``) at the fitted ``threshold`` and at the best one in hindsight."""
+    curve = threshold_curve(truth, top, score, unknown)
+    hindsight = curve.loc[curve["score"].idxmax()]
+    at = threshold_curve(truth, top, score, unknown, thresholds=np.array([threshold])).iloc[0]
+    return {"score": float(at["score"]), "hindsight": float(hindsight["score"]),
+            "baks": float(at["baks"]), "baus": float(at["baus"]),
+            "threshold": float(threshold), "best_threshold": float(hindsight["threshold"]),
+            "known_top1": float(np.mean(top[~unknown] == truth[~unknown]))}
+
+
+def simulate(tables: dict[str, np.ndarray], local: str, identities: np.ndarray, repeats: int,
+             seed: int = 0) -> dict:
+    fusions = {"local alone": (local,), "cosine + local": ("cosine", local)}
+    records = {name: [] for name in fusions}
+    for found in simulated_protocols(tables, identities, repeats, seed):
+        shape = (len(found.pseudo), len(found.reference))
         for fusion, names in fusions.items():
-            fitted = np.mean([out_of_fold[name] for name in names], 0).reshape(rows.shape)
-            top, score = best_identities(fitted, identities[reference])
-            threshold, _ = pseudo_query_threshold(identities[pseudo], top, score, inner.unknown)
-            applied = calibration.transform({name: outer_pairs[name].ravel() for name in names})
-            fused = np.mean(list(applied.values()), 0).reshape(outer_rows.shape)
-            top, score = best_identities(fused, identities[database])
-            curve = threshold_curve(identities[queries], top, score, outer.unknown)
-            hindsight = curve.loc[curve["score"].idxmax()]
-            at = threshold_curve(identities[queries], top, score, outer.unknown,
-                                 thresholds=np.array([threshold])).iloc[0]
-            known = ~outer.unknown
-            records[fusion].append({
-                "score": float(at["score"]), "hindsight": float(hindsight["score"]),
-                "baks": float(at["baks"]), "baus": float(at["baus"]),
-                "threshold": float(threshold), "best_threshold": float(hindsight["threshold"]),
-                "known_top1": float(np.mean(top[known] == identities[queries][known]))})
+            fitted = np.mean([found.out_of_fold[name] for name in names], 0).reshape(shape)
+            top, score = best_identities(fitted, identities[found.reference])
+            threshold, _ = pseudo_query_threshold(identities[found.pseudo], top, score,
+                                                  found.inner.unknown)
+            applied = found.calibration.transform({name: found.query_pairs[name]
+                                                   for name in names})
+            fused = np.mean(list(applied.values()), 0).reshape(len(found.queries), -1)
+            top, score = best_identities(fused, identities[found.database])
+            records[fusion].append(scored_at(identities[found.queries], top, score,
+                                             found.outer.unknown, threshold))
     return summarise(records, "local alone", "local_alone", extra=("known_top1",))
 
 
@@ -84,8 +122,12 @@ def read_tables(path: Path, species: str, count: int) -> tuple[dict[str, np.ndar
     return tables, local
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def study_inputs(description: str, argv=None
+                 ) -> tuple[argparse.Namespace, np.ndarray, dict[str, np.ndarray], str]:
+    """The command line of a study on saved pair tables (``--tables``, ``--species``,
+    ``--repeats``, ``--bench``, ``--out``), the development photos' identities, the tables and
+    their local score's name."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tables", type=Path, required=True)
     parser.add_argument("--species", default="nyala")
     parser.add_argument("--repeats", type=int, default=50)
@@ -94,9 +136,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     metadata = development_database(args.bench, args.species)
     identities = metadata["identity"].fillna("").astype(str).to_numpy()
+    tables, local = read_tables(args.tables, args.species, len(identities))
+    print(f"{args.species}: {len(identities)} development photos, local score {local}",
+          flush=True)
+    return args, identities, tables, local
+
+
+def main(argv=None) -> int:
+    args, identities, tables, local = study_inputs(__doc__.split("\n\n")[0], argv)
     count = len(identities)
-    tables, local = read_tables(args.tables, args.species, count)
-    print(f"{args.species}: {count} development photos, local score {local}", flush=True)
     summary = simulate(tables, local, identities, args.repeats)
     for fusion, figures in summary.items():
         print(f"  {fusion:15s} score {figures['mean_score']:.3f} (hindsight "
