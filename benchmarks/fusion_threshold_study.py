@@ -122,7 +122,7 @@ def read_tables(path: Path, species: str, count: int) -> tuple[dict[str, np.ndar
     return tables, local
 
 
-def study_inputs(description: str, argv=None
+def study_inputs(description: str, argv=None, repeats: int = 50
                  ) -> tuple[argparse.Namespace, np.ndarray, dict[str, np.ndarray], str]:
     """The command line of a study on saved pair tables (``--tables``, ``--species``,
     ``--repeats``, ``--bench``, ``--out``), the development photos' identities, the tables and
@@ -130,7 +130,7 @@ def study_inputs(description: str, argv=None
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tables", type=Path, required=True)
     parser.add_argument("--species", default="nyala")
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
