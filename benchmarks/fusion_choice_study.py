@@ -34,8 +34,7 @@ import sys
 
 import numpy as np
 import pandas as pd
-from common import DEVELOPMENT_SPLIT, write_cpu_result
-from fusion_threshold_study import scored_at, simulated_protocols, study_inputs
+from fusion_threshold_study import scored_at, simulated_protocols, study_inputs, write_table_study
 from threshold_design_study import summarise
 
 from wildreid.openset import pseudo_query_threshold
@@ -126,11 +125,9 @@ def main(argv=None) -> int:
               f"{figures['score_minus_larger_on_a_tie']:+.4f} ± "
               f"{figures['score_minus_larger_on_a_tie_se']:.4f}; known top-1 "
               f"{figures['mean_known_top1']:.3f}; {picks.get(name, '')}", flush=True)
-    write_cpu_result(args.out, f"fusion-choice-{args.species}-{local}-both-databases", {
-        "development_split": DEVELOPMENT_SPLIT, "species": args.species, "local": local,
-        "repeats": args.repeats, "photos": len(identities), "tables": args.tables.name},
-        [{"variant": name, **figures, "picked": picks.get(name)}
-         for name, figures in summary.items()])
+    write_table_study(args, "fusion-choice", local, len(identities),
+                      [{"variant": name, **figures, "picked": picks.get(name)}
+                       for name, figures in summary.items()])
     return 0
 
 

@@ -142,6 +142,15 @@ def study_inputs(description: str, argv=None, repeats: int = 50
     return args, identities, tables, local
 
 
+def write_table_study(args: argparse.Namespace, kind: str, local: str, photos: int,
+                      results: list[dict]) -> Path:
+    """``<out>/<kind>-<species>-<local>-both-databases-cpu-<date>.json``: a study on saved pair
+    tables (``study_inputs``' command line) with its ``results``."""
+    return write_cpu_result(args.out, f"{kind}-{args.species}-{local}-both-databases", {
+        "development_split": DEVELOPMENT_SPLIT, "species": args.species, "local": local,
+        "repeats": args.repeats, "photos": photos, "tables": args.tables.name}, results)
+
+
 def main(argv=None) -> int:
     args, identities, tables, local = study_inputs(__doc__.split("\n\n")[0], argv)
     count = len(identities)
@@ -152,10 +161,8 @@ def main(argv=None) -> int:
               f"{figures['gap_se']:.3f}, against the local score alone "
               f"{figures['gap_minus_local_alone']:+.3f} ± {figures['gap_minus_local_alone_se']:.3f};"
               f" BAKS {figures['mean_baks']:.3f}, BAUS {figures['mean_baus']:.3f})", flush=True)
-    write_cpu_result(args.out, f"fusion-threshold-{args.species}-{local}-both-databases", {
-        "development_split": DEVELOPMENT_SPLIT, "species": args.species, "local": local,
-        "repeats": args.repeats, "photos": count, "tables": args.tables.name},
-        [{"fusion": fusion, **figures} for fusion, figures in summary.items()])
+    write_table_study(args, "fusion-threshold", local, count,
+                      [{"fusion": fusion, **figures} for fusion, figures in summary.items()])
     return 0
 
 

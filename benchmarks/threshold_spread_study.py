@@ -22,8 +22,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from common import DEVELOPMENT_SPLIT, write_cpu_result
-from fusion_threshold_study import scored_at, simulated_protocols, study_inputs
+from fusion_threshold_study import scored_at, simulated_protocols, study_inputs, write_table_study
 from threshold_design_study import best_identities, summarise
 
 from wildreid.openset import bagged_threshold, pseudo_query_threshold, resampled_thresholds
@@ -80,10 +79,9 @@ def main(argv=None) -> int:
               f" gap median {quantiles['gap_q50']:.3f}, 90 % {quantiles['gap_q90']:.3f}, "
               f"95 % {quantiles['gap_q95']:.3f}, over 0.078 in "
               f"{quantiles['share_gap_over_0_078']:.0%}", flush=True)
-    write_cpu_result(args.out, f"threshold-spread-{args.species}-{local}-both-databases", {
-        "development_split": DEVELOPMENT_SPLIT, "species": args.species, "local": local,
-        "repeats": args.repeats, "photos": len(identities), "tables": args.tables.name},
-        [{"variant": name, **figures, **spread[name]} for name, figures in summary.items()])
+    write_table_study(args, "threshold-spread", local, len(identities),
+                      [{"variant": name, **figures, **spread[name]}
+                       for name, figures in summary.items()])
     return 0
 
 
