@@ -97,8 +97,12 @@ def pseudo_queries(design: str, database: np.ndarray, identities: np.ndarray,
     return queries, unknown, np.concatenate([allowed_unknown, allowed_known])
 
 
-def fitted_threshold(design: str, scores: np.ndarray, database: np.ndarray,
-                     identities: np.ndarray, rng: np.random.Generator, rounds: int = 5) -> float:
+def pooled_pseudo_queries(design: str, scores: np.ndarray, database: np.ndarray,
+                          identities: np.ndarray, rng: np.random.Generator, rounds: int = 5
+                          ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """``rounds`` pseudo-splits of ``database`` pooled: each pseudo-query's true identity, best
+    identity (both tagged by round, as ``wildreid.openset.fit_threshold`` tags them), the best
+    identity's score and whether the query is pseudo-unknown."""
     true, top, best, unknown = [], [], [], []
     for round_ in range(rounds):
         found = pseudo_queries(design, database, identities, rng)
@@ -110,7 +114,13 @@ def fitted_threshold(design: str, scores: np.ndarray, database: np.ndarray,
         top.extend(f"{round_}:{name}" for name in names)
         best.append(values)
         unknown.append(is_unknown)
-    threshold, _ = pseudo_query_threshold(true, top, np.concatenate(best), np.concatenate(unknown))
+    return true, top, np.concatenate(best), np.concatenate(unknown)
+
+
+def fitted_threshold(design: str, scores: np.ndarray, database: np.ndarray,
+                     identities: np.ndarray, rng: np.random.Generator, rounds: int = 5) -> float:
+    threshold, _ = pseudo_query_threshold(*pooled_pseudo_queries(design, scores, database,
+                                                                 identities, rng, rounds))
     return threshold
 
 
