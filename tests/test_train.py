@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +23,7 @@ from wildreid.train import (
     _loss_value,
     _SeededSampler,
     batch_shape,
+    frozen_split,
     validation_split,
 )
 
@@ -60,10 +63,13 @@ def test_loss_goes_down_and_the_checkpoint_is_a_model(real_subset, tmp_path):
 def test_training_resumes_after_the_last_finished_epoch(real_subset, tmp_path):
     database = load_dataset(real_subset).database
     out = tmp_path / "model.pt"
-    first = Trainer("efficientnet-lite0", out, TrainConfig(loss="triplet-hard", epochs=1, **SMALL),
-                    device="cpu", workers=0, progress=False).fit(database)
-    resumed = Trainer("efficientnet-lite0", out, TrainConfig(loss="triplet-hard", epochs=2, **SMALL),
-                      device="cpu", workers=0, progress=False)
+    # cached_views 0: the whole backbone runs on fresh views every step (no frozen part cached).
+    config = TrainConfig(loss="triplet-hard", epochs=1, cached_views=0, **SMALL)
+    first = Trainer("efficientnet-lite0", out, config, device="cpu", workers=0,
+                    progress=False).fit(database)
+    assert not list(tmp_path.glob("frozen-views-*.pt"))
+    resumed = Trainer("efficientnet-lite0", out, replace(config, epochs=2), device="cpu",
+                      workers=0, progress=False)
     history = resumed.fit(database)
     assert [row["epoch"] for row in history] == [1, 2]
     assert history[0] == first[0]  # epoch 1 was not run again
@@ -111,13 +117,35 @@ def test_train_command_uses_only_the_database(real_subset, tmp_path):
     assert bad.exit_code == 2 and "arcface" in bad.output
 
 
-def test_frozen_backbone_trains_the_head_on_cached_views(real_subset, tmp_path):
+def test_frozen_split_runs_the_backbone_in_two_parts():
+    """The frozen part then the trained part give the backbone's own output, wherever the
+    split falls (the whole backbone frozen, the last stage trained, all stages trained); a
+    model whose layout is not known, or nothing frozen, is not split."""
+    import timm
+
+    backbone = create_descriptor("efficientnet-lite0").model.eval()
+    images = torch.randn(3, 3, 224, 224)
+    with torch.inference_mode():
+        expected = backbone(images)
+        for unfreeze in (0, 1, 2, 7, 20):
+            frozen, trained = frozen_split(backbone, unfreeze)
+            torch.testing.assert_close(trained(frozen(images)), expected, rtol=0, atol=1e-5)
+    assert frozen_split(backbone, -1) is None
+    other = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    assert frozen_split(other, 2) is None and frozen_split(other, 0)[0] is other
+
+
+@pytest.mark.parametrize("unfreeze, shape", [(0, (1280,)), (1, (192, 7, 7))])
+def test_frozen_part_is_described_once_and_the_rest_trains_on_it(real_subset, tmp_path,
+                                                                  unfreeze, shape):
     """unfreeze 0: backbone features of a few views are computed once, the head trains on them;
-    the validation embeddings equal what identify computes from the saved checkpoint."""
+    unfreeze 1: the output of every stage but the last, and the last stage trains with the head
+    on it. The validation embeddings equal what identify computes from the saved checkpoint,
+    and the frozen stages keep their weights and batch-norm statistics."""
     database = load_dataset(real_subset).database
     out = tmp_path / "head.pt"
     config = TrainConfig(loss="classifier", epochs=4, identities_per_batch=4, images_per_identity=2,
-                         steps_per_epoch=6, unfreeze=0, cached_views=2, lr_head=1e-2)
+                         steps_per_epoch=6, unfreeze=unfreeze, cached_views=2, lr_head=1e-2)
     trainer = Trainer("efficientnet-lite0", out, config, device="cpu", workers=0, progress=False)
     history = trainer.fit(database)
     assert history[-1]["loss"] < history[0]["loss"]
@@ -125,8 +153,16 @@ def test_frozen_backbone_trains_the_head_on_cached_views(real_subset, tmp_path):
     (stored,) = tmp_path.glob("frozen-views-*.pt")
     views = torch.load(stored, weights_only=True)  # tensors and plain values only
     train, queries, _ = validation_split(database["identity"].to_numpy(), 0.2, 0)
-    assert views["views"].shape == (2, len(train), 1280)
-    assert views["validation"].shape == (len(train) + len(queries), 1280)
+    assert views["views"].shape == (2, len(train), *shape)
+    assert views["validation"].shape == (len(train) + len(queries), *shape)
+    start = create_descriptor("efficientnet-lite0").model.state_dict()
+    trained = {name[len("backbone."):]: value
+               for name, value in create_descriptor(str(out)).model.state_dict().items()
+               if name.startswith("backbone.")}
+    changed = {name.split(".")[0] + ("." + name.split(".")[1] if name.startswith("blocks") else "")
+               for name, value in start.items() if not torch.equal(value, trained[name])}
+    assert changed <= {"blocks.6", "bn2"}  # the last stage; bn2's running statistics
+    assert ("blocks.6" in changed) == (unfreeze == 1)
     # The checkpoint's validation record is what its own embeddings give, recomputed as identify
     # computes them (plain transform, backbone + head, L2 norm).
     descriptor = create_descriptor(str(out))

@@ -404,8 +404,10 @@ def train(
     unfreeze: int = typer.Option(None, help="Last N backbone stages trained; -1 all, 0 none "
                                  "(the head trains on cached backbone features: fast on a CPU) "
                                  "[default: 0 for classifier, else -1]."),
-    cached_views: int = typer.Option(4, min=1, help="With --unfreeze 0: views of each image "
-                                     "described once (one plain, the rest augmented)."),
+    cached_views: int = typer.Option(4, min=0, help="Views of each image the frozen stages "
+                                     "describe once (one plain, the rest augmented; with "
+                                     "--unfreeze 0, or N on EfficientNets); 0: fresh views "
+                                     "through the whole backbone every step."),
     flip: str = typer.Option("auto", help="Horizontal flips: auto (not for left/right views), "
                              "all, none."),
     head_activation: str = typer.Option("none", help="After the head's batch norm: none "

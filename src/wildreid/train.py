@@ -61,8 +61,10 @@ class TrainConfig:
     unknown_fraction: float = 0.2
     patience: int = 5  # epochs without a better validation score before stopping
     steps_per_epoch: int | None = None  # default: one pass over the training images
-    # Frozen backbone (unfreeze 0): its features of this many views of each training image (the
-    # first plain, the rest augmented) are computed once and the head trains on them.
+    # The frozen part of the backbone (all of it with unfreeze 0; the stages before the last
+    # N with unfreeze N, where the model's layout is known): its output on this many views of
+    # each training image (the first plain, the rest augmented) is computed once and the
+    # trained part learns on them. 0: every step runs the whole backbone on a fresh view.
     cached_views: int = 4
     seed: int = 0
 
@@ -76,7 +78,8 @@ class CheckpointError(ValueError):
 
 
 class _CachedViews(TorchDataset):
-    """Backbone features ``(views, N, F)`` of the training images: a random view per draw."""
+    """The frozen part's outputs ``(views, N, ...)`` on the training images: a random view per
+    draw."""
 
     def __init__(self, views: torch.Tensor, labels: np.ndarray):
         self.views, self.labels = views, labels
@@ -253,6 +256,29 @@ def _trainable_blocks(backbone: nn.Module) -> list[nn.Module]:
     return list(backbone.children())
 
 
+#: timm's EfficientNet / MobileNet layout: ``forward`` runs these in order (the classifier is
+#: an identity in a descriptor), so the backbone splits between any two of its blocks.
+_BLOCK_LAYOUT = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
+
+
+def frozen_split(backbone: nn.Module, unfreeze: int) -> tuple[nn.Module, nn.Module] | None:
+    """The backbone as ``(frozen, trained)`` with ``trained(frozen(x)) == backbone(x)``: all of
+    it frozen for ``unfreeze`` 0; for N > 0, the stages before the last N frozen where the
+    model's layout is known (timm's EfficientNet family), else ``None`` (as for -1: nothing
+    frozen). The frozen part's output can then be computed once per view."""
+    if unfreeze == 0:
+        return backbone, nn.Identity()
+    known = (all(hasattr(backbone, name) for name in _BLOCK_LAYOUT)
+             and isinstance(getattr(backbone, "classifier", None), nn.Identity)
+             and not getattr(backbone, "drop_rate", 0))
+    if unfreeze < 0 or not known:
+        return None
+    blocks = list(backbone.blocks)
+    tail = max(0, len(blocks) - unfreeze)
+    return (nn.Sequential(backbone.conv_stem, backbone.bn1, *blocks[:tail]),
+            nn.Sequential(*blocks[tail:], backbone.conv_head, backbone.bn2, backbone.global_pool))
+
+
 class Trainer:
     """Fine-tunes ``model`` (a registry name or checkpoint) on a database DataFrame with
     ``filepath``/``path``, ``identity`` and optional ``orientation``; writes ``out`` (the best
@@ -399,18 +425,22 @@ class Trainer:
                             None if regions is None else [regions[i] for i in train],
                             config.isolation)
         forward, workers, validation_views = model, self.workers, None
-        if config.unfreeze == 0:  # frozen backbone: train the head on its cached features
-            views, validation_views = self._backbone_views(backbone, descriptor, dataset, paths,
-                                                           queries, train)
-            dataset, forward, workers = _CachedViews(views, labels), model.head, 0
+        split = frozen_split(backbone, config.unfreeze) if config.cached_views else None
+        if split is not None:  # the trained part learns on the frozen part's cached outputs
+            frozen, trained = split
+            views, validation_views = self._frozen_views(frozen, descriptor, dataset, paths,
+                                                         queries, train)
+            forward = nn.Sequential(trained, model.head)
+            dataset, workers = _CachedViews(views, labels), 0
         validation_rows = np.concatenate([train, queries])
 
         def validate(start: bool) -> dict:
             """Validation scores of the starting model (``start``) or of the trained one, from
             embeddings computed as ``wildreid identify`` would."""
-            if validation_views is not None:  # frozen backbone: its cached plain views
+            if validation_views is not None:  # the frozen part's cached plain views
                 with torch.inference_mode():
-                    out = validation_views if start else model.head(validation_views.to(self.device))
+                    out = torch.cat([(trained if start else forward)(chunk.to(self.device))
+                                     for chunk in validation_views.split(256)])
                 embedded = nn.functional.normalize(out.float(), dim=1).cpu().numpy()
             else:
                 descriptor.model = backbone if start else model
@@ -432,8 +462,8 @@ class Trainer:
             sampler.epoch = epoch
             torch.manual_seed(_epoch_seed(config.seed, epoch))
             model.train()
-            if config.unfreeze == 0:
-                backbone.eval()  # frozen: keep its batch-norm statistics
+            if split is not None:
+                frozen.eval()  # cached: its batch-norm statistics stay those of the views
             losses, started = [], time.perf_counter()
             with progress_bar("images", self.progress) as bar:
                 task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps * batch)
@@ -492,11 +522,11 @@ class Trainer:
         return extractor(list(paths[rows]), "validation", regions)
 
     @torch.inference_mode()
-    def _backbone_views(self, backbone: nn.Module, descriptor: Descriptor, augmented: _Training,
-                        paths: np.ndarray, queries: np.ndarray, train: np.ndarray
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen-backbone features: ``cached_views`` views of each training image (plain, then
-        augmented) and the plain view of the validation queries (training order first). Stored
+    def _frozen_views(self, frozen: nn.Module, descriptor: Descriptor, augmented: _Training,
+                      paths: np.ndarray, queries: np.ndarray, train: np.ndarray
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen part's outputs: ``cached_views`` views of each training image (plain, then
+        augmented) and the plain view of every validation image (training order first). Stored
         in the cache folder (else beside the checkpoint), so a resumed run or another loss on
         the same images does not recompute them."""
         config = self.config
@@ -504,6 +534,8 @@ class Trainer:
         signature = {"paths": paths[rows].tolist(), "views": config.cached_views,
                      "isolation": config.isolation, "seed": config.seed, "flip": config.flip,
                      "augment": config.augment, "model": descriptor.cache_key}
+        if config.unfreeze:  # the whole backbone's (unfreeze 0) keep their earlier stores
+            signature["frozen_until_last"] = config.unfreeze
         digest = hashlib.blake2b(repr(signature).encode(), digest_size=8).hexdigest()
         folder = Path(self.cache_dir) if self.cache_dir is not None else self.out.parent
         store = folder / f"frozen-views-{digest}.pt"
@@ -514,7 +546,7 @@ class Trainer:
             except Exception as error:  # a damaged cache is recomputed, not fatal
                 self._note(f"{store}: unreadable stored backbone features "
                            f"({type(error).__name__}); computing them again")
-        backbone.eval()
+        frozen.eval()
         plain = _Training(paths[rows], np.zeros(len(rows), int), np.zeros(len(rows), bool),
                           _transform(descriptor, False),
                           None if self._regions is None else [self._regions[i] for i in rows],
@@ -526,12 +558,12 @@ class Trainer:
             loader = DataLoader(dataset, batch_size=64, num_workers=self.workers)
             found = []
             with progress_bar("images", self.progress) as bar:
-                task = bar.add_task(f"frozen backbone: {name}", total=len(dataset))
+                task = bar.add_task(f"frozen part of the backbone: {name}", total=len(dataset))
                 for images, _ in loader:
                     images = images.to(self.device)
                     with torch.autocast(self.device.type, dtype=torch.float16,
                                         enabled=self.device.type == "cuda"):
-                        found.append(backbone(images).float().flatten(1).cpu())
+                        found.append(frozen(images).float().cpu())
                     bar.advance(task, len(images))
             outputs.append(torch.cat(found))
         views = torch.stack([outputs[0][:len(train)], *outputs[1:]])
