@@ -1,13 +1,16 @@
-"""Which loss trains the best head on a frozen backbone, measured by the database validation.
+"""Which loss trains the best head on a frozen backbone, and do the last stages gain from
+training too? Measured by the database validation.
 
     python benchmarks/frozen_head_study.py [--protocol B] [--losses arcface,classifier,...]
-        [--head-activations none,relu] [--seeds 0,1,2]
+        [--head-activations none,relu] [--seeds 0,1,2] [--unfreeze 0,1,2]
 
 Backbone features of the protocol's database (``--cached-views`` views per image) are computed
 once and shared by every run (``--cache-dir``); each loss then trains only the 512-d head, in
-seconds per epoch on a CPU. Reports the starting model's validation (ImageNet features) and each
-loss's best epoch; writes ``frozen-head-<protocol>-<device>-<date>.json``. Queries and solutions
-are never read.
+seconds per epoch on a CPU. With ``--unfreeze N`` the output of every stage but the last N is
+cached instead (``wildreid.train.frozen_split``) and those N stages train with the head.
+Reports the starting model's validation (ImageNet features) and each run's best epoch; writes
+``frozen-head-<protocol>[-unfreeze-...]-<device>-<date>.json``. Queries and solutions are never
+read.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ def main() -> int:
                         "the validation split, so each run keeps its own baseline")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr-head", type=float, default=1e-3)
+    parser.add_argument("--lr-backbone", type=float, default=1e-4)
+    parser.add_argument("--unfreeze", default="0", help="comma-separated: last N backbone "
+                        "stages trained with the head (0: the head alone)")
     parser.add_argument("--cached-views", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
@@ -54,22 +60,24 @@ def main() -> int:
     database = load_dataset(args.bench, FILES[args.protocol][0]).database
     runs, baseline = {}, None
     for loss in args.losses.split(","):
-        for activation, seed in itertools.product(args.head_activations.split(","),
-                                                  map(int, args.seeds.split(","))):
+        for activation, seed, unfreeze in itertools.product(
+                args.head_activations.split(","), map(int, args.seeds.split(",")),
+                map(int, args.unfreeze.split(","))):
             name = (loss if activation == "relu" else f"{loss}/head-{activation}") + (
-                f"/seed-{seed}" if seed else "")
-            config = TrainConfig(loss=loss, epochs=args.epochs, unfreeze=0, lr_head=args.lr_head,
+                f"/seed-{seed}" if seed else "") + (f"/unfreeze-{unfreeze}" if unfreeze else "")
+            config = TrainConfig(loss=loss, epochs=args.epochs, unfreeze=unfreeze,
+                                 lr_head=args.lr_head, lr_backbone=args.lr_backbone,
                                  cached_views=args.cached_views, patience=args.epochs,
                                  head_activation=activation, seed=seed)
             started = time.perf_counter()
             trainer = Trainer(args.model, args.cache_dir / f"frozen-{args.protocol}-{loss}-{seed}-"
-                              f"{activation}.pt", config, device=device, progress=False,
-                              cache_dir=args.cache_dir)
+                              f"{activation}-{unfreeze}.pt", config, device=device,
+                              progress=False, cache_dir=args.cache_dir)
             history = trainer.fit(database, resume=False)
             baseline = trainer.baseline
             best = max(history, key=lambda row: row["score"] + 1e-3 * row["top1"])
             runs[name] = {"seconds": round(time.perf_counter() - started, 1), "best": best,
-                          "head_activation": activation, "seed": seed,
+                          "head_activation": activation, "seed": seed, "unfreeze": unfreeze,
                           "baseline": trainer.baseline,
                           "best_top1": max(row["top1"] for row in history), "history": history}
             print(f"{name:<28} best epoch {best['epoch']:>2}: validation score "
@@ -79,6 +87,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "" if args.head_activations == "relu" else f"-head-{args.head_activations.replace(',', '-')}"
     tag += "" if args.seeds == "0" else f"-seeds-{args.seeds.replace(',', '-')}"
+    tag += "" if args.unfreeze == "0" else f"-unfreeze-{args.unfreeze.replace(',', '-')}"
     path = unused_path(args.out / f"frozen-head-{args.protocol}{tag}-{device}-{date}.json")
     path.write_text(json.dumps({"date": date, "machine": machine(device),
                                 "command": " ".join(sys.argv), "baseline": baseline,
