@@ -9,7 +9,7 @@ once and shared by every run (``--cache-dir``); each loss then trains only the 5
 seconds per epoch on a CPU. With ``--unfreeze N`` the output of every stage but the last N is
 cached instead (``wildreid.train.frozen_split``) and those N stages train with the head.
 Reports the starting model's validation (ImageNet features) and each run's best epoch; writes
-``frozen-head-<protocol>[-unfreeze-...]-<device>-<date>.json``. Queries and solutions are never
+``frozen-head-<protocol>[-unfreeze-...][-views-V]-<device>-<date>.json``. Queries and solutions are never
 read.
 """
 
@@ -88,6 +88,7 @@ def main() -> int:
     tag = "" if args.head_activations == "relu" else f"-head-{args.head_activations.replace(',', '-')}"
     tag += "" if args.seeds == "0" else f"-seeds-{args.seeds.replace(',', '-')}"
     tag += "" if args.unfreeze == "0" else f"-unfreeze-{args.unfreeze.replace(',', '-')}"
+    tag += "" if args.cached_views == 4 else f"-views-{args.cached_views}"
     path = unused_path(args.out / f"frozen-head-{args.protocol}{tag}-{device}-{date}.json")
     path.write_text(json.dumps({"date": date, "machine": machine(device),
                                 "command": " ".join(sys.argv), "baseline": baseline,

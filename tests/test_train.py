@@ -159,8 +159,8 @@ def test_frozen_part_is_described_once_and_the_rest_trains_on_it(real_subset, tm
     trained = {name[len("backbone."):]: value
                for name, value in create_descriptor(str(out)).model.state_dict().items()
                if name.startswith("backbone.")}
-    changed = {name.split(".")[0] + ("." + name.split(".")[1] if name.startswith("blocks") else "")
-               for name, value in start.items() if not torch.equal(value, trained[name])}
+    stage = lambda name: ".".join(name.split(".")[:2 if name.startswith("blocks.") else 1])  # noqa: E731
+    changed = {stage(name) for name, value in start.items() if not torch.equal(value, trained[name])}
     assert changed <= {"blocks.6", "bn2"}  # the last stage; bn2's running statistics
     assert ("blocks.6" in changed) == (unfreeze == 1)
     # The checkpoint's validation record is what its own embeddings give, recomputed as identify

@@ -154,7 +154,7 @@ def resampled_thresholds(true_identity, top_identity, top_score, unknown,
     members = {name: np.flatnonzero(true_identity == name) for name in names}
     rng = np.random.default_rng(seed)
     found = []
-    for _ in range(draws):
+    for _ in range(draws if len(names) else 0):
         picked = rng.choice(names, len(names), replace=True)
         rows = np.concatenate([members[name] for name in picked])
         if unknown[rows].all() or not unknown[rows].any():
@@ -181,11 +181,12 @@ def bagged_threshold(true_identity, top_identity, top_score, unknown,
     pair more. Chosen against the plain fit (:func:`pseudo_query_threshold`) on simulated
     protocols of development photos blind to both benchmarks
     (``benchmarks/threshold_spread_study.py``; BENCHMARKS.md). The plain fit stands where no
-    resample gives a finite threshold."""
-    plain, _ = pseudo_query_threshold(true_identity, top_identity, top_score, unknown)
+    resample gives a finite threshold (and raises the ``ValueError``)."""
     found = resampled_thresholds(true_identity, top_identity, top_score, unknown, draws, seed)
     found = found[np.isfinite(found)]
-    return float(np.mean(found)) if len(found) else plain
+    if len(found):
+        return float(np.mean(found))
+    return pseudo_query_threshold(true_identity, top_identity, top_score, unknown)[0]
 
 
 def fit_threshold(features: np.ndarray, identities, aggregation: str = "max", repeats: int = 5,

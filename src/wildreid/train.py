@@ -461,9 +461,7 @@ class Trainer:
             # described the images first (which draws random numbers) or resumed.
             sampler.epoch = epoch
             torch.manual_seed(_epoch_seed(config.seed, epoch))
-            model.train()
-            if split is not None:
-                frozen.eval()  # cached: its batch-norm statistics stay those of the views
+            model.train()  # a cached frozen part never runs here: its statistics stay
             losses, started = [], time.perf_counter()
             with progress_bar("images", self.progress) as bar:
                 task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps * batch)
