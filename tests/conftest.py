@@ -20,6 +20,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "nyala-lion"
 
 
+def pytest_terminal_summary(terminalreporter):
+    """``pytest -m hostile`` (or any run holding hostile cases) ends with how many held."""
+    reports = [r for key in ("passed", "failed", "error") for r in terminalreporter.stats.get(key, [])
+               if getattr(r, "when", "") == "call" and "hostile" in getattr(r, "keywords", {})]
+    if reports:
+        held = sum(r.passed for r in reports)
+        terminalreporter.write_line(f"hostile inputs: tried {len(reports)}, held {held}")
+
+
 def pytest_configure(config):
     if not BENCH.is_dir():
         raise pytest.UsageError(f"{BENCH}: the shared benchmark must sit beside the repository")
