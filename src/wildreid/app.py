@@ -22,6 +22,10 @@ What it protects against (each kept by a test in ``tests/test_app.py`` or ``test
   the limit (the upload size, 64 KiB for decisions), checked before the body is read and counted
   while it is (413; 411 without a length).
 - **Replayed decisions**: a photo already decided is not decided again (409).
+- **Lookalike names**: a new individual whose name looks like one of its species has
+  (``chimp_\u0405agu``, its S Cyrillic, beside ``chimp_Sagu``) is refused (400), naming both.
+- **Formulas in the export**: no exported cell starts a spreadsheet formula (``=``, ``+``, ``-``,
+  ``@``, tab, carriage return: led by ``'``). Kept by ``tests/test_hostile_catalog.py``.
 """
 
 from __future__ import annotations
@@ -185,9 +189,9 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 
     @app.get("/api/export")
     def export() -> Response:
-        """The catalog as an AnimalCLEF metadata.csv (paths relative to the catalog folder)."""
-        table = catalog.metadata(catalog.folder)
-        return Response(table.to_csv(index=False), media_type="text/csv", headers={
+        """The catalog as an AnimalCLEF metadata.csv (paths relative to the catalog folder),
+        as ``wildreid catalog export`` writes it (no cell a spreadsheet would run)."""
+        return Response(catalog.metadata_csv(catalog.folder), media_type="text/csv", headers={
             "Content-Disposition": 'attachment; filename="metadata.csv"'})
 
     @app.get("/photo")

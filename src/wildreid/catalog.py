@@ -10,6 +10,8 @@ never recomputes the others, and everything survives a restart. Writes run in SQ
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
 import os
 import shutil
@@ -17,10 +19,11 @@ import sqlite3
 import threading
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -62,12 +65,48 @@ _ADDED_COLUMNS = {
 }
 
 
+#: What spreadsheets (Excel, LibreOffice, Google Sheets) read as the start of a formula; an
+#: exported text cell starting with one gets a leading ``'`` (OWASP's CSV-injection guidance).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+#: Lookalikes of Latin letters and digits, each mapped to what it is mistaken for: the common
+#: Cyrillic, Greek and Latin rows of Unicode's confusables (TR39, confusables.txt), in both
+#: cases, plus TR39's own ASCII rows (I, 1 and | for l; 0 for O; m for rn). A small table of our
+#: own, because no maintained package on PyPI exposes TR39 skeletons: confusable-homoglyphs keeps
+#: the table without its direction (no skeleton), confusables (last release 2021) compares by
+#: its own ASCII forms, and the one package with a skeleton is a young compiled beta.
+_CONFUSABLES = str.maketrans({
+    "0": "O", "1": "l", "I": "l", "|": "l", "m": "rn", "\u0131": "i", "\u01c0": "l",
+    "\u0251": "a", "\u0261": "g",
+    # Cyrillic
+    "\u0410": "A", "\u0412": "B", "\u0415": "E", "\u041a": "K", "\u041c": "M", "\u041d": "H",
+    "\u041e": "O", "\u0420": "P", "\u0421": "C", "\u0422": "T", "\u0423": "Y", "\u0425": "X",
+    "\u042c": "b", "\u0405": "S", "\u0406": "l", "\u0408": "J", "\u04c0": "l", "\u051a": "Q",
+    "\u051c": "W", "\u04ae": "Y", "\u0430": "a", "\u0435": "e", "\u043e": "o", "\u0440": "p",
+    "\u0441": "c", "\u0443": "y", "\u0445": "x", "\u0455": "s", "\u0456": "i", "\u0458": "j",
+    "\u0501": "d", "\u051b": "q", "\u051d": "w", "\u04bb": "h", "\u04cf": "l", "\u04af": "y",
+    # Greek
+    "\u0391": "A", "\u0392": "B", "\u0395": "E", "\u0396": "Z", "\u0397": "H", "\u0399": "l",
+    "\u039a": "K", "\u039c": "M", "\u039d": "N", "\u039f": "O", "\u03a1": "P", "\u03a4": "T",
+    "\u03a5": "Y", "\u03a7": "X", "\u03b1": "a", "\u03bf": "o", "\u03c1": "p", "\u03bd": "v",
+    "\u03b9": "i", "\u03b3": "y", "\u03f2": "c", "\u03f3": "j",
+})
+
+
 class CatalogError(ValueError):
     """A request the catalog cannot honour; the message says why."""
 
 
 class DecisionConflict(CatalogError):
     """A decision about a photo that was already decided (a replay, a double click)."""
+
+
+class DuplicatePhoto(CatalogError):
+    """A photo whose bytes the catalog already holds, under the image id ``existing``."""
+
+    def __init__(self, image_id: str, existing: str):
+        super().__init__(f"image {image_id!r} is the photo already in the catalog as {existing!r}")
+        self.existing = existing
 
 
 def _now() -> str:
@@ -93,13 +132,69 @@ def check_name(text: object, what: str = "individual name") -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def skeletons(name: str) -> tuple[str, str]:
+    """What ``name`` looks like, for telling lookalike names apart: TR39's skeleton (each
+    character replaced by the one it is mistaken for, :data:`_CONFUSABLES`, on the decomposed
+    text), of the compatibility form (full-width and styled letters are letters), without case.
+    Two names look alike when either of the two keys is the same.
+
+    Two keys because ``I`` looks like ``l`` in the sans-serif fonts names are shown in, and is
+    ``i`` without case: one key folding both into one (``i`` = ``l``) would call ``kiki`` and
+    ``klkl`` alike. The first maps ``I`` as ``l`` before the case fold, the second folds case
+    first. Each maps again after the fold, so a capital lookalike without a row of its own is
+    caught as its small letter."""
+    text = unicodedata.normalize("NFKD", name)
+    keys = (text.translate(_CONFUSABLES).casefold(), text.casefold())
+    return tuple(unicodedata.normalize("NFC", key.translate(_CONFUSABLES)) for key in keys)
+
+
+def lookalike(name: str, others: Iterable[str]) -> str | None:
+    """The first of ``others`` (``name`` itself aside) that looks like ``name``, else None."""
+    keys = skeletons(name)
+    return next((other for other in others if other != name
+                 and any(a == b for a, b in zip(keys, skeletons(other)))), None)
+
+
+def lookalike_error(name: str, existing: str, species: str | None) -> CatalogError:
+    """Why ``name`` is refused beside ``existing``, naming the characters that differ."""
+    odd = [c for c in dict.fromkeys(name) if c not in existing][:3]
+    shown = ", ".join(f"{c!r} U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in odd)
+    among = f"among the {species} individuals" if species else "among individuals without species"
+    return CatalogError(f"the individual name {name!r} looks like {existing!r}, which exists "
+                        f"{among}" + (f" ({name!r} has {shown})" if shown else "") +
+                        "; a reviewer could pick one for the other: choose a name that differs "
+                        "visibly")
+
+
+def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` to write as CSV for spreadsheets: each text cell starting with one of
+    :data:`FORMULA_STARTS` (``=cmd|...``, ``+SUM(...)``, ``-1+2``, ``@foo``, tab, carriage
+    return) gets a leading ``'``, so it is shown as text, never run as a formula. Numeric columns
+    are left as they are: a negative number is a number, not a formula."""
+    def safe(value: object) -> object:
+        return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+    return pd.DataFrame({name: column if pd.api.types.is_numeric_dtype(column)
+                         else column.map(safe) for name, column in table.items()})
+
+
+def _relative(path: Path, base: str | Path) -> str:
+    """``path`` relative to ``base``, led by ``./`` where it would start like a formula: still
+    the same path (the export stays a dataset), never a formula."""
+    relative = os.path.relpath(path, base)
+    return os.path.join(os.curdir, relative) if relative.startswith(FORMULA_STARTS) else relative
+
+
 class Imported(NamedTuple):
     """What :meth:`Catalog.add_dataset` did: identified photos added, query photos added to wait
-    for a decision, and ids skipped as already there."""
+    for a decision, ids skipped as already there, and ``duplicates``: photos skipped because the
+    catalog already holds their bytes ({their id in the dataset: the id they are stored under})."""
 
     added: int
     skipped: list[str]
     waiting: int = 0
+    duplicates: Mapping[str, str] = MappingProxyType({})
 
 
 class Catalog:
@@ -127,6 +222,8 @@ class Catalog:
                 for column, kind in columns.items():
                     if column not in present:
                         connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            # Photos are found by their stored file (named by content) to skip duplicates.
+            connection.execute("CREATE INDEX IF NOT EXISTS images_path ON images(path)")
 
     @classmethod
     def create(cls, folder: str | Path, preset: str = "fast") -> Catalog:
@@ -208,8 +305,13 @@ class Catalog:
 
     def add_photo(self, source: str | Path, individual: str | None, species: str | None = None,
                   orientation: str | None = None, image_id: str | None = None,
-                  max_pixels: int = MAX_PIXELS, date: str | None = None) -> str:
+                  max_pixels: int = MAX_PIXELS, date: str | None = None,
+                  duplicate: bool = True) -> str:
         """Copy a photo in (checked first); ``individual`` None keeps it unassigned (a query).
+        A new ``individual`` must not look like another of the species (:func:`skeletons`).
+        ``duplicate`` False: a photo whose bytes the catalog already holds is refused
+        (:class:`DuplicatePhoto`) instead of being added again under another id (an upload to
+        identify may well be a photo the catalog holds).
 
         The stored file is named by the hash of its bytes and the image type they hold, never by
         ``image_id`` or the source's name: ids are free text (``lion/7/a.jpg``) and never reach the
@@ -224,9 +326,17 @@ class Catalog:
         individual = None if individual is None else check_name(individual)
         species = None if species is None or pd.isna(species) else check_name(species, "species")
         target = self.photos / f"{content_key(source)}{_SUFFIX[kind]}"
+        stored = str(target.relative_to(self.folder))
         with self._write() as connection:
             if connection.execute("SELECT 1 FROM images WHERE image_id = ?", (image_id,)).fetchone():
                 raise CatalogError(f"image {image_id!r} is already in the catalog")
+            if not duplicate:  # checked in the transaction: two imports cannot both add it
+                same = connection.execute("SELECT image_id FROM images WHERE path = ? LIMIT 1",
+                                          (stored,)).fetchone()
+                if same is not None:
+                    raise DuplicatePhoto(image_id, same[0])
+            if individual is not None and not self._exists(connection, individual):
+                self._check_lookalike(connection, individual, species)
             if not target.exists():  # the same bytes are stored once
                 partial = self.photos / f".{uuid.uuid4().hex}.partial"
                 shutil.copyfile(source, partial)
@@ -238,9 +348,30 @@ class Catalog:
                                    (individual, species, _now()))
             connection.execute("INSERT INTO images (image_id, individual, species, orientation, "
                                "path, added, date) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (image_id, individual, species, orientation,
-                                str(target.relative_to(self.folder)), _now(), date))
+                               (image_id, individual, species, orientation, stored, _now(),
+                                date))
         return image_id
+
+    @staticmethod
+    def _exists(connection: sqlite3.Connection, name: str) -> bool:
+        return connection.execute("SELECT 1 FROM individuals WHERE name = ?",
+                                  (name,)).fetchone() is not None
+
+    @staticmethod
+    def _lookalike_of(connection: sqlite3.Connection, name: str, species: str | None) -> str | None:
+        """The individual of ``species`` (None: those without one) that ``name`` looks like."""
+        return lookalike(name, [row[0] for row in connection.execute(
+            "SELECT name FROM individuals WHERE species IS ?", (species,))])
+
+    @classmethod
+    def _check_lookalike(cls, connection: sqlite3.Connection, name: str,
+                         species: str | None) -> None:
+        """:class:`CatalogError` when a new individual ``name`` looks like one the species has
+        (``chimp_\u0405agu``, its S Cyrillic, beside ``chimp_Sagu``): a reviewer could confirm a
+        photo to the wrong one."""
+        existing = cls._lookalike_of(connection, name, species)
+        if existing is not None:
+            raise lookalike_error(name, existing, species)
 
     def check_species(self, species: str | None) -> str | None:
         """``species`` if the catalog can rank photos of it, else :class:`CatalogError`."""
@@ -258,41 +389,64 @@ class Catalog:
                     queries: bool = True) -> Imported:
         """Import a dataset (AnimalCLEF folder or folder tree): its database photos with their
         identities, and (``queries``) its query photos as photos waiting for a decision. Names
-        are all checked before anything is copied; ids already in the catalog are skipped and
-        returned."""
+        are all checked before anything is copied (new names that look like another of their
+        species included); ids already in the catalog are skipped and returned, and so are
+        photos whose bytes the catalog already holds (the same dataset in another layout, a
+        photo listed twice)."""
         dataset = load_dataset(data_dir, metadata)
         parts = [dataset.database.assign(identity=dataset.database["identity"].astype(str))]
         if queries:
             parts.append(dataset.query.assign(identity=None))
         rows = pd.concat(parts, ignore_index=True).astype(object)
+        if "species" not in rows.columns:
+            rows["species"] = None
+        individuals = self.individuals()
+        # Per species, the skeletons of each name it has or this import brings: a new name with
+        # a skeleton taken looks like another.
+        looks: dict[str | None, dict[str, str]] = {}
+        for name, species in zip(individuals["name"], individuals["species"]):
+            for key in skeletons(name):
+                looks.setdefault(None if pd.isna(species) else species, {})[key] = name
+        existing = set(individuals["name"])
         problems = []
         for row in rows.itertuples():
-            checks = [(row.image_id, "image id")]
-            if row.identity is not None:
-                checks.append((row.identity, "individual name"))
-            for text, what in checks:
-                try:
-                    check_name(text, what)
-                except CatalogError as error:
-                    problems.append(f"image {row.image_id!r}: {error}")
+            try:
+                check_name(row.image_id, "image id")
+                if row.identity is None:
+                    continue
+                name = check_name(row.identity)
+                species = None if pd.isna(row.species) else check_name(row.species, "species")
+                if name in existing:
+                    continue  # photos of an individual the catalog has: no new name
+                taken = looks.setdefault(species, {})
+                for key in skeletons(name):
+                    if taken.setdefault(key, name) != name:
+                        raise lookalike_error(name, taken[key], species)
+            except CatalogError as error:
+                problems.append(f"image {row.image_id!r}: {error}")
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
             raise CatalogError(f"{dataset.source}: {len(problems)} rows cannot be imported; fix "
                                f"them and run again (nothing was added):\n  {shown}{more}")
         known = set(self.images()["image_id"])
-        added, waiting, skipped = 0, 0, []
+        added, waiting, skipped, duplicates = 0, 0, [], {}
         for row in rows.itertuples():
             if str(row.image_id).strip() in known:
                 skipped.append(str(row.image_id))
                 continue
             optional = {name: None if name not in rows.columns or pd.isna(getattr(row, name))
                         else str(getattr(row, name)) for name in ("species", "orientation", "date")}
-            self.add_photo(row.filepath, row.identity, optional["species"],
-                           optional["orientation"], str(row.image_id), date=optional["date"])
+            try:
+                self.add_photo(row.filepath, row.identity, optional["species"],
+                               optional["orientation"], str(row.image_id), date=optional["date"],
+                               duplicate=False)
+            except DuplicatePhoto as error:
+                duplicates[str(row.image_id)] = error.existing
+                continue
             added += row.identity is not None
             waiting += row.identity is None
-        return Imported(added, skipped, waiting)
+        return Imported(added, skipped, waiting, duplicates)
 
     def identifier(self, leave_out: str | None = None):
         """The catalog's fitted :class:`~wildreid.pipeline.Identifier` (features cached on disk).
@@ -431,9 +585,12 @@ class Catalog:
     def confirm(self, image_id: str, individual: str, reassign: bool = False) -> None:
         """Assign the photo (not yet decided, unless ``reassign``) to an existing individual."""
         with self._write() as connection:
-            if not connection.execute("SELECT 1 FROM individuals WHERE name = ?",
-                                      (individual,)).fetchone():
-                raise CatalogError(f"no individual {individual!r}; create a new one instead")
+            if not self._exists(connection, individual):
+                names = [row[0] for row in connection.execute("SELECT name FROM individuals")]
+                meant = lookalike(individual, names)
+                raise CatalogError(f"no individual {individual!r}" + (
+                    f" (it looks like {meant!r}, which exists: check the name)" if meant
+                    else "; create a new one instead"))
             previous = self._undecided(connection, image_id, reassign)[1]
             connection.execute("UPDATE images SET individual = ? WHERE image_id = ?",
                                (individual, image_id))
@@ -457,21 +614,23 @@ class Catalog:
                                (image_id, name, _now(), row[1]))
         return name
 
-    @staticmethod
-    def _new_name(connection: sqlite3.Connection, species: str | None, name: str | None) -> str:
-        """``name`` checked to be free, or a free ``<species>_<number>``."""
-        exists = lambda candidate: connection.execute(  # noqa: E731
-            "SELECT 1 FROM individuals WHERE name = ?", (candidate,)).fetchone()
+    @classmethod
+    def _new_name(cls, connection: sqlite3.Connection, species: str | None,
+                  name: str | None) -> str:
+        """``name`` checked to be free and unlike the species' other names, or a free
+        ``<species>_<number>`` (unlike them too: someone may have named one ``lion_OO12``)."""
         if name is not None:
-            if exists(name):
+            if cls._exists(connection, name):
                 raise CatalogError(f"individual {name!r} already exists")
+            cls._check_lookalike(connection, name, species)
             return name
         count = connection.execute("SELECT COUNT(*) FROM individuals").fetchone()[0]
-        name = f"{species or 'individual'}_{count + 1:04d}"
-        while exists(name):
+        while True:
             count += 1
-            name = f"{species or 'individual'}_{count + 1:04d}"
-        return name
+            name = f"{species or 'individual'}_{count:04d}"
+            if not cls._exists(connection, name) and cls._lookalike_of(
+                    connection, name, species) is None:
+                return name
 
     def new_group(self, image_ids: Sequence[str], name: str | None = None) -> str:
         """Declare several waiting photos one new individual, in one decision (one undo); the
@@ -624,11 +783,18 @@ class Catalog:
     def export(self, output: str | Path) -> Path:
         """The catalog as an AnimalCLEF ``metadata.csv`` at ``output`` (paths relative to it):
         identified photos as the database, waiting ones as queries; ready for ``identify``,
-        ``train`` and ``evaluate``."""
+        ``train`` and ``evaluate``. Written as :meth:`metadata_csv` writes it."""
         output = Path(output).resolve()
         output.parent.mkdir(parents=True, exist_ok=True)
-        self.metadata(output.parent).to_csv(output, index=False)
+        output.write_text(self.metadata_csv(output.parent), encoding="utf-8", newline="")
         return output
+
+    def metadata_csv(self, base: str | Path) -> str:
+        """:meth:`metadata` as CSV text, safe to open in a spreadsheet: every export (the
+        command's, the app's) is this text. Cells that would start a formula are led by ``'``
+        (:func:`csv_safe`; an id ``=x`` is exported as ``'=x``), and text cells are quoted, so a
+        carriage return inside one cannot end its row."""
+        return csv_safe(self.metadata(base)).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
 
     def metadata(self, base: str | Path) -> pd.DataFrame:
         """The catalog's photos as AnimalCLEF metadata rows, paths relative to ``base``."""
@@ -636,7 +802,7 @@ class Catalog:
         return pd.DataFrame({
             "image_id": images["image_id"],
             "identity": images["individual"],
-            "path": [os.path.relpath(self.folder / p, base) for p in images["path"]],
+            "path": [_relative(self.folder / p, base) for p in images["path"]],
             "date": images["date"], "orientation": images["orientation"],
             "species": images["species"],
             "split": np.where(images["individual"].notna(), "database", "query"),

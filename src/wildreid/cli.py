@@ -514,6 +514,11 @@ def catalog_add(
         shown = ", ".join(imported.skipped[:5]) + (" ..." if len(imported.skipped) > 5 else "")
         err.print(f"[yellow]skipped {len(imported.skipped)} photos whose image_id is already in "
                   f"the catalog[/] ({escape(shown)}); give them other ids to add them as well")
+    if imported.duplicates:
+        pairs = [f"{new} (as {old})" for new, old in imported.duplicates.items()]
+        shown = ", ".join(pairs[:5]) + (" ..." if len(pairs) > 5 else "")
+        err.print(f"[yellow]skipped {len(pairs)} photos already in the catalog under other ids[/] "
+                  f"(the same bytes: {escape(shown)})")
 
 
 @catalog_app.command("export")
