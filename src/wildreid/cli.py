@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -12,10 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+import typer.models
 import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 # Only light imports here: torch, timm and OpenCV load inside the commands that need them, so
 # --help and usage errors answer at once.
@@ -27,18 +30,26 @@ if not sys.stdout.isatty() and not os.environ.get("TERMINAL_WIDTH"):
 
 app = typer.Typer(help="wildreid: tell individual animals apart from photographs (open-set re-ID).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-out = Console()
-err = Console(stderr=True)
+# Markup off: species, identities, image ids and paths come from the user's files and print as
+# they are (a species "[/x]" is a name, not a closing tag); the few styled words are Text spans
+# (_styled). Status lines and errors are not folded at the console's width: paths stay whole.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False, soft_wrap=True)
+
+
+def _styled(style: str, label: str, rest: str = "") -> Text:
+    """``label`` in ``style``, then ``rest`` plain; neither is read as markup."""
+    return Text.assemble((label, style), rest)
 
 
 @contextmanager
 def _clear_errors():
     """Known failures end with one clear message and exit code 2, not a traceback; warnings
-    (such as damaged cache rows being recomputed) print as one line each. Messages are escaped:
-    a file named ``[red]x.jpg`` is text, not console markup."""
+    (such as damaged cache rows being recomputed) print as one line each. A file named
+    ``[red]x.jpg`` prints as it is (the consoles read no markup)."""
 
     def show(message, category, *_ignored, **_more) -> None:
-        err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+        err.print(_styled("yellow", "warning:", f" {message}"), highlight=False)
 
     from wildreid.cache import CacheDamaged
 
@@ -48,7 +59,7 @@ def _clear_errors():
         try:
             yield
         except (ValueError, FileNotFoundError, FileExistsError) as error:  # DatasetError, ImageError...
-            err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+            err.print(_styled("bold red", "error:", f" {error}"), highlight=False)
             raise typer.Exit(2) from None
 
 
@@ -56,10 +67,27 @@ def _threshold(value: str) -> str:
     from wildreid.run import parse_threshold
 
     try:
-        parse_threshold(value)
+        parsed = parse_threshold(value)
     except ValueError:
-        raise typer.BadParameter("use 'auto', 'none' (closed set) or a number such as 0.6") from None
+        parsed = math.nan  # not a number at all: refused below, with the same message
+    # float() also reads nan and inf: no score passes nan or inf (every query new_individual),
+    # every one passes -inf (none), silently.
+    if isinstance(parsed, float) and not math.isfinite(parsed):
+        raise typer.BadParameter(f"{value!r}: use 'auto', 'none' (closed set) or a finite number "
+                                 "such as 0.6", param_hint="--threshold")
     return value
+
+
+def _check_file_to_write(path: Path) -> None:
+    """Refuse, by name, an output path that is a folder or runs through a file (else an
+    IsADirectoryError or NotADirectoryError traceback from deep inside the writer)."""
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a file; give the file to write, such as "
+                         f"{path / 'metadata.csv'}")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()),
+                    None)
+    if blocking is not None:
+        raise ValueError(f"{path}: {blocking} is a file, not a folder")
 
 
 @app.command()
@@ -159,6 +187,9 @@ def identify(
     from wildreid.run import identify_dataset
 
     with _clear_errors():
+        for path in (output, candidates):  # refused now, not after the whole run
+            if path is not None:
+                _check_file_to_write(path)
         _, identifier, submission, written = identify_dataset(
             data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
@@ -179,7 +210,7 @@ def identify(
                            for k, v in identifier.decision_.thresholds.items())
     err.print(f"thresholds: {thresholds}")
     err.print(f"{len(submission)} queries: {len(submission) - new} named, {new} new_individual")
-    err.print(f"wrote {escape(str(output))} and {escape(str(written))}")
+    err.print(f"wrote {output} and {written}")
 
 
 def _shortlist(text: str) -> int | None:
@@ -201,7 +232,9 @@ def print_scores(result: dict) -> None:
 
     table = Table(title="AnimalCLEF 2025 score")
     for column in ("species", "queries", "known", "unknown", "BAKS", "BAUS", "score", "known top-1"):
-        table.add_column(column, justify="right" if column != "species" else "left")
+        # A long species name is folded, never cut to "…": it is what the row is about.
+        table.add_column(column, justify="right" if column != "species" else "left",
+                         overflow="fold" if column == "species" else "ellipsis")
 
     def fmt(value: float) -> str:
         return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
@@ -211,7 +244,7 @@ def print_scores(result: dict) -> None:
                       str(row["unknown_queries"]), fmt(row["baks"]), fmt(row["baus"]),
                       fmt(row["score"]), fmt(row["known_top1"]))
     out.print(table)
-    out.print(f"[bold]score (mean over species): {fmt(result['score'])}[/]")
+    out.print(_styled("bold", f"score (mean over species): {fmt(result['score'])}"))
     extras = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "known_top1",
               "closed_set_top1", "closed_set_top5"]
     out.print("  ".join(f"{k}={fmt(result[k])}" for k in extras if k in result))
@@ -219,7 +252,7 @@ def print_scores(result: dict) -> None:
     if router:
         out.print(f"species router: {router['routed_queries']} queries without species routed; "
                   f"right for {fmt(router['accuracy'])} of the {router['checked']} whose species "
-                  f"is known" + (f"; wrong: {escape(list_examples(router['wrong']))}"
+                  f"is known" + (f"; wrong: {list_examples(router['wrong'])}"
                                  if router["wrong"] else ""))
     grouped = result.get("new_individuals")
     if grouped:
@@ -270,9 +303,20 @@ def evaluate_command(
             solution = answers_from_folders(solution, dataset.query)
         result = evaluate(submission, solution, table, candidates)
     if as_json:
-        print(json.dumps(result, indent=2, default=lambda v: None))
+        print(json.dumps(_finite_or_null(result), indent=2, allow_nan=False,
+                         default=lambda v: None))
     else:
         print_scores(result)
+
+
+def _finite_or_null(value):
+    """``value`` with every NaN or infinity (an undefined score, such as a precision with no
+    pair to judge) as ``None``: JSON has no NaN, and a strict reader refuses Python's."""
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 @app.command()
@@ -312,16 +356,15 @@ def split(
         except ImportError as error:
             raise ValueError(str(error)) from None
         written = write_split(metadata_out, solution, output)
-    table = Table(title=f"{kind} split of {escape(str(dataset.source))} (seed {seed})")
+    table = Table(title=f"{kind} split of {dataset.source} (seed {seed})")
     summary = split_summary(metadata_out)
     for column in summary.columns:
         table.add_column(column, justify="left" if column == "species" else "right")
     for row in summary.itertuples(index=False):
-        table.add_row(*(escape(str(value)) for value in row))
+        table.add_row(*(str(value) for value in row))
     out.print(table)
-    err.print(f"wrote {escape(str(written[0]))} and {escape(str(written[1]))} — next: wildreid "
-              f"identify {escape(str(output))} --output RUN/submission.csv; wildreid evaluate "
-              f"RUN/submission.csv {escape(str(written[1]))}")
+    err.print(f"wrote {written[0]} and {written[1]} — next: wildreid identify {output} --output "
+              f"RUN/submission.csv; wildreid evaluate RUN/submission.csv {written[1]}")
 
 
 @app.command()
@@ -347,7 +390,7 @@ def demo(
     with tempfile.TemporaryDirectory() as scratch:
         root = out_dir or Path(scratch) / "wildreid-demo"
         make_demo_dataset(root, individuals, unknown, database_images, query_images, seed=seed)
-        err.print(f"synthetic dataset in {escape(str(root))}")
+        err.print(f"synthetic dataset in {root}")
         with _clear_errors():
             identify_dataset(root, model=model, output=root / "submission.csv", device=device,
                          cache_dir=None if no_cache else cache_dir)
@@ -378,7 +421,7 @@ def sheet(
         images = [load_image(p) for p in sample["filepath"]]
         contact_sheet(images, regions, sample["image_id"].tolist()).save(output)
     guarded = sum(r.source == "guard" for r in regions)
-    err.print(f"wrote {escape(str(output))}: {len(images)} images, {guarded} fell back to the whole image")
+    err.print(f"wrote {output}: {len(images)} images, {guarded} fell back to the whole image")
 
 
 @app.command()
@@ -453,8 +496,7 @@ def train(
     for row in history:
         err.print(f"epoch {row['epoch']}: loss {row['loss']:.3f}, validation score "
                   f"{row['score']:.3f}, top-1 {row['top1']:.3f}, {row['images_per_s']:.0f} images/s")
-    err.print(f"wrote {escape(str(out))} (best validation) — use: wildreid identify DATA "
-              f"--model {escape(str(out))}")
+    err.print(f"wrote {out} (best validation) — use: wildreid identify DATA --model {out}")
 
 
 @app.command()
@@ -474,7 +516,7 @@ def report(
 
     with _clear_errors():
         written = build_report(run_dir, solution, output, queries, matches, device, cache_dir)
-    err.print(f"wrote {escape(str(written))}")
+    err.print(f"wrote {written}")
 
 
 catalog_app = typer.Typer(help="A persistent catalog of individuals (SQLite + photos + features).",
@@ -492,8 +534,11 @@ def catalog_init(
     from wildreid.catalog import Catalog
 
     with _clear_errors():
+        if folder.exists() and not folder.is_dir():  # else a NotADirectoryError traceback
+            raise ValueError(f"{folder}: not a folder (a file has that name); give a new folder "
+                             "for the catalog")
         Catalog.create(folder, preset)
-    err.print(f"created catalog {escape(str(folder))}")
+    err.print(f"created catalog {folder}")
 
 
 @catalog_app.command("add")
@@ -512,13 +557,14 @@ def catalog_add(
               f"review; the catalog holds {len(catalog.individuals())} individuals")
     if imported.skipped:
         shown = ", ".join(imported.skipped[:5]) + (" ..." if len(imported.skipped) > 5 else "")
-        err.print(f"[yellow]skipped {len(imported.skipped)} photos whose image_id is already in "
-                  f"the catalog[/] ({escape(shown)}); give them other ids to add them as well")
+        err.print(_styled("yellow", f"skipped {len(imported.skipped)} photos whose image_id is "
+                          "already in the catalog", f" ({shown}); give them other ids to add them "
+                          "as well"))
     if imported.duplicates:
         pairs = [f"{new} (as {old})" for new, old in imported.duplicates.items()]
         shown = ", ".join(pairs[:5]) + (" ..." if len(pairs) > 5 else "")
-        err.print(f"[yellow]skipped {len(pairs)} photos already in the catalog under other ids[/] "
-                  f"(the same bytes: {escape(shown)})")
+        err.print(_styled("yellow", f"skipped {len(pairs)} photos already in the catalog under "
+                          "other ids", f" (the same bytes: {shown})"))
 
 
 @catalog_app.command("export")
@@ -532,8 +578,9 @@ def catalog_export(
     from wildreid.catalog import Catalog
 
     with _clear_errors():
+        _check_file_to_write(output)
         written = Catalog(folder).export(output)
-    err.print(f"wrote {escape(str(written))}")
+    err.print(f"wrote {written}")
 
 
 @app.command()
@@ -556,9 +603,10 @@ def serve(
     with _clear_errors():  # CatalogError is a ValueError
         application = create_app(catalog, allowed_hosts=[*LOCAL_HOSTS, "[::1]", *named])
     if everywhere:
-        err.print("[yellow]bound to every address: anyone on your network who can reach this "
-                  "machine can use the app (it has no accounts). Requests must name this "
-                  "machine as localhost or a --allowed-host (DNS-rebinding guard).[/]")
+        err.print(_styled("yellow", "bound to every address: anyone on your network who can "
+                          "reach this machine can use the app (it has no accounts). Requests "
+                          "must name this machine as localhost or a --allowed-host "
+                          "(DNS-rebinding guard)."))
     err.print(f"wildreid review on http://{host}:{port}/  (Ctrl+C to stop)")
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
@@ -569,4 +617,21 @@ def models():
     from wildreid.models import available
 
     for name, summary in available().items():  # one line each, whatever the width: greppable
-        out.print(f"[bold]{name}[/]  {escape(summary)}", soft_wrap=True, highlight=False)
+        out.print(_styled("bold", name, f"  {summary}"), soft_wrap=True, highlight=False)
+
+
+def _help_as_plain_text(group: typer.Typer) -> None:
+    """typer reads help texts as rich markup, which eats the "[ray]" of "pip install
+    'wildreid[ray]'" and every "[default: ...]"; the texts here are plain: escape them, once."""
+    for command in group.registered_commands:
+        text = command.help or inspect.getdoc(command.callback)
+        command.help = escape(text) if text else None
+        for parameter in inspect.signature(command.callback).parameters.values():
+            info = parameter.default
+            if isinstance(info, typer.models.ParameterInfo) and info.help:
+                info.help = escape(info.help)
+    for subgroup in group.registered_groups:
+        _help_as_plain_text(subgroup.typer_instance)
+
+
+_help_as_plain_text(app)

@@ -13,6 +13,7 @@ higher than others: one big group has recall 1).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,10 +67,9 @@ def pair_counts(truth, labels) -> np.ndarray:
     return np.array([matrix[1, 1], matrix[0, 1], matrix[1, 0], matrix[0, 0]], np.int64)
 
 
-def _f1(counts: np.ndarray) -> float:
-    true_positive, false_positive, false_negative, _ = counts
-    total = 2 * true_positive + false_positive + false_negative
-    return 2 * true_positive / total if total else 1.0
+def _ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, NaN (undefined) when there is nothing to divide by."""
+    return float(numerator / denominator) if denominator else math.nan
 
 
 def _ari(counts: np.ndarray) -> float:
@@ -82,19 +82,26 @@ def _ari(counts: np.ndarray) -> float:
 
 def grouping_scores(truth, labels) -> dict[str, float]:
     """Pairwise precision, recall and F1 of a grouping against the true identities, and the
-    adjusted Rand index."""
-    counts = pair_counts(truth, labels)
-    true_positive, false_positive, false_negative, _ = counts
-    return {"pairwise_precision": float(true_positive / max(1, true_positive + false_positive)),
-            "pairwise_recall": float(true_positive / max(1, true_positive + false_negative)),
-            "pairwise_f1": float(_f1(counts)),
+    adjusted Rand index.
+
+    Precision judges the pairs put together, recall the pairs of one identity, F1 both
+    (``2 TP / (2 TP + FP + FN)``). A score with no pair to judge is undefined, NaN (shown "n/a"),
+    never 0 or 1: with every item alone and no two of one identity, all three are NaN; with
+    nothing put together, precision alone is; with no two items of one identity, recall alone.
+    The adjusted Rand index compares the two partitions whole and keeps scikit-learn's
+    convention: 1 when they are the same, even all singletons."""
+    true_positive, false_positive, false_negative, _ = pair_counts(truth, labels)
+    return {"pairwise_precision": _ratio(true_positive, true_positive + false_positive),
+            "pairwise_recall": _ratio(true_positive, true_positive + false_negative),
+            "pairwise_f1": _ratio(2 * true_positive,
+                                  2 * true_positive + false_positive + false_negative),
             "ari": float(adjusted_rand_score(truth, labels))}
 
 
 @dataclass
 class NewIndividualGrouping:
     """The fitted cut of each species (key ``None``: species without one): ``(linkage,
-    threshold)``, and the pairwise F1 it reached on the database's pseudo-unknowns."""
+    threshold)``, and the adjusted Rand index it reached on the database's pseudo-unknowns."""
 
     cuts: dict[str | None, tuple[str, float]]
     quality: dict[str | None, float] = field(default_factory=dict)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import math
+import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,11 +299,26 @@ def save_descriptor(descriptor: Descriptor, path: str | Path, extra: dict | None
     return path
 
 
-def _load_checkpoint(path: Path) -> Descriptor:
+def _load_tensors(path: Path, remedy: str) -> object:
+    """``torch.load`` of a file the user names, tensors and plain containers only
+    (``weights_only``: a pickle of other objects, which could run code, is refused, never run).
+    Whatever torch raises for a bad file becomes one line naming it and ``remedy``: torch's own
+    message is many lines long, with terminal escape codes, and suggests loading unsafely."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelError(f"{path}: not a file of tensors (anything else is never unpickled: it "
+                         f"could run code); {remedy}") from None
     except Exception as error:  # torch raises many types for a bad file
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"{path}: not a readable PyTorch file ({reason}); {remedy}") from None
+
+
+def _load_checkpoint(path: Path) -> Descriptor:
+    payload = _load_tensors(path, "write a checkpoint with 'wildreid train' or "
+                                  "wildreid.models.save_descriptor()")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(
             f"{path}: not a wildreid descriptor checkpoint. Write one with "
@@ -323,16 +340,41 @@ def _load_checkpoint(path: Path) -> Descriptor:
     )
 
 
+#: What to do with a ``--weights`` file that is not one.
+_WEIGHTS_REMEDY = ("give a state_dict saved with torch.save(model.state_dict(), FILE), or a "
+                   ".safetensors file")
+
+
 def _with_weights(arch: str, weights: Path) -> Descriptor:
-    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    # The file first: it is what the user most likely got wrong, and it is cheap to check.
     if weights.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(weights)
+        try:
+            state = load_file(weights)
+        except Exception as error:  # SafetensorError, OSError...
+            raise ModelError(f"{weights}: not a readable .safetensors file ({error}); "
+                             f"{_WEIGHTS_REMEDY}") from None
     else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = _load_tensors(weights, _WEIGHTS_REMEDY)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    if not isinstance(state, dict):
+        raise ModelError(f"{weights}: holds a {type(state).__name__}, not a state_dict; "
+                         f"{_WEIGHTS_REMEDY}")
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=0)
+    except RuntimeError as error:
+        if "Unknown model" not in str(error):
+            raise
+        raise ModelError(f"--weights loads a state_dict into a timm architecture given as "
+                         f"--model, and {arch!r} is not one (a registered name comes with its "
+                         f"own weights; its architecture, e.g. tf_efficientnet_lite0 for "
+                         f"efficientnet-lite0, takes yours)") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError, AttributeError) as error:  # shapes or values that do not fit
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"{weights}: does not fit timm {arch} ({reason})") from None
     unexpected = [k for k in unexpected if not k.startswith(("head", "fc.", "classifier"))]
     if missing or unexpected:
         raise ModelError(f"{weights}: does not fit timm {arch} "

@@ -72,7 +72,8 @@ class LogProgress:
         left = (task["total"] - task["done"]) / rate if rate > 0 else float("nan")
         tail = f"done in {now - task['start']:.1f} s" if final else f"ETA {left:.0f} s"
         self.console.print(f"{task['description']}: {task['done']:.0f}/{task['total']} "
-                           f"{rate:,.1f} {self.unit}/s {tail}", highlight=False)
+                           f"{rate:,.1f} {self.unit}/s {tail}", highlight=False,
+                           markup=False)  # descriptions name models and paths: not markup
 
 
 def progress_bar(unit: str, enabled: bool = True) -> Progress | LogProgress:
@@ -81,7 +82,7 @@ def progress_bar(unit: str, enabled: bool = True) -> Progress | LogProgress:
     if enabled and not console.is_terminal:
         return LogProgress(unit, console)
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # see LogProgress._print
         BarColumn(),
         MofNCompleteColumn(),
         RateColumn(unit),

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
+from rich.text import Text
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
@@ -307,7 +308,9 @@ class Trainer:
     def _note(self, text: str) -> None:
         self.notes.append(text)
         if self.progress:  # beside the progress lines, on stderr
-            Console(stderr=True).print(f"[yellow]note:[/] {text}", highlight=False)
+            # Text, not markup: notes name files (a cache folder may be called "[x]").
+            Console(stderr=True).print(Text.assemble(("note:", "yellow"), f" {text}"),
+                                       highlight=False)
 
     def _model_config(self) -> dict:
         return {"head_activation": self.config.head_activation}
