@@ -134,6 +134,73 @@ def test_calibration_is_monotone_and_bounded():
         Calibration.fit({"cosine": cosine}, np.zeros(400, bool))
 
 
+def _two_scales(rng, count: int = 600):
+    """Pairs of two species on different scales: a few matches between small face crops (true
+    pairs 4-8, false 0-3) and hundreds between striped flanks (true 300-600, false 2-250)."""
+    species = np.array(["faces", "flanks"] * (count // 2), object)
+    same = rng.random(count) < 0.3
+    faces = np.where(same, rng.integers(4, 9, count), rng.integers(0, 4, count))
+    flanks = np.where(same, rng.integers(300, 601, count), rng.integers(2, 251, count))
+    matches = np.where(species == "faces", faces, flanks).astype(float)
+    groups = rng.integers(0, 40, count)
+    return species, same, matches, groups
+
+
+def test_calibration_is_per_species(real_subset, tmp_path):
+    """Each species' pairs calibrate on their own scale: pooled, the small-count species' true
+    pairs (4-8 matches, the other species' false range) read as different animals; per species
+    they read as the same animal. Out of fold too. The pipeline fits one map per species."""
+    from wildreid.fusion import SpeciesCalibration, cross_fitted_calibration
+
+    species, same, matches, groups = _two_scales(np.random.default_rng(0))
+    faces_true = (species == "faces") & same
+    pooled = Calibration.fit({"sift": matches}, same).transform({"sift": matches})["sift"]
+    assert pooled[faces_true].mean() < 0.3  # the failure: local evidence vanishes
+    calibration = SpeciesCalibration.fit({"sift": matches}, same, species)
+    own = calibration.transform({"sift": matches}, species)["sift"]
+    assert own[faces_true].mean() > 0.8
+    assert own[(species == "faces") & ~same].mean() < 0.2
+    assert calibration.of("unseen species") is calibration.of(None)  # the pooled map
+    out_of_fold = cross_fitted_calibration({"sift": matches}, same, groups, species=species)
+    assert out_of_fold["sift"][faces_true].mean() > 0.8
+    # A species whose pairs are all of one kind is read by the pooled map.
+    lone = np.where(np.arange(len(same)) < 10, "lone", species).astype(object)
+    same_lone = same.copy()
+    same_lone[:10] = False
+    calibration = SpeciesCalibration.fit({"sift": matches}, same_lone, lone)
+    assert "lone" not in calibration.species and "faces" in calibration.species
+
+    dataset = load_dataset(real_subset)
+    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
+                            device="cpu", keypoints_on="image").fit(dataset.database)
+    assert {"nyala", "lion"} <= set(identifier.reranking_.calibration_.species)
+
+
+def test_a_missing_local_score_leaves_the_cosine_to_judge():
+    """A pair with a photo without keypoints has no local score (NaN): left out of the fit and
+    the mean; a pair with no score but the cosine's takes the cosine's calibrated value."""
+    from wildreid.fusion import fused_mean
+
+    rng = np.random.default_rng(1)
+    same = rng.random(400) < 0.3
+    sift = np.where(same, rng.gamma(6, 5, 400), rng.gamma(2, 3, 400))
+    cosine = np.where(same, 0.8, 0.6) + 0.05 * rng.standard_normal(400)
+    missing = sift.copy()
+    missing[:50] = np.nan  # and the same pairs with no local evidence
+    calibration = Calibration.fit({"sift": missing, "cosine": cosine}, same)
+    calibrated = calibration.transform({"sift": missing, "cosine": cosine})
+    assert np.isnan(calibrated["sift"][:50]).all() and np.isfinite(calibrated["sift"][50:]).all()
+    fused = calibration.fuse({"sift": missing, "cosine": cosine}, ("sift",))
+    assert np.allclose(fused[:50], calibrated["cosine"][:50])  # the cosine judges alone
+    assert np.allclose(fused[50:], calibrated["sift"][50:])
+    both = fused_mean(calibrated, ("sift", "cosine"))
+    assert np.allclose(both[:50], calibrated["cosine"][:50])
+    assert np.allclose(both[50:], (calibrated["sift"][50:] + calibrated["cosine"][50:]) / 2)
+    # The local map is fitted on the pairs with evidence only.
+    alone = Calibration.fit({"sift": sift[50:]}, same[50:]).transform({"sift": sift[50:]})
+    assert np.allclose(calibrated["sift"][50:], alone["sift"])
+
+
 def test_identifier_reranks_with_local_matches(real_subset, tmp_path):
     dataset = load_dataset(real_subset)
     identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
@@ -539,8 +606,9 @@ def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path):
         ranked = identifier.predict_candidates(nyala, k=1)
         candidates = ranked["score"].to_numpy()
         table = reranking.scoring_.pair_tables["query pairs"]
-        maps = reranking.calibration_.maps
-        calibrated = {name: maps[name].predict(table[name].to_numpy(float)) for name in maps}
+        calibrated = reranking.calibration_.transform(
+            {name: table[name].to_numpy(float) for name in reranking.calibration_.maps},
+            np.full(len(table), "nyala", object))
         found[fusion] = (reranking, candidates, table, calibrated)
         if fusion == "local":
             # The calibrated score has plateaus; within one, the raw matches decide: the top
@@ -707,7 +775,7 @@ def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subse
     kept = np.where(species == "nyala", table["sift:inliers"], table["sift:matches@0.5"])
     assert not np.allclose(kept, table["sift:confidence_sum"])  # the case is reached
     assert (table["sift:inliers"][species == "nyala"] > 0).any()
-    fused = reranking.calibration_.fuse({"sift": kept.astype(np.float32)}, ("sift",))
+    fused = reranking.calibration_.fuse({"sift": kept.astype(np.float32)}, ("sift",), species)
     best = pd.Series(fused).groupby(table["first"].to_numpy()).max()
     assert np.allclose(candidates["score"].to_numpy(), best.sort_index().to_numpy(), atol=1e-6)
     result = CliRunner().invoke(app, ["identify", str(real_subset), "--pair-score", "lion=best",
@@ -732,7 +800,8 @@ def test_identity_score_from_its_best_image_or_best_two_per_species(real_subset,
     assert reranking.aggregation_ == setting and reranking.aggregation_choice_ == {}
     candidates = identifier.predict_candidates(queries, k=2)
     table = reranking.scoring_.pair_tables["query pairs"]
-    fused = reranking.calibration_.fuse({"sift": table["sift"].to_numpy()}, ("sift",))
+    fused = reranking.calibration_.fuse({"sift": table["sift"].to_numpy()}, ("sift",),
+                                        queries["species"].to_numpy()[table["first"]])
     pairs = pd.DataFrame({"query": table["first"], "fused": fused, "local": table["sift"],
                           "cosine": table["cosine"],
                           "identity": database["identity"].to_numpy()[table["second"]],

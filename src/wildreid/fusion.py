@@ -1,6 +1,10 @@
 """Calibration and fusion (WildFusion, Čermák et al. 2024): each matcher's pair score becomes the
 probability that the pair shows one individual (isotonic regression fitted on database pairs),
-and the fused score is the mean of these probabilities."""
+and the fused score is the mean of these probabilities.
+
+A score may be missing (NaN): a local matcher's, where a photo of the pair has no keypoint at all
+(blank, uniform, tiny). It is left out of its map's fit and of the mean, so such a pair is judged
+by what remains (the global cosine), never as a pair that was matched and found different."""
 
 from __future__ import annotations
 
@@ -25,31 +29,128 @@ class Calibration:
                              "the database has too few identities with two or more images")
         maps = {}
         for name, values in scores.items():
+            values = np.asarray(values, float)
+            known = np.isfinite(values)
+            if not known.any():  # no pair with this evidence: every value reads as none
+                known, values = np.ones(len(values), bool), np.zeros(len(values))
             maps[name] = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
-                np.asarray(values, float), same)
+                values[known], same[known])
         return cls(maps)
 
     def transform(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: self.maps[name].predict(np.asarray(values, float)).astype(np.float32)
-                for name, values in scores.items()}
+        """Calibrated scores; NaN (missing) stays NaN."""
+        calibrated = {}
+        for name, values in scores.items():
+            values = np.asarray(values, float)
+            found = np.full(len(values), np.nan, np.float32)
+            known = np.isfinite(values)
+            if known.any():
+                found[known] = self.maps[name].predict(values[known])
+            calibrated[name] = found
+        return calibrated
 
     def fuse(self, scores: dict[str, np.ndarray], names: Sequence[str] | None = None
              ) -> np.ndarray:
         """Mean of the calibrated scores (of ``names`` only, when given): the probability-like
-        fused pair score."""
-        chosen = {name: scores[name] for name in (self.maps if names is None else names)}
-        calibrated = self.transform(chosen)
-        return np.mean(np.stack(list(calibrated.values())), axis=0)
+        fused pair score (:func:`fused_mean`)."""
+        names = tuple(self.maps if names is None else names)
+        wanted = (*names, *(("cosine",) if "cosine" in scores and "cosine" not in names else ()))
+        return fused_mean(self.transform({name: scores[name] for name in wanted}), names)
+
+
+def fused_mean(calibrated: dict[str, np.ndarray], names: Sequence[str],
+               rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """Each pair's mean of its calibrated ``names`` at ``rows``, missing ones (NaN) left out; a
+    pair missing them all (only local scores fused, a photo without keypoints) takes its
+    calibrated cosine where ``calibrated`` has it, else 0."""
+    stacked = np.stack([np.asarray(calibrated[name], np.float32)[rows] for name in names])
+    present = np.isfinite(stacked)
+    count = present.sum(axis=0)
+    total = np.where(present, stacked, 0.0).sum(axis=0, dtype=np.float32)
+    fallback = (np.nan_to_num(np.asarray(calibrated["cosine"], np.float32)[rows])
+                if "cosine" in calibrated else np.zeros(stacked.shape[1], np.float32))
+    return np.where(count > 0, total / np.maximum(count, 1), fallback).astype(np.float32)
+
+
+@dataclass
+class SpeciesCalibration:
+    """One :class:`Calibration` per species, keyed like the thresholds (``None``: every species
+    pooled). A matcher's raw pair scores live on each species' own scale (a few matches between
+    small, dim face crops; hundreds between flanks of striped antelope), so one map pooled over
+    species would read one species' true pairs as another's false ones. A species whose pairs
+    are all of one kind (too few identities) is read by the pooled map."""
+
+    species: dict[str | None, Calibration] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, scores: dict[str, np.ndarray], same: np.ndarray, species: np.ndarray
+            ) -> SpeciesCalibration:
+        same = np.asarray(same, bool)
+        fitted = {None: Calibration.fit(scores, same)}
+        for name, rows in _species_rows(species).items():
+            if same[rows].min() != same[rows].max():
+                fitted[name] = Calibration.fit({k: np.asarray(v)[rows] for k, v in scores.items()},
+                                               same[rows])
+        return cls(fitted)
+
+    def of(self, species: str | None) -> Calibration:
+        """The calibration of ``species`` (the pooled one for a species without its own)."""
+        return self.species.get(species, self.species[None])
+
+    @property
+    def maps(self) -> dict[str, IsotonicRegression]:
+        """The pooled maps (by score name)."""
+        return self.species[None].maps
+
+    def transform(self, scores: dict[str, np.ndarray], species: np.ndarray
+                  ) -> dict[str, np.ndarray]:
+        """Each pair's scores by its own species' maps (``species``: one key per pair)."""
+        calibrated = {name: np.empty(len(species), np.float32) for name in scores}
+        for name, rows in _species_rows(species).items():
+            found = self.of(name).transform({k: np.asarray(v)[rows] for k, v in scores.items()})
+            for score in scores:
+                calibrated[score][rows] = found[score]
+        return calibrated
+
+    def fuse(self, scores: dict[str, np.ndarray], names: Sequence[str], species: np.ndarray
+             ) -> np.ndarray:
+        """Mean of the calibrated ``names`` of each pair, by its own species' maps
+        (:func:`fused_mean`)."""
+        wanted = (*names, *(("cosine",) if "cosine" in scores and "cosine" not in names else ()))
+        return fused_mean(self.transform({name: scores[name] for name in wanted}, species), names)
+
+
+def _species_rows(species: np.ndarray) -> dict[str | None, np.ndarray]:
+    """Rows of each species key, in order of first appearance."""
+    species = np.asarray(species, dtype=object)
+    return {name: np.flatnonzero(species == name) for name in dict.fromkeys(species.tolist())}
 
 
 def cross_fitted_calibration(scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
-                              folds: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+                             folds: int = 2, seed: int = 0, species: np.ndarray | None = None
+                             ) -> dict[str, np.ndarray]:
     """Calibrated scores of labelled pairs, each from a calibration fitted without its group (e.g.
     the pseudo-query's identity): what thresholds and the choice of fused scores must be fitted
     on, since in-sample isotonic steps follow the very labels they are scored against. Falls back
     to the in-sample fit when a fold lacks pairs of the same or of different individuals (tiny
-    databases)."""
+    databases). ``species`` (one key per pair): each species calibrated on its own pairs, as
+    :class:`SpeciesCalibration` does; a species whose pairs are all of one kind keeps the
+    pooled values."""
     same = np.asarray(same, bool)
+    calibrated = _cross_fitted(scores, same, np.asarray(groups), folds, seed)
+    if species is None:
+        return calibrated
+    for rows in _species_rows(species).values():
+        if same[rows].min() != same[rows].max():
+            own = _cross_fitted({k: np.asarray(v)[rows] for k, v in scores.items()}, same[rows],
+                                np.asarray(groups)[rows], folds, seed)
+            for name in scores:
+                calibrated[name][rows] = own[name]
+    return calibrated
+
+
+def _cross_fitted(scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
+                  folds: int, seed: int) -> dict[str, np.ndarray]:
     names = np.unique(groups)
     fold_of = dict(zip(np.random.default_rng(seed).permutation(names),
                        np.arange(len(names)) % folds))

@@ -25,7 +25,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from wildreid.distributed import RayPool
-from wildreid.fusion import Calibration, cross_fitted_calibration
+from wildreid.fusion import SpeciesCalibration, cross_fitted_calibration, fused_mean
 from wildreid.isolation import Isolator, by_species
 from wildreid.matching import PAIR_SCORES
 from wildreid.openset import OpenSetDecision, pseudo_split, sightings_of, species_keys
@@ -39,6 +39,7 @@ from wildreid.scorers import (
     kept_score,
     keypoint_regions,
     mirror_view,
+    without_evidence,
 )
 
 #: Where local keypoints are kept: on the animal's mask, or anywhere on the photo; ``auto``
@@ -66,6 +67,8 @@ PAIR_SCORE_CHOICES = (*PAIR_SCORES, "auto")
 AGGREGATIONS = ("max", "top2", "auto")
 #: Images summed into the value that orders identities, by aggregation.
 _IMAGES_SUMMED = {"max": 1, "top2": 2}
+#: Photos whose keypoints are read at once to count those without any.
+_COUNTED_AT_ONCE = 2048
 #: The pair score of species that name none, and of those choosing until they have chosen.
 _DEFAULT_PAIR_SCORE = "confidence_sum"
 
@@ -226,11 +229,12 @@ class LocalReranking(BaseEstimator):
             rows, pairs, scores = self._fit_cascade(rows, pairs, scores, truth, species[queries],
                                                     unknown)
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
-        self.calibration_ = Calibration.fit(scores, same)
+        # One calibration per species: a matcher's raw scores live on each species' own scale.
+        self.calibration_ = SpeciesCalibration.fit(scores, same, species[pairs[:, 0]])
         # The choice of fused scores and the thresholds from out-of-fold calibrated scores (folds
         # by pseudo-query identity): in-sample ones sit where the calibration memorised the labels.
         calibrated = cross_fitted_calibration(scores, same, identities[pairs[:, 0]],
-                                              seed=self.seed)
+                                              seed=self.seed, species=species[pairs[:, 0]])
         table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
                               "cosine": scores["cosine"]})
         self.fusion_, self.fusion_choice_ = self._choose_fusion(
@@ -355,6 +359,8 @@ class LocalReranking(BaseEstimator):
             for value in dict.fromkeys(chosen):
                 rows = chosen == value
                 found[rows] = kept_score(columns, matcher, value)[rows]
+            # No keypoint on a side: no local evidence, missing rather than "nothing matched".
+            found[without_evidence(columns, matcher)] = np.nan
             scores[matcher] = found
         return scores
 
@@ -471,7 +477,8 @@ class LocalReranking(BaseEstimator):
                 hits = []
                 for matcher in self.local_scorer_.features:
                     table = pd.DataFrame({"query": rows, "identity": identities[members][
-                        pairs[:, 1]], "score": scores[matcher], "cosine": scores["cosine"]})
+                        pairs[:, 1]], "score": np.nan_to_num(scores[matcher]),
+                        "cosine": scores["cosine"]})
                     best = _top_identities(table, len(queries), 1)["identity"][:, 0]
                     hits.append(np.mean(best == identities[queries]))
                 top1[place] = float(np.mean(hits))
@@ -508,9 +515,8 @@ class LocalReranking(BaseEstimator):
             hits = {}
             rows = mine.index.to_numpy()
             for subset in sets:
-                scored = mine.assign(
-                    score=np.mean(np.stack([calibrated[n][rows] for n in subset]), axis=0),
-                    local=_evidence(scores, subset, rows))
+                scored = mine.assign(score=fused_mean(calibrated, subset, rows),
+                                     local=_evidence(scores, subset, rows))
                 best = _top_identities(scored, len(species), 1)["identity"][:, 0]
                 hits[subset] = float(np.mean(best[known] == truth[known]))
             chosen[name] = fused_set_chosen(hits, int(known.sum()))
@@ -532,9 +538,10 @@ class LocalReranking(BaseEstimator):
         """Each pair's fused score, from the scores fused for its query's species
         (``fusion_``); ``mean``: ``scores`` are calibrated already, only averaged."""
         def fuse(rows: np.ndarray, names: Sequence[str]) -> np.ndarray:
-            part = {score: np.asarray(scores[score])[rows] for score in names}
-            return (np.mean(np.stack(list(part.values())), axis=0) if mean
-                    else self.calibration_.fuse(part, names))
+            if mean:
+                return fused_mean(scores, names, rows)
+            part = {score: np.asarray(values)[rows] for score, values in scores.items()}
+            return self.calibration_.fuse(part, names, species[rows])
 
         return self._per_species(species, fuse)
 
@@ -580,6 +587,20 @@ class LocalReranking(BaseEstimator):
         top = _top_identities(table, len(images), k, self._images_summed(species[rows]))
         return top["identity"], top["score"], top["image"]
 
+
+    def photos_without_keypoints(self, images: pd.DataFrame | None = None,
+                                 isolator: Isolator | None = None) -> int:
+        """How many photos of ``images`` (default: the database) have no keypoint for the first
+        matcher (blank, uniform, tiny photos): their pairs are judged by the global cosine alone.
+        Keypoints are read from the cache (or memory) in blocks, as pairs read them."""
+        if images is None:
+            keypoints = self.database_.keypoints[self.local_scorer_.features[0]]
+        else:
+            regions = keypoint_regions(images, self.keypoints_on_, isolator, "regions")
+            keypoints = self.local_scorer_.keypoints(images, regions, "keypoints")[
+                self.local_scorer_.features[0]]
+        return sum(len(found) == 0 for begin in range(0, len(keypoints), _COUNTED_AT_ONCE)
+                   for found in keypoints[begin:begin + _COUNTED_AT_ONCE])
 
     def similarity(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None,
                    neighbours: int = 10, description: str = "new individuals") -> np.ndarray:
@@ -693,7 +714,7 @@ def _best_per_query(queries: np.ndarray, score: np.ndarray, cosine: np.ndarray, 
                     ) -> np.ndarray:
     """Positions of each query's ``top`` pairs of highest ``score``, ties by ``cosine``, in the
     order given."""
-    order = np.lexsort((-cosine, -score, queries))
+    order = np.lexsort((-cosine, -np.nan_to_num(score), queries))  # missing evidence: none
     grouped = queries[order]
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
     position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
@@ -706,7 +727,9 @@ def _evidence(scores: dict[str, np.ndarray], names: Sequence[str], rows: np.ndar
     only the cosine is fused. (With two matchers the one on the larger scale weighs more: it
     orders only pairs whose fused scores tie.)"""
     local = [np.asarray(scores[name], np.float32)[rows] for name in names if name != "cosine"]
-    return np.sum(local, axis=0, dtype=np.float32) if local else np.zeros(len(rows), np.float32)
+    # Missing evidence (a photo without keypoints) adds nothing.
+    return (np.nansum(local, axis=0, dtype=np.float32) if local
+            else np.zeros(len(rows), np.float32))
 
 
 def _top_identities(table: pd.DataFrame, queries: int, k: int,

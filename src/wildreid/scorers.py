@@ -26,7 +26,13 @@ import pandas as pd
 
 from wildreid.isolation import Isolator, Region, by_species
 from wildreid.local import KeypointExtractor, Keypoints, create_local_features
-from wildreid.matching import PAIR_SCORES, MatchingWorker, create_matcher, score_pairs
+from wildreid.matching import (
+    KEYPOINT_COUNTS,
+    PAIR_SCORES,
+    MatchingWorker,
+    create_matcher,
+    score_pairs,
+)
 
 #: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
 MIRROR_MODES = ("none", "opposite", "all")
@@ -245,8 +251,11 @@ class LocalScorer:
             found = score_pairs(matcher, every, scored, ransac=self.ransac,
                                 progress=self.progress, description=f"{description}: {name}",
                                 pool=self.pool,
-                                scorer=functools.partial(MatchingWorker, name, self.batch_size))
+                                scorer=functools.partial(MatchingWorker, name, self.batch_size,
+                                                         None, matcher.device.type))
             self.pairs_per_second[name] = len(scored) / max(float(found["seconds"]), 1e-9)
+            for key in KEYPOINT_COUNTS:  # of the pair as it is (mirroring keeps the count)
+                columns[f"{name}:{key}"] = found[key][:len(pairs)]
             for key in PAIR_SCORES:
                 columns[f"{name}:{key}"] = found[key][:len(pairs)]
                 if flipped.any():  # NaN where the pair was not matched mirrored
@@ -277,3 +286,10 @@ def kept_score(columns: dict[str, np.ndarray], matcher: str, pair_score: str) ->
     ``columns``: the better of the pair as it is and mirrored (where it was matched mirrored)."""
     return np.fmax(columns[f"{matcher}:{pair_score}"],
                    columns.get(f"{matcher}:mirrored:{pair_score}", np.nan))
+
+
+def without_evidence(columns: dict[str, np.ndarray], matcher: str) -> np.ndarray:
+    """Which pairs of a :meth:`LocalScorer.score` have no local evidence for ``matcher``: a side
+    of the pair (a blank, uniform or tiny photo) has no keypoint at all."""
+    return ((columns[f"{matcher}:first_keypoints"] == 0)
+            | (columns[f"{matcher}:second_keypoints"] == 0))

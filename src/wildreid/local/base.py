@@ -76,18 +76,21 @@ def resized(image: Image.Image, long_side: int) -> Image.Image:
 
 
 def keep_strongest(xy: np.ndarray, scores: np.ndarray, descriptors: np.ndarray, size: tuple[int, int],
-          region: Region | None, limit: int, box=(0.0, 0.0, 1.0, 1.0)) -> Keypoints:
-    """The ``limit`` strongest keypoints on the animal, of an image of ``size`` showing ``box``."""
-    found = Keypoints(xy.astype(np.float32), scores.astype(np.float32),
-                      descriptors.astype(np.float32), size, box)
-    if region is not None and not region.is_whole:
+                   region: Region | None, limit: int, box=(0.0, 0.0, 1.0, 1.0)) -> Keypoints:
+    """The ``limit`` strongest keypoints on the animal, of an image of ``size`` showing ``box``.
+    No keypoint at all is a valid answer, however the detector gives it (OpenCV: an empty array
+    of shape ``(0,)``): the shapes are ``(0, 2)``, ``(0,)``, ``(0, dim)``."""
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    xy = np.asarray(xy, np.float32).reshape(len(scores), 2)
+    descriptors = np.asarray(descriptors, np.float32)
+    if region is not None and not region.is_whole and len(scores):
         x0, y0, x1, y1 = box  # the region's test runs in the whole photo's frame
         photo = (round(size[0] / (x1 - x0)), round(size[1] / (y1 - y0)))
-        inside = region.contains(found.in_photo(photo), photo)
+        inside = region.contains(Keypoints(xy, scores, descriptors, size, box).in_photo(photo),
+                                 photo)
         xy, scores, descriptors = xy[inside], scores[inside], descriptors[inside]
     best = np.argsort(-scores, kind="stable")[:limit]
-    return Keypoints(xy[best].astype(np.float32), scores[best].astype(np.float32),
-                     descriptors[best].astype(np.float32), size, box)
+    return Keypoints(xy[best], scores[best], descriptors[best], size, box)
 
 
 def detector_view(image: Image.Image, region: Region | None, long_side: int, crop: bool
@@ -212,9 +215,9 @@ class OpenCVFeatures(LocalFeatures):
         view, box = detector_view(image, region, self.long_side, self.crop)
         gray = cv2.cvtColor(np.asarray(view), cv2.COLOR_RGB2GRAY)
         found, raw = self._network.detectAndCompute(gray, _detection_mask(image, region, view, box))
-        if raw is None:
-            return Keypoints(np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
-                             np.zeros((0, self.dim), np.float32), view.size, box)
+        if raw is None or len(found) == 0:  # OpenCV says "nothing" as None or as an empty array
+            return keep_strongest(np.zeros((0, 2)), np.zeros(0), np.zeros((0, self.dim)),
+                                  view.size, region, self.max_keypoints, box)
         xy = np.array([k.pt for k in found], np.float32)
         scores = np.array([k.response for k in found], np.float32)
         # The pixel mask and the region's grid disagree by a pixel at the edge: the grid decides.

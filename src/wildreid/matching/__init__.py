@@ -25,9 +25,9 @@ from wildreid.progress import progress_bar
 from wildreid.registry import Registry
 from wildreid.stage import take
 
-__all__ = ["CONFIDENCE_LEVELS", "LIGHTGLUE_FEATURES", "MATCHERS", "PAIR_SCORES", "LightGlueMatcher",
-           "MatchingWorker", "NearestNeighbourMatcher", "create_matcher", "ransac_inliers",
-           "score_pairs"]
+__all__ = ["CONFIDENCE_LEVELS", "KEYPOINT_COUNTS", "LIGHTGLUE_FEATURES", "MATCHERS", "PAIR_SCORES",
+           "LightGlueMatcher", "MatchingWorker", "NearestNeighbourMatcher", "create_matcher",
+           "ransac_inliers", "score_pairs"]
 
 #: Confidence levels at which matches are counted (LightGlue's own filter is 0.1).
 CONFIDENCE_LEVELS = (0.2, 0.5, 0.8)
@@ -72,6 +72,9 @@ def ransac_inliers(first: Keypoints, second: Keypoints, matches: np.ndarray,
 
 #: The per-pair scores a matcher gives, each a candidate input to calibration.
 PAIR_SCORES = ("confidence_sum", *(f"matches@{level}" for level in CONFIDENCE_LEVELS), "inliers")
+#: Besides them, each side's keypoint count: a pair with a side of none has no local evidence at
+#: all (a blank or tiny photo), which is not the same as a pair with no match.
+KEYPOINT_COUNTS = ("first_keypoints", "second_keypoints")
 
 
 #: Pairs per chunk sent to one worker of a Ray pool.
@@ -82,10 +85,12 @@ BLOCK_PAIRS = 2048
 
 
 class MatchingWorker:
-    """A pool worker's matcher (built where it runs) and what it does with a chunk of pairs."""
+    """A pool worker's matcher (built where it runs) and what it does with a chunk of pairs.
+    ``device``: the driver's device type (a GPU worker of a CPU run must not match in fp16)."""
 
-    def __init__(self, features: str, batch_size: int = 128, settings: dict | None = None):
-        self.matcher = create_matcher(features, device="auto", batch_size=batch_size,
+    def __init__(self, features: str, batch_size: int = 128, settings: dict | None = None,
+                 device: str = "auto"):
+        self.matcher = create_matcher(features, device=device, batch_size=batch_size,
                                       **(settings or {}))
 
     def score(self, keypoints: Sequence[Keypoints], pairs: np.ndarray, ransac: bool
@@ -103,13 +108,13 @@ def score_pairs(matcher, keypoints: Sequence[Keypoints], pairs: np.ndarray, rans
     :class:`~wildreid.distributed.RayPool`) with ``scorer`` (the recipe of a
     :class:`MatchingWorker` for ``matcher``'s features): scored in chunks on its workers."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    result = {name: np.zeros(len(pairs), np.float32) for name in PAIR_SCORES}
+    result = {name: np.zeros(len(pairs), np.float32) for name in (*PAIR_SCORES, *KEYPOINT_COUNTS)}
     start = time.perf_counter()
     if pool is not None and len(pairs):
         with progress_bar("pairs", progress) as bar:
             task = bar.add_task(description, total=len(pairs))
             for rows, found in pool.map_pairs(scorer, keypoints, pairs, ransac, CHUNK_PAIRS):
-                for name in PAIR_SCORES:
+                for name in (*PAIR_SCORES, *KEYPOINT_COUNTS):
                     result[name][rows] = found[name]
                 bar.advance(task, len(rows))
         result["seconds"] = np.float32(time.perf_counter() - start)
@@ -134,6 +139,8 @@ def score_pairs(matcher, keypoints: Sequence[Keypoints], pairs: np.ndarray, rans
                 part = np.arange(begin, min(len(pairs), begin + block))
                 # Sorted by keypoint count within the block, so batches pad little.
                 counts = {index: len(found) for index, found in rows.items()}
+                result["first_keypoints"][part] = [counts[i] for i in pairs[part, 0].tolist()]
+                result["second_keypoints"][part] = [counts[j] for j in pairs[part, 1].tolist()]
                 order = part[np.lexsort(([counts[j] for j in pairs[part, 1]],
                                          [counts[i] for i in pairs[part, 0]]))]
                 for start_row in range(0, len(order), matcher.batch_size):
