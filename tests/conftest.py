@@ -83,26 +83,30 @@ def bursts(tmp_path_factory):
 
 
 class LiveServer:
-    """The review app on a free localhost port, in a thread, as ``wildreid serve`` runs it."""
+    """The review app on a free localhost port, in a thread, as ``wildreid serve`` runs it. The
+    socket is bound here and handed to the server, so no other process can take the port
+    between choosing and binding it; a server that fails to start fails the test."""
 
     def __init__(self, folder, **options):
         from wildreid.app import create_app
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        config = uvicorn.Config(create_app(folder, **options), host="127.0.0.1", port=self.port,
-                                log_level="warning")
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        config = uvicorn.Config(create_app(folder, **options), log_level="warning")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
+        while not self.server.started:  # the server's own signal, however loaded the machine
+            if not self.thread.is_alive():
+                raise RuntimeError(f"the review app did not start on port {self.port}")
             time.sleep(0.05)
         return f"http://127.0.0.1:{self.port}/"
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
-        self.thread.join(10)
+        self.thread.join()
+        self.socket.close()
