@@ -218,3 +218,13 @@ def test_evaluate_shows_grouping_without_pairs_as_not_applicable(tmp_path):
     strict = json.loads(as_json.output, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     grouped = strict["new_individuals"]
     assert [grouped[f"pairwise_{k}"] for k in ("precision", "recall", "f1")] == [None] * 3
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "Infinity"])
+def test_the_python_api_refuses_a_threshold_that_is_not_finite(value):
+    """``run.parse_threshold`` (what ``identify_dataset`` reads) refuses it as the CLI does."""
+    from wildreid.run import parse_threshold
+
+    with pytest.raises(ValueError, match="finite number"):
+        parse_threshold(value)

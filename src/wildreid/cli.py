@@ -66,15 +66,10 @@ def _clear_errors():
 def _threshold(value: str) -> str:
     from wildreid.run import parse_threshold
 
-    try:
-        parsed = parse_threshold(value)
-    except ValueError:
-        parsed = math.nan  # not a number at all: refused below, with the same message
-    # float() also reads nan and inf: no score passes nan or inf (every query new_individual),
-    # every one passes -inf (none), silently.
-    if isinstance(parsed, float) and not math.isfinite(parsed):
-        raise typer.BadParameter(f"{value!r}: use 'auto', 'none' (closed set) or a finite number "
-                                 "such as 0.6", param_hint="--threshold")
+    try:  # nan and inf refused there: nan would answer new_individual to every query, silently
+        parse_threshold(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--threshold") from None
     return value
 
 
@@ -209,6 +204,13 @@ def identify(
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
                            for k, v in identifier.decision_.thresholds.items())
     err.print(f"thresholds: {thresholds}")
+    if identifier.reranking_ is not None:
+        from wildreid.run import read_run_info
+
+        empty = read_run_info(output.parent)["photos_without_keypoints"]
+        if empty["database"] or empty["query"]:
+            err.print(f"photos without keypoints (judged by the global cosine alone): "
+                      f"{empty['database']} of the database, {empty['query']} of the queries")
     err.print(f"{len(submission)} queries: {len(submission) - new} named, {new} new_individual")
     err.print(f"wrote {output} and {written}")
 
