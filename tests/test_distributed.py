@@ -37,7 +37,12 @@ def _identify(data, output, cache, *options):
 
 
 @pytest.mark.parametrize("preset", [[], ["--preset", "accurate", "--local", "sift",
-                                         "--shortlist", "all"]], ids=["fast", "sift"])
+                                         "--shortlist", "all"],
+                                    # a network's keypoints: workers on the driver's device
+                                    ["--preset", "accurate", "--local", "aliked-nn", "--shortlist",
+                                     "all", "--max-keypoints", "64", "--long-side", "192",
+                                     "--keypoints-on", "image"]],
+                         ids=["fast", "sift", "aliked-nn"])
 def test_a_run_on_a_local_ray_cluster_answers_as_one_process(real_subset, tmp_path, cluster,
                                                              preset):
     alone = _identify(real_subset, tmp_path / "alone" / "s.csv", tmp_path / "cache-a", *preset)

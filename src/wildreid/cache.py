@@ -16,10 +16,20 @@ flipped, rows swapped, a wrong width) is dropped with a :class:`CacheDamaged` wa
 missing, so the caller recomputes it; a file SQLite cannot read (truncated, emptied, overwritten)
 is moved aside as ``arrays.sqlite.damaged-<time>`` and the namespace starts empty. Shards of the
 older ``*.npz`` format are imported on open (a damaged one is reported and dropped).
+
+A folder that cannot be used — read-only, not a folder, on a full or failing disk, at open or in
+the middle of a run — is reported once (:class:`CacheUnavailable`, naming the folder and what to
+do) and the run goes on: without the cache when it cannot be opened or read, else without writing
+to it (what was written stays; the stages keep what they compute in memory instead).
+
+The checksum finds damage, not forgery: it is not keyed, so whoever can write the cache can write
+rows that pass it. A cache is trusted as the code that reads it is; share one only with those you
+would let change your results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -46,6 +56,15 @@ _CHUNK = 500  # keys per query, under SQLite's limit on bound parameters
 
 class CacheDamaged(UserWarning):
     """Part of the cache was unreadable or inconsistent; it was dropped and will be recomputed."""
+
+
+class CacheUnavailable(UserWarning):
+    """The cache folder cannot be used (read-only, not a folder, full or failing disk): the run
+    goes on without it, or without writing to it."""
+
+
+#: Cache folders reported unusable by this process: one line each, not one per stage or batch.
+_REPORTED: set[str] = set()
 
 
 def content_key(path: str | Path) -> str:
@@ -86,6 +105,21 @@ def _is_busy(error: sqlite3.DatabaseError) -> bool:
     return "locked" in str(error) or "busy" in str(error)
 
 
+def _is_unusable(error: BaseException) -> bool:
+    """The folder or its disk refuses (read-only, full, not a folder, failing), as opposed to a
+    damaged file (set aside) or a busy one (waited for): nothing this process can do helps."""
+    if isinstance(error, OSError):
+        return True
+    if not isinstance(error, sqlite3.OperationalError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+                               sqlite3.SQLITE_IOERR, sqlite3.SQLITE_PERM)
+    return any(words in str(error) for words in ("disk is full", "readonly", "unable to open",
+                                                 "disk I/O error", "permission"))
+
+
 def _shape_text(shape: tuple[int, ...]) -> str:
     return ",".join(str(int(n)) for n in shape)
 
@@ -100,13 +134,22 @@ class ArrayCache:
 
     def __init__(self, root: str | Path, namespace: str,
                  row_shape: tuple[int, ...] | None = None):
-        self.folder = Path(root) / namespace
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root)
+        self.folder = self.root / namespace
         self.path = self.folder / FILE_NAME
         self.row_shape = row_shape
         self._lock = threading.Lock()  # one connection, shared by the caller's threads
-        self._connection = self._open()
         self._imported = False
+        #: Whether rows are written; ``False`` once the folder refused a write (or the open).
+        self.writable = True
+        self._connection: sqlite3.Connection | None = None  # None: nothing can be read either
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._connection = self._open()
+        except (OSError, sqlite3.DatabaseError) as error:
+            if not _is_unusable(error):
+                raise
+            self._give_up(error, reads=True)
 
     # -- the SQLite file -------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -145,9 +188,13 @@ class ArrayCache:
                       stacklevel=4)
 
     def _run(self, statement: str, parameters: Iterable = (), many: bool = False) -> list:
-        """Run one statement; a file found damaged now is set aside and the statement rerun on a
-        fresh one (reads then find nothing, so the caller recomputes)."""
+        """Run one statement (``many``: a write, of every row of ``parameters`` in one
+        transaction); a file found damaged now is set aside and the statement rerun on a fresh
+        one (reads then find nothing, so the caller recomputes). A folder that refuses is
+        given up (:meth:`_give_up`): reads then find nothing and writes are skipped."""
         with self._lock:
+            if self._connection is None or (many and not self.writable):
+                return []
             for attempt in (0, 1):
                 try:
                     if many:
@@ -156,22 +203,53 @@ class ArrayCache:
                         self._connection.execute("COMMIT")
                         return []
                     return self._connection.execute(statement, tuple(parameters)).fetchall()
-                except sqlite3.DatabaseError as error:
+                except (sqlite3.DatabaseError, OSError) as error:
                     if self._connection.in_transaction:
-                        self._connection.execute("ROLLBACK")
+                        with contextlib.suppress(sqlite3.DatabaseError):
+                            self._connection.execute("ROLLBACK")
+                    if _is_unusable(error):
+                        self._give_up(error, reads=not many)
+                        return []
                     if attempt or not _is_damage(error):
                         raise
                     self._connection.close()
-                    self._set_aside(error)
-                    self._connection = self._open()
+                    try:
+                        self._set_aside(error)
+                        self._connection = self._open()
+                    except (sqlite3.DatabaseError, OSError) as refused:
+                        if not _is_unusable(refused):
+                            raise
+                        self._connection = None
+                        self._give_up(refused, reads=True)
+                        return []
             return []
+
+    def _give_up(self, error: BaseException, reads: bool) -> None:
+        """Stop writing to this cache (``reads``: and reading it) after the folder refused, and
+        say so once per folder: the run goes on, computing what it cannot read or keep."""
+        self.writable = False
+        if reads and self._connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.close()
+            self._connection = None
+        if str(self.root) in _REPORTED:
+            return
+        _REPORTED.add(str(self.root))
+        lost = ("going on without it (nothing is read from or cached in it this run)" if reads
+                else "going on without writing to it (what it holds is still read)")
+        warnings.warn(f"{self.root}: the cache folder cannot be used ({error}); {lost}. Free "
+                      "space or fix its permissions, or point --cache-dir (or $WILDREID_CACHE) "
+                      "at a writable folder, or pass --no-cache", CacheUnavailable, stacklevel=4)
 
     # -- rows --------------------------------------------------------------------------------
     def _stored_layout(self) -> tuple[str, str] | None:
         """(dtype, shape) the file says its rows have."""
         if not self._imported:
             self._imported = True  # first, so the import's own writes do not import again
-            self._import_npz_shards()
+            try:
+                self._import_npz_shards()
+            except OSError as error:  # a shard that cannot be removed: a read-only folder
+                self._give_up(error, reads=False)
         rows = dict(self._run("SELECT name, value FROM layout"))
         return (rows["dtype"], rows["shape"]) if "dtype" in rows else None
 
@@ -195,7 +273,7 @@ class ArrayCache:
                 return np.frombuffer(value, dtype=np.dtype(dtype)).reshape(dims)
             except (TypeError, ValueError) as error:
                 problem = f"it cannot be decoded ({error})"
-        self._run("DELETE FROM arrays WHERE key = ?", (key,))
+        self._run("DELETE FROM arrays WHERE key = ?", [(key,)], many=True)
         warnings.warn(f"{self.path}: dropped the cached row of {key} ({problem}); it will be "
                       "recomputed", CacheDamaged, stacklevel=4)
         return None
@@ -231,7 +309,8 @@ class ArrayCache:
 
     def __len__(self) -> int:
         self._layout()
-        return self._run("SELECT COUNT(*) FROM arrays")[0][0]
+        counted = self._run("SELECT COUNT(*) FROM arrays")
+        return counted[0][0] if counted else 0  # nothing counted: the cache was given up
 
     def put(self, keys: list[str], values: np.ndarray) -> None:
         """Store ``values`` (one row per key) durably before returning."""
@@ -249,6 +328,8 @@ class ArrayCache:
             self._run("INSERT OR IGNORE INTO layout VALUES (?, ?)", [("dtype", dtype),
                                                                    ("shape", shape)], many=True)
             layout = self._stored_layout()
+        if not self.writable:  # given up (now or before): the caller keeps its rows
+            return
         if layout != (dtype, shape):  # rows computed now are right: older ones of another layout
             stale = self._run("SELECT COUNT(*) FROM arrays WHERE dtype != ? OR shape != ?",
                               (dtype, shape))[0][0]
@@ -302,4 +383,5 @@ class ArrayCache:
 
     def close(self) -> None:
         with self._lock:
-            self._connection.close()
+            if self._connection is not None:
+                self._connection.close()

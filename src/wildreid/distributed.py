@@ -13,19 +13,35 @@ bars count what the whole cluster finished (images/s, pairs/s cluster-wide).
 this machine belongs to (``ray start --head`` / ``--address``), anything else is the address of
 a cluster's head. A cluster of several machines needs the photos and the cache folder at the
 same paths on every machine (a shared file system).
+
+Workers compute on the driver's device type and in its precision — what the cache keys say —
+whatever hardware they have: a ``--device cpu`` run gives fp32 rows on a GPU cluster too.
+``--ray`` is checked before any work (Ray installed, the cluster reachable); a run that found
+every row in the cache and sent nothing to the cluster says so (:class:`RayNotNeeded`).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 RAY_HINT = "pip install 'wildreid[ray]'"
+_REACH_TIMEOUT_S = 5  # to open a connection to a cluster's head, before any work
 #: Workers started by this process, by cluster and pool settings; recipes shipped, by key.
 _ACTORS: dict[tuple, list] = {}
 _RECIPES: dict[tuple, Any] = {}
+
+
+class RayNotNeeded(UserWarning):
+    """A ``--ray`` run sent nothing to the cluster: every row it needed was in the cache."""
+
+
+class RayUnavailable(ValueError):
+    """``--ray`` was asked for, but Ray is not installed or its cluster cannot be reached (a
+    ``ValueError``: the command line reports it in one line)."""
 
 
 class _Worker:
@@ -48,27 +64,60 @@ class RayPool:
     """Workers on a Ray cluster. ``workers``: how many (default: one per GPU, else one per
     CPU); ``cpus_per_worker``: CPU slots each takes."""
 
+    #: Chunks sent to workers by every pool of this process (a run that sent none did not need
+    #: Ray: every row it needed was in the cache).
+    chunks_sent = 0
+
     def __init__(self, address: str = "local", workers: int | None = None,
                  cpus_per_worker: float = 1.0):
         self.address = address
         self.workers = workers
         self.cpus_per_worker = cpus_per_worker
 
-    def _ray(self):
+    def _import(self):
         try:
             import ray
         except ImportError:
-            raise ImportError(f"--ray needs Ray: {RAY_HINT}") from None
+            raise RayUnavailable(f"--ray {self.address}: Ray is not installed; {RAY_HINT} (or "
+                                 "run without --ray)") from None
+        return ray
+
+    def _ray(self):
+        ray = self._import()
         if not ray.is_initialized():
             _ACTORS.clear()  # a new cluster (or the first): none of its workers exist yet
             _RECIPES.clear()
             settings = {"include_dashboard": False, "logging_level": "ERROR",
                         "log_to_driver": False}
-            if self.address == "local":
-                ray.init(**settings)
-            else:
-                ray.init(address=self.address, **settings)
+            try:
+                if self.address == "local":
+                    ray.init(**settings)
+                else:
+                    ray.init(address=self.address, **settings)
+            except ConnectionError as error:  # no cluster there (ray's own message says why)
+                raise RayUnavailable(
+                    f"--ray {self.address}: no Ray cluster could be reached ({error}). Start one "
+                    "(ray start --head), give its head's address, or use --ray local (a Ray "
+                    "instance on this machine)") from None
         return ray
+
+    def check(self) -> None:
+        """Fail now, before any work, where this pool could not run: Ray not installed, or the
+        cluster it joins not reachable (``local`` starts its instance when work needs it)."""
+        self._import()
+        if self.address == "local":
+            return
+        head = self.address.removeprefix("ray://")
+        host, _, port = head.rpartition(":")
+        if host and port.isdigit():  # Ray waits minutes for a head that is not there: not us
+            try:
+                socket.create_connection((host, int(port)), timeout=_REACH_TIMEOUT_S).close()
+            except OSError as error:
+                raise RayUnavailable(
+                    f"--ray {self.address}: the Ray head cannot be reached ({error}). Check the "
+                    "address and that the cluster is up (ray start --head on it), or use --ray "
+                    "local (a Ray instance on this machine)") from None
+        self._ray()
 
     def _actors(self) -> list:
         """This process's workers on the cluster: started once, then kept (one set serves every
@@ -101,6 +150,7 @@ class RayPool:
         def submit(actor) -> None:
             for number, chunk in queue:
                 pending[actor.call.remote(key, shipped, method, *chunk)] = (number, actor)
+                RayPool.chunks_sent += 1
                 return
 
         for actor in actors:
@@ -137,6 +187,7 @@ class RayPool:
                 used, local = np.unique(part, return_inverse=True)
                 yield take(keypoints, used), local.reshape(part.shape), ransac
 
-        key = ("pairs", *(repr(a) for a in getattr(scorer, "args", ())))
+        key = ("pairs", *(repr(a) for a in getattr(scorer, "args", ())),
+               *(f"{k}={v!r}" for k, v in sorted(getattr(scorer, "keywords", {}).items())))
         for number, scores in self._run(scorer, key, "score", chunks()):
             yield np.arange(number * size, min(len(pairs), (number + 1) * size)), scores

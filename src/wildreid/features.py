@@ -20,6 +20,14 @@ from wildreid.images import ImageError, load_image
 from wildreid.models import Descriptor
 from wildreid.stage import CachedStage
 
+#: The version of how features are computed from a photo (decoding, isolation, preprocessing,
+#: the forward pass): part of the cache key. Bump it when that code changes what it gives
+#: (tests/test_hostile_cache.py's recorded hash of that code says when).
+FEATURES_VERSION = 1
+
+#: ``precision``: what the descriptor's forward pass runs in.
+PRECISIONS = ("fp32", "fp16")
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
@@ -82,22 +90,34 @@ class FeatureExtractor(CachedStage):
 
     ``isolation``: what the descriptor sees of each image given its region (``none``, ``crop``,
     ``mask``; see :meth:`wildreid.isolation.Region.apply`). Features are cached under ``cache_dir``
-    by descriptor (arch, weights, preprocessing), isolation, file content and region;
-    ``cache_dir=None`` disables the disk cache. ``pool``: compute on a Ray cluster
-    (:class:`~wildreid.distributed.RayPool`).
+    by descriptor (arch, weights, preprocessing), isolation, device type and precision,
+    :data:`FEATURES_VERSION`, file content and region; ``cache_dir=None`` disables the disk
+    cache. ``precision``: ``fp16`` (autocast, CUDA only) or ``fp32``; default fp16 on CUDA.
+    ``pool``: compute on a Ray cluster (:class:`~wildreid.distributed.RayPool`), whose workers
+    run on this device type in this precision, whatever they have.
     """
 
     what = "features"
 
-    def __init__(self, descriptor: Descriptor, device: str = "auto", batch_size: int = 64,
-                 workers: int | None = None, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-                 progress: bool = True, isolation: str = "none", pool=None):
+    def __init__(self, descriptor: Descriptor, device: str | torch.device = "auto",
+                 batch_size: int = 64, workers: int | None = None,
+                 cache_dir: str | Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
+                 isolation: str = "none", pool=None, precision: str | None = None):
         self.descriptor = descriptor
         self.device = resolve_device(device)
+        if precision is None:
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        if precision not in PRECISIONS or (precision == "fp16" and self.device.type != "cuda"):
+            raise ValueError(f"precision {precision!r} on {self.device.type}: use fp32, or fp16 "
+                             "on CUDA")
+        self.precision = precision
         self.batch_size = batch_size
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
         self.isolation = isolation
-        self.namespace = descriptor.cache_key + ("" if isolation == "none" else f"-{isolation}")
+        # fp16, and another device's kernels, move embeddings a little: enough to change a
+        # ranking near a tie, so the rows of each are cached apart.
+        self.namespace = (descriptor.cache_key + ("" if isolation == "none" else f"-{isolation}")
+                          + f"-{self.device.type}-{precision}-v{FEATURES_VERSION}")
         super().__init__(ArrayCache(cache_dir, self.namespace) if cache_dir is not None else None,
                          progress, pool)
         self._on_device = False
@@ -115,9 +135,8 @@ class FeatureExtractor(CachedStage):
         batch = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16):
-                output = self._model()(batch)
-        else:
+        with torch.autocast(self.device.type, dtype=torch.float16,
+                            enabled=self.precision == "fp16"):
             output = self._model()(batch)
         output = torch.nn.functional.normalize(output.float().flatten(1), dim=1)
         return output.cpu().numpy()
@@ -135,10 +154,13 @@ class FeatureExtractor(CachedStage):
 
     def worker(self) -> Callable[[], FeatureExtractor]:
         network = copy.deepcopy(self.descriptor.model).cpu()  # loads wherever the worker runs
+        # This device type and precision, not the worker's own: its rows are cached under this
+        # extractor's namespace (a GPU worker of a --device cpu run must not answer in fp16).
         return functools.partial(FeatureExtractor, dataclasses.replace(self.descriptor,
                                                                        model=network),
-                                 device="auto", batch_size=self.batch_size, workers=0,
-                                 cache_dir=None, progress=False, isolation=self.isolation)
+                                 device=self.device.type, batch_size=self.batch_size, workers=0,
+                                 cache_dir=None, progress=False, isolation=self.isolation,
+                                 precision=self.precision)
 
     def __call__(self, paths: Sequence[str | Path], description: str = "features",
                  regions: Sequence | None = None) -> np.ndarray:

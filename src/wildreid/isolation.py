@@ -43,6 +43,11 @@ def u2netp_weights(cache_dir: str | Path | None = None) -> Path:
     return fetch(U2NETP, cache_dir)
 
 
+#: The version of how regions are computed from a photo (the network's input, the mask, the
+#: guard, the row): part of the cache key. Bump it when that code changes what it gives
+#: (tests/test_hostile_cache.py's recorded hash of that code says when).
+SEGMENTATION_VERSION = 1
+
 ISOLATION_MODES = ("none", "crop", "mask")
 _GRID = _INPUT
 _SOURCES = ("segmenter", "guard", "metadata")
@@ -218,7 +223,7 @@ class Segmenter:
         # fp16 on CUDA moves a few borderline pixels, so the engine is part of the key.
         engine = f"{self.backend}-{'fp16' if self.device.type == 'cuda' else 'fp32'}"
         text = repr((sha256_of(self.weights), self.threshold, self.min_area, self.min_share,
-                     self.dilate, _GRID, engine, "undilated-mask"))
+                     self.dilate, _GRID, engine, "undilated-mask", SEGMENTATION_VERSION))
         return "regions-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -367,10 +372,11 @@ class Segmentation(CachedStage):
 
 
 def _segmentation_worker(segmenter: Segmenter, batch_size: int) -> Segmentation:
+    """A pool worker's stage: the driver's device type and backend (its cache key's engine),
+    not the worker's own."""
     from wildreid.features import resolve_device
 
-    segmenter.device = resolve_device("auto")
-    segmenter.backend = "torch" if segmenter.device.type == "cuda" else "onnxruntime"
+    segmenter.device = resolve_device(segmenter.device.type)
     return Segmentation(segmenter, None, batch_size, 0, False)
 
 

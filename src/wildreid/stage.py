@@ -39,7 +39,8 @@ class CachedStage:
     ``what``: the name of the rows in messages (``features``, ``regions``, ``keypoints``).
     ``pool``: a :class:`~wildreid.distributed.RayPool` to compute on, else this process.
     ``memory_rows``: decoded rows kept in memory, the most recently used (``None``: all; without
-    a cache all are kept whatever it says, since nothing could be read back).
+    a cache, or once its folder refuses writes, all are kept whatever it says, since nothing
+    could be read back).
     """
 
     what = "rows"
@@ -108,7 +109,7 @@ class CachedStage:
         """Every key's row computed and in the cache (without one: in memory); rows computed
         now are not decoded here (they are when read)."""
         with self._lock:
-            if self.cache is None:
+            if not self._caching:  # rows computed now could not be read back: kept decoded
                 self._rows(paths, keys, items, description)
                 return
             held = set(self._memory) | self.cache.present(list(keys))
@@ -121,11 +122,17 @@ class CachedStage:
         self.ensure(paths, keys, items, description)
         return LazyRows(self, list(paths), list(keys), list(items), description)
 
+    @property
+    def _caching(self) -> bool:
+        """Whether rows computed now are written to the cache (none, or one whose folder
+        refused a write: then they are all kept in memory, as nothing could read them back)."""
+        return self.cache is not None and self.cache.writable
+
     def _remember(self, found: dict[str, Any]) -> None:
         for key, value in found.items():
             self._memory[key] = value
             self._memory.move_to_end(key)
-        if self.memory_rows is not None:
+        if self.memory_rows is not None and self._caching:
             while len(self._memory) > self.memory_rows:
                 self._memory.popitem(last=False)
 
@@ -161,6 +168,8 @@ class CachedStage:
                     # was computed now or read back.
                     if found is not None:
                         found.update(zip(done, map(self.decode, rows)))
+                    elif not self._caching:  # the cache refused them (a full disk): kept here
+                        self._remember(dict(zip(done, map(self.decode, rows))))
                 bar.advance(task, len(indices) + len(errors))
         return failed
 

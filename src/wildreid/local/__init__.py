@@ -47,6 +47,11 @@ __all__ = ["LOCAL_FEATURES", "Aliked", "AlikedNearest", "DeDoDe", "Disk", "Keypo
            "Keypoints", "KorniaFeatures", "LazyRows", "LocalFeatures", "OpenCVFeatures", "Orb", "Sift",
            "create_local_features", "detector_view", "keep_strongest", "resized"]
 
+#: The version of how keypoints are computed from a photo (the detector's view, detection, the
+#: strongest kept on the animal, the row): part of the cache key. Bump it when that code changes
+#: what it gives (tests/test_hostile_cache.py's recorded hash of that code says when).
+KEYPOINTS_VERSION = 1
+
 #: Decoded keypoints kept in memory, at most (the most recently used; the rest are read from the
 #: cache when a batch of pairs needs them): 4 GiB holds every image of an AnimalCLEF-size
 #: database at 512 ALIKED keypoints, and bounds a 10^5-image one.
@@ -71,7 +76,7 @@ class KeypointExtractor(CachedStage):
         row_shape = (_HEADER + features.max_keypoints * (3 + features.dim),)
         decoded_bytes = features.max_keypoints * (3 + features.dim) * 4  # float32 arrays
         memory_mib = KEYPOINT_MEMORY_MIB if memory_mib is None else memory_mib
-        super().__init__(ArrayCache(cache_dir, features.cache_key, row_shape)
+        super().__init__(ArrayCache(cache_dir, keypoint_namespace(features), row_shape)
                          if cache_dir is not None else None, progress, pool,
                          memory_rows=max(1, int(memory_mib * 2**20 // decoded_bytes)))
 
@@ -94,7 +99,7 @@ class KeypointExtractor(CachedStage):
             yield indices, self.features.detect(image, region).to_row(capacity, dim)[None], errors
 
     def key(self) -> str:
-        return self.features.cache_key
+        return keypoint_namespace(self.features)
 
     def worker(self) -> Callable[[], KeypointExtractor]:
         features = copy.copy(self.features)
@@ -120,11 +125,20 @@ class KeypointExtractor(CachedStage):
         return self.lazy(paths, keys, items, description)
 
 
+def keypoint_namespace(features: LocalFeatures) -> str:
+    """The cache namespace of ``features``' keypoints: their settings, the device type a
+    network runs on (a GPU's kernels move keypoints a little; OpenCV's detectors run on the CPU
+    whatever it is) and :data:`KEYPOINTS_VERSION`."""
+    engine = features.device.type if isinstance(features, KorniaFeatures) else "cpu"
+    return f"{features.cache_key}-{engine}-v{KEYPOINTS_VERSION}"
+
+
 def _keypoint_worker(features: LocalFeatures) -> KeypointExtractor:
-    """A pool worker's extractor: the same features, loaded on the worker's own device."""
+    """A pool worker's extractor: the same features on the driver's device type (its cache
+    namespace's), not the worker's own."""
     from wildreid.features import resolve_device
 
-    features.device = resolve_device("auto")
+    features.device = resolve_device(features.device.type)
     return KeypointExtractor(features, cache_dir=None, workers=0, progress=False)
 
 

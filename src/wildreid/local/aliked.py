@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from wildreid.local.base import LOCAL_FEATURES, KorniaFeatures
-from wildreid.weights import kornia_download
+from wildreid.weights import kornia_download, load_weights
 
 
 @LOCAL_FEATURES.register("aliked", "ALIKED-n16 (kornia), matched by LightGlue")
@@ -22,10 +22,9 @@ class Aliked(KorniaFeatures):
         settings = {"max_num_keypoints": 4 * self.max_keypoints, "detection_threshold": 0.0}
         if kornia_download(self.weights):
             return ALIKED.from_pretrained("aliked-n16", **settings)
-        network = ALIKED("aliked-n16", **settings)
-        network.load_state_dict(torch.load(self._weights_path(), map_location="cpu",
-                                           weights_only=True), strict=False)
-        return network
+        # hw_grid: a buffer ALIKED computes when built, not in the released file.
+        return load_weights(ALIKED("aliked-n16", **settings), self._weights_path(), "ALIKED-n16",
+                            derived=("dkd.hw_grid",))
 
     def _run(self, batch: torch.Tensor):
         return self._network(batch)[0]

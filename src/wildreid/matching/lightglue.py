@@ -18,7 +18,7 @@ import torch
 
 from wildreid.local import Keypoints
 from wildreid.matching.base import pad, unpack
-from wildreid.weights import LOCAL_WEIGHTS, fetch, kornia_download
+from wildreid.weights import LOCAL_WEIGHTS, fetch, kornia_download, load_weights
 
 #: Local features LightGlue has weights for here (the others are matched by nearest neighbours).
 LIGHTGLUE_FEATURES = ("aliked", "disk")
@@ -48,16 +48,17 @@ class LightGlueMatcher:
         path = Path(weights) if weights else fetch(LOCAL_WEIGHTS[f"{features}-lightglue"])
         # features=None: build the architecture without kornia's download, then load our file.
         network = LightGlue(None, input_dim=128, **settings)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for layer in range(network.conf.n_layers):
-            state = {k.replace(f"self_attn.{layer}", f"transformers.{layer}.self_attn")
-                      .replace(f"cross_attn.{layer}", f"transformers.{layer}.cross_attn"): v
-                     for k, v in state.items()}
-        missing = network.load_state_dict(state, strict=False).missing_keys
-        if [k for k in missing if "confidence_thresholds" not in k]:
-            raise RuntimeError(f"{path}: not a LightGlue checkpoint for {features} "
-                               f"(missing {missing[:3]})")
-        self._ready(network)
+
+        def renamed(state):  # the release's layer names, as kornia's modules name them
+            for layer in range(network.conf.n_layers):
+                state = {k.replace(f"self_attn.{layer}", f"transformers.{layer}.self_attn")
+                          .replace(f"cross_attn.{layer}", f"transformers.{layer}.cross_attn"): v
+                         for k, v in state.items()}
+            return state
+
+        # confidence_thresholds: a buffer LightGlue computes when built, not in the file.
+        self._ready(load_weights(network, path, f"LightGlue for {features}",
+                                 derived=("confidence_thresholds",), adapt=renamed))
 
     def _ready(self, network) -> None:
         self.network = network.eval().to(self.device)
