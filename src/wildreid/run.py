@@ -5,6 +5,7 @@ fitted on its database, the queries answered, and the run folder written — ``s
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,10 +51,13 @@ def parse_threshold(value: str) -> str | float | None:
     if value == "none":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise ValueError(f"threshold {value!r}: use 'auto', 'none' (closed set) or a number "
-                         "such as 0.6") from None
+        number = math.nan
+    if not math.isfinite(number):  # nan would answer new_individual to every query, silently
+        raise ValueError(f"threshold {value!r}: use 'auto', 'none' (closed set) or a finite "
+                         "number such as 0.6")
+    return number
 
 
 def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = DEFAULT_MODEL,
@@ -148,6 +152,11 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         configuration["local_aggregation_chosen"] = identifier.reranking_.aggregation_
         if identifier.reranking_.cascade_scoring_ is not None:
             configuration["cascade_pair_score_chosen"] = identifier.reranking_.cascade_pair_score_
+        # Photos a detector found nothing on are data, judged by the cosine alone: counted.
+        configuration["photos_without_keypoints"] = {
+            "database": identifier.reranking_.photos_without_keypoints(),
+            "query": identifier.reranking_.photos_without_keypoints(dataset.query,
+                                                                    identifier.isolator)}
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
         "wildlife_dataset": wildlife_dataset,
