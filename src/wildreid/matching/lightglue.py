@@ -50,6 +50,10 @@ class LightGlueMatcher:
         network = LightGlue(None, input_dim=128, **settings)
 
         def renamed(state):  # the release's layer names, as kornia's modules name them
+            # The DISK release also holds log_assignment.<n>.r, left over from an older LightGlue:
+            # no module has it (kornia's own loader passes over it too).
+            state = {k: v for k, v in state.items()
+                     if not (k.startswith("log_assignment.") and k.endswith(".r"))}
             for layer in range(network.conf.n_layers):
                 state = {k.replace(f"self_attn.{layer}", f"transformers.{layer}.self_attn")
                           .replace(f"cross_attn.{layer}", f"transformers.{layer}.cross_attn"): v
