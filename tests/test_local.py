@@ -156,18 +156,18 @@ def test_calibration_is_per_species(real_subset, tmp_path):
     faces_true = (species == "faces") & same
     pooled = Calibration.fit({"sift": matches}, same).transform({"sift": matches})["sift"]
     assert pooled[faces_true].mean() < 0.3  # the failure: local evidence vanishes
-    calibration = SpeciesCalibration.fit({"sift": matches}, same, species)
+    calibration = SpeciesCalibration.fit({"sift": matches}, same, species, groups)
     own = calibration.transform({"sift": matches}, species)["sift"]
     assert own[faces_true].mean() > 0.8
     assert own[(species == "faces") & ~same].mean() < 0.2
-    assert calibration.of("unseen species") is calibration.of(None)  # the pooled map
+    assert calibration.of("unseen species") is calibration.pooled
     out_of_fold = cross_fitted_calibration({"sift": matches}, same, groups, species=species)
     assert out_of_fold["sift"][faces_true].mean() > 0.8
     # A species whose pairs are all of one kind is read by the pooled map.
     lone = np.where(np.arange(len(same)) < 10, "lone", species).astype(object)
     same_lone = same.copy()
     same_lone[:10] = False
-    calibration = SpeciesCalibration.fit({"sift": matches}, same_lone, lone)
+    calibration = SpeciesCalibration.fit({"sift": matches}, same_lone, lone, groups)
     assert "lone" not in calibration.species and "faces" in calibration.species
 
     dataset = load_dataset(real_subset)
@@ -199,6 +199,51 @@ def test_a_missing_local_score_leaves_the_cosine_to_judge():
     # The local map is fitted on the pairs with evidence only.
     alone = Calibration.fit({"sift": sift[50:]}, same[50:]).transform({"sift": sift[50:]})
     assert np.allclose(calibrated["sift"][50:], alone["sift"])
+
+
+def test_photos_without_a_species_never_replace_the_pooled_calibration():
+    """Photos without a species are a species of their own (key ``None``); a species with no
+    maps of its own (its pairs all of one kind) is read by the map pooled over every pair, in
+    the answers as in the out-of-fold scores the thresholds are fitted on."""
+    from wildreid.fusion import SpeciesCalibration, cross_fitted_calibration
+
+    species, same, matches, groups = _two_scales(np.random.default_rng(2))
+    species = np.where(species == "faces", None, species).astype(object)
+    lion = np.arange(len(same)) < 60  # a species whose pairs are all of different animals
+    species[lion], same[lion] = "lion", False
+    calibration = SpeciesCalibration.fit({"sift": matches}, same, species, groups)
+    assert None in calibration.species and "lion" not in calibration.species
+    pooled = Calibration.fit({"sift": matches}, same).transform({"sift": matches})["sift"]
+    read = calibration.transform({"sift": matches}, species)["sift"]
+    assert np.allclose(read[lion], pooled[lion])
+    out_of_fold = cross_fitted_calibration({"sift": matches}, same, groups, species=species)
+    everyone = cross_fitted_calibration({"sift": matches}, same, groups)
+    assert np.allclose(out_of_fold["sift"][lion], everyone["sift"][lion])
+
+
+def test_a_cascade_keeps_the_pairs_its_first_matcher_could_not_judge():
+    """A pair with no first-stage score (NaN: no keypoint for that detector) is not ranked as
+    "nothing matched": each query's best of them by cosine reach the later matchers too."""
+    from wildreid.rerank import _best_per_query
+
+    queries = np.array([0, 0, 0, 0, 1, 1])
+    score = np.array([5.0, 3.0, np.nan, 1.0, np.nan, np.nan], np.float32)
+    cosine = np.array([0.1, 0.2, 0.9, 0.3, 0.4, 0.8], np.float32)
+    assert _best_per_query(queries, score, cosine, 1).tolist() == [0, 2, 5]
+    assert _best_per_query(queries[:4], np.nan_to_num(score[:4]), cosine[:4], 1).tolist() == [0]
+
+
+def test_a_pair_matched_mirrored_keeps_its_evidence():
+    """No keypoint on the query as it is, some on it flipped: the mirrored match is evidence."""
+    from wildreid.scorers import without_evidence
+
+    columns = {"sift": np.zeros(3, np.float32),
+               "sift:first_keypoints": np.array([0, 0, 5], np.float32),
+               "sift:second_keypoints": np.array([10, 10, 10], np.float32),
+               "sift:mirrored:first_keypoints": np.array([np.nan, 3, np.nan], np.float32),
+               "sift:mirrored:second_keypoints": np.array([np.nan, 10, np.nan], np.float32)}
+    assert without_evidence(columns, "sift").tolist() == [True, False, False]
+    assert without_evidence({"other": np.zeros(2)}, "other").tolist() == [False, False]
 
 
 def test_identifier_reranks_with_local_matches(real_subset, tmp_path):

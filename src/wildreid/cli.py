@@ -210,7 +210,8 @@ def identify(
         empty = read_run_info(output.parent)["photos_without_keypoints"]
         if empty["database"] or empty["query"]:
             err.print(f"photos without keypoints (judged by the global cosine alone): "
-                      f"{empty['database']} of the database, {empty['query']} of the queries")
+                      f"{empty['query']} of the queries, {empty['database']} of the database "
+                      "photos its calibration matched")
     err.print(f"{len(submission)} queries: {len(submission) - new} named, {new} new_individual")
     err.print(f"wrote {output} and {written}")
 

@@ -74,40 +74,44 @@ def fused_mean(calibrated: dict[str, np.ndarray], names: Sequence[str],
 
 @dataclass
 class SpeciesCalibration:
-    """One :class:`Calibration` per species, keyed like the thresholds (``None``: every species
-    pooled). A matcher's raw pair scores live on each species' own scale (a few matches between
-    small, dim face crops; hundreds between flanks of striped antelope), so one map pooled over
-    species would read one species' true pairs as another's false ones. A species whose pairs
-    are all of one kind (too few identities) is read by the pooled map."""
+    """One :class:`Calibration` per species, keyed like the thresholds, and the ``pooled`` one
+    over every pair. A matcher's raw pair scores live on each species' own scale (a few matches
+    between small, dim face crops; hundreds between flanks of striped antelope), so one map pooled
+    over species would read one species' true pairs as another's false ones. A species has maps
+    of its own only where its pairs can be cross-fitted too (:func:`cross_fitted_calibration`'s
+    rule: every fold of its pseudo-query identities leaves pairs of both kinds), so the
+    thresholds, fitted on out-of-fold scores, and the answers read the same calibration; the
+    others (too few identities) are read by the pooled one. Photos without a species are a
+    species like any other (key ``None``)."""
 
+    pooled: Calibration
     species: dict[str | None, Calibration] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, scores: dict[str, np.ndarray], same: np.ndarray, species: np.ndarray
-            ) -> SpeciesCalibration:
-        same = np.asarray(same, bool)
-        fitted = {None: Calibration.fit(scores, same)}
-        for name, rows in _species_rows(species).items():
-            if same[rows].min() != same[rows].max():
-                fitted[name] = Calibration.fit({k: np.asarray(v)[rows] for k, v in scores.items()},
-                                               same[rows])
-        return cls(fitted)
+    def fit(cls, scores: dict[str, np.ndarray], same: np.ndarray, species: np.ndarray,
+            groups: np.ndarray, folds: int = 2, seed: int = 0) -> SpeciesCalibration:
+        """``species`` and ``groups`` (the pseudo-query's identity): one key per pair."""
+        same, groups = np.asarray(same, bool), np.asarray(groups)
+        own = {name: Calibration.fit(_rows_of(scores, rows), same[rows])
+               for name, rows in _species_rows(species).items()
+               if _foldable(same[rows], groups[rows], folds, seed)}
+        return cls(Calibration.fit(scores, same), own)
 
     def of(self, species: str | None) -> Calibration:
         """The calibration of ``species`` (the pooled one for a species without its own)."""
-        return self.species.get(species, self.species[None])
+        return self.species.get(species, self.pooled)
 
     @property
     def maps(self) -> dict[str, IsotonicRegression]:
         """The pooled maps (by score name)."""
-        return self.species[None].maps
+        return self.pooled.maps
 
     def transform(self, scores: dict[str, np.ndarray], species: np.ndarray
                   ) -> dict[str, np.ndarray]:
         """Each pair's scores by its own species' maps (``species``: one key per pair)."""
         calibrated = {name: np.empty(len(species), np.float32) for name in scores}
         for name, rows in _species_rows(species).items():
-            found = self.of(name).transform({k: np.asarray(v)[rows] for k, v in scores.items()})
+            found = self.of(name).transform(_rows_of(scores, rows))
             for score in scores:
                 calibrated[score][rows] = found[score]
         return calibrated
@@ -118,6 +122,10 @@ class SpeciesCalibration:
         (:func:`fused_mean`)."""
         wanted = (*names, *(("cosine",) if "cosine" in scores and "cosine" not in names else ()))
         return fused_mean(self.transform({name: scores[name] for name in wanted}, species), names)
+
+
+def _rows_of(scores: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: np.asarray(values)[rows] for name, values in scores.items()}
 
 
 def _species_rows(species: np.ndarray) -> dict[str | None, np.ndarray]:
@@ -133,37 +141,45 @@ def cross_fitted_calibration(scores: dict[str, np.ndarray], same: np.ndarray, gr
     the pseudo-query's identity): what thresholds and the choice of fused scores must be fitted
     on, since in-sample isotonic steps follow the very labels they are scored against. Falls back
     to the in-sample fit when a fold lacks pairs of the same or of different individuals (tiny
-    databases). ``species`` (one key per pair): each species calibrated on its own pairs, as
-    :class:`SpeciesCalibration` does; a species whose pairs are all of one kind keeps the
-    pooled values."""
-    same = np.asarray(same, bool)
-    calibrated = _cross_fitted(scores, same, np.asarray(groups), folds, seed)
-    if species is None:
-        return calibrated
-    for rows in _species_rows(species).values():
-        if same[rows].min() != same[rows].max():
-            own = _cross_fitted({k: np.asarray(v)[rows] for k, v in scores.items()}, same[rows],
-                                np.asarray(groups)[rows], folds, seed)
+    databases). ``species`` (one key per pair): each species cross-fitted on its own pairs where
+    its folds allow (:class:`SpeciesCalibration`'s rule), else given the pooled values."""
+    same, groups = np.asarray(same, bool), np.asarray(groups)
+    calibrated = _cross_fitted(scores, same, groups, folds, seed)
+    for rows in (_species_rows(species).values() if species is not None else ()):
+        if _foldable(same[rows], groups[rows], folds, seed):
+            own = _cross_fitted(_rows_of(scores, rows), same[rows], groups[rows], folds, seed)
             for name in scores:
                 calibrated[name][rows] = own[name]
     return calibrated
 
 
-def _cross_fitted(scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
-                  folds: int, seed: int) -> dict[str, np.ndarray]:
+def _folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each pair's fold: its group's, groups dealt to folds in a seeded random order."""
     names = np.unique(groups)
     fold_of = dict(zip(np.random.default_rng(seed).permutation(names),
                        np.arange(len(names)) % folds))
-    fold = np.array([fold_of[g] for g in groups])
+    return np.array([fold_of[g] for g in groups], np.int64)
+
+
+def _foldable(same: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> bool:
+    """Whether every fold's complement holds pairs of the same and of different individuals."""
+    if len(same) == 0:
+        return False
+    fold = _folds(groups, folds, seed)
+    return all(same[fold != number].any() and not same[fold != number].all()
+               for number in range(folds))
+
+
+def _cross_fitted(scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
+                  folds: int, seed: int) -> dict[str, np.ndarray]:
+    if not _foldable(same, groups, folds, seed):
+        return Calibration.fit(scores, same).transform(scores)
+    fold = _folds(groups, folds, seed)
     calibrated = {name: np.empty(len(same), np.float32) for name in scores}
     for number in range(folds):
         held = fold == number
-        rest = {name: np.asarray(values)[~held] for name, values in scores.items()}
-        try:
-            calibration = Calibration.fit(rest, same[~held])
-        except ValueError:
-            return Calibration.fit(scores, same).transform(scores)
-        found = calibration.transform({name: np.asarray(v)[held] for name, v in scores.items()})
+        found = Calibration.fit(_rows_of(scores, ~held), same[~held]).transform(
+            _rows_of(scores, held))
         for name in scores:
             calibrated[name][held] = found[name]
     return calibrated

@@ -404,8 +404,10 @@ class Identifier(BaseEstimator):
         queries = self._route(queries, "queries")
         features = self.describe(queries, "queries")
         species = _species(queries)
+        keypoints = None
         if self.reranking_ is not None:
-            names, scores, rows = self.reranking_.rank(queries, features, self.isolator, k=k)
+            names, scores, rows, keypoints = self.reranking_.rank(queries, features,
+                                                                  self.isolator, k=k)
         else:
             names, scores, rows = self.index_.search(features, species, k=k, images=True)
         database_ids = self.database_images_
@@ -423,6 +425,9 @@ class Identifier(BaseEstimator):
             "image": best_images.ravel(),
             "species_source": np.repeat(queries["species_source"].to_numpy(), k),
             "species_confidence": np.repeat(queries["species_confidence"].to_numpy(), k),
+            # The query's most keypoints by any local matcher: 0 means it was judged by its
+            # global cosine alone (a blank, uniform or tiny photo).
+            **({"query_keypoints": np.repeat(keypoints, k)} if keypoints is not None else {}),
         })
         return table[table["identity"] != ""].reset_index(drop=True), features
 

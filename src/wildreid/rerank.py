@@ -38,6 +38,7 @@ from wildreid.scorers import (
     extracted_keypoints,
     kept_score,
     keypoint_regions,
+    keypoints_per_image,
     mirror_view,
     without_evidence,
 )
@@ -67,8 +68,6 @@ PAIR_SCORE_CHOICES = (*PAIR_SCORES, "auto")
 AGGREGATIONS = ("max", "top2", "auto")
 #: Images summed into the value that orders identities, by aggregation.
 _IMAGES_SUMMED = {"max": 1, "top2": 2}
-#: Photos whose keypoints are read at once to count those without any.
-_COUNTED_AT_ONCE = 2048
 #: The pair score of species that name none, and of those choosing until they have chosen.
 _DEFAULT_PAIR_SCORE = "confidence_sum"
 
@@ -218,6 +217,10 @@ class LocalReranking(BaseEstimator):
             columns, columns["cosine"], pairs, rows, truth, species[queries], unknown,
             self.local_scorer_.features, self.pair_score_)
         self.local_scorer_.ransac = self._needs_ransac(self.pair_score_)
+        # Photos the calibration matched that no detector found a keypoint on (blank, tiny):
+        # judged by the cosine alone, and said so.
+        self.database_without_keypoints_ = int(
+            (keypoints_per_image(columns, self.local_scorer_.features, pairs) == 0).sum())
         scores = self._kept(columns, species[pairs[:, 0]])
         fixed = dict(self.orientation_)
         self.orientation_, self.orientation_choice_ = self._choose_orientation(
@@ -230,7 +233,8 @@ class LocalReranking(BaseEstimator):
                                                     unknown)
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         # One calibration per species: a matcher's raw scores live on each species' own scale.
-        self.calibration_ = SpeciesCalibration.fit(scores, same, species[pairs[:, 0]])
+        self.calibration_ = SpeciesCalibration.fit(scores, same, species[pairs[:, 0]],
+                                                   identities[pairs[:, 0]], seed=self.seed)
         # The choice of fused scores and the thresholds from out-of-fold calibrated scores (folds
         # by pseudo-query identity): in-sample ones sit where the calibration memorised the labels.
         calibrated = cross_fitted_calibration(scores, same, identities[pairs[:, 0]],
@@ -562,9 +566,10 @@ class LocalReranking(BaseEstimator):
         return queries[keep], unknown[keep]
 
     def rank(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None,
-             k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` identities and fused scores per query (``""``/-inf pad), and the database
-        row of the pair that gave each identity its score (-1 pads)."""
+             k: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``k`` identities and fused scores per query (``""``/-inf pad), the database
+        row of the pair that gave each identity its score (-1 pads), and each query's most
+        keypoints by any matcher (0: none, judged by the cosine alone; -1: no pair scored)."""
         species = species_keys(images.get("species"), len(images))
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "queries: regions")
         queries = Side(images, features, regions, self._keypoints(images, regions, "queries"))
@@ -575,32 +580,25 @@ class LocalReranking(BaseEstimator):
                                       self._views(queries.orientation, species))
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([rows, shortlist[rows, columns]], 1)
-        scores = self._scored(queries, self.database_, pairs, "query pairs", species[rows])
+        details = self.scoring_.score(queries, self.database_, pairs, "query pairs", details=True)
+        scores = self._kept(details, species[rows])
+        counted = keypoints_per_image(details, self.local_scorer_.features, pairs, (0,))
         if self.cascade_scoring_ is not None:
-            keep, scores, _ = self._cascaded(queries, self.database_, pairs, scores,
-                                             species[rows], "query pairs", self.cascade)
+            keep, scores, later = self._cascaded(queries, self.database_, pairs, scores,
+                                                 species[rows], "query pairs", self.cascade)
             rows, pairs = rows[keep], pairs[keep]
+            counted = np.maximum(counted, keypoints_per_image(
+                later, self.cascade_scoring_.names, pairs, (0,)).reindex(counted.index,
+                                                                          fill_value=0))
+        keypoints = np.full(len(images), -1, np.int64)
+        keypoints[counted.index.to_numpy()] = counted.to_numpy()
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
                               "score": self._fused(scores, species[rows]),
                               "local": self._local_evidence(scores, species[rows]),
                               "cosine": scores["cosine"], "image": pairs[:, 1]})
         top = _top_identities(table, len(images), k, self._images_summed(species[rows]))
-        return top["identity"], top["score"], top["image"]
+        return top["identity"], top["score"], top["image"], keypoints
 
-
-    def photos_without_keypoints(self, images: pd.DataFrame | None = None,
-                                 isolator: Isolator | None = None) -> int:
-        """How many photos of ``images`` (default: the database) have no keypoint for the first
-        matcher (blank, uniform, tiny photos): their pairs are judged by the global cosine alone.
-        Keypoints are read from the cache (or memory) in blocks, as pairs read them."""
-        if images is None:
-            keypoints = self.database_.keypoints[self.local_scorer_.features[0]]
-        else:
-            regions = keypoint_regions(images, self.keypoints_on_, isolator, "regions")
-            keypoints = self.local_scorer_.keypoints(images, regions, "keypoints")[
-                self.local_scorer_.features[0]]
-        return sum(len(found) == 0 for begin in range(0, len(keypoints), _COUNTED_AT_ONCE)
-                   for found in keypoints[begin:begin + _COUNTED_AT_ONCE])
 
     def similarity(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None,
                    neighbours: int = 10, description: str = "new individuals") -> np.ndarray:
@@ -713,8 +711,17 @@ def _views_of(orientation: str | None, mirror: str) -> frozenset | None:
 def _best_per_query(queries: np.ndarray, score: np.ndarray, cosine: np.ndarray, top: int
                     ) -> np.ndarray:
     """Positions of each query's ``top`` pairs of highest ``score``, ties by ``cosine``, in the
-    order given."""
-    order = np.lexsort((-cosine, -np.nan_to_num(score), queries))  # missing evidence: none
+    order given. Pairs without the score (NaN: a photo the first matcher found no keypoint on)
+    are ranked apart, each query's ``top`` of them by cosine: the later matchers, which may find
+    keypoints there, still judge them."""
+    missing = np.isnan(score)
+    if missing.any():
+        judged, unjudged = np.flatnonzero(~missing), np.flatnonzero(missing)
+        return np.sort(np.concatenate([
+            judged[_best_per_query(queries[judged], score[judged], cosine[judged], top)],
+            unjudged[_best_per_query(queries[unjudged], cosine[unjudged], cosine[unjudged],
+                                     top)]]))
+    order = np.lexsort((-cosine, -score, queries))
     grouped = queries[order]
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
     position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))

@@ -153,10 +153,10 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         if identifier.reranking_.cascade_scoring_ is not None:
             configuration["cascade_pair_score_chosen"] = identifier.reranking_.cascade_pair_score_
         # Photos a detector found nothing on are data, judged by the cosine alone: counted.
+        # (the database's among the photos its calibration matched)
         configuration["photos_without_keypoints"] = {
-            "database": identifier.reranking_.photos_without_keypoints(),
-            "query": identifier.reranking_.photos_without_keypoints(dataset.query,
-                                                                    identifier.isolator)}
+            "database": identifier.reranking_.database_without_keypoints_,
+            "query": int((ranked.drop_duplicates("image_id")["query_keypoints"] == 0).sum())}
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
         "wildlife_dataset": wildlife_dataset,

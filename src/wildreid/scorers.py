@@ -254,9 +254,7 @@ class LocalScorer:
                                 scorer=functools.partial(MatchingWorker, name, self.batch_size,
                                                          None, matcher.device.type))
             self.pairs_per_second[name] = len(scored) / max(float(found["seconds"]), 1e-9)
-            for key in KEYPOINT_COUNTS:  # of the pair as it is (mirroring keeps the count)
-                columns[f"{name}:{key}"] = found[key][:len(pairs)]
-            for key in PAIR_SCORES:
+            for key in (*PAIR_SCORES, *KEYPOINT_COUNTS):
                 columns[f"{name}:{key}"] = found[key][:len(pairs)]
                 if flipped.any():  # NaN where the pair was not matched mirrored
                     columns[f"{name}:mirrored:{key}"] = np.full(len(pairs), np.nan, np.float32)
@@ -290,6 +288,26 @@ def kept_score(columns: dict[str, np.ndarray], matcher: str, pair_score: str) ->
 
 def without_evidence(columns: dict[str, np.ndarray], matcher: str) -> np.ndarray:
     """Which pairs of a :meth:`LocalScorer.score` have no local evidence for ``matcher``: a side
-    of the pair (a blank, uniform or tiny photo) has no keypoint at all."""
-    return ((columns[f"{matcher}:first_keypoints"] == 0)
-            | (columns[f"{matcher}:second_keypoints"] == 0))
+    of the pair (a blank, uniform or tiny photo) has no keypoint at all, as it is and, where it
+    was matched mirrored too, mirrored (NaN counts: not matched so). A scorer that gives no
+    keypoint counts has evidence wherever it scored."""
+    first, second = (columns.get(f"{matcher}:{key}") for key in KEYPOINT_COUNTS)
+    if first is None:
+        return np.zeros(len(columns[matcher]), bool)
+    lacking = (first == 0) | (second == 0)
+    mirrored = [columns.get(f"{matcher}:mirrored:{key}") for key in KEYPOINT_COUNTS]
+    if mirrored[0] is not None:
+        lacking &= ~((mirrored[0] > 0) & (mirrored[1] > 0))
+    return lacking
+
+
+def keypoints_per_image(columns: dict[str, np.ndarray], matchers: Sequence[str],
+                        pairs: np.ndarray, sides: Sequence[int] = (0, 1)) -> pd.Series:
+    """The most keypoints any of ``matchers`` found on each image (row) of ``pairs``' ``sides``
+    (0: the query's, 1: the gallery's; one side of a :meth:`LocalScorer.score`), from its
+    counts: 0 for an image no detector found anything on."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    rows = np.concatenate([pairs[:, side] for side in sides])
+    counts = np.concatenate([np.max([np.asarray(columns[f"{name}:{KEYPOINT_COUNTS[side]}"])
+                                     for name in matchers], axis=0) for side in sides])
+    return pd.Series(counts).groupby(rows).max().astype(np.int64)

@@ -78,8 +78,9 @@ def resized(image: Image.Image, long_side: int) -> Image.Image:
 def keep_strongest(xy: np.ndarray, scores: np.ndarray, descriptors: np.ndarray, size: tuple[int, int],
                    region: Region | None, limit: int, box=(0.0, 0.0, 1.0, 1.0)) -> Keypoints:
     """The ``limit`` strongest keypoints on the animal, of an image of ``size`` showing ``box``.
-    No keypoint at all is a valid answer, however the detector gives it (OpenCV: an empty array
-    of shape ``(0,)``): the shapes are ``(0, 2)``, ``(0,)``, ``(0, dim)``."""
+    No keypoint at all is a valid answer, however the detector gives its positions and scores
+    (OpenCV: empty arrays of shape ``(0,)``); descriptors come as ``(N, dim)``, ``(0, dim)``
+    when there are none."""
     scores = np.asarray(scores, np.float32).reshape(-1)
     xy = np.asarray(xy, np.float32).reshape(len(scores), 2)
     descriptors = np.asarray(descriptors, np.float32)
