@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import pickle
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,20 +313,10 @@ def save_descriptor(descriptor: Descriptor, path: str | Path, extra: dict | None
 
 
 def _load_tensors(path: Path, remedy: str) -> object:
-    """``torch.load`` of a file the user names, tensors and plain containers only
-    (``weights_only``: a pickle of other objects, which could run code, is refused, never run).
-    Whatever torch raises for a bad file becomes one line naming it and ``remedy``: torch's own
-    message is many lines long, with terminal escape codes, and suggests loading unsafely."""
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ModelError(f"{path}: not a file of tensors (anything else is never unpickled: it "
-                         f"could run code); {remedy}") from None
-    except Exception as error:  # torch raises many types for a bad file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(f"{path}: not a readable PyTorch file ({reason}); {remedy}") from None
+    """:func:`wildreid.weights.load_tensors`, its failures as :class:`ModelError`."""
+    from wildreid.weights import load_tensors
+
+    return load_tensors(path, remedy, ModelError)
 
 
 def _load_checkpoint(path: Path) -> Descriptor:

@@ -140,6 +140,28 @@ class WeightsError(ValueError):
     """A weights file that is not a checkpoint, or not one of the network it is loaded into."""
 
 
+def load_tensors(path: Path, remedy: str, error: type[ValueError] = WeightsError) -> object:
+    """``torch.load`` of a file the user names, tensors and plain containers only
+    (``weights_only``: a pickle of other objects, which could run code, is refused, never run).
+    Whatever torch raises for a bad file becomes one ``error`` naming it and ``remedy``: torch's
+    own message is many lines long, with terminal escape codes, and suggests loading unsafely."""
+    import pickle
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise error(f"{path}: not a file of tensors (anything else is never unpickled: it could "
+                    f"run code); {remedy}") from None
+    except Exception as failure:  # torch raises many types for a bad file
+        text = str(failure).strip()
+        reason = text.splitlines()[0] if text else type(failure).__name__
+        raise error(f"{path}: not a readable PyTorch file ({reason}); {remedy}") from None
+
+
 def load_weights(network: torch.nn.Module, path: Path, what: str, derived: tuple[str, ...] = (),
                  adapt: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
                  ) -> torch.nn.Module:
@@ -148,13 +170,7 @@ def load_weights(network: torch.nn.Module, path: Path, what: str, derived: tuple
     buffers the network computes itself) or one the network has no place for means the file is
     not ``what``'s weights, and the error names it (``strict=False`` alone would run on
     whatever part of the network it filled)."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({error}); pass "
-                           f"{what}'s weights file") from None
+    state = load_tensors(path, f"pass {what}'s weights file")
     if not isinstance(state, Mapping):
         raise WeightsError(f"{path}: holds a {type(state).__name__}, not {what}'s tensors")
     if adapt is not None:
