@@ -117,7 +117,11 @@ def identify(
                                   "columns, else U²-Net-p."),
     segmenter_weights: Path = typer.Option(None, help="Local u2netp.onnx [default: fetched once]."),
     preset: str = typer.Option("fast", help="fast: global descriptor only (CPU-friendly); "
-                               "accurate: + ALIKED/LightGlue on the animal, calibrated and fused."),
+                               "accurate: per species, the pipeline (cosine, SIFT, ALIKED, "
+                               "ALIKED then LightGlue) that wins on the database's own held-out "
+                               "photos within --budget; run.json says what and why."),
+    budget: float = typer.Option(None, min=0, help="Minutes the accurate preset may take, its "
+                                 "choice included [default: 15 per 2,000 photos, at least 5]."),
     shortlist: str = typer.Option("100", help="Database images per query re-ranked by local "
                                   "matching (preset accurate), or 'all': every image of the "
                                   "query's species."),
@@ -193,7 +197,7 @@ def identify(
             keypoints_on=keypoints_on, fusion=fusion, orientation=orientation,
             pair_score=pair_score, local_aggregation=local_aggregation, cascade=cascade,
             wildlife_dataset=wildlife_datasets,
-            cluster_new=cluster_new, ray=ray)
+            cluster_new=cluster_new, ray=ray, budget=None if budget is None else budget * 60)
     from wildreid.grouping import is_new, is_proposed
 
     new = int(is_new(submission["identity"]).sum())
@@ -204,14 +208,16 @@ def identify(
     thresholds = ", ".join(f"{k or 'default'}={v:.3f}"
                            for k, v in identifier.decision_.thresholds.items())
     err.print(f"thresholds: {thresholds}")
-    if identifier.reranking_ is not None:
-        from wildreid.run import read_run_info
+    from wildreid.run import read_run_info
 
-        empty = read_run_info(output.parent)["photos_without_keypoints"]
-        if empty["database"] or empty["query"]:
-            err.print(f"photos without keypoints (judged by the global cosine alone): "
-                      f"{empty['query']} of the queries, {empty['database']} of the database "
-                      "photos its calibration matched")
+    info = read_run_info(output.parent)
+    for name, chosen in info.get("selection", {}).get("species", {}).items():
+        err.print(f"{name}: {chosen['why']}")
+    empty = info.get("photos_without_keypoints")
+    if empty and (empty["database"] or empty["query"]):
+        err.print(f"photos without keypoints (judged by the global cosine alone): "
+                  f"{empty['query']} of the queries, {empty['database']} of the database "
+                  "photos its calibration matched")
     err.print(f"{len(submission)} queries: {len(submission) - new} named, {new} new_individual")
     err.print(f"wrote {output} and {written}")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,34 @@ def _image_ids(images: pd.DataFrame) -> np.ndarray:
 
 def _species(images: pd.DataFrame):
     return images["species"].tolist() if "species" in images.columns else None
+
+
+def propose_new_individuals(queries: pd.DataFrame, answers: pd.DataFrame,
+                            features: np.ndarray | None,
+                            groups_of: Callable[[pd.DataFrame, np.ndarray | None, str | None],
+                                                np.ndarray]) -> pd.DataFrame:
+    """``answers`` (rows in the order of ``queries``) with each ``new_individual`` replaced by a
+    proposed new individual, ``new_individual_<n>``, numbered over every species:
+    ``groups_of(images, their descriptors or None, species)`` labels the new queries of one
+    species."""
+    answers = answers.copy()
+    new = np.flatnonzero(answers["identity"].to_numpy() == NEW_INDIVIDUAL)
+    if len(new) == 0:
+        return answers
+    # The species the answers were reached in (routed where the query had none).
+    queries = queries.assign(species=answers["species"].to_numpy()) if (
+        "species" in answers.columns) else queries
+    species = np.array(_species(queries) or [None] * len(queries), dtype=object)[new]
+    keys = np.array(["" if s is None or pd.isna(s) else str(s) for s in species], dtype=object)
+    labels = np.empty(len(new), dtype=object)
+    for key in dict.fromkeys(keys):
+        members = np.flatnonzero(keys == key)
+        rows = queries.iloc[new[members]]
+        described = None if features is None else features[new[members]]
+        found = groups_of(rows, described, key or None)
+        labels[members] = [(key, int(label)) for label in found]
+    answers.loc[answers.index[new], "identity"] = name_groups(pd.Series(labels)).to_numpy()
+    return answers
 
 
 class Identifier(BaseEstimator):
@@ -332,24 +360,10 @@ class Identifier(BaseEstimator):
         ``features``: the queries' descriptors when at hand (else described again)."""
         if getattr(self, "grouping_", None) is None:
             raise RuntimeError("fit with cluster_new=True before grouping new individuals")
-        answers = answers.copy()
-        new = np.flatnonzero(answers["identity"].to_numpy() == NEW_INDIVIDUAL)
-        if len(new) == 0:
-            return answers
-        # The species the answers were reached in (routed where the query had none).
-        queries = queries.assign(species=answers["species"].to_numpy()) if (
-            "species" in answers.columns) else queries
-        species = np.array(_species(queries) or [None] * len(queries), dtype=object)[new]
-        keys = np.array(["" if s is None or pd.isna(s) else str(s) for s in species], dtype=object)
-        labels = np.empty(len(new), dtype=object)
-        for key in dict.fromkeys(keys):
-            members = np.flatnonzero(keys == key)
-            rows = queries.iloc[new[members]]
-            described = None if features is None else features[new[members]]
-            found = self.grouping_.predict(self.similarity(rows, described), key or None)
-            labels[members] = [(key, int(label)) for label in found]
-        answers.loc[answers.index[new], "identity"] = name_groups(pd.Series(labels)).to_numpy()
-        return answers
+        return propose_new_individuals(
+            queries, answers, features,
+            lambda rows, described, key: self.grouping_.predict(
+                self.similarity(rows, described), key))
 
     def partial_fit(self, database: pd.DataFrame) -> Identifier:
         """Add images of known identities (new or existing) to a fitted identifier without

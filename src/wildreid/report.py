@@ -165,7 +165,9 @@ def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
     from wildreid.matching import create_matcher
     from wildreid.scorers import keypoint_regions
 
-    name = info["local"][0]
+    # The run's first matcher; ALIKED + LightGlue where it ran none (the accurate preset may
+    # choose the cosine alone), as the catalog draws the fast preset's matches.
+    name = (info.get("local") or ["aliked"])[0]
     features = create_local_features(name, max_keypoints=info.get("max_keypoints", 512),
                                      long_side=info.get("long_side", 512), device=device)
     extractor = KeypointExtractor(features, cache_dir, progress=False)
@@ -361,7 +363,7 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
     database = dataset.database.astype(object)
     first_image = database.groupby("identity")["filepath"].first()
     panels = {}
-    if info.get("local") and matches > 0:
+    if (info.get("local") or info.get("selection")) and matches > 0:
         query_rows = metadata.set_index("image_id").loc[shown[:matches]].reset_index()
         pairs = candidates
         if truth is not None:  # an error also shows its matches with the right individual

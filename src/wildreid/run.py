@@ -73,10 +73,14 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                      orientation: str | None = None, pair_score: str | None = None,
                      local_aggregation: str | None = None, cascade: int | None = None,
                      wildlife_dataset: str | None = None,
-                     cluster_new: bool = False, ray: str | None = None) -> Run:
+                     cluster_new: bool = False, ray: str | None = None,
+                     budget: float | None = None) -> Run:
     """Identify every query of a dataset and write the run folder (``output``'s): the
     submission, the candidates CSV and ``run.json`` (what the report, ``evaluate`` and a rerun
-    read). ``local``: matchers replacing the preset's (``()``: none). Returns a :class:`Run`."""
+    read). ``local``: matchers replacing the preset's (``()``: none). The accurate preset with
+    no ``local`` chooses each species' pipeline on its database within ``budget`` seconds
+    (:class:`~wildreid.selection.PipelineSelection`; ``None``: the default budget for the
+    dataset's size). Returns a :class:`Run`."""
     from wildreid.data import load_dataset
     from wildreid.distributed import RayNotNeeded, RayPool
     from wildreid.isolation import parse_by_species, parse_isolation
@@ -86,6 +90,8 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         RayPool(ray).check()
         chunks_before = RayPool.chunks_sent
     configuration = dict(PRESETS[preset])
+    # The accurate preset chooses its matchers per species unless they are named.
+    select = preset == "accurate" and local is None and cascade is None
     if local is not None:
         configuration["local"] = tuple(local)
     if max_keypoints is not None:
@@ -123,13 +129,21 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         raise ValueError(f"{dataset.source}: no query images (split == 'query') to identify")
     from wildreid.models import parse_models
 
-    identifier = Identifier(parse_models(model), weights=weights, threshold=parse_threshold(threshold),
-                            aggregation=aggregation, device=device, batch_size=batch_size,
-                            cache_dir=cache_dir, progress=progress,
-                            isolation=parse_isolation(isolation),
-                            segmenter_weights=segmenter_weights, shortlist=shortlist,
-                            mirror=mirror, cluster_new=cluster_new, ray=ray,
-                            **configuration).fit(dataset.database)
+    settings = dict(model=parse_models(model), weights=weights,
+                    threshold=parse_threshold(threshold), aggregation=aggregation, device=device,
+                    batch_size=batch_size, cache_dir=cache_dir, progress=progress,
+                    isolation=parse_isolation(isolation), segmenter_weights=segmenter_weights,
+                    shortlist=shortlist, mirror=mirror, cluster_new=cluster_new, ray=ray,
+                    **configuration)
+    if select:
+        from wildreid.selection import PipelineSelection
+
+        settings.pop("local")
+        identifier = PipelineSelection(settings=settings, budget=budget,
+                                       log=_say if progress else None).fit(
+                                           dataset.database, dataset.query)
+    else:
+        identifier = Identifier(**settings).fit(dataset.database)
     ranked, features = identifier._candidates(dataset.query, k=top_k)
     submission = identifier.decide(ranked)
     if cluster_new:  # grouped on the descriptors the candidates were ranked on
@@ -142,21 +156,25 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     submission[["image_id", "identity"]].to_csv(output, index=False)
     candidates = candidates or output.with_name(output.stem + ".candidates.csv")
     ranked.to_csv(candidates, index=False, float_format="%.5f")
-    if identifier.reranking_ is not None:  # "auto" resolved per species on the database
-        configuration["keypoints_on"] = identifier.reranking_.keypoints_on_
-        # The scores fused per species (the pooled entry under null, as keypoints_on's).
-        configuration["fusion_chosen"] = {k: list(v) for k, v in
-                                          identifier.reranking_.fusion_.items()}
-        configuration["orientation_chosen"] = identifier.reranking_.orientation_
-        configuration["pair_score_chosen"] = identifier.reranking_.pair_score_
-        configuration["local_aggregation_chosen"] = identifier.reranking_.aggregation_
-        if identifier.reranking_.cascade_scoring_ is not None:
-            configuration["cascade_pair_score_chosen"] = identifier.reranking_.cascade_pair_score_
+    if select:
+        # Every matcher some species runs (which one each: "chosen").
+        configuration["local"] = list(dict.fromkeys(
+            name for fitted in identifier.identifiers_.values() for name in fitted.local))
+        configuration["selection"] = identifier.summary()
+        configuration["chosen"] = {str(name): _chosen(fitted)
+                                   for name, fitted in identifier.identifiers_.items()}
+        configuration["photos_without_keypoints"] = {
+            "database": sum(fitted.reranking_.database_without_keypoints_
+                            for fitted in identifier.identifiers_.values()
+                            if fitted.reranking_ is not None),
+            "query": _without_keypoints(ranked)}
+    elif identifier.reranking_ is not None:
+        configuration.update(_chosen(identifier))
         # Photos a detector found nothing on are data, judged by the cosine alone: counted.
         # (the database's among the photos its calibration matched)
         configuration["photos_without_keypoints"] = {
             "database": identifier.reranking_.database_without_keypoints_,
-            "query": int((ranked.drop_duplicates("image_id")["query_keypoints"] == 0).sum())}
+            "query": _without_keypoints(ranked)}
     write_run_info(output.parent, {
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
         "wildlife_dataset": wildlife_dataset,
@@ -174,3 +192,35 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                          for k, (method, cut) in identifier.grouping_.cuts.items()}}
            if cluster_new else {})})
     return Run(dataset, identifier, submission, Path(candidates))
+
+
+def _say(message: str) -> None:
+    """A line on the terminal's error stream, as the progress bars write (markup read as text)."""
+    from rich.console import Console
+
+    Console(stderr=True, markup=False, highlight=False).print(message)
+
+
+def _without_keypoints(ranked: pd.DataFrame) -> int:
+    """Queries a local detector found no keypoint on (judged by the cosine alone)."""
+    if "query_keypoints" not in ranked.columns:
+        return 0
+    return int((ranked.drop_duplicates("image_id")["query_keypoints"] == 0).sum())
+
+
+def _chosen(identifier) -> dict:
+    """What a fitted identifier's local re-ranking resolved on the database (every ``auto``),
+    for ``run.json``; its matchers (none: the cosine alone)."""
+    reranking = identifier.reranking_
+    if reranking is None:
+        return {"local": []}
+    chosen = {"local": list(identifier.local), "local_cascade": identifier.local_cascade,
+              "keypoints_on": reranking.keypoints_on_,
+              # The scores fused per species (the pooled entry under null, as keypoints_on's).
+              "fusion_chosen": {k: list(v) for k, v in reranking.fusion_.items()},
+              "orientation_chosen": reranking.orientation_,
+              "pair_score_chosen": reranking.pair_score_,
+              "local_aggregation_chosen": reranking.aggregation_}
+    if reranking.cascade_scoring_ is not None:
+        chosen["cascade_pair_score_chosen"] = reranking.cascade_pair_score_
+    return chosen

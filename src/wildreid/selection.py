@@ -1,0 +1,475 @@
+"""Choose each species' pipeline on its own database: what ``--preset accurate`` runs.
+
+A small, fixed menu of :class:`Candidate` pipelines (:data:`MENU`: the global cosine alone, which
+is the fast preset; SIFT; ALIKED nearest neighbours; ALIKED nearest neighbours then LightGlue on
+each query's best few) is tried per species on a **development split carved from the database**
+(:func:`~wildreid.openset.pseudo_split`: whole identities held out as unknowns, whole sightings of
+the others as known queries), each fitted on the rest exactly as a real run is. Each candidate's
+score is the task's own (sqrt(BAKS x BAUS); top-1 balanced over identities for a closed set), and
+its gain over the cheaper choice comes with a standard error (paired bootstrap over identities).
+
+The rule (:func:`choose`), as scikit-learn's model selection would state it: walk the menu from
+the cheapest; move to a dearer candidate only when it beats the one kept by more than two
+standard errors. So the choice is never below the fast preset on the development split, and a
+slow matcher must earn its time.
+
+The time budget (:func:`default_budget`: what two CPU cores do in 15 minutes for 2,000 photos,
+at least 5 minutes; ``budget`` seconds to change it) bounds the whole run, selection included.
+A :class:`CostModel` measured on a few of the database's photos on the device at hand predicts
+each candidate's seconds; candidates that cannot fit are skipped (and said so), and every
+prediction is corrected by what the candidates already run actually took.
+
+Everything the selection saw is in ``evaluations_`` (:meth:`PipelineSelection.summary`, which
+``run.json`` records): per species, each candidate's score, gain ± standard error, seconds,
+predicted seconds, and why the choice fell where it did.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+from wildreid.data import NEW_INDIVIDUAL
+from wildreid.openset import OpenSetDecision, pseudo_split, sightings_of, species_keys
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One pipeline of the menu: its name and the :class:`~wildreid.pipeline.Identifier`
+    parameters it sets (``local``, ``local_cascade``)."""
+
+    name: str
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def matchers(self) -> tuple[str, ...]:
+        return tuple(self.settings.get("local", ()))
+
+
+#: The accurate preset's menu, cheapest first (the order :func:`choose` walks).
+MENU: tuple[Candidate, ...] = (
+    Candidate("cosine", {"local": ()}),
+    Candidate("sift", {"local": ("sift",)}),
+    Candidate("aliked-nn", {"local": ("aliked-nn",)}),
+    Candidate("aliked-nn+lightglue", {"local": ("aliked-nn", "aliked"), "local_cascade": 10}),
+)
+
+#: The default budget: 15 minutes for 2,000 photos (database and queries), per photo...
+SECONDS_PER_PHOTO = 15 * 60 / 2000
+#: ...and never under 5 minutes: choosing has a cost of its own, whatever the dataset's size.
+MINIMUM_BUDGET = 5 * 60
+#: Development queries per species (a random subset of the held-out ones beyond this): enough
+#: for a standard error of a few points, few enough to leave the budget to the real run.
+DEVELOPMENT_QUERIES = 200
+#: Gains must exceed this many standard errors to move to a dearer candidate.
+STANDARD_ERRORS = 2.0
+#: Bootstrap draws of identities behind each standard error.
+BOOTSTRAP_DRAWS = 1000
+#: Matchers that share another's keypoints (one extraction, cached).
+_KEYPOINTS = {"aliked-nn": "aliked"}
+#: Pseudo-queries a local fit calibrates on, per species (``LocalReranking``'s default).
+_CALIBRATION_QUERIES = 300
+
+
+def default_budget(photos: int) -> float:
+    """Seconds the accurate preset may take on ``photos`` photos when no budget is given."""
+    return max(MINIMUM_BUDGET, SECONDS_PER_PHOTO * photos)
+
+
+def open_set_score(correct: np.ndarray, identity: np.ndarray, unknown: np.ndarray,
+                   closed_set: bool = False) -> float:
+    """The task's score of answers (``correct`` per query; ``identity`` its true identity;
+    ``unknown``: an identity absent from the database): sqrt(BAKS x BAUS), or BAKS alone for a
+    closed set (every query known). BAKS and BAUS are means over identities of the share of
+    their queries answered right."""
+    known_share = _per_identity(correct[~unknown], identity[~unknown])
+    baks = float(known_share.mean()) if len(known_share) else 0.0
+    if closed_set:
+        return baks
+    unknown_share = _per_identity(correct[unknown], identity[unknown])
+    baus = float(unknown_share.mean()) if len(unknown_share) else 0.0
+    return float(np.sqrt(baks * baus))
+
+
+def _per_identity(correct: np.ndarray, identity: np.ndarray) -> np.ndarray:
+    if len(correct) == 0:
+        return np.zeros(0)
+    return pd.Series(correct, dtype=float).groupby(identity).mean().to_numpy()
+
+
+def paired_gain(better: np.ndarray, baseline: np.ndarray, identity: np.ndarray,
+                unknown: np.ndarray, closed_set: bool = False, draws: int = BOOTSTRAP_DRAWS,
+                seed: int = 0) -> tuple[float, float]:
+    """The gain in :func:`open_set_score` of answers ``better`` over ``baseline`` (correct per
+    query, the same queries) and its standard error: identities resampled with replacement,
+    known and unknown apart, both candidates on each draw (paired)."""
+    rng = np.random.default_rng(seed)
+    gain = (open_set_score(better, identity, unknown, closed_set)
+            - open_set_score(baseline, identity, unknown, closed_set))
+    parts = []
+    for rows in (~unknown, unknown if not closed_set else np.zeros_like(unknown)):
+        if not rows.any():
+            parts.append(None)
+            continue
+        shares = np.stack([_per_identity(answers[rows], identity[rows])
+                           for answers in (better, baseline)])  # 2 x identities
+        picks = rng.integers(0, shares.shape[1], (draws, shares.shape[1]))
+        parts.append(shares[:, picks].mean(axis=2))  # 2 x draws
+    known, unknown_draws = parts
+    if known is None:
+        return gain, float("nan")
+    scores = known if closed_set or unknown_draws is None else np.sqrt(known * unknown_draws)
+    return gain, float(np.std(scores[0] - scores[1], ddof=1))
+
+
+@dataclass
+class Evaluation:
+    """One candidate on one species' development split."""
+
+    candidate: str
+    status: str  # "evaluated", or why not ("over budget", "no local evidence"...)
+    score: float = float("nan")
+    gain: float = float("nan")  # over the candidate kept before it was reached
+    standard_error: float = float("nan")
+    against: str | None = None
+    seconds: float = 0.0
+    predicted_seconds: float = float("nan")  # of the development run, before it ran
+    run_seconds: float = float("nan")  # predicted for the species' real run
+    correct: np.ndarray | None = None
+
+    def row(self) -> dict:
+        return {key: (None if isinstance(value, float) and not np.isfinite(value) else value)
+                for key, value in self.__dict__.items() if key != "correct"}
+
+
+def choose(evaluations: Sequence[Evaluation], identity: np.ndarray, unknown: np.ndarray,
+           closed_set: bool = False, seed: int = 0) -> tuple[str, str]:
+    """The candidate kept and why: walking ``evaluations`` in menu order (cheapest first), a
+    dearer evaluated candidate replaces the kept one only when its paired gain exceeds
+    :data:`STANDARD_ERRORS` standard errors. Fills each evaluation's ``gain``,
+    ``standard_error`` and ``against``."""
+    ran = [item for item in evaluations if item.status == "evaluated"]
+    if not ran:
+        raise ValueError("no candidate was evaluated")
+    kept, reason = ran[0], f"{ran[0].candidate}: the cheapest"
+    for item in ran[1:]:
+        item.gain, item.standard_error = paired_gain(item.correct, kept.correct, identity,
+                                                     unknown, closed_set, seed=seed)
+        item.against = kept.candidate
+        margin = STANDARD_ERRORS * item.standard_error
+        if np.isfinite(margin) and item.gain > margin:
+            kept = item
+            reason = (f"{item.candidate}: {item.score:.3f}, {item.gain:+.3f} ± "
+                      f"{item.standard_error:.3f} over {item.against} (more than "
+                      f"{STANDARD_ERRORS:g} standard errors)")
+    dearer = [item.candidate for item in evaluations if item.status != "evaluated"]
+    if dearer:
+        reason += "; not tried: " + ", ".join(
+            f"{item.candidate} ({item.status})" for item in evaluations
+            if item.status != "evaluated")
+    return kept.candidate, reason
+
+
+class CostModel:
+    """Seconds per photo (keypoints) and per pair (matching) of each local matcher, measured on
+    a few database photos on the device at hand; :meth:`predict` gives a candidate's seconds
+    for a run of a given size. ``correction``: how much longer the last local candidate run took
+    than predicted (regions, calibration, choices inside the fit), applied to later predictions."""
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+        self.photo_seconds: dict[str, float] = {}
+        self.pair_seconds: dict[str, float] = {}
+        self.correction = 1.0
+
+    def measure(self, matchers: Sequence[str], images: pd.DataFrame) -> None:
+        """Time each matcher not measured yet on 4 of ``images`` (12 pairs), after one photo and
+        one pair to warm up: loading a network or a first call is paid once per run, not per
+        photo. Matchers of one keypoint method (``aliked-nn``, ``aliked``) share its photos."""
+        from wildreid.matching import score_pairs
+        from wildreid.scorers import LocalScorer
+
+        sample = images.iloc[:5]
+        pairs = np.array([(a, b) for a in range(len(sample) - 1) for b in range(len(sample) - 1)
+                          if a != b], np.int64)
+        extracted: dict[str, list] = {}
+        for name in matchers:
+            if name in self.pair_seconds:
+                continue
+            method = _KEYPOINTS.get(name, name)
+            scorer = LocalScorer((name,), self.settings.get("max_keypoints", 512),
+                                 self.settings.get("long_side", 512),
+                                 device=self.settings.get("device", "auto"), cache_dir=None,
+                                 progress=False)
+            if method not in extracted:
+                scorer.keypoints(sample.iloc[-1:], None, "cost")  # warm-up
+                start = time.perf_counter()
+                extracted[method] = scorer.keypoints(sample.iloc[:-1], None, "cost")[name]
+                self.photo_seconds[method] = ((time.perf_counter() - start)
+                                              / max(len(sample) - 1, 1))
+            self.photo_seconds[name] = self.photo_seconds[method]
+            keypoints = extracted[method]
+            score_pairs(scorer.matchers[name], keypoints, pairs[:1], progress=False)  # warm-up
+            start, rounds = time.perf_counter(), 0
+            while rounds < 16 and (rounds == 0 or time.perf_counter() - start < 1.0):
+                score_pairs(scorer.matchers[name], keypoints, pairs, progress=False)
+                rounds += 1  # fast matchers: enough pairs for a steady rate
+            self.pair_seconds[name] = ((time.perf_counter() - start)
+                                       / max(len(pairs) * rounds, 1))
+
+    def predict(self, candidate: Candidate, database: int, queries: int, new_photos: int,
+                shortlist: int | None) -> float:
+        """Seconds to fit ``candidate`` on ``database`` photos of one species and rank
+        ``queries``, of which ``new_photos`` have no keypoints yet; the cosine's cost is that of
+        every candidate, so 0."""
+        matchers = candidate.matchers
+        if not matchers:
+            return 0.0
+        compared = min(shortlist or database, database)
+        calibration = min(_CALIBRATION_QUERIES, database)
+        # The fit's pairs: calibration, and the keypoint-place choice (two places, 100 queries).
+        first = (calibration + 2 * min(100, calibration) + queries) * compared
+        seconds = new_photos * max(self.photo_seconds[name] for name in matchers)
+        seconds += first * self.pair_seconds[matchers[0]]
+        cascade = candidate.settings.get("local_cascade")
+        for name in matchers[1:]:
+            seconds += (calibration + queries) * min(cascade or compared, compared) * \
+                self.pair_seconds[name]
+        return seconds * self.correction
+
+
+class PipelineSelection(BaseEstimator):
+    """Per species, the pipeline of ``candidates`` chosen on a development split of the
+    database (module docstring), then fitted on the whole species.
+
+    ``settings``: the :class:`~wildreid.pipeline.Identifier` parameters every candidate shares
+    (model, device, cache, threshold...). ``budget``: seconds for the whole run (``None``:
+    :func:`default_budget` of the database and queries). ``development_queries``: held-out
+    queries per species (a random subset beyond).
+
+    After ``fit``: ``choice_`` and ``reason_`` by species, ``evaluations_`` (each candidate's
+    :class:`Evaluation`), ``identifiers_`` (the chosen pipeline fitted on each species),
+    ``router_`` (the fast identifier over the whole database: routes queries without species),
+    ``decision_`` (every species' thresholds), ``budget_`` and ``seconds_``.
+    """
+
+    def __init__(self, candidates: Sequence[Candidate] = MENU, settings: dict | None = None,
+                 budget: float | None = None, development_queries: int = DEVELOPMENT_QUERIES,
+                 seed: int = 0, log: Callable[[str], None] | None = None):
+        self.candidates = candidates
+        self.settings = settings
+        self.budget = budget
+        self.development_queries = development_queries
+        self.seed = seed
+        self.log = log
+
+    def _identifier(self, candidate: Candidate):
+        from wildreid.pipeline import Identifier
+
+        return Identifier(**{**(self.settings or {}), **candidate.settings})
+
+    def _say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+    def fit(self, database: pd.DataFrame, queries: pd.DataFrame | None = None
+            ) -> PipelineSelection:
+        """Choose and fit per species. ``queries``: only their number per species is read, to
+        size the budget and predict the real run's cost (their photos are never looked at)."""
+        started = time.perf_counter()
+        if not self.candidates or self.candidates[0].matchers:
+            raise ValueError("the menu starts with the cosine alone (Candidate('cosine', "
+                             "{'local': ()})): the choice is never below the fast preset")
+        settings = self.settings or {}
+        closed_set = settings.get("threshold", "auto") is None
+        species = species_keys(database.get("species"), len(database))
+        query_species = (species_keys(queries.get("species"), len(queries))
+                         if queries is not None else np.array([], dtype=object))
+        photos = len(database) + len(query_species)
+        self.budget_ = float(default_budget(photos) if self.budget is None else self.budget)
+        self.router_ = self._identifier(self.candidates[0]).fit(database)
+        cost = CostModel(settings)
+        self.choice_, self.reason_, self.evaluations_ = {}, {}, {}
+        self.identifiers_, self.development_ = {}, {}
+        names = list(dict.fromkeys(species))
+        for position, name in enumerate(names):
+            rows = np.flatnonzero(species == name)
+            own = database.iloc[rows].reset_index(drop=True)
+            asked = int((query_species == name).sum()) if len(query_species) else len(rows) // 3
+            share = len(rows) + asked
+            remaining = self.budget_ - (time.perf_counter() - started)
+            # This species' share of what is left, by photos.
+            left = sum(int((species == other).sum()) + int((query_species == other).sum())
+                       for other in names[position:])
+            allowance = remaining * share / max(left, 1)
+            self._fit_species(name, own, asked, allowance, cost, closed_set)
+        known = {key: value for identifier in self.identifiers_.values()
+                 for key, value in identifier.decision_.thresholds.items() if key is not None}
+        self.decision_ = OpenSetDecision({**known, None: self.router_.decision_.thresholds[None]})
+        self.seconds_ = time.perf_counter() - started
+        return self
+
+    def _fit_species(self, name, images: pd.DataFrame, queries: int, allowance: float,
+                     cost: CostModel, closed_set: bool) -> None:
+        started = time.perf_counter()
+        label = "photos without species" if name is None else name
+        identities = images["identity"].astype(str).to_numpy()
+        rng = np.random.default_rng(self.seed)
+        split = pseudo_split(identities, rng, sightings=sightings_of(images))
+        if split is None or len(np.unique(identities)) < 6:
+            self._keep(name, images, self.candidates[0],
+                       "too few identities to compare pipelines: the cosine alone")
+            return
+        held = np.arange(len(split.queries))
+        if len(held) > self.development_queries:
+            held = np.sort(rng.choice(held, self.development_queries, replace=False))
+        reference = images.iloc[split.reference].reset_index(drop=True)
+        development = images.iloc[split.queries[held]].reset_index(drop=True)
+        truth = identities[split.queries[held]]
+        unknown = split.unknown[held]
+        shortlist = (self.settings or {}).get("shortlist", 100)
+        evaluations: list[Evaluation] = []
+        extracted: set[str] = set()  # keypoint methods already computed (and cached)
+        for candidate in self.candidates:
+            methods = {_KEYPOINTS.get(name, name) for name in candidate.matchers}
+            if methods:
+                cost.measure([m for c in self.candidates for m in c.matchers], images)
+            fresh = len(images) if methods - extracted else 0
+            predicted = cost.predict(candidate, len(reference), len(development), fresh, shortlist)
+            run = cost.predict(candidate, len(images), queries, queries, shortlist)
+            spent = time.perf_counter() - started
+            if candidate.matchers and spent + predicted + run > allowance:
+                evaluations.append(Evaluation(candidate.name, "over budget",
+                                              predicted_seconds=predicted, run_seconds=run))
+                self._say(f"{label}: {candidate.name} skipped, over budget (about "
+                          f"{predicted + run:.0f} s predicted, {allowance - spent:.0f} s left)")
+                continue
+            begun = time.perf_counter()
+            identifier = self._identifier(candidate).fit(reference)
+            answers = identifier.predict(development)["identity"].to_numpy()
+            seconds = time.perf_counter() - begun
+            correct = np.where(unknown, answers == NEW_INDIVIDUAL, answers == truth)
+            if closed_set:
+                correct = answers == truth
+            item = Evaluation(candidate.name, "evaluated",
+                              score=open_set_score(correct, truth, unknown, closed_set),
+                              seconds=seconds, predicted_seconds=predicted, run_seconds=run,
+                              correct=correct)
+            if candidate.matchers and predicted > 0:  # later predictions learn from this one
+                cost.correction *= seconds / predicted
+                item.run_seconds = cost.predict(candidate, len(images), queries, queries,
+                                                shortlist)
+            evaluations.append(item)
+            extracted |= methods
+            self._say(f"{label}: {candidate.name} scores {item.score:.3f} on "
+                      f"{len(development)} development queries ({seconds:.0f} s)")
+        chosen, reason = choose(evaluations, truth, unknown, closed_set, self.seed)
+        self.evaluations_[name] = evaluations
+        self.development_[name] = {"reference": len(reference), "queries": len(development),
+                                   "unknown": int(unknown.sum())}
+        self._say(f"{label}: chose {reason}")
+        self._keep(name, images, next(c for c in self.candidates if c.name == chosen), reason)
+
+    def _keep(self, name, images: pd.DataFrame, candidate: Candidate, reason: str) -> None:
+        self.evaluations_.setdefault(name, [])
+        self.choice_[name], self.reason_[name] = candidate.name, reason
+        self.identifiers_[name] = self._identifier(candidate).fit(images)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "identifiers_"):
+            raise RuntimeError("call fit(database) before predicting")
+
+    def predict_candidates(self, queries: pd.DataFrame, k: int = 5) -> pd.DataFrame:
+        """Long table ``image_id, species, rank, identity, score...``: each query ranked by its
+        species' chosen pipeline (queries without species routed first)."""
+        return self._candidates(queries, k)[0]
+
+    def _candidates(self, queries: pd.DataFrame, k: int) -> tuple[pd.DataFrame, np.ndarray]:
+        from wildreid.pipeline import _image_ids
+
+        self._check_fitted()
+        routed = self.router_._route(queries, "queries")
+        species = species_keys(routed.get("species"), len(routed))
+        position = {image: row for row, image in enumerate(_image_ids(routed))}
+        tables, features = [], None
+        for name in dict.fromkeys(species):
+            rows = np.flatnonzero(species == name)
+            # A species the database never had: the router's (fast) answer.
+            identifier = self.identifiers_.get(name, self.router_)
+            table, found = identifier._candidates(routed.iloc[rows], k)
+            tables.append(table)
+            if features is None:
+                features = np.zeros((len(routed), found.shape[1]), np.float32)
+            width = min(found.shape[1], features.shape[1])
+            features[rows, :width] = found[:, :width]
+        table = pd.concat(tables, ignore_index=True)
+        # How each query's species was known: the router's word, not the species' identifier's.
+        where = table["image_id"].map(position).to_numpy()
+        for column in ("species_source", "species_confidence"):
+            table[column] = routed[column].to_numpy()[where]
+        table = table.iloc[np.lexsort((table["rank"].to_numpy(), where))]
+        return table.reset_index(drop=True), features
+
+    def decide(self, candidates: pd.DataFrame) -> pd.DataFrame:
+        """Submission rows ``image_id, identity, score, species`` from ranked candidates."""
+        best = candidates[candidates["rank"] == 1]
+        identity = self.decision_.decide(best["identity"], best["score"], best["species"])
+        return pd.DataFrame({"image_id": best["image_id"].to_numpy(), "identity": identity,
+                             "score": best["score"].to_numpy(),
+                             "species": best["species"].to_numpy()})
+
+    def predict(self, queries: pd.DataFrame) -> pd.DataFrame:
+        """For each query: a database identity or ``new_individual`` (with ``cluster_new`` in
+        ``settings``: a proposed ``new_individual_<n>``), with its score."""
+        candidates, features = self._candidates(queries, k=1)
+        answers = self.decide(candidates)
+        if (self.settings or {}).get("cluster_new"):
+            return self.group_new(queries, answers, features)
+        return answers
+
+    def group_new(self, queries: pd.DataFrame, answers: pd.DataFrame,
+                  features: np.ndarray | None = None) -> pd.DataFrame:
+        """``answers`` with the ``new_individual`` queries of each species grouped by that
+        species' pipeline (its similarity and its fitted cut), numbered over all species."""
+        from wildreid.pipeline import propose_new_individuals
+
+        def groups_of(images: pd.DataFrame, described: np.ndarray | None, key: str | None):
+            identifier = self.identifiers_.get(key, self.router_)
+            if getattr(identifier, "grouping_", None) is None:
+                raise RuntimeError("fit with cluster_new=True in settings before grouping new "
+                                   "individuals")
+            return identifier.grouping_.predict(identifier.similarity(images, described), key)
+
+        return propose_new_individuals(queries, answers, features, groups_of)
+
+    @property
+    def grouping_(self):
+        """Every species' fitted cut (from its own pipeline), as one grouping."""
+        from wildreid.grouping import NewIndividualGrouping
+
+        fitted = [identifier.grouping_ for identifier in self.identifiers_.values()
+                  if getattr(identifier, "grouping_", None) is not None]
+        if not fitted:
+            return None
+        cuts = {None: self.router_.grouping_.cuts[None]} if self.router_.grouping_ else {}
+        quality = {}
+        for name, identifier in self.identifiers_.items():
+            if getattr(identifier, "grouping_", None) is not None:
+                cuts[name] = identifier.grouping_.cut_for(name)
+                quality[name] = identifier.grouping_.quality.get(name)
+        return NewIndividualGrouping(cuts, quality)
+
+    def summary(self) -> dict:
+        """What was chosen per species and why, with every candidate's evidence (for
+        ``run.json``)."""
+        return {"budget_seconds": round(self.budget_, 1), "seconds": round(self.seconds_, 1),
+                "species": {str(name): {
+                    "chosen": self.choice_[name], "why": self.reason_[name],
+                    "development": self.development_.get(name),
+                    "candidates": [item.row() for item in self.evaluations_[name]]}
+                    for name in self.choice_}}
