@@ -26,7 +26,7 @@ from nyala_lion import build_parser, machine, markdown, run_protocol
 
 from wildreid.data import load_dataset
 from wildreid.features import resolve_device
-from wildreid.models import EmbeddingHead
+from wildreid.heads import EmbeddingHead
 from wildreid.train import TrainConfig, Trainer
 
 FILES = {"A": ("metadata.csv", "solution.csv"),

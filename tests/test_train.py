@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from wildreid.cli import app
 from wildreid.data import load_dataset
-from wildreid.models import WithHead, create_descriptor
+from wildreid.heads import WithHead
+from wildreid.models import create_descriptor
 from wildreid.train import (
     LOSSES,
     CheckpointError,

@@ -476,7 +476,7 @@ def train(
 ):
     """Fine-tune a descriptor on the database (never on queries), validated inside it."""
     from wildreid.data import DatasetError, load_dataset
-    from wildreid.models import EmbeddingHead
+    from wildreid.heads import EmbeddingHead
     from wildreid.train import LOSSES, TrainConfig, Trainer, TrainingDataError
 
     if loss not in LOSSES:

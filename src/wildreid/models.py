@@ -17,13 +17,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import timm
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from wildreid.defaults import DEFAULT_MODEL
 from wildreid.registry import Registry
+
+if TYPE_CHECKING:  # torch and timm load in seconds: only where a model is built
+    import torch
+    from torch import nn
 
 CHECKPOINT_FORMAT = "wildreid-descriptor-v1"
 
@@ -84,6 +85,8 @@ def weights_digest(model: nn.Module) -> str:
     of weights found by name (timm, ``hf-hub:``, ``local-dir:``, a weights package), so weights
     retrained into the same folder or a new hub revision never get the old ones' cached
     features."""
+    import torch
+
     digest = hashlib.blake2b(digest_size=12)
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -145,6 +148,8 @@ def available() -> dict[str, str]:
 
 def _from_timm(name: str, arch: str, **kwargs) -> Descriptor:
     """A timm model with pretrained weights (timm resolves hf-hub:, local-dir: and its own tags)."""
+    import timm
+
     try:
         model = timm.create_model(arch, pretrained=True, num_classes=0, **kwargs)
     except RuntimeError as error:
@@ -165,6 +170,8 @@ def _from_timm(name: str, arch: str, **kwargs) -> Descriptor:
 def _describe(name: str, model: nn.Module, arch: str, weights_id: str | None, kwargs: dict
               ) -> Descriptor:
     """``weights_id``: ``None`` hashes the weights loaded (:func:`weights_digest`)."""
+    import timm
+
     config = timm.data.resolve_data_config(model=model)
     return Descriptor(
         name=name,
@@ -214,6 +221,9 @@ def rename_to_timm(source: dict[str, torch.Tensor], model: nn.Module, origin: st
 
 
 def _efficientnet_lite(variant: int) -> Descriptor:
+    import timm
+    import torch
+
     weights_file = efficientnet_lite_weights(variant)
     arch = f"tf_efficientnet_lite{variant}"
     model = timm.create_model(arch, pretrained=False, num_classes=0)
@@ -246,39 +256,6 @@ for _alias, (_arch, _kwargs, _summary) in _HUB_ALIASES.items():
     )
 
 
-class EmbeddingHead(nn.Module):
-    """Linear projection to ``dim`` with batch norm: the trained head of a descriptor.
-
-    ``activation``: ``"none"`` (the default) leaves the embedding free in every direction;
-    ``"relu"`` (what heads were before, and what checkpoints that do not name one load as)
-    confines it to the positive orthant, where no two embeddings are more than 90 degrees apart."""
-
-    ACTIVATIONS = ("none", "relu")
-    #: What heads had before the activation was recorded (checkpoints and training states).
-    UNRECORDED = "relu"
-
-    def __init__(self, features: int, dim: int = 512, activation: str = "none"):
-        super().__init__()
-        if activation not in self.ACTIVATIONS:
-            raise ValueError(f"head activation {activation!r}: choose one of "
-                             f"{', '.join(self.ACTIVATIONS)}")
-        self.activation = activation
-        self.projection = nn.Linear(features, dim)
-        self.norm = nn.BatchNorm1d(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.projection(x))
-        return torch.relu(x) if self.activation == "relu" else x
-
-
-class WithHead(nn.Sequential):
-    """A backbone followed by an :class:`EmbeddingHead`."""
-
-    def __init__(self, backbone: nn.Module, head: EmbeddingHead):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-
 def _file_digest(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=12)
     with open(path, "rb") as handle:
@@ -289,6 +266,10 @@ def _file_digest(path: Path) -> str:
 
 def save_descriptor(descriptor: Descriptor, path: str | Path, extra: dict | None = None) -> Path:
     """Write ``descriptor`` as one self-contained file that ``create_descriptor(path)`` loads."""
+    import torch
+
+    from wildreid.heads import WithHead
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -320,6 +301,10 @@ def _load_tensors(path: Path, remedy: str) -> object:
 
 
 def _load_checkpoint(path: Path) -> Descriptor:
+    import timm
+
+    from wildreid.heads import EmbeddingHead, WithHead
+
     payload = _load_tensors(path, "write a checkpoint with 'wildreid train' or "
                                   "wildreid.models.save_descriptor()")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -349,6 +334,8 @@ _WEIGHTS_REMEDY = ("give a state_dict saved with torch.save(model.state_dict(), 
 
 
 def _with_weights(arch: str, weights: Path) -> Descriptor:
+    import timm
+
     # The file first: it is what the user most likely got wrong, and it is cheap to check.
     if weights.suffix == ".safetensors":
         from safetensors.torch import load_file

@@ -27,9 +27,10 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from wildreid.features import FeatureExtractor, resolve_device
+from wildreid.heads import EmbeddingHead, WithHead
 from wildreid.images import load_image
 from wildreid.metrics import baks, baus, best_threshold, geometric_score, threshold_curve
-from wildreid.models import Descriptor, EmbeddingHead, WithHead, create_descriptor, save_descriptor
+from wildreid.models import Descriptor, create_descriptor, save_descriptor
 from wildreid.openset import fit_threshold, pseudo_split, sightings_of
 from wildreid.progress import progress_bar
 from wildreid.ranking import IdentityIndex
@@ -55,7 +56,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     unfreeze: int = -1  # last N backbone blocks trained; -1 all; 0 none (head only)
     embedding_dim: int = 512
-    head_activation: str = "none"  # none | relu: after the head's batch norm (models.EmbeddingHead)
+    head_activation: str = "none"  # none | relu: after the head's batch norm (heads.EmbeddingHead)
     augment: bool = True
     flip: str = "auto"  # auto: flip only views without a left/right orientation; all; none
     isolation: str = "none"  # none | crop | mask: train on the animal (identify with the same)
