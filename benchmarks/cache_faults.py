@@ -17,13 +17,11 @@ import json
 import os
 import platform
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from contextlib import closing
 from datetime import date
 from pathlib import Path
 
@@ -31,68 +29,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import DEFAULT_BENCH, unused_path, write_subset
-from wildreid.cache import FILE_NAME, CacheDamaged, _checksum
-
-#: Each way a cache file is damaged: the file cut, emptied or overwritten; a row's bytes flipped,
-#: two rows' arrays swapped, a well-formed row of another width; and the same for shards of the
-#: older npz format (imported on open).
-KINDS = ["truncated", "emptied", "random-bytes", "flipped-bytes", "swapped-rows", "wrong-width",
-         "npz-truncated", "npz-emptied", "npz-random-bytes", "npz-wrong-width"]
-
-
-def _sql(path: Path, *statements: tuple) -> None:
-    with closing(sqlite3.connect(path)) as connection, connection:
-        for statement in statements:
-            connection.execute(*statement)
-
-
-def damage(folder: Path, kind: str, seed: int = 0) -> None:
-    """Damage the cache namespace in ``folder`` (holding at least 4 rows) as ``kind`` says."""
-    database = folder / FILE_NAME
-    with closing(sqlite3.connect(database)) as connection:
-        rows = connection.execute("SELECT key, dtype, shape, value FROM arrays ORDER BY key"
-                                  ).fetchall()
-    size = database.stat().st_size
-    if kind == "truncated":
-        with open(database, "r+b") as handle:
-            handle.truncate(size // 2)
-    elif kind == "emptied":
-        database.write_bytes(b"")
-    elif kind == "random-bytes":
-        database.write_bytes(np.random.default_rng(seed).bytes(size))
-    elif kind == "flipped-bytes":  # bit rot inside one row's array
-        value = bytearray(rows[0][3])
-        value[len(value) // 2] ^= 0xFF
-        _sql(database, ("UPDATE arrays SET value = ? WHERE key = ?", (bytes(value), rows[0][0])))
-    elif kind == "swapped-rows":  # valid format, each array under the other's key
-        (a, _, _, first), (b, _, _, second) = rows[:2]
-        _sql(database, ("UPDATE arrays SET value = ? WHERE key = ?", (second, a)),
-             ("UPDATE arrays SET value = ? WHERE key = ?", (first, b)))
-    elif kind == "wrong-width":  # a well-formed row of another width, checksum and all
-        key, dtype, shape = rows[0][:3]
-        narrow = str(max(1, int(shape.split(",")[0]) // 2))
-        value = np.zeros(int(narrow), np.dtype(dtype)).tobytes()
-        _sql(database, ("UPDATE arrays SET shape = ?, value = ?, checksum = ? WHERE key = ?",
-                        (narrow, value, _checksum(key, dtype, narrow, value), key)))
-    elif kind.startswith("npz-"):  # shards of the older format
-        database.unlink()
-        for leftover in folder.glob(FILE_NAME + "-*"):
-            leftover.unlink()
-        keys = np.asarray([r[0] for r in rows])
-        values = np.stack([np.frombuffer(r[3], np.dtype(r[1])) for r in rows])
-        half = len(keys) // 2 + 1  # the intact shard holds the most rows
-        np.savez(folder / "good.npz", keys=keys[:half], values=values[:half])
-        shard = folder / "bad.npz"
-        if kind == "npz-wrong-width":
-            np.savez(shard, keys=keys[half:], values=values[half:, : values.shape[1] // 2])
-        else:
-            np.savez(shard, keys=keys[half:], values=values[half:])
-            data = shard.read_bytes()
-            shard.write_bytes({"npz-truncated": data[: len(data) // 2], "npz-emptied": b"",
-                               "npz-random-bytes": os.urandom(len(data))}[kind])
-    else:
-        raise ValueError(f"unknown damage {kind!r}; use one of {', '.join(KINDS)}")
+from benchmarks.common import DEFAULT_BENCH, unused_path
+from wildreid.cache import FILE_NAME, CacheDamaged
+from wildreid.testing import KINDS, damage, write_subset
 
 
 def _identify(data: Path, cache: Path | None, local: str, device: str) -> pd.DataFrame:

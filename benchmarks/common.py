@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from wildreid.testing import labelled_table, write_labelled, write_subset  # noqa: F401
+
 #: ../shared/bench/nyala-lion beside the repository, as in CI.
 DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "nyala-lion"
 
@@ -57,61 +59,3 @@ def write_cpu_result(folder: Path, name: str, settings: dict, results: list) -> 
     path.write_text(json.dumps(record, indent=2))
     print(f"wrote {path}")
     return path
-
-
-def write_subset(bench: Path, folder: Path, known: int = 4, unknown: int = 2) -> Path:
-    """An AnimalCLEF folder in ``folder`` (``metadata.csv`` with absolute paths into ``bench``,
-    ``solution.csv``): per species ``known`` identities with 3 database images and 1 query each,
-    and ``unknown`` query images of identities absent from the database."""
-    metadata_all = pd.read_csv(bench / "metadata.csv", dtype=str, keep_default_na=False)
-    solution = pd.read_csv(bench / "solution.csv", dtype=str)
-    rows, answers = [], []
-    for species in ("nyala", "lion"):
-        meta = metadata_all[metadata_all["species"] == species]
-        database = meta[meta["split"] == "database"]
-        counts = database.groupby("identity").size()
-        queries = meta[meta["split"] == "query"].merge(solution, on="image_id",
-                                                       suffixes=("", "_true"))
-        queried = set(queries["identity_true"])
-        chosen = sorted(i for i in counts[counts >= 3].index if i in queried)[:known]
-        for identity in chosen:
-            rows.append(database[database["identity"] == identity].head(3))
-            query = queries[queries["identity_true"] == identity].head(1)
-            rows.append(query.drop(columns="identity_true"))
-            answers.append(query[["image_id", "identity_true"]])
-        absent = queries[~queries["identity_true"].isin(database["identity"])]
-        first = absent.drop_duplicates("identity_true").head(unknown)
-        rows.append(first.drop(columns="identity_true"))
-        answers.append(first[["image_id", "identity_true"]])
-    metadata = pd.concat(rows, ignore_index=True)
-    metadata["path"] = [str(bench / p) for p in metadata["path"]]
-    folder.mkdir(parents=True, exist_ok=True)
-    metadata.to_csv(folder / "metadata.csv", index=False)
-    truth = pd.concat(answers).rename(columns={"identity_true": "identity"})
-    truth.to_csv(folder / "solution.csv", index=False)
-    return folder
-
-
-def labelled_table(bench: Path) -> pd.DataFrame:
-    """Every photo of ``bench`` with its true identity (queries' from ``solution.csv``), absolute
-    paths, no split: the labelled photos a user would split into a benchmark of their own."""
-    metadata = pd.read_csv(bench / "metadata.csv", dtype=str, keep_default_na=False)
-    truth = pd.read_csv(bench / "solution.csv", dtype=str).set_index("image_id")["identity"]
-    query = metadata["split"] == "query"
-    metadata.loc[query, "identity"] = metadata.loc[query, "image_id"].map(truth)
-    metadata["path"] = [str(bench / p) for p in metadata["path"]]
-    return metadata.drop(columns="split")
-
-
-def write_labelled(bench: Path, folder: Path, identities: int = 12, per_identity: int = 4) -> Path:
-    """``folder/labelled.csv``: per species the first ``identities`` individuals with at least
-    ``per_identity`` photos, ``per_identity`` photos each (real photos, absolute paths)."""
-    table = labelled_table(bench)
-    chosen = []
-    for _, part in table.groupby("species", sort=False):
-        counts = part.groupby("identity").size()
-        names = sorted(counts[counts >= per_identity].index)[:identities]
-        chosen.append(part[part["identity"].isin(names)].groupby("identity").head(per_identity))
-    folder.mkdir(parents=True, exist_ok=True)
-    pd.concat(chosen).to_csv(folder / "labelled.csv", index=False)
-    return folder / "labelled.csv"

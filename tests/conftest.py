@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from benchmarks.common import write_subset
+from wildreid.testing import write_subset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,9 +29,20 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"hostile inputs: tried {len(reports)}, held {held}")
 
 
-def pytest_configure(config):
-    if not BENCH.is_dir():
-        raise pytest.UsageError(f"{BENCH}: the shared benchmark must sit beside the repository")
+#: Fixtures that read the shared benchmark's real photos.
+_BENCH_FIXTURES = {"real_subset", "bench_metadata", "bursts"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the shared benchmark's real photos are marked ``bench`` (those using its
+    fixtures, and those of modules marked so); without ``../shared/bench`` they are skipped and
+    the pure ones still run."""
+    for item in items:
+        if _BENCH_FIXTURES & set(getattr(item, "fixturenames", ())) and \
+                item.get_closest_marker("bench") is None:
+            item.add_marker(pytest.mark.bench)
+        if not BENCH.is_dir() and item.get_closest_marker("bench") is not None:
+            item.add_marker(pytest.mark.skip(reason=f"needs the shared benchmark at {BENCH}"))
 
 
 @pytest.fixture(scope="session")

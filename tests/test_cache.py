@@ -17,11 +17,11 @@ import warnings
 import numpy as np
 import pytest
 
-from benchmarks.cache_faults import KINDS, damage
 from wildreid.cache import ArrayCache, CacheDamaged, CacheUnavailable
 from wildreid.data import load_dataset
 from wildreid.features import FeatureExtractor
 from wildreid.models import create_descriptor
+from wildreid.testing import KINDS, damage
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
-from benchmarks.cache_faults import damage
 from wildreid.cli import app
 from wildreid.data import NEW_INDIVIDUAL
+from wildreid.testing import damage
 
 runner = CliRunner()
 

@@ -11,6 +11,9 @@ from wildreid.data import DatasetError, load_dataset
 
 from .conftest import BENCH
 
+#: Every test here reads real photos of the shared benchmark.
+pytestmark = pytest.mark.bench
+
 
 def test_real_subset_loads(real_subset):
     dataset = load_dataset(real_subset)

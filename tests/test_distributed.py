@@ -9,7 +9,6 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 from typer.testing import CliRunner
 
 from wildreid.cli import app
@@ -18,6 +17,7 @@ from wildreid.distributed import RayPool
 from wildreid.features import FeatureExtractor
 from wildreid.models import create_descriptor
 
+ray = pytest.importorskip("ray", reason="pip install 'wildreid[ray]'")
 runner = CliRunner()
 
 

@@ -24,7 +24,6 @@ import timm
 import torch
 from typer.testing import CliRunner
 
-from benchmarks.common import write_subset
 from tests.conftest import BENCH
 from wildreid import features as features_module
 from wildreid import isolation, local
@@ -50,7 +49,11 @@ from wildreid.models import Descriptor, create_descriptor
 from wildreid.run import identify_dataset
 from wildreid.scorers import LocalScorer, Side
 from wildreid.stage import take
+from wildreid.testing import write_subset
 from wildreid.weights import LOCAL_WEIGHTS, WeightsError, fetch
+
+#: Every test here reads real photos of the shared benchmark.
+pytestmark = pytest.mark.bench
 
 runner = CliRunner()
 

@@ -13,10 +13,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.common import write_subset
 from tests.conftest import BENCH
 from wildreid.cli import app
 from wildreid.grouping import grouping_scores
+from wildreid.testing import write_subset
+
+#: Every test here reads real photos of the shared benchmark.
+pytestmark = pytest.mark.bench
 
 runner = CliRunner()
 #: Species names that rich reads as markup: a closing tag with nothing open (a MarkupError) and

@@ -10,6 +10,9 @@ from wildreid.images import ImageError, check_image, load_image
 
 from .conftest import BENCH
 
+#: Every test here reads real photos of the shared benchmark.
+pytestmark = pytest.mark.bench
+
 
 def _photo() -> Image.Image:
     return Image.open(BENCH / "images" / "nyala" / sorted(

@@ -24,6 +24,9 @@ from wildreid.weights import U2NETP, sha256_of
 
 from .conftest import BENCH
 
+#: Every test here reads real photos of the shared benchmark.
+pytestmark = pytest.mark.bench
+
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):

@@ -23,6 +23,9 @@ from wildreid.scorers import mirror_views
 
 from .conftest import BENCH
 
+#: Every test here reads real photos of the shared benchmark.
+pytestmark = pytest.mark.bench
+
 # Hand-picked: two left-flank photos of nyala_109, then left flanks of three other nyala.
 SAME = ["20980991a9bb", "28e0ea9ee3d6"]
 OTHERS = ["e0244244e385", "c31d726770ea", "ce9b11b59237"]

@@ -22,6 +22,9 @@ from wildreid.models import (
 
 from .conftest import BENCH
 
+#: Every test here reads real photos of the shared benchmark.
+pytestmark = pytest.mark.bench
+
 
 def _embed(descriptor, path) -> np.ndarray:
     with torch.inference_mode():

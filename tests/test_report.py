@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from wildreid.cli import app
+
+#: Every test here reads real photos of the shared benchmark.
+pytestmark = pytest.mark.bench
 
 
 def test_report_of_a_real_run_is_self_contained(real_subset, tmp_path):

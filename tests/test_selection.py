@@ -116,6 +116,7 @@ def _lions(folder: Path, identities: int = 10) -> Path:
     return folder
 
 
+@pytest.mark.bench
 def test_selection_on_real_photos_chooses_by_the_rule_and_answers_every_query(tmp_path):
     """Cosine against SIFT on real lion photos: each candidate scored on held-out photos of the
     database with a standard error; the choice follows the rule; every query answered by the

@@ -10,11 +10,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.common import write_labelled
 from tests.conftest import BENCH
 from wildreid.cli import app
 from wildreid.data import DatasetError, load_dataset
 from wildreid.splits import split_labelled
+from wildreid.testing import write_labelled
+
+#: Every test here reads real photos of the shared benchmark.
+pytestmark = pytest.mark.bench
 
 runner = CliRunner()
 

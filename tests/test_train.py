@@ -28,6 +28,9 @@ from wildreid.train import (
     validation_split,
 )
 
+#: Every test here reads real photos of the shared benchmark.
+pytestmark = pytest.mark.bench
+
 SMALL = {"identities_per_batch": 4, "images_per_identity": 2, "steps_per_epoch": 3,
          "unfreeze": 1, "augment": False}
 # Frozen backbone: the head trains on backbone features described once (shared by the tests
