@@ -22,6 +22,7 @@ from wildreid.selection import (
     choose,
     open_set_score,
     paired_gain,
+    with_settings,
 )
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "nyala-lion"
@@ -96,6 +97,14 @@ def test_a_dearer_candidate_is_chosen_only_beyond_two_standard_errors():
     assert chosen == "cosine" and reason.startswith("cosine: the cheapest")
 
 
+def test_a_place_the_user_named_holds_for_every_local_candidate():
+    menu = with_settings(MENU, keypoints_on="image")
+    assert [c.name for c in menu] == ["cosine", "sift/image", "aliked-nn/image",
+                                      "aliked-nn+lightglue/image"]
+    assert all(c.settings["keypoints_on"] == "image" for c in menu[1:])
+    assert not any(c.on_animal for c in menu) and MENU[2].on_animal
+
+
 def _lions(folder: Path, identities: int = 10) -> Path:
     """A lion dataset of real photos: ``identities`` database lions (all their database photos),
     their queries, and the queries of 3 lions absent from the database."""
@@ -118,7 +127,7 @@ def _lions(folder: Path, identities: int = 10) -> Path:
 
 @pytest.mark.bench
 def test_selection_on_real_photos_chooses_by_the_rule_and_answers_every_query(tmp_path):
-    """Cosine against SIFT on real lion photos: each candidate scored on held-out photos of the
+    """Cosine against SIFT (whole photo) on real lion photos: each candidate scored on held-out photos of the
     database with a standard error; the choice follows the rule; every query answered by the
     chosen pipeline; with no budget left the choice is the cosine, answering exactly as the fast
     preset does."""
@@ -128,13 +137,13 @@ def test_selection_on_real_photos_chooses_by_the_rule_and_answers_every_query(tm
     selection = PipelineSelection((MENU[0], MENU[1]), settings=settings, budget=1e9).fit(
         dataset.database, dataset.query)
     first, second = selection.evaluations_["lion"]
-    assert (first.candidate, second.candidate) == ("cosine", "sift")
+    assert (first.candidate, second.candidate) == ("cosine", "sift/image")
     assert first.status == second.status == "evaluated"
     assert np.isfinite(second.standard_error) and second.standard_error > 0
     assert second.against == "cosine"
-    expected = "sift" if second.gain > 2 * second.standard_error else "cosine"
+    expected = "sift/image" if second.gain > 2 * second.standard_error else "cosine"
     assert selection.choice_["lion"] == expected
-    assert selection.identifiers_["lion"].local == (("sift",) if expected == "sift" else ())
+    assert selection.identifiers_["lion"].local == (("sift",) if expected != "cosine" else ())
     answers = selection.predict(dataset.query)
     assert list(answers["image_id"]) == list(dataset.query["image_id"])
     development = selection.summary()["species"]["lion"]["development"]

@@ -136,10 +136,13 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                     shortlist=shortlist, mirror=mirror, cluster_new=cluster_new, ray=ray,
                     **configuration)
     if select:
-        from wildreid.selection import PipelineSelection
+        from wildreid.selection import MENU, PipelineSelection, with_settings
 
         settings.pop("local")
-        identifier = PipelineSelection(settings=settings, budget=budget,
+        # Where keypoints go is a candidate of the menu, unless the user named it.
+        place = settings.pop("keypoints_on")
+        menu = MENU if keypoints_on is None else with_settings(MENU, keypoints_on=place)
+        identifier = PipelineSelection(menu, settings=settings, budget=budget,
                                        log=_say if progress else None).fit(
                                            dataset.database, dataset.query)
     else:

@@ -1,12 +1,13 @@
 """Choose each species' pipeline on its own database: what ``--preset accurate`` runs.
 
 A small, fixed menu of :class:`Candidate` pipelines (:data:`MENU`: the global cosine alone, which
-is the fast preset; SIFT; ALIKED nearest neighbours; ALIKED nearest neighbours then LightGlue on
-each query's best few) is tried per species on a **development split carved from the database**
-(:func:`~wildreid.openset.pseudo_split`: whole identities held out as unknowns, whole sightings of
-the others as known queries), each fitted on the rest exactly as a real run is. Each candidate's
-score is the task's own (sqrt(BAKS x BAUS); top-1 balanced over identities for a closed set), and
-its gain over the cheaper choice comes with a standard error (paired bootstrap over identities).
+is the fast preset; SIFT on the whole photo; SIFT on the animal; ALIKED nearest neighbours on the
+animal; those then LightGlue on each query's best few) is tried per species on a **development
+split carved from the database** (:func:`~wildreid.openset.pseudo_split`: whole identities held
+out as unknowns, whole sightings of the others as known queries), each fitted on the rest exactly
+as a real run is. Each candidate's score is the task's own (sqrt(BAKS x BAUS); top-1 balanced
+over identities for a closed set), and its gain over the cheaper choice comes with a standard
+error (paired bootstrap over identities).
 
 The rule (:func:`choose`), as scikit-learn's model selection would state it: walk the menu from
 the cheapest; move to a dearer candidate only when it beats the one kept by more than two
@@ -50,14 +51,38 @@ class Candidate:
     def matchers(self) -> tuple[str, ...]:
         return tuple(self.settings.get("local", ()))
 
+    @property
+    def on_animal(self) -> bool:
+        """Whether its keypoints are kept on the animal's mask (the segmenter runs first)."""
+        return bool(self.matchers) and self.settings.get("keypoints_on") != "image"
 
-#: The accurate preset's menu, cheapest first (the order :func:`choose` walks).
+
+#: The accurate preset's menu, cheapest first (the order :func:`choose` walks). Where keypoints
+#: go is a candidate of its own rather than a choice inside each fit: the animal's mask costs a
+#: segmentation of every photo (about 0.25 s each on two CPU cores), the whole photo nothing.
 MENU: tuple[Candidate, ...] = (
     Candidate("cosine", {"local": ()}),
-    Candidate("sift", {"local": ("sift",)}),
-    Candidate("aliked-nn", {"local": ("aliked-nn",)}),
-    Candidate("aliked-nn+lightglue", {"local": ("aliked-nn", "aliked"), "local_cascade": 10}),
+    Candidate("sift/image", {"local": ("sift",), "keypoints_on": "image"}),
+    Candidate("sift/animal", {"local": ("sift",), "keypoints_on": "animal"}),
+    Candidate("aliked-nn/animal", {"local": ("aliked-nn",), "keypoints_on": "animal"}),
+    Candidate("aliked-nn+lightglue/animal", {"local": ("aliked-nn", "aliked"), "local_cascade": 10,
+                                             "keypoints_on": "animal"}),
 )
+
+def with_settings(candidates: Sequence[Candidate], **fixed) -> tuple[Candidate, ...]:
+    """``candidates`` with the settings a user fixed (e.g. ``keypoints_on``) in every local one,
+    those that became the same pipeline once (the first one's name)."""
+    found: dict[str, Candidate] = {}
+    place = fixed.get("keypoints_on")
+    for candidate in candidates:
+        if candidate.matchers:
+            name = candidate.name
+            if isinstance(place, str):  # the name says where keypoints go
+                name = f"{name.split('/')[0]}/{place}"
+            candidate = Candidate(name, {**candidate.settings, **fixed})
+        found.setdefault(repr(sorted(candidate.settings.items())), candidate)
+    return tuple(found.values())
+
 
 #: The default budget: 15 minutes for 2,000 photos (database and queries), per photo...
 SECONDS_PER_PHOTO = 15 * 60 / 2000
@@ -185,7 +210,23 @@ class CostModel:
         self.settings = settings
         self.photo_seconds: dict[str, float] = {}
         self.pair_seconds: dict[str, float] = {}
+        self.region_seconds: float | None = None
         self.correction = 1.0
+
+    def measure_regions(self, images: pd.DataFrame) -> None:
+        """Time the segmenter (the animal's mask) on 4 of ``images``, after one to warm up."""
+        if self.region_seconds is not None:
+            return
+        from wildreid.isolation import Isolator, Segmenter
+
+        isolator = Isolator(lambda: Segmenter(self.settings.get("segmenter_weights"),
+                                              device=self.settings.get("device", "auto")),
+                            cache_dir=None, progress=False)
+        sample = images.iloc[:5]
+        isolator(sample.iloc[-1:], "cost")
+        start = time.perf_counter()
+        isolator(sample.iloc[:-1], "cost")
+        self.region_seconds = (time.perf_counter() - start) / max(len(sample) - 1, 1)
 
     def measure(self, matchers: Sequence[str], images: pd.DataFrame) -> None:
         """Time each matcher not measured yet on 4 of ``images`` (12 pairs), after one photo and
@@ -223,18 +264,19 @@ class CostModel:
                                        / max(len(pairs) * rounds, 1))
 
     def predict(self, candidate: Candidate, database: int, queries: int, new_photos: int,
-                shortlist: int | None) -> float:
+                shortlist: int | None, new_regions: int = 0) -> float:
         """Seconds to fit ``candidate`` on ``database`` photos of one species and rank
-        ``queries``, of which ``new_photos`` have no keypoints yet; the cosine's cost is that of
-        every candidate, so 0."""
+        ``queries``, of which ``new_photos`` have no keypoints yet and ``new_regions`` no
+        animal mask; the cosine's cost is that of every candidate, so 0."""
         matchers = candidate.matchers
         if not matchers:
             return 0.0
         compared = min(shortlist or database, database)
         calibration = min(_CALIBRATION_QUERIES, database)
-        # The fit's pairs: calibration, and the keypoint-place choice (two places, 100 queries).
-        first = (calibration + 2 * min(100, calibration) + queries) * compared
+        first = (calibration + queries) * compared  # the fit's calibration pairs, the queries'
         seconds = new_photos * max(self.photo_seconds[name] for name in matchers)
+        if candidate.on_animal:
+            seconds += new_regions * (self.region_seconds or 0.0)
         seconds += first * self.pair_seconds[matchers[0]]
         cascade = candidate.settings.get("local_cascade")
         for name in matchers[1:]:
@@ -334,14 +376,20 @@ class PipelineSelection(BaseEstimator):
         unknown = split.unknown[held]
         shortlist = (self.settings or {}).get("shortlist", 100)
         evaluations: list[Evaluation] = []
-        extracted: set[str] = set()  # keypoint methods already computed (and cached)
+        # Keypoint methods (and "regions": the animal's masks) already computed, and cached.
+        extracted: set[str] = set()
         for candidate in self.candidates:
             methods = {_KEYPOINTS.get(name, name) for name in candidate.matchers}
             if methods:
                 cost.measure([m for c in self.candidates for m in c.matchers], images)
-            fresh = len(images) if methods - extracted else 0
-            predicted = cost.predict(candidate, len(reference), len(development), fresh, shortlist)
-            run = cost.predict(candidate, len(images), queries, queries, shortlist)
+            if candidate.on_animal:
+                cost.measure_regions(images)
+                methods |= {"regions"}
+            fresh = len(images) if methods - extracted - {"regions"} else 0
+            masked = len(images) if "regions" in methods - extracted else 0
+            predicted = cost.predict(candidate, len(reference), len(development), fresh, shortlist,
+                                     masked)
+            run = cost.predict(candidate, len(images), queries, queries, shortlist, queries)
             spent = time.perf_counter() - started
             if candidate.matchers and spent + predicted + run > allowance:
                 evaluations.append(Evaluation(candidate.name, "over budget",
@@ -363,7 +411,7 @@ class PipelineSelection(BaseEstimator):
             if candidate.matchers and predicted > 0:  # later predictions learn from this one
                 cost.correction *= seconds / predicted
                 item.run_seconds = cost.predict(candidate, len(images), queries, queries,
-                                                shortlist)
+                                                shortlist, queries)
             evaluations.append(item)
             extracted |= methods
             self._say(f"{label}: {candidate.name} scores {item.score:.3f} on "
