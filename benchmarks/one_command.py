@@ -27,6 +27,8 @@ import pandas as pd
 from common import unused_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: The folder holding the repository (and ../data, ../shared beside it).
+BESIDE = f"{Path(__file__).resolve().parents[2]}/"
 #: The command line a user types, from the same environment.
 WILDREID = str(Path(sys.executable).parent / "wildreid")
 
@@ -74,8 +76,9 @@ def main() -> None:
     result = {
         "benchmark": arguments.name, "date": today,
         "machine": f"{cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores",
-        "commands": [" ".join(identify).replace(folder, "$TMP"),
-                     " ".join(evaluate).replace(folder, "$TMP")],
+        # Paths as typed from the repository's root: the data beside it, the run in a temp folder.
+        "commands": [" ".join(identify).replace(folder, "$TMP").replace(BESIDE, "../"),
+                     " ".join(evaluate).replace(folder, "$TMP").replace(BESIDE, "../")],
         "wall_seconds": round(wall, 1),
         "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime
                              - before.ru_stime, 1),
