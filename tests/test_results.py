@@ -14,3 +14,14 @@ def test_tables_of_figures_match_the_result_files():
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "results_table.py"),
                           "--check"], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_option_reference_is_the_cli_s_own(tmp_path):
+    """docs/cli.md is generated from the CLI (typer's docs), so it lists exactly its options."""
+    typer = Path(sys.executable).parent / "typer"
+    made = tmp_path / "cli.md"
+    subprocess.run([str(typer), "wildreid.cli", "utils", "docs", "--name", "wildreid",
+                    "--output", str(made)], check=True, capture_output=True)
+    assert made.read_text() == (ROOT / "docs" / "cli.md").read_text(), (
+        "docs/cli.md is out of date: .venv/bin/typer wildreid.cli utils docs --name wildreid "
+        "--output docs/cli.md")
