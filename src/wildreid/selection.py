@@ -17,8 +17,9 @@ slow matcher must earn its time.
 The time budget (:func:`default_budget`: what two CPU cores do in 15 minutes for 2,000 photos,
 at least 5 minutes; ``budget`` seconds to change it) bounds the whole run, selection included.
 A :class:`CostModel` measured on a few of the database's photos on the device at hand predicts
-each candidate's seconds; candidates that cannot fit are skipped (and said so), and every
-prediction is corrected by what the candidates already run actually took.
+each candidate's seconds; a local candidate that would not fit with the shortlist asked for is tried with a
+smaller one (50, then 20 photos per query), one that cannot fit at all is skipped (and said so),
+and every prediction is corrected by what the candidates already run actually took.
 
 Everything the selection saw is in ``evaluations_`` (:meth:`PipelineSelection.summary`, which
 ``run.json`` records): per species, each candidate's score, gain ± standard error, seconds,
@@ -97,6 +98,9 @@ STANDARD_ERRORS = 2.0
 BOOTSTRAP_DRAWS = 1000
 #: Matchers that share another's keypoints (one extraction, cached).
 _KEYPOINTS = {"aliked-nn": "aliked"}
+#: Smaller shortlists a local candidate falls back to when the one asked for would not fit the
+#: budget: the cost of matching grows with the shortlist, the recall of the individual slowly.
+_SMALLER_SHORTLISTS = (50, 20)
 #: Pseudo-queries a local fit calibrates on, per species (``LocalReranking``'s default).
 _CALIBRATION_QUERIES = 300
 
@@ -165,6 +169,7 @@ class Evaluation:
     seconds: float = 0.0
     predicted_seconds: float = float("nan")  # of the development run, before it ran
     run_seconds: float = float("nan")  # predicted for the species' real run
+    shortlist: int | None = None  # database photos each query is matched with (None: all)
     correct: np.ndarray | None = None
 
     def row(self) -> dict:
@@ -189,7 +194,9 @@ def choose(evaluations: Sequence[Evaluation], identity: np.ndarray, unknown: np.
         margin = STANDARD_ERRORS * item.standard_error
         if np.isfinite(margin) and item.gain > margin:
             kept = item
-            reason = (f"{item.candidate}: {item.score:.3f}, {item.gain:+.3f} ± "
+            matched = "" if item.shortlist is None and not item.candidate.count("/") else (
+                f" (shortlist {item.shortlist or 'all'})")
+            reason = (f"{item.candidate}{matched}: {item.score:.3f}, {item.gain:+.3f} ± "
                       f"{item.standard_error:.3f} over {item.against} (more than "
                       f"{STANDARD_ERRORS:g} standard errors)")
     dearer = [item.candidate for item in evaluations if item.status != "evaluated"]
@@ -374,8 +381,12 @@ class PipelineSelection(BaseEstimator):
         development = images.iloc[split.queries[held]].reset_index(drop=True)
         truth = identities[split.queries[held]]
         unknown = split.unknown[held]
-        shortlist = (self.settings or {}).get("shortlist", 100)
+        asked = (self.settings or {}).get("shortlist", 100)
+        # Shortlists tried for a local candidate, largest first: the largest that fits the budget.
+        shortlists = [asked, *(size for size in _SMALLER_SHORTLISTS
+                               if asked is None or size < asked)]
         evaluations: list[Evaluation] = []
+        sized: dict[str, Candidate] = {}  # each candidate at the shortlist it was evaluated with
         # Keypoint methods (and "regions": the animal's masks) already computed, and cached.
         extracted: set[str] = set()
         for candidate in self.candidates:
@@ -387,16 +398,25 @@ class PipelineSelection(BaseEstimator):
                 methods |= {"regions"}
             fresh = len(images) if methods - extracted - {"regions"} else 0
             masked = len(images) if "regions" in methods - extracted else 0
-            predicted = cost.predict(candidate, len(reference), len(development), fresh, shortlist,
-                                     masked)
-            run = cost.predict(candidate, len(images), queries, queries, shortlist, queries)
             spent = time.perf_counter() - started
+            for shortlist in shortlists if candidate.matchers else [asked]:
+                predicted = cost.predict(candidate, len(reference), len(development), fresh,
+                                         shortlist, masked)
+                run = cost.predict(candidate, len(images), queries, queries, shortlist, queries)
+                if spent + predicted + run <= allowance:
+                    break
             if candidate.matchers and spent + predicted + run > allowance:
                 evaluations.append(Evaluation(candidate.name, "over budget",
-                                              predicted_seconds=predicted, run_seconds=run))
+                                              predicted_seconds=predicted, run_seconds=run,
+                                              shortlist=shortlist))
                 self._say(f"{label}: {candidate.name} skipped, over budget (about "
-                          f"{predicted + run:.0f} s predicted, {allowance - spent:.0f} s left)")
+                          f"{predicted + run:.0f} s predicted with a shortlist of {shortlist}, "
+                          f"{allowance - spent:.0f} s left)")
                 continue
+            if candidate.matchers:
+                candidate = Candidate(candidate.name, {**candidate.settings,
+                                                       "shortlist": shortlist})
+            sized[candidate.name] = candidate
             begun = time.perf_counter()
             identifier = self._identifier(candidate).fit(reference)
             answers = identifier.predict(development)["identity"].to_numpy()
@@ -407,6 +427,7 @@ class PipelineSelection(BaseEstimator):
             item = Evaluation(candidate.name, "evaluated",
                               score=open_set_score(correct, truth, unknown, closed_set),
                               seconds=seconds, predicted_seconds=predicted, run_seconds=run,
+                              shortlist=shortlist if candidate.matchers else None,
                               correct=correct)
             if candidate.matchers and predicted > 0:  # later predictions learn from this one
                 cost.correction *= seconds / predicted
@@ -421,7 +442,7 @@ class PipelineSelection(BaseEstimator):
         self.development_[name] = {"reference": len(reference), "queries": len(development),
                                    "unknown": int(unknown.sum())}
         self._say(f"{label}: chose {reason}")
-        self._keep(name, images, next(c for c in self.candidates if c.name == chosen), reason)
+        self._keep(name, images, sized[chosen], reason)
 
     def _keep(self, name, images: pd.DataFrame, candidate: Candidate, reason: str) -> None:
         self.evaluations_.setdefault(name, [])
