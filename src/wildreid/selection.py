@@ -342,7 +342,6 @@ class PipelineSelection(BaseEstimator):
         photos = len(database) + len(query_species)
         self.budget_ = float(default_budget(photos) if self.budget is None else self.budget)
         self.router_ = self._identifier(self.candidates[0]).fit(database)
-        cost = CostModel(settings)
         self.choice_, self.reason_, self.evaluations_ = {}, {}, {}
         self.identifiers_, self.development_ = {}, {}
         names = list(dict.fromkeys(species))
@@ -356,7 +355,8 @@ class PipelineSelection(BaseEstimator):
             left = sum(int((species == other).sum()) + int((query_species == other).sum())
                        for other in names[position:])
             allowance = remaining * share / max(left, 1)
-            self._fit_species(name, own, asked, allowance, cost, closed_set)
+            # Measured on each species' own photos: sizes and keypoint counts differ by species.
+            self._fit_species(name, own, asked, allowance, CostModel(settings), closed_set)
         known = {key: value for identifier in self.identifiers_.values()
                  for key, value in identifier.decision_.thresholds.items() if key is not None}
         self.decision_ = OpenSetDecision({**known, None: self.router_.decision_.thresholds[None]})
