@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import DEFAULT_BENCH
+from common import DEFAULT_BENCH, unused_path
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from wildreid.data import load_dataset
@@ -127,7 +127,7 @@ def main() -> int:
     print("queries with a true match in the shortlist:",
           {s: round(100 * float(v), 1) for s, v in recall.items()})
     if args.out:
-        args.out.write_text(json.dumps({"input": str(args.pairs), "top1": results,
+        unused_path(args.out).write_text(json.dumps({"input": str(args.pairs), "top1": results,
                                         "shortlist_recall": recall.to_dict()}, indent=2))
     return 0
 

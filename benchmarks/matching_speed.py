@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DEFAULT_BENCH
+from common import DEFAULT_BENCH, unused_path
 
 from wildreid.images import load_image
 from wildreid.local import create_local_features
@@ -72,7 +72,7 @@ def main() -> int:
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"matching-{args.features}-{args.keypoints}-{device.type}-{date}.json"
-    (args.out / name).write_text(json.dumps(report, indent=2))
+    unused_path(args.out / name).write_text(json.dumps(report, indent=2))
     best = max(rows.values())
     print(f"| {date} | {machine} | {args.features} {args.keypoints} kp, early exit "
           f"{args.early_exit} | detect {detect_ms:.0f} ms/image | "

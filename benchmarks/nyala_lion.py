@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
-    path = unused_path(args.out / f"nyala-lion-{args.model.replace('/', '_')}{tag}-{device}-{date}.json")
+    model = Path(args.model).stem if Path(args.model).suffix == ".pt" else args.model  # no /tmp in names
+    path = unused_path(args.out / f"nyala-lion-{model.replace('/', '_')}{tag}-{device}-{date}.json")
     planned = len(args.protocols.split(",")) * len(runs)
     report["complete"] = False
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DEFAULT_BENCH
+from common import DEFAULT_BENCH, unused_path
 
 from wildreid.images import load_image
 from wildreid.isolation import Segmenter
@@ -58,7 +58,7 @@ def main() -> int:
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"segmentation-{args.backend}-{segmenter.device.type}-{os.cpu_count()}cores-{date}.json"
-    (args.out / name).write_text(json.dumps(report, indent=2))
+    unused_path(args.out / name).write_text(json.dumps(report, indent=2))
     print(f"| {date} | {machine} | "
           + " | ".join(f"{s}: {v['ms_per_image']:.0f} ms/image, guard {100 * v['guard_rate']:.0f} %"
                        for s, v in rows.items()) + " |")
