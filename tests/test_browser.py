@@ -23,6 +23,9 @@ from PIL import Image
 from tests.conftest import LiveServer as _Server
 from wildreid.catalog import Catalog
 
+#: Drives Chromium: pytest -m 'not browser' leaves these out.
+pytestmark = [pytest.mark.browser, pytest.mark.bench]
+
 
 def _chromium() -> str:
     """Debian's Chromium, installed with apt-get when missing (as root, or with sudo without a
