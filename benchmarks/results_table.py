@@ -46,11 +46,22 @@ def records() -> list[tuple[str, dict]]:
     return sorted(found, key=lambda item: (item[1]["date"], item[0]))
 
 
+def _typed(command: str) -> str:
+    """The command as a user types it: without the benchmark's own device, output and cache."""
+    words, kept = command.split(), []
+    for position, word in enumerate(words):
+        if word in ("--device", "--output", "--cache-dir") or (
+                position and words[position - 1] in ("--device", "--output", "--cache-dir")):
+            continue
+        kept.append(word)
+    return " ".join(kept)
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
     lines = ["| benchmark | command | figure | chosen per species | wall time | machine, date | "
              "result file |", "|---|---|---|---|---|---|---|"]
     for name, record in rows:
-        command = record["commands"][0].split(" --device")[0].replace(f"{ROOT.parent}/", "../")
+        command = _typed(record["commands"][0]).replace(f"{ROOT.parent}/", "../")
         lines.append(f"| {record['benchmark']} | `{command}` | {_figure(record)} | "
                      f"{_chosen(record)} | {record['wall_seconds']:,.0f} s | "
                      f"{record['machine']}, {record['date']} | `{name}` |")
