@@ -42,6 +42,15 @@ def _species(images: pd.DataFrame):
     return images["species"].tolist() if "species" in images.columns else None
 
 
+def decided(candidates: pd.DataFrame, decision: OpenSetDecision) -> pd.DataFrame:
+    """Submission rows ``image_id, identity, score, species``: each query's best candidate, or
+    ``new_individual`` under its species' threshold (``decision``)."""
+    best = candidates[candidates["rank"] == 1]
+    identity = decision.decide(best["identity"], best["score"], best["species"])
+    return pd.DataFrame({"image_id": best["image_id"].to_numpy(), "identity": identity,
+                         "score": best["score"].to_numpy(), "species": best["species"].to_numpy()})
+
+
 def propose_new_individuals(queries: pd.DataFrame, answers: pd.DataFrame,
                             features: np.ndarray | None,
                             groups_of: Callable[[pd.DataFrame, np.ndarray | None, str | None],
@@ -446,12 +455,8 @@ class Identifier(BaseEstimator):
         return table[table["identity"] != ""].reset_index(drop=True), features
 
     def decide(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        """Submission rows ``image_id, identity, score`` from ranked candidates."""
-        best = candidates[candidates["rank"] == 1]
-        identity = self.decision_.decide(best["identity"], best["score"], best["species"])
-        return pd.DataFrame({"image_id": best["image_id"].to_numpy(), "identity": identity,
-                             "score": best["score"].to_numpy(),
-                             "species": best["species"].to_numpy()})
+        """Submission rows ``image_id, identity, score, species`` from ranked candidates."""
+        return decided(candidates, self.decision_)
 
     def predict(self, queries: pd.DataFrame) -> pd.DataFrame:
         """For each query: the database identity, or ``new_individual`` (with ``cluster_new``:

@@ -497,11 +497,9 @@ class PipelineSelection(BaseEstimator):
 
     def decide(self, candidates: pd.DataFrame) -> pd.DataFrame:
         """Submission rows ``image_id, identity, score, species`` from ranked candidates."""
-        best = candidates[candidates["rank"] == 1]
-        identity = self.decision_.decide(best["identity"], best["score"], best["species"])
-        return pd.DataFrame({"image_id": best["image_id"].to_numpy(), "identity": identity,
-                             "score": best["score"].to_numpy(),
-                             "species": best["species"].to_numpy()})
+        from wildreid.pipeline import decided
+
+        return decided(candidates, self.decision_)
 
     def predict(self, queries: pd.DataFrame) -> pd.DataFrame:
         """For each query: a database identity or ``new_individual`` (with ``cluster_new`` in
