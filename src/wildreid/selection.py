@@ -205,11 +205,10 @@ def choose(evaluations: Sequence[Evaluation], identity: np.ndarray, unknown: np.
             reason = (f"{item.candidate}{matched}: {item.score:.3f}, {item.gain:+.3f} ± "
                       f"{item.standard_error:.3f} over {item.against} (more than "
                       f"{STANDARD_ERRORS:g} standard errors)")
-    dearer = [item.candidate for item in evaluations if item.status != "evaluated"]
-    if dearer:
-        reason += "; not tried: " + ", ".join(
-            f"{item.candidate} ({item.status})" for item in evaluations
-            if item.status != "evaluated")
+    untried = [f"{item.candidate} ({item.status})" for item in evaluations
+               if item.status != "evaluated"]
+    if untried:
+        reason += "; not tried: " + ", ".join(untried)
     return kept.candidate, reason
 
 
