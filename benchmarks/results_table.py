@@ -61,7 +61,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
     lines = ["| benchmark | command | figure | chosen per species | wall time | machine, date | "
              "result file |", "|---|---|---|---|---|---|---|"]
     for name, record in rows:
-        command = _typed(record["commands"][0]).replace(f"{ROOT.parent}/", "../")
+        command = _typed(record["commands"][0])
         lines.append(f"| {record['benchmark']} | `{command}` | {_figure(record)} | "
                      f"{_chosen(record)} | {record['wall_seconds']:,.0f} s | "
                      f"{record['machine']}, {record['date']} | `{name}` |")

@@ -25,3 +25,14 @@ def test_the_option_reference_is_the_cli_s_own(tmp_path):
     assert made.read_text() == (ROOT / "docs" / "cli.md").read_text(), (
         "docs/cli.md is out of date: .venv/bin/typer wildreid.cli utils docs --name wildreid "
         "--output docs/cli.md")
+
+
+def test_recorded_commands_name_no_path_of_one_machine():
+    """A result file records the command as typed beside the repository (``../data/...``), so the
+    tables read the same from any clone; an absolute path made CI's tables differ from ours."""
+    import json
+
+    for path in sorted((ROOT / "benchmarks" / "results").glob("one-command-*.json")):
+        for command in json.loads(path.read_text())["commands"]:
+            absolute = [word for word in command.split() if word.startswith("/")]
+            assert not absolute, f"{path.name} records machine paths {absolute}"
