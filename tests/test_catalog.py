@@ -212,3 +212,34 @@ def test_a_decision_grows_the_model_instead_of_fitting_it_again(catalog):
     refit = catalog.identifier()
     catalog.undo()  # anything but an addition: fitted again
     assert catalog.identifier() is not refit
+
+
+@pytest.mark.hostile
+def test_an_individual_s_timeline_with_locations_and_notes(catalog, real_subset):
+    """An individual's page lists each photo's sighting (id, own date or none, source file name,
+    location, notes), dated photos oldest first; first and last come only from photos' dates;
+    notes are checked text, and every edit is logged."""
+    name = catalog.individuals()["name"].iloc[0]
+    page = catalog.individual(name)
+    assert [s["image_id"] for s in page["sightings"]] == page["photos"]
+    dated = [s["date"] for s in page["sightings"] if s["date"]]
+    assert dated == sorted(dated) and page["dated"] == len(dated)
+    assert page["first"] == (dated[0] if dated else None)  # never the day of import
+    assert all(s["source"] for s in page["sightings"])  # the file name each came with
+    photo = page["photos"][0]
+    said = catalog.describe_photo(photo, location="Kruger, <b>gate 3</b>", notes="scar\nleft ear")
+    assert said["location"] == "Kruger, <b>gate 3</b>"  # stored as text; shown as text
+    catalog.describe_photo(photo, notes="")  # clears the notes, keeps the location
+    again = {s["image_id"]: s for s in catalog.individual(name)["sightings"]}[photo]
+    assert again["location"] == "Kruger, <b>gate 3</b>" and again["notes"] is None
+    assert catalog.decisions()["kind"].tolist()[-2:] == ["describe", "describe"]
+    for bad, why in (("x" * 2001, "longer than"), ("a\x00b", "control characters")):
+        with pytest.raises(CatalogError, match=why):
+            catalog.describe_photo(photo, notes=bad)
+    with pytest.raises(CatalogError, match="no image"):
+        catalog.describe_photo("../../etc/passwd", notes="x")
+    # An upload keeps the client's file name as text (printable characters only).
+    upload = catalog.add_photo(catalog.photo_path(photo), None, source_name="cam\x07 1/IMG.jpg",
+                               duplicate=True)
+    row = catalog.images().set_index("image_id").loc[upload]
+    assert row["source"] == "cam 1/IMG.jpg" and catalog.photo_path(upload).is_file()

@@ -30,8 +30,11 @@ What it protects against (each kept by a test in ``tests/test_app.py`` or ``test
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -125,12 +128,65 @@ async def _refuse(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _RankAhead:
+    """A background thread that ranks the waiting photos ahead (:meth:`Catalog.rank_waiting`)
+    whenever it is woken (the app starts, a photo arrives, a decision is made, the queue is
+    read while the catalog changed), so a page asks for candidates that are ready. One thread
+    per app; an error is kept to be shown, never raised into a request."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.asked = self.done = 0  # wake-ups asked for, and the last one a pass started after
+        self.changes = threading.Condition()
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._work, name="wildreid-rank-ahead",
+                                       daemon=True)
+
+    def wake(self) -> None:
+        with self.changes:
+            self.asked += 1
+            if not self.thread.is_alive():
+                self.thread.start()
+            self.changes.notify_all()
+
+    def settle(self) -> None:
+        """Wait until every wake-up so far has been worked through (for tests: it waits on the
+        work, never on a clock)."""
+        with self.changes:
+            self.changes.wait_for(lambda: self.done >= self.asked)
+
+    def _work(self) -> None:
+        while True:
+            with self.changes:
+                self.changes.wait_for(lambda: self.asked > self.done)
+                target = self.asked
+            try:
+                self.catalog.rank_waiting()
+                self.error = None
+            except Exception as error:  # shown in the queue; the app goes on
+                # The page gets no detail (it could name server paths); the console does.
+                print(f"wildreid review: ranking ahead stopped: {error}", file=sys.stderr)
+                self.error = ("ranking ahead stopped; candidates are ranked when a photo is "
+                              "opened (see the server's console)")
+            with self.changes:
+                self.done = target
+                self.changes.notify_all()
+
+
 def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               allowed_hosts: Iterable[str] = LOCAL_HOSTS) -> FastAPI:
+               allowed_hosts: Iterable[str] = LOCAL_HOSTS, rank_ahead: bool = True) -> FastAPI:
     """The review app over the catalog in ``folder``; only requests addressed to one of
-    ``allowed_hosts`` (host names or addresses, without port) are answered."""
+    ``allowed_hosts`` (host names or addresses, without port) are answered. ``rank_ahead``:
+    rank the waiting photos in the background (:class:`_RankAhead`) so candidates are ready."""
     catalog = Catalog(folder)
+    ahead = _RankAhead(catalog) if rank_ahead else None
+
+    def changed() -> None:
+        """The catalog changed (or may have): rank the waiting photos ahead again."""
+        if ahead is not None:
+            ahead.wake()
     app = FastAPI(title="wildreid review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.rank_ahead = ahead  # tests wait on its settle()
 
     @app.middleware("http")
     async def guard(request: Request, call_next) -> Response:
@@ -180,18 +236,28 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             refuse(error, 404)
 
     @app.get("/api/queries")
-    def waiting() -> dict:
-        """The review queue: photos without an individual yet, how many were reviewed, and what
-        the scores mean."""
-        return {"queries": catalog.unassigned(), "reviewed": catalog.reviewed(),
+    def waiting(order: str = "added") -> dict:
+        """The review queue in ``order`` (``added``, ``uncertain`` or ``confident`` first), how
+        many were reviewed, what the scores mean, and how far ranking ahead has come."""
+        try:
+            queue = catalog.unassigned(order)
+        except CatalogError as error:
+            refuse(error)
+        ready = catalog.ranked_ahead()
+        if len(ready) < len(queue):
+            changed()  # a change from elsewhere (another process), or the first visit
+        return {"queries": queue, "reviewed": catalog.reviewed(),
                 "score": "calibrated probability of the same individual"
-                if catalog.preset == "accurate" else "cosine similarity"}
+                if catalog.preset == "accurate" else "cosine similarity",
+                "ranked": sum(image in ready for image in queue),
+                "ranking_error": ahead.error if ahead is not None else None}
 
     @app.get("/api/export")
     def export() -> Response:
-        """The catalog as an AnimalCLEF metadata.csv (paths relative to the catalog folder),
+        """The catalog as an AnimalCLEF metadata.csv with absolute paths: a download lands in
+        the browser's folder, where paths relative to the catalog would lead nowhere. Otherwise
         as ``wildreid catalog export`` writes it (no cell a spreadsheet would run)."""
-        return Response(catalog.metadata_csv(catalog.folder), media_type="text/csv", headers={
+        return Response(catalog.metadata_csv(None), media_type="text/csv", headers={
             "Content-Disposition": 'attachment; filename="metadata.csv"'})
 
     @app.get("/photo")
@@ -223,10 +289,12 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             path = Path(scratch) / "upload"  # the client's name never names a file
             path.write_bytes(data)
             try:
-                image_id = await run_in_threadpool(catalog.add_photo, path, None, species,
-                                                   None, None, MAX_UPLOAD_PIXELS)
+                image_id = await run_in_threadpool(
+                    functools.partial(catalog.add_photo, path, None, species, None, None,
+                                      MAX_UPLOAD_PIXELS, source_name=shown))
             except CatalogError as error:
                 refuse(ValueError(str(error).replace(str(path), shown)))
+        changed()
         return await candidates(image_id)
 
     @app.get("/api/candidates")
@@ -273,6 +341,7 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     def confirm(image_id: str = Form(...), individual: str = Form(...)) -> dict:
         try:
             catalog.confirm(image_id, individual)
+            changed()
         except DecisionConflict as error:
             refuse(error, 409)
         except CatalogError as error:
@@ -282,8 +351,9 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     @app.post("/api/new")
     def new(image_id: str = Form(...), name: str = Form("")) -> dict:
         try:
-            return {"image_id": image_id,
-                    "individual": catalog.new_individual(image_id, name if name.strip() else None)}
+            made = catalog.new_individual(image_id, name if name.strip() else None)
+            changed()
+            return {"image_id": image_id, "individual": made}
         except DecisionConflict as error:
             refuse(error, 409)
         except CatalogError as error:
@@ -303,8 +373,9 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     def new_group(image_id: list[str] = Form(...), name: str = Form("")) -> dict:
         """Several waiting photos become one new individual, in one decision (one undo)."""
         try:
-            return {"image_ids": image_id, "individual": catalog.new_group(
-                image_id, name if name.strip() else None)}
+            made = catalog.new_group(image_id, name if name.strip() else None)
+            changed()
+            return {"image_ids": image_id, "individual": made}
         except DecisionConflict as error:
             refuse(error, 409)
         except CatalogError as error:
@@ -313,15 +384,28 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     @app.post("/api/undo")
     def undo() -> dict:
         try:
-            return catalog.undo()
+            undone = catalog.undo()
         except CatalogError as error:
             refuse(error, 409)
+        changed()
+        return undone
+
+    @app.post("/api/describe")
+    def describe(image_id: str = Form(...), location: str | None = Form(None),
+                 notes: str | None = Form(None)) -> dict:
+        """A photo's location and notes, as the field team writes them (logged; shown as text)."""
+        try:
+            return catalog.describe_photo(image_id, location, notes)
+        except CatalogError as error:
+            refuse(error)
 
     @app.post("/api/merge")
     def merge(source: str = Form(...), target: str = Form(...)) -> dict:
         try:
-            return {"source": source, "target": target, "moved": catalog.merge(source, target)}
+            moved = catalog.merge(source, target)
         except CatalogError as error:
             refuse(error)
+        changed()
+        return {"source": source, "target": target, "moved": moved}
 
     return app

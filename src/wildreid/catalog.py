@@ -58,7 +58,9 @@ CREATE TABLE IF NOT EXISTS decisions (
 """
 #: Columns added since the first catalogs: added on open, so older catalogs keep working.
 _ADDED_COLUMNS = {
-    "images": {"date": "TEXT"},
+    # source: the file name the photo came with (text only: it never names a file here);
+    # location and notes: what the field team writes about the sighting (:meth:`describe_photo`).
+    "images": {"date": "TEXT", "source": "TEXT", "location": "TEXT", "notes": "TEXT"},
     # previous: the photo's individual before the decision (what undo restores); undone: 1 once
     # undone; detail: what a merge moved (JSON), so it can be undone.
     "decisions": {"previous": "TEXT", "undone": "INTEGER NOT NULL DEFAULT 0", "detail": "TEXT"},
@@ -179,6 +181,39 @@ def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
                          else column.map(safe) for name, column in table.items()})
 
 
+#: How the review queue can be ordered (:meth:`Catalog.unassigned`).
+QUEUE_ORDERS = ("added", "uncertain", "confident")
+#: Waiting photos ranked together when they are ranked ahead (:meth:`Catalog.rank_waiting`).
+RANK_BATCH = 64
+#: The longest location, note or source name a photo keeps, in characters.
+NOTE_LENGTH = 2000
+
+
+def _note(value: str, what: str) -> str:
+    """Free text a person typed (a location, a note), checked: text of at most
+    :data:`NOTE_LENGTH` characters, without control characters other than line breaks and
+    tabs. It is shown as text and stored, never used as a path or markup."""
+    if not isinstance(value, str):
+        raise CatalogError(f"the {what} must be text")
+    value = value.strip()
+    if len(value) > NOTE_LENGTH:
+        raise CatalogError(f"the {what} is longer than {NOTE_LENGTH} characters "
+                           f"({len(value)}); shorten it")
+    if any((ord(char) < 32 and char not in "\n\t") or ord(char) == 127 for char in value):
+        raise CatalogError(f"the {what} holds control characters; type it as plain text")
+    return value
+
+
+def _told_apart(score: float, threshold: float) -> tuple[str, str]:
+    """``score`` and ``threshold`` with two decimals, or as many more (up to six) as it takes to
+    show they differ: "0.82, under the threshold 0.82" reads as a contradiction."""
+    for digits in range(2, 7):
+        shown = f"{score:.{digits}f}", f"{threshold:.{digits}f}"
+        if shown[0] != shown[1] or score == threshold:
+            return shown
+    return shown
+
+
 def _relative(path: Path, base: str | Path) -> str:
     """``path`` relative to ``base``, led by ``./`` where it would start like a formula: still
     the same path (the export stays a dataset), never a formula."""
@@ -213,6 +248,10 @@ class Catalog:
         self._identifier: tuple | None = None
         self._lock = threading.Lock()
         self._grouping = None  # (generation, NewIndividualGrouping) of the last proposed_groups
+        #: (generation, {image_id: ranked candidates}) of the waiting photos ranked ahead
+        #: (:meth:`rank_waiting`), and (done, total) of the ranking under way.
+        self._ahead: tuple[int, dict[str, pd.DataFrame]] = (-1, {})
+        self.ranking_progress: tuple[int, int] = (0, 0)
         self._migrate()
 
     def _migrate(self) -> None:
@@ -255,22 +294,84 @@ class Catalog:
     def has_identified_photos(self) -> bool:
         return not self._read("SELECT 1 FROM images WHERE individual IS NOT NULL LIMIT 1").empty
 
-    def unassigned(self) -> list[str]:
-        """Photos added without an individual (queries waiting for a decision)."""
-        return self._read("SELECT image_id FROM images WHERE individual IS NULL ORDER BY added")[
-            "image_id"].tolist()
+    def unassigned(self, order: str = "added") -> list[str]:
+        """Photos added without an individual (queries waiting for a decision), in ``order``
+        (:data:`QUEUE_ORDERS`): as added; ``uncertain`` first, those whose best candidate's
+        score lies closest to its species' threshold (where a reviewer's eye is most needed);
+        or ``confident`` first, the highest best score (fast confirming). Photos not ranked
+        ahead yet (:meth:`rank_waiting`) follow in the order they were added."""
+        if order not in QUEUE_ORDERS:
+            raise CatalogError(f"unknown queue order {order!r}; use one of "
+                               f"{', '.join(QUEUE_ORDERS)}")
+        waiting = self._read("SELECT image_id FROM images WHERE individual IS NULL "
+                             "ORDER BY added")["image_id"].tolist()
+        if order == "added":
+            return waiting
+        ahead = self.ranked_ahead()
+
+        def need(image_id: str) -> tuple:
+            ranked = ahead.get(image_id)
+            if ranked is None or ranked.empty:
+                return (1, 0.0)
+            score = float(ranked["score"].iloc[0])
+            threshold = ranked.attrs.get("threshold")
+            if order == "confident":
+                return (0, -score)
+            return (0, abs(score - (threshold if threshold is not None else 0.5)))
+
+        return sorted(waiting, key=need)  # stable: ties keep the order they were added
+
+    def ranked_ahead(self) -> dict[str, pd.DataFrame]:
+        """The waiting photos' candidates ranked ahead by :meth:`rank_waiting`, while the
+        catalog has not changed since (else none)."""
+        generation, ranked = self._ahead
+        return ranked if generation == self.generation() else {}
+
+    def rank_waiting(self, k: int = 5) -> int:
+        """Rank every waiting photo ahead with the current model, :data:`RANK_BATCH` at a time,
+        so that :meth:`identify` answers them at once and the queue can be ordered by need.
+        Each batch is published as it is done (``ranking_progress`` counts them); a change of
+        the catalog meanwhile stops the work (what was ranked is stale). Returns how many were
+        ranked."""
+        generation = self.generation()
+        waiting = self.images().query("individual.isna()")
+        known = self.ranked_ahead() if self._ahead[0] == generation else {}
+        waiting = waiting[~waiting["image_id"].isin(list(known))]
+        ranked = dict(known)
+        self.ranking_progress = (0, len(waiting))
+        if waiting.empty or not self.has_identified_photos():
+            self._ahead = (generation, ranked)
+            return 0
+        identifier = self.identifier()
+        for start in range(0, len(waiting), RANK_BATCH):
+            part = waiting.iloc[start:start + RANK_BATCH]
+            query = pd.DataFrame({"image_id": part["image_id"].astype(str).to_numpy(),
+                                  "filepath": [str(self.photo_path(i)) for i in part["image_id"]],
+                                  "species": part["species"].to_numpy()})
+            candidates = identifier.predict_candidates(query, k=k)
+            for image_id, rows in candidates.groupby("image_id", sort=False):
+                ranked[image_id] = self._described(rows, identifier)
+                ranked[image_id].attrs["asked"] = k  # how many candidates were asked for
+            if self.generation() != generation:
+                return 0  # a decision came meanwhile: these rankings are stale
+            self._ahead = (generation, dict(ranked))
+            self.ranking_progress = (start + len(part), len(waiting))
+        return len(waiting)
 
     @contextmanager
-    def _write(self):
+    def _write(self, stales_the_model: bool = True):
+        """A transaction. ``stales_the_model`` False: a write no model reads (a photo's notes),
+        which leaves the fitted model and the candidates ranked ahead current."""
         connection = sqlite3.connect(self.database, timeout=30, isolation_level=None)
         try:
             connection.execute("BEGIN IMMEDIATE")  # one writer at a time, no lost update
             yield connection
-            # Every write moves the generation on, so a fitted model of an older catalog (in this
-            # process or another) is known to be stale.
-            connection.execute("INSERT OR IGNORE INTO settings VALUES ('generation', '0')")
-            connection.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 "
-                               "WHERE key = 'generation'")
+            # Every other write moves the generation on, so a fitted model of an older catalog
+            # (in this process or another) is known to be stale.
+            if stales_the_model:
+                connection.execute("INSERT OR IGNORE INTO settings VALUES ('generation', '0')")
+                connection.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 "
+                                   "WHERE key = 'generation'")
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -306,17 +407,22 @@ class Catalog:
     def add_photo(self, source: str | Path, individual: str | None, species: str | None = None,
                   orientation: str | None = None, image_id: str | None = None,
                   max_pixels: int = MAX_PIXELS, date: str | None = None,
-                  duplicate: bool = True) -> str:
+                  duplicate: bool = True, source_name: str | None = None) -> str:
         """Copy a photo in (checked first); ``individual`` None keeps it unassigned (a query).
         A new ``individual`` must not look like another of the species (:func:`skeletons`).
         ``duplicate`` False: a photo whose bytes the catalog already holds is refused
         (:class:`DuplicatePhoto`) instead of being added again under another id (an upload to
-        identify may well be a photo the catalog holds).
+        identify may well be a photo the catalog holds). ``source_name``: the file name shown
+        as the photo's source (``source``'s own name when not given; an upload's is the client's).
 
         The stored file is named by the hash of its bytes and the image type they hold, never by
         ``image_id`` or the source's name: ids are free text (``lion/7/a.jpg``) and never reach the
         file system."""
         source = Path(source)
+        # A file name is what it is: kept as printable text, never refused for its characters.
+        source_name = "".join(char for char in (source.name if source_name is None
+                                                else source_name)
+                              if char.isprintable())[:NOTE_LENGTH]
         try:  # decoded whole: a photo stored here must never fail later
             kind = image_format(source, max_pixels, PHOTO_FORMATS)
             load_image(source, max_pixels, PHOTO_FORMATS)
@@ -347,9 +453,9 @@ class Catalog:
                 connection.execute("INSERT OR IGNORE INTO individuals VALUES (?, ?, ?)",
                                    (individual, species, _now()))
             connection.execute("INSERT INTO images (image_id, individual, species, orientation, "
-                               "path, added, date) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               "path, added, date, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                (image_id, individual, species, orientation, stored, _now(),
-                                date))
+                                date, source_name))
         return image_id
 
     @staticmethod
@@ -504,13 +610,23 @@ class Catalog:
         row = rows[rows["image_id"] == image_id]
         if row.empty:
             raise CatalogError(f"no image {image_id!r} in the catalog")
+        ahead = self.ranked_ahead().get(image_id)
+        if ahead is not None and ahead.attrs.get("asked", 0) >= k:
+            shown = ahead.head(k)
+            shown.attrs = dict(ahead.attrs)
+            return shown
         query = pd.DataFrame({"image_id": [image_id], "filepath": [str(self.photo_path(image_id))],
                               "species": row["species"].tolist()})
         assigned = row["individual"].notna().iloc[0]
         identifier = self.identifier(leave_out=image_id if assigned else None)
         candidates = identifier.predict_candidates(query, k=k)
-        # The species it was compared in: its own, or the router's for a photo without one.
-        species = candidates["species"].iloc[0] if len(candidates) else row["species"].iloc[0]
+        return self._described(candidates, identifier, row["species"].iloc[0])
+
+    @staticmethod
+    def _described(candidates: pd.DataFrame, identifier, species=None) -> pd.DataFrame:
+        """One photo's ranked candidates as :meth:`identify` gives them, with the threshold of
+        the species it was compared in (its own, or the router's for a photo without one)."""
+        species = candidates["species"].iloc[0] if len(candidates) else species
         threshold = identifier.decision_.threshold_for(species)
         # ``image``: the photo of each candidate whose pair gave its score (what is drawn).
         ranked = candidates[["rank", "identity", "score", "image"]].reset_index(drop=True)
@@ -531,10 +647,12 @@ class Catalog:
         if threshold is None:
             return (f"most like {best} ({score:.2f}); too few individuals for a new-individual "
                     "threshold yet")
+        shown_score, shown_threshold = _told_apart(score, threshold)
         if score >= threshold:
-            return f"likely {best}: {score:.2f}, at or over {where} threshold {threshold:.2f}"
-        return (f"probably a new individual: the best, {best}, scores {score:.2f}, under "
-                f"{where} threshold {threshold:.2f}")
+            return (f"likely {best}: {shown_score}, at or over {where} threshold "
+                    f"{shown_threshold}")
+        return (f"probably a new individual: the best, {best}, scores {shown_score}, under "
+                f"{where} threshold {shown_threshold}")
 
     def draw_matches(self, image_id: str, individual: str, photo: str | None = None):
         """The photo's local matches with ``photo`` (one of the individual's photos: the one whose
@@ -765,20 +883,57 @@ class Catalog:
         return len(photos & set(assigned))
 
     def individual(self, name: str) -> dict:
-        """An individual's page: species, photos (ids), photo count, first and last date (the
-        photos' dates, else when they were added) and orientations."""
+        """An individual's page: species (the individual's, else its photos'), photos (ids, in
+        timeline order), photo count, first and last date (only from the photos' own dates:
+        the day a photo was imported is not a sighting; ``None`` when no photo has one), how
+        many photos are dated, orientations, and ``sightings``: per photo its id, date,
+        orientation, source file name, location, notes and when it was added, dated photos
+        first, oldest first."""
         found = self._read("SELECT name, species, created FROM individuals WHERE name = ?",
                            (name,))
         if found.empty:
             raise CatalogError(f"no individual {name!r}")
         photos = self.images(name)
-        # The photos' own dates; else the day they were added (a time to the second is noise).
-        dates = photos["date"].fillna(photos["added"].str[:10]).astype(str).sort_values()
-        return {"name": name, "species": found["species"].iloc[0],
+        photos = photos.iloc[np.lexsort((photos["added"].astype(str).to_numpy(),
+                                         photos["date"].fillna("").astype(str).to_numpy(),
+                                         photos["date"].isna().to_numpy()))]
+        dates = photos["date"].dropna().astype(str).sort_values()
+        species = found["species"].iloc[0]
+        if species is None or pd.isna(species):
+            known = photos["species"].dropna()
+            species = known.mode().iloc[0] if len(known) else None
+        columns = ("image_id", "date", "orientation", "source", "location", "notes", "added")
+        sightings = [{key: (None if pd.isna(value) else str(value)) for key, value in
+                      zip(columns, row)} for row in photos[list(columns)].itertuples(index=False)]
+        return {"name": name, "species": species,
                 "created": found["created"].iloc[0], "photos": photos["image_id"].tolist(),
                 "count": len(photos), "first": dates.iloc[0] if len(dates) else None,
-                "last": dates.iloc[-1] if len(dates) else None,
-                "orientations": sorted(photos["orientation"].dropna().unique().tolist())}
+                "last": dates.iloc[-1] if len(dates) else None, "dated": len(dates),
+                "orientations": sorted(photos["orientation"].dropna().unique().tolist()),
+                "sightings": sightings}
+
+    def describe_photo(self, image_id: str, location: str | None = None,
+                       notes: str | None = None) -> dict:
+        """Set a photo's ``location`` and ``notes`` (``None`` leaves one as it is, ``""`` clears
+        it; each at most :data:`NOTE_LENGTH` characters of text). The change is logged as a
+        decision (``describe``, with what was there before), as every edit of the catalog is.
+        Returns the photo's sighting fields now."""
+        values = {"location": location, "notes": notes}
+        changed = {key: _note(value, key) for key, value in values.items() if value is not None}
+        with self._write(stales_the_model=False) as connection:
+            row = connection.execute("SELECT individual, location, notes FROM images WHERE "
+                                     "image_id = ?", (image_id,)).fetchone()
+            if row is None:
+                raise CatalogError(f"no image {image_id!r} in the catalog")
+            before = {"location": row[1], "notes": row[2]}
+            after = {**before, **{key: value or None for key, value in changed.items()}}
+            connection.execute("UPDATE images SET location = ?, notes = ? WHERE image_id = ?",
+                               (after["location"], after["notes"], image_id))
+            connection.execute("INSERT INTO decisions (image_id, individual, kind, created, "
+                               "detail) VALUES (?, ?, 'describe', ?, ?)",
+                               (image_id, row[0] or "", _now(),
+                                json.dumps({"before": before, "after": after})))
+        return {"image_id": image_id, **after}
 
     def export(self, output: str | Path) -> Path:
         """The catalog as an AnimalCLEF ``metadata.csv`` at ``output`` (paths relative to it):
@@ -789,20 +944,22 @@ class Catalog:
         output.write_text(self.metadata_csv(output.parent), encoding="utf-8", newline="")
         return output
 
-    def metadata_csv(self, base: str | Path) -> str:
+    def metadata_csv(self, base: str | Path | None) -> str:
         """:meth:`metadata` as CSV text, safe to open in a spreadsheet: every export (the
         command's, the app's) is this text. Cells that would start a formula are led by ``'``
         (:func:`csv_safe`; an id ``=x`` is exported as ``'=x``), and text cells are quoted, so a
         carriage return inside one cannot end its row."""
         return csv_safe(self.metadata(base)).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
 
-    def metadata(self, base: str | Path) -> pd.DataFrame:
-        """The catalog's photos as AnimalCLEF metadata rows, paths relative to ``base``."""
+    def metadata(self, base: str | Path | None) -> pd.DataFrame:
+        """The catalog's photos as AnimalCLEF metadata rows, paths relative to ``base``
+        (``None``: absolute, for a file that lands where the catalog is not, as a download)."""
         images = self.images()
         return pd.DataFrame({
             "image_id": images["image_id"],
             "identity": images["individual"],
-            "path": [_relative(self.folder / p, base) for p in images["path"]],
+            "path": [str((self.folder / p).resolve()) if base is None
+                     else _relative(self.folder / p, base) for p in images["path"]],
             "date": images["date"], "orientation": images["orientation"],
             "species": images["species"],
             "split": np.where(images["individual"].notna(), "database", "query"),

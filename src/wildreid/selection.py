@@ -163,6 +163,48 @@ def paired_gain(better: np.ndarray, baseline: np.ndarray, identity: np.ndarray,
 
 
 @dataclass
+class DevelopmentSplit:
+    """A species' database carved for choosing: ``reference`` photos to fit on, held-out
+    ``queries`` with their ``truth`` identities, ``unknown`` for those whose identity the
+    reference lacks; ``dated``: whether sightings (dates) kept each encounter on one side."""
+
+    reference: pd.DataFrame
+    queries: pd.DataFrame
+    truth: np.ndarray
+    unknown: np.ndarray
+    dated: bool
+
+    def score(self, answers: np.ndarray, closed_set: bool = False) -> tuple[np.ndarray, float]:
+        """Whether each answer is right (an unknown's right answer is ``new_individual``; with
+        ``closed_set`` every query is scored on its identity) and :func:`open_set_score`."""
+        correct = np.where(self.unknown, answers == NEW_INDIVIDUAL, answers == self.truth)
+        if closed_set:
+            correct = answers == self.truth
+        return correct, open_set_score(correct, self.truth, self.unknown, closed_set)
+
+
+def development_split(images: pd.DataFrame, queries: int = DEVELOPMENT_QUERIES, seed: int = 0
+                      ) -> DevelopmentSplit | None:
+    """One species' photos (``images``) carved into a :class:`DevelopmentSplit`
+    (:func:`~wildreid.openset.pseudo_split`: whole identities held out as unknowns, whole
+    sightings of the others as known queries; at most ``queries`` of them, drawn at random).
+    ``None`` where the species has too few identities (under 6) to compare pipelines on."""
+    identities = images["identity"].astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    sightings = sightings_of(images)
+    split = pseudo_split(identities, rng, sightings=sightings)
+    if split is None or len(np.unique(identities)) < 6:
+        return None
+    held = np.arange(len(split.queries))
+    if len(held) > queries:
+        held = np.sort(rng.choice(held, queries, replace=False))
+    return DevelopmentSplit(images.iloc[split.reference].reset_index(drop=True),
+                            images.iloc[split.queries[held]].reset_index(drop=True),
+                            identities[split.queries[held]], split.unknown[held],
+                            sightings is not None)
+
+
+@dataclass
 class Evaluation:
     """One candidate on one species' development split."""
 
@@ -372,21 +414,13 @@ class PipelineSelection(BaseEstimator):
                      cost: CostModel, closed_set: bool) -> None:
         started = time.perf_counter()
         label = "photos without species" if name is None else name
-        identities = images["identity"].astype(str).to_numpy()
-        rng = np.random.default_rng(self.seed)
-        sightings = sightings_of(images)
-        split = pseudo_split(identities, rng, sightings=sightings)
-        if split is None or len(np.unique(identities)) < 6:
+        split = development_split(images, self.development_queries, self.seed)
+        if split is None:
             self._keep(name, images, self.candidates[0],
                        "too few identities to compare pipelines: the cosine alone")
             return
-        held = np.arange(len(split.queries))
-        if len(held) > self.development_queries:
-            held = np.sort(rng.choice(held, self.development_queries, replace=False))
-        reference = images.iloc[split.reference].reset_index(drop=True)
-        development = images.iloc[split.queries[held]].reset_index(drop=True)
-        truth = identities[split.queries[held]]
-        unknown = split.unknown[held]
+        reference, development = split.reference, split.queries
+        truth, unknown = split.truth, split.unknown
         asked = (self.settings or {}).get("shortlist", 100)
         # Shortlists tried for a local candidate, largest first: the largest that fits the budget.
         shortlists = [asked, *(size for size in _SMALLER_SHORTLISTS
@@ -396,7 +430,7 @@ class PipelineSelection(BaseEstimator):
         # Keypoint methods (and "regions": the animal's masks) already computed, and cached.
         extracted: set[str] = set()
         for candidate in self.candidates:
-            if sightings is None and candidate.matchers and not candidate.on_animal:
+            if not split.dated and candidate.matchers and not candidate.on_animal:
                 evaluations.append(Evaluation(candidate.name, _UNDATED))
                 self._say(f"{label}: {candidate.name} not tried: {_UNDATED}")
                 continue
@@ -431,11 +465,8 @@ class PipelineSelection(BaseEstimator):
             identifier = self._identifier(candidate).fit(reference)
             answers = identifier.predict(development)["identity"].to_numpy()
             seconds = time.perf_counter() - begun
-            correct = np.where(unknown, answers == NEW_INDIVIDUAL, answers == truth)
-            if closed_set:
-                correct = answers == truth
-            item = Evaluation(candidate.name, "evaluated",
-                              score=open_set_score(correct, truth, unknown, closed_set),
+            correct, score = split.score(answers, closed_set)
+            item = Evaluation(candidate.name, "evaluated", score=score,
                               seconds=seconds, predicted_seconds=predicted, run_seconds=run,
                               shortlist=shortlist if candidate.matchers else None,
                               correct=correct)

@@ -6,7 +6,8 @@
 // Keys in the queue: 1-5 confirm a candidate, N new individual, U undo, arrows move.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = {queue: [], reviewed: 0, current: null, candidates: [], individuals: []};
+const state = {queue: [], reviewed: 0, current: null, candidates: [], individuals: [],
+               order: "added", polling: null};
 
 function element(tag, properties = {}, children = []) {
   const node = document.createElement(tag);
@@ -52,13 +53,15 @@ async function loadIndividuals() {
 async function showIndividual(name) {
   const page = await call(`/api/individual?${query({name})}`);
   $("review").hidden = true; $("individual-page").hidden = false;
+  $("status").textContent = "";  // the queue's last word does not belong to this page
   $("individual-name").textContent = page.name;
   const orientations = page.orientations.length ? page.orientations.join(", ") : "not recorded";
+  // Dates only where photos carry one: the day of import is not a sighting.
+  const seen = page.dated ? `seen ${page.first}` + (page.last !== page.first ? ` to ${page.last}` : "") +
+    (page.dated < page.count ? ` (${page.count - page.dated} photos undated)` : "") : "no dated photos";
   $("individual-facts").textContent = `${page.species || "species not recorded"} · ` +
-    `${page.count} photo${page.count === 1 ? "" : "s"} · first ${page.first || "–"} · ` +
-    `last ${page.last || "–"} · orientations: ${orientations}`;
-  $("individual-photos").replaceChildren(...page.photos.map((i) =>
-    element("img", {alt: i, src: photoUrl(i), title: i})));
+    `${page.count} photo${page.count === 1 ? "" : "s"} · ${seen} · orientations: ${orientations}`;
+  $("individual-photos").replaceChildren(...page.sightings.map(sighting));
   const others = state.individuals.filter((row) => row.name !== page.name &&
                                                    row.species === page.species);
   $("merge-target").replaceChildren(...others.map((row) =>
@@ -68,13 +71,55 @@ async function showIndividual(name) {
     item.classList.toggle("selected", item.dataset.name === page.name);
 }
 
+// One photo of an individual's timeline: the photo, what is known of its sighting, and a form
+// for the location and notes (saved, and logged, by /api/describe).
+function sighting(s) {
+  const facts = [s.image_id, s.date || "date unknown", s.orientation, s.source && `file ${s.source}`]
+    .filter(Boolean).join(" · ");
+  const location = element("input", {value: s.location || "", placeholder: "location",
+                                     ariaLabel: `location of ${s.image_id}`, maxLength: 2000});
+  const notes = element("textarea", {value: s.notes || "", placeholder: "notes", rows: 2,
+                                     ariaLabel: `notes on ${s.image_id}`, maxLength: 2000});
+  const save = element("button", {type: "submit", textContent: "Save"});
+  const form = element("form", {className: "describe"}, [location, notes, save]);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      await post("/api/describe", {image_id: s.image_id, location: location.value,
+                                   notes: notes.value});
+      say(`saved the location and notes of ${s.image_id}`);
+    } catch (e) { fail(e); }
+  });
+  const picture = element("img", {alt: s.image_id, src: photoUrl(s.image_id), title: s.image_id});
+  return element("figure", {className: "sighting", data: {imageId: s.image_id}}, [
+    element("a", {href: photoUrl(s.image_id), target: "_blank", rel: "noopener"}, [picture]),
+    element("figcaption", {}, [element("div", {className: "facts", textContent: facts}), form])]);
+}
+
 // -- the review queue ----------------------------------------------------------------------
 async function loadQueue() {
-  const waiting = await call("/api/queries");
+  const waiting = await call(`/api/queries?${query({order: state.order})}`);
   state.queue = waiting.queries; state.reviewed = waiting.reviewed;
   $("meaning").textContent = `scores: ${waiting.score}`;
   const total = state.reviewed + state.queue.length;
   $("progress").textContent = `${state.reviewed} of ${total} reviewed`;
+  showRanked(waiting);
+}
+// How many waiting photos have their candidates ready (ranked ahead by the server); asked
+// again every 2 s until all are, without moving the reviewer.
+function showRanked(waiting) {
+  const left = waiting.queries.length - waiting.ranked;
+  $("ranked").textContent = waiting.ranking_error ||
+    (left > 0 ? `ranking ahead: ${waiting.ranked} of ${waiting.queries.length} ready` : "");
+  clearTimeout(state.polling);
+  if (left > 0 && !waiting.ranking_error) {
+    state.polling = setTimeout(async () => {
+      try {
+        const again = await call(`/api/queries?${query({order: state.order})}`);
+        showRanked(again);
+      } catch (e) { fail(e); }
+    }, 2000);
+  }
 }
 function position() { return state.queue.indexOf(state.current); }
 async function showPhoto(imageId) {
@@ -171,23 +216,31 @@ async function loadGroups() {
   $("groups").replaceChildren(...found.groups.map(group));
 }
 function group(g) {
-  const name = element("input", {placeholder: "name (optional)", maxLength: 200,
-                                 ariaLabel: "name of the new individual"});
+  const name = element("input", {className: "group-name", placeholder: "name (optional)",
+                                 maxLength: 200, ariaLabel: "name of the new individual"});
   const accept = element("button", {className: "accept-group",
                                     textContent: `Accept as one new individual (${g.photos.length} photos)`});
+  // Each photo can be left out before accepting: a group is a proposal, not a verdict.
+  const boxes = g.photos.map((i) => element("input", {type: "checkbox", checked: true, value: i,
+                                                      ariaLabel: `keep ${i} in the group`}));
+  const kept = () => boxes.filter((box) => box.checked).map((box) => box.value);
+  const count = () => { accept.textContent = `Accept as one new individual (${kept().length} photos)`;
+                        accept.disabled = !kept().length; };
+  for (const box of boxes) box.addEventListener("change", count);
   accept.addEventListener("click", async () => {
     try {
-      const made = await post("/api/new-group", {image_id: g.photos, name: name.value});
+      const made = await post("/api/new-group", {image_id: kept(), name: name.value});
       say(`${made.image_ids.length} photos -> ${made.individual}`);
       await refresh(null);
       await loadGroups();
     } catch (e) { fail(e); }
   });
-  const thumbs = element("div", {className: "thumbs"}, g.photos.map((i) =>
-    element("img", {alt: i, src: photoUrl(i), title: i})));
+  const thumbs = element("div", {className: "thumbs"}, g.photos.map((i, k) =>
+    element("label", {className: "member", title: i}, [
+      element("img", {alt: i, src: photoUrl(i)}), boxes[k], element("span", {textContent: i})])));
   return element("div", {className: "group"}, [
     element("div", {className: "title", textContent: `${g.species || "species not recorded"}: ` +
-                                                      `${g.photos.join(", ")}`}),
+                    `${g.photos.length} photos that look like one unseen animal`}),
     thumbs, element("div", {className: "actions"}, [name, accept])]);
 }
 
@@ -203,7 +256,11 @@ async function route() {
 }
 document.addEventListener("keydown", (event) => {
   if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey ||
-      event.altKey || $("review").hidden) return;
+      event.altKey) return;
+  if ($("review").hidden) {  // an individual's page: only undo applies
+    if (event.key === "u" || event.key === "U") { undo(); event.preventDefault(); }
+    return;
+  }
   const number = Number(event.key);
   if (number >= 1 && number <= 5 && state.candidates[number - 1] && state.current) {
     decide("confirm", state.candidates[number - 1].identity);
@@ -240,6 +297,10 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("undo").addEventListener("click", undo);
   $("next").addEventListener("click", () => move(1));
   $("previous").addEventListener("click", () => move(-1));
+  $("order").addEventListener("change", async () => {
+    state.order = $("order").value;
+    try { await loadQueue(); await showPhoto(state.queue[0]); } catch (e) { fail(e); }
+  });
   $("home").addEventListener("click", () => { location.hash = ""; });
   $("filter").addEventListener("input", () => loadIndividuals().catch(fail));
   $("merge-form").addEventListener("submit", async (event) => {

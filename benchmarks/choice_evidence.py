@@ -1,0 +1,167 @@
+"""Development-split evidence for each choice a local fit still makes by itself.
+
+    python benchmarks/choice_evidence.py DATA --name cats-open [--base sift/animal]
+        [--shortlist 50] [--choices pair_score,fusion,orientation,local_aggregation]
+    python benchmarks/choice_evidence.py --nyala-lion lion   # the clean split of ../shared
+
+For each species, the database is carved as the accurate preset carves it
+(:func:`wildreid.selection.development_split`; for nyala-lion, from the photos in the database of
+both protocols, so neither protocol's queries are seen). The ``base`` pipeline of the menu is fitted
+on the reference part with each choice left to the fit (``auto``, today's default) and with each
+of its fixed values, every other setting as the preset leaves it; all are scored on the same held-out
+queries with the task's score, and each fixed value's paired gain over ``auto`` comes with its
+bootstrap standard error (:func:`wildreid.selection.paired_gain`). What ``auto`` resolved to is
+recorded beside it.
+
+Writes ``benchmarks/results/choice-evidence-<name>-<base>-s<shortlist>-cpu-<date>.json`` (never
+overwritten); ``benchmarks/results_table.py`` turns every such file into RESULTS.md's table of
+automatic choices. A choice stays automatic only where ``auto`` beats every fixed value by more
+than two standard errors on some dataset; otherwise the best fixed value becomes the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from common import DEFAULT_BENCH, development_database, unused_path
+from one_command import cpu_name
+
+from wildreid.data import load_dataset
+from wildreid.openset import species_keys
+from wildreid.pipeline import Identifier
+from wildreid.selection import MENU, development_split, paired_gain
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: Each choice and the values a user could fix it to (``auto``: the fit chooses per species).
+VALUES = {
+    "pair_score": ("confidence_sum", "matches@0.5", "inliers"),
+    "fusion": ("all", "local"),
+    "orientation": ("any", "same"),
+    "local_aggregation": ("max", "top2"),
+}
+#: What each choice is today when nobody sets it (``local_aggregation`` is fixed already).
+DEFAULTS = {"pair_score": "auto", "fusion": "auto", "orientation": "auto",
+            "local_aggregation": "max"}
+#: Where the fitted identifier says what an ``auto`` choice resolved to, per species.
+RESOLVED = {"pair_score": "pair_score_", "fusion": "fusion_", "orientation": "orientation_",
+            "local_aggregation": "aggregation_"}
+
+
+def resolved(identifier: Identifier, choice: str, species) -> str | None:
+    reranking = identifier.reranking_
+    found = getattr(reranking, RESOLVED[choice], None) if reranking is not None else None
+    if not isinstance(found, dict):
+        return None
+    value = found.get(species, found.get(None))
+    return "+".join(value) if isinstance(value, tuple | list) else value
+
+
+def finite(value):
+    """``value`` with every NaN or infinity as ``None`` (JSON has neither)."""
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", type=Path, nargs="?")
+    parser.add_argument("--nyala-lion", default=None, help="nyala or lion: the clean split of "
+                        "../shared's database of both protocols")
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--base", default="sift/animal",
+                        help=f"a local candidate of the menu: {[c.name for c in MENU[1:]]}")
+    parser.add_argument("--shortlist", type=int, default=50)
+    parser.add_argument("--choices", default=",".join(VALUES))
+    parser.add_argument("--queries", type=int, default=200, help="development queries")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "wildreid"))
+    arguments = parser.parse_args()
+    base = {candidate.name: candidate for candidate in MENU}[arguments.base]
+    if arguments.nyala_lion:
+        databases = {arguments.nyala_lion: development_database(DEFAULT_BENCH,
+                                                                arguments.nyala_lion)}
+        name = arguments.name or f"{arguments.nyala_lion}-dev"
+    else:
+        database = load_dataset(arguments.data).database
+        keys = species_keys(database.get("species"), len(database))
+        databases = {key: database[keys == key].reset_index(drop=True)
+                     for key in dict.fromkeys(keys)}
+        name = arguments.name or arguments.data.name
+    settings = {"device": arguments.device, "cache_dir": arguments.cache_dir, "progress": False,
+                "shortlist": arguments.shortlist, **base.settings}
+    choices = arguments.choices.split(",")
+    started = time.perf_counter()
+    species_results = {}
+    for species, images in databases.items():
+        split = development_split(images, arguments.queries)
+        if split is None:
+            print(f"{species}: too few identities for a development split")
+            continue
+        has_orientation = images.get("orientation") is not None and \
+            images["orientation"].notna().any()
+        runs: dict[str, dict] = {}
+
+        def run(label: str, extra: dict, split=split, species=species, runs=runs) -> dict:
+            if label in runs:
+                return runs[label]
+            begun = time.perf_counter()
+            identifier = Identifier(**{**settings, **extra}).fit(split.reference)
+            answers = identifier.predict(split.queries)["identity"].to_numpy()
+            correct, score = split.score(answers)
+            runs[label] = {"score": score, "correct": correct,
+                           "seconds": round(time.perf_counter() - begun, 1),
+                           "resolved": {choice: resolved(identifier, choice, species)
+                                        for choice in VALUES}}
+            print(f"{species} {label}: {score:.3f} ({runs[label]['seconds']:.0f} s) "
+                  f"resolved {runs[label]['resolved']}", flush=True)
+            return runs[label]
+
+        default = run("defaults", {})
+        evidence = {}
+        for choice in choices:
+            if choice == "orientation" and not has_orientation:
+                evidence[choice] = {"skipped": "no orientation recorded: both values are one"}
+                continue
+            rows = {}
+            for value in ("auto", *VALUES[choice]):
+                found = default if value == DEFAULTS[choice] else run(f"{choice}={value}",
+                                                                      {choice: value})
+                gain, error = paired_gain(found["correct"], default["correct"], split.truth,
+                                          split.unknown)
+                rows[value] = {"score": found["score"], "gain_over_default": gain,
+                               "standard_error": error, "seconds": found["seconds"],
+                               "resolved": found["resolved"][choice]}
+            evidence[choice] = {"default": DEFAULTS[choice], "values": rows}
+        species_results[str(species)] = {
+            "development": {"reference": len(split.reference), "queries": len(split.queries),
+                            "unknown": int(split.unknown.sum()), "dated": split.dated},
+            "defaults": {"score": default["score"], "resolved": default["resolved"]},
+            "evidence": evidence}
+    record = {"benchmark": name, "base": arguments.base, "shortlist": arguments.shortlist,
+              "date": time.strftime("%Y-%m-%d"),
+              "machine": f"{cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores",
+              "command": "python benchmarks/choice_evidence.py " + " ".join(
+                  ([str(arguments.data).replace(str(Path(__file__).resolve().parents[2]) + "/",
+                                                "../")] if arguments.data else [])
+                  + ([f"--nyala-lion {arguments.nyala_lion}"] if arguments.nyala_lion else [])
+                  + [f"--name {name}", f"--base {arguments.base}",
+                     f"--shortlist {arguments.shortlist}", f"--choices {arguments.choices}"]),
+              "wall_seconds": round(time.perf_counter() - started, 1),
+              "species": species_results}
+    path = unused_path(RESULTS / f"choice-evidence-{name}-{arguments.base.replace('/', '-')}-"
+                                 f"s{arguments.shortlist}-cpu-{record['date']}.json")
+    path.write_text(json.dumps(finite(record), indent=1, default=str))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
