@@ -58,6 +58,29 @@ def real_subset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def _regions_of_real_subset(real_subset, tmp_path_factory) -> Path:
+    """A cache holding the segmenter's regions of every photo of ``real_subset`` (U²-Net takes
+    about half a second a photo on two cores: computed once per session, not once per test)."""
+    from wildreid.data import load_dataset
+    from wildreid.isolation import Isolator, Segmenter
+
+    folder = tmp_path_factory.mktemp("regions-cache")
+    Isolator(lambda: Segmenter(device="cpu"), cache_dir=folder, progress=False)(
+        load_dataset(real_subset).metadata, "regions")
+    return folder
+
+
+@pytest.fixture()
+def regions_cache(_regions_of_real_subset, tmp_path) -> Path:
+    """A cache folder of the test's own, holding the regions of ``real_subset``'s photos already:
+    for the tests whose subject is not segmentation (tests/test_isolation.py covers it) but
+    whose pipeline places keypoints on the animal."""
+    import shutil
+
+    return Path(shutil.copytree(_regions_of_real_subset, tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
 def bursts(tmp_path_factory):
     """An AnimalCLEF folder: the real photos of 30 lions (4 each) as the database, and as queries
     three lions absent from it, each seen in a burst of 4 frames (one real photo, the animal

@@ -249,9 +249,9 @@ def test_a_pair_matched_mirrored_keeps_its_evidence():
     assert without_evidence({"other": np.zeros(2)}, "other").tolist() == [False, False]
 
 
-def test_identifier_reranks_with_local_matches(real_subset, tmp_path):
+def test_identifier_reranks_with_local_matches(real_subset, tmp_path, regions_cache):
     dataset = load_dataset(real_subset)
-    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
+    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=regions_cache, progress=False,
                             device="cpu").fit(dataset.database)
     assert identifier.reranking_.calibration_pairs_ > 0
     assert set(identifier.decision_.thresholds) >= {None}
@@ -264,18 +264,18 @@ def test_identifier_reranks_with_local_matches(real_subset, tmp_path):
     assert len(answers) == len(dataset.query)
 
 
-def test_identify_accurate_preset(real_subset, tmp_path):
+def test_identify_accurate_preset(real_subset, tmp_path, regions_cache):
     output = tmp_path / "submission.csv"
     result = CliRunner().invoke(app, [
         "identify", str(real_subset), "--preset", "accurate", "--shortlist", "2", "--device", "cpu",
-        "--output", str(output), "--cache-dir", str(tmp_path / "cache")])
+        "--output", str(output), "--cache-dir", str(regions_cache)])
     assert result.exit_code == 0, result.output
     submission = pd.read_csv(output)
     assert len(submission) == (pd.read_csv(real_subset / "metadata.csv")["split"] == "query").sum()
     # The report draws the local matches of the first query against its candidates.
     result = CliRunner().invoke(app, [
         "report", str(tmp_path), "--solution", str(real_subset / "solution.csv"), "--matches", "1",
-        "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
+        "--device", "cpu", "--cache-dir", str(regions_cache)])
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report.html").read_text()
     assert page.count("local matches</div>") >= 1
@@ -283,12 +283,12 @@ def test_identify_accurate_preset(real_subset, tmp_path):
     assert result.exit_code == 2 and "fast, accurate" in result.output
 
 
-def test_identify_with_sift_and_mirroring(real_subset, tmp_path):
+def test_identify_with_sift_and_mirroring(real_subset, tmp_path, regions_cache):
     output = tmp_path / "submission.csv"
     result = CliRunner().invoke(app, [
         "identify", str(real_subset), "--preset", "accurate", "--local", "sift", "--mirror",
         "opposite", "--shortlist", "3", "--device", "cpu", "--output", str(output),
-        "--cache-dir", str(tmp_path / "cache")])
+        "--cache-dir", str(regions_cache)])
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["local"] == ["sift"] and run["mirror"] == "opposite"
@@ -326,10 +326,10 @@ def test_mirrored_keypoints_match_a_flipped_photo(tmp_path, photos, regions):
     assert scores[1] > 100 and scores[1] > 5 * scores[0], scores
 
 
-def test_reranking_matches_opposite_views_mirrored(real_subset, tmp_path):
+def test_reranking_matches_opposite_views_mirrored(real_subset, tmp_path, regions_cache):
     dataset = load_dataset(real_subset)
     database = dataset.database[dataset.database["species"] == "nyala"]
-    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
+    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=regions_cache, progress=False,
                             device="cpu", mirror="opposite", keep_pair_scores=True).fit(database)
     reranking = identifier.reranking_
     table = reranking.scoring_.pair_tables["calibration pairs"]
@@ -457,12 +457,12 @@ def test_keypoints_lie_on_the_animal_not_its_outline(photos, aliked_keypoints):
         assert y1 > (ys.max() + 1) / side or y1 == 1.0
 
 
-def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path):
+def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path, regions_cache):
     """Calibration pairs and query pairs are both scored (query, database): SIFT's ratio test is
     one-sided, so the other direction is another function. ``shortlist=None``: every database
     image of the query's species."""
     dataset = load_dataset(real_subset)
-    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
+    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=regions_cache, progress=False,
                             device="cpu", keep_pair_scores=True).fit(dataset.database)
     reranking = identifier.reranking_
     identifier.predict_candidates(dataset.query, k=3)
@@ -561,11 +561,11 @@ def test_keypoints_placed_per_species(real_subset, tmp_path):
     assert result.exit_code == 2 and "unknown keypoints-on 'fur'" in result.output, result.output
 
 
-def test_keypoint_place_chosen_per_species_on_the_database(real_subset, tmp_path):
+def test_keypoint_place_chosen_per_species_on_the_database(real_subset, tmp_path, regions_cache):
     """``keypoints_on="auto"``: per species, the place (animal mask or whole photo) whose matches
     name more pseudo-queries right; queries then use the species' choice."""
     dataset = load_dataset(real_subset)
-    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
+    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=regions_cache, progress=False,
                             device="cpu", keypoints_on="auto").fit(dataset.database)
     reranking = identifier.reranking_
     assert set(reranking.keypoint_choice_) == {"nyala", "lion"}
@@ -638,7 +638,7 @@ def test_scorers_share_one_shape_and_pair_scoring_fuses_them(tmp_path, monkeypat
         PairScoring([CosineScorer(), CosineScorer()])
 
 
-def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path):
+def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path, regions_cache):
     """``fusion="local"`` fuses the local matcher's calibrated score alone, ``"all"`` the mean of
     it and the cosine's; ``"auto"`` picks per species the set of scores that names most of the
     database's pseudo-known queries right out of fold (the fewest within one standard error of
@@ -647,7 +647,7 @@ def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path):
     nyala = dataset.query[dataset.query["species"] == "nyala"]
     found = {}
     for fusion in ("local", "all", "auto"):
-        identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path,
+        identifier = Identifier(local=("sift",), shortlist=None, cache_dir=regions_cache,
                                 progress=False, device="cpu", keep_pair_scores=True,
                                 fusion=fusion).fit(dataset.database)
         reranking = identifier.reranking_
@@ -766,7 +766,7 @@ def test_shortlist_of_a_view_keeps_its_orientation_and_unknown_ones():
     assert found[0][0] == 0  # still ranked by cosine
 
 
-def test_queries_compared_with_photos_of_their_orientation(real_subset, tmp_path):
+def test_queries_compared_with_photos_of_their_orientation(real_subset, tmp_path, regions_cache):
     """``orientation="same"``: query pairs and calibration pairs join photos of one orientation
     (a flank with the same flank), or of the mirror view too with ``mirror="opposite"``;
     ``auto``: the test of the auto settings below."""
@@ -777,7 +777,7 @@ def test_queries_compared_with_photos_of_their_orientation(real_subset, tmp_path
     nyala = database[database["species"] == "nyala"]
     assert {"left", "right"} <= set(nyala["orientation"])  # the case is reached
     for mirror in ("none", "opposite"):
-        identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path,
+        identifier = Identifier(local=("sift",), shortlist=None, cache_dir=regions_cache,
                                 progress=False, device="cpu", keep_pair_scores=True,
                                 orientation={"nyala": "same", None: "any"}, mirror=mirror,
                                 keypoints_on="image").fit(dataset.database)

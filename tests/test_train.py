@@ -79,11 +79,11 @@ def test_training_resumes_after_the_last_finished_epoch(real_subset, tmp_path):
     assert history[0] == first[0]  # epoch 1 was not run again
 
 
-def test_training_on_animal_crops(real_subset, tmp_path):
+def test_training_on_animal_crops(real_subset, tmp_path, regions_cache):
     database = load_dataset(real_subset).database
     trainer = Trainer("efficientnet-lite0", tmp_path / "crop.pt",
                       TrainConfig(loss="triplet-hard", epochs=1, isolation="crop", **SMALL),
-                      device="cpu", workers=0, progress=False, cache_dir=tmp_path / "cache")
+                      device="cpu", workers=0, progress=False, cache_dir=regions_cache)
     history = trainer.fit(database)
     assert len(history) == 1 and (tmp_path / "crop.pt").is_file()
     assert sum(r.source == "segmenter" for r in trainer._regions) >= len(database) // 2
