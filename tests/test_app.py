@@ -270,6 +270,7 @@ def test_the_verdict_never_reads_equal_numbers_as_under():
     assert Catalog.verdict(ranked, "lion").startswith("likely lion_a: 0.82, at or over")
 
 
+@pytest.mark.slow
 def test_waiting_photos_are_ranked_ahead_and_ordered_by_need(real_subset, tmp_path):
     """The app ranks waiting photos in the background as they arrive: the candidates a page
     asks for are those ranked ahead (the same as ranking the photo alone), the queue can be put

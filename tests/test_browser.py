@@ -60,6 +60,7 @@ def _not_blank(png: bytes) -> bool:
     return len(png) > 2000 and np.asarray(Image.open(io.BytesIO(png)).convert("L")).std() > 5
 
 
+@pytest.mark.slow
 def test_review_queue_in_chromium(real_subset, tmp_path):
     chromium = _chromium()
     from playwright.sync_api import expect, sync_playwright
@@ -194,6 +195,7 @@ def test_review_queue_in_chromium(real_subset, tmp_path):
         assert _not_blank(shot.read_bytes()), shot.name
 
 
+@pytest.mark.slow
 def test_a_proposed_group_is_accepted_in_chromium(bursts, tmp_path):
     """The waiting bursts of unseen lions proposed as groups; one accepted as one new individual
     with one click, and undone with one key."""

@@ -83,6 +83,7 @@ FeatureExtractor(create_descriptor("efficientnet-lite0"), "cpu", batch_size=1, w
 """
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_cache(described, descriptor, tmp_path):
     paths, reference, _ = described
     cache = tmp_path / "cache"
@@ -114,6 +115,7 @@ ArrayCache(sys.argv[1], "ns").put(["key" + sys.argv[2]], np.full((1, 3), float(s
 """
 
 
+@pytest.mark.slow
 def test_processes_opening_one_new_cache_at_once_all_succeed(tmp_path):
     """SQLite answers "database is locked" at once, without waiting, to a connection that opens
     the file while another switches it to WAL: the cache must wait and retry, not fail."""

@@ -194,6 +194,7 @@ def test_export_is_a_dataset_identify_reads(catalog, tmp_path):
     assert len(dataset.query) == len(catalog.unassigned())
 
 
+@pytest.mark.slow
 def test_a_decision_grows_the_model_instead_of_fitting_it_again(catalog):
     first = catalog.identifier()
     waiting = catalog.unassigned()

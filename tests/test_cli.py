@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from wildreid.cli import app
@@ -16,6 +17,7 @@ from wildreid.testing import damage
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_identify_then_evaluate(real_subset, tmp_path):
     submission = tmp_path / "out" / "submission.csv"
     result = runner.invoke(app, ["identify", str(real_subset), "--output", str(submission),
@@ -93,6 +95,7 @@ def test_bad_threshold_option(real_subset):
     assert result.exit_code == 2 and "auto" in result.output
 
 
+@pytest.mark.slow
 def test_demo_runs_and_scores(tmp_path):
     options = ["--individuals", "4", "--unknown", "2", "--database-images", "3", "--device",
                "cpu", "--cache-dir", str(tmp_path / "cache")]
@@ -124,6 +127,7 @@ def test_help_is_quick_and_whole(tmp_path):
     assert str(tmp_path) in shown.stdout  # the default cache folder shown whole
 
 
+@pytest.mark.slow
 def test_folder_layout_end_to_end_without_metadata(real_subset, tmp_path):
     """A user with only folders: database/<species>/<identity>/, query/, and the answers as query
     photos sorted into <identity>/ folders. identify, evaluate and report need no metadata.csv."""

@@ -104,6 +104,7 @@ def _identify(folder: Path, cache: Path, *options: str) -> tuple[pd.DataFrame, d
 
 @pytest.mark.hostile
 @pytest.mark.parametrize("local", ["sift", "orb", "aliked-nn", "aliked", "disk"])
+@pytest.mark.slow
 def test_the_accurate_preset_finishes_on_degenerate_photos(real_subset, tmp_path, local, cache):
     """Every offline local method, degenerate photos among the queries and the database: a
     complete submission, and the photos without keypoints counted in run.json (and said in the
@@ -126,6 +127,7 @@ def test_the_accurate_preset_finishes_on_degenerate_photos(real_subset, tmp_path
 
 
 @pytest.mark.hostile
+@pytest.mark.slow
 def test_the_fast_preset_finishes_on_degenerate_photos(real_subset, tmp_path, cache):
     folder = write_degenerate(real_subset, tmp_path / "data")
     _identify(folder, cache)
@@ -133,6 +135,7 @@ def test_the_fast_preset_finishes_on_degenerate_photos(real_subset, tmp_path, ca
 
 @pytest.mark.hostile
 @pytest.mark.parametrize("keypoints_on", ["image", "animal"])
+@pytest.mark.slow
 def test_a_lone_black_query_against_a_real_database(real_subset, tmp_path, keypoints_on):
     """The case found from outside: nine database photos and one black 300x200 PNG as the only
     query (``--keypoints-on image`` failed differently from ``animal``); a cache of its own, so

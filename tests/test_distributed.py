@@ -43,6 +43,7 @@ def _identify(data, output, cache, *options):
                                      "all", "--max-keypoints", "64", "--long-side", "192",
                                      "--keypoints-on", "image"]],
                          ids=["fast", "sift", "aliked-nn"])
+@pytest.mark.slow
 def test_a_run_on_a_local_ray_cluster_answers_as_one_process(real_subset, tmp_path, cluster,
                                                              preset, regions_cache):
     # The run alone reads the animal regions from the cache; on the cluster, workers compute them.
@@ -81,6 +82,7 @@ def _crashing(marker, descriptor):
                          progress=False)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_its_chunk_retried(real_subset, tmp_path, cluster):
     paths = load_dataset(real_subset).metadata["filepath"].tolist()
     descriptor = create_descriptor("efficientnet-lite0")

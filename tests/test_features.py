@@ -90,6 +90,7 @@ def _rows_stored(cache: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_corrupt_cache(paths, tmp_path):
     cache = tmp_path / "cache"
     process = subprocess.Popen([sys.executable, "-c", _WORKER, str(cache), *paths])

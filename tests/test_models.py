@@ -137,6 +137,7 @@ def test_an_ensemble_scores_the_weighted_mean_of_its_models(lite0, tmp_path, rea
         Identifier(f"efficientnet-lite0+{other}", weights=str(other)).describe(images)
 
 
+@pytest.mark.slow
 def test_the_identifier_is_a_scikit_learn_estimator(real_subset, tmp_path):
     """get_params/set_params/clone as scikit-learn's contract says; parameters stored as given
     and checked in fit; a changed parameter is honoured by the next fit (no stale network)."""

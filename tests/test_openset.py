@@ -89,6 +89,7 @@ def test_thresholds_from_any_scorers_pseudo_queries():
                                             unknown[~unknown])
 
 
+@pytest.mark.slow
 def test_bagged_threshold_is_steadier_than_one_fit():
     """The threshold fitted on pseudo-queries is the mean over resamples of their identities: on
     worlds drawn alike (known individuals' best scores above unknown ones', overlapping), it
@@ -114,6 +115,7 @@ def test_bagged_threshold_is_steadier_than_one_fit():
     assert 0.3 < bagged_threshold(truth, top, score, unknown, draws=3, seed=1) <= 0.8
 
 
+@pytest.mark.slow
 def test_cosine_threshold_is_bagged_and_steadier_than_its_pooled_curve():
     """The fast preset's threshold follows the same rule as local re-ranking's: over draws of
     pseudo-splits of one database (overlapping identities), the bagged threshold moves less
@@ -208,6 +210,7 @@ def test_undated_identities_are_cut_as_before():
         assert (with_rows.reference == without.reference).all()
 
 
+@pytest.mark.slow
 def test_threshold_fitted_by_sightings_suits_queries_of_new_sightings():
     """The hard case: photos of one sighting are near duplicates. Held out photo by photo, a
     pseudo-known query meets its twin and scores high, so the threshold is fitted too high and

@@ -14,6 +14,7 @@ from wildreid.cli import app
 pytestmark = pytest.mark.bench
 
 
+@pytest.mark.slow
 def test_report_of_a_real_run_is_self_contained(real_subset, tmp_path):
     runner = CliRunner()
     run = tmp_path / "run"

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import timm
 from typer.testing import CliRunner
 
@@ -26,6 +27,7 @@ def _without_query_species(real_subset, folder):
     return folder
 
 
+@pytest.mark.slow
 def test_queries_without_species_are_routed_and_answered_as_with_species(real_subset, tmp_path):
     blank = _without_query_species(real_subset, tmp_path / "blank")
     runs = {}
@@ -78,6 +80,7 @@ def test_a_wrong_route_is_reported(real_subset, tmp_path):
     assert "species router" in scored.output and f"{first} (" in scored.output
 
 
+@pytest.mark.slow
 def test_models_by_species(real_subset, tmp_path):
     """nyala described by EfficientNet-Lite0, lion by another, narrower network (a random tiny
     ViT checkpoint): each species' rows are exactly its model's embeddings (zero-padded), the

@@ -130,6 +130,7 @@ def _lions(folder: Path, identities: int = 10, dated: bool = True) -> Path:
 
 
 @pytest.mark.bench
+@pytest.mark.slow
 def test_selection_on_real_photos_chooses_by_the_rule_and_answers_every_query(tmp_path):
     """Cosine against SIFT (whole photo) on real, dated lion photos: each candidate scored on
     held-out photos of the database with a standard error; the choice follows the rule; every
@@ -168,6 +169,7 @@ def test_selection_on_real_photos_chooses_by_the_rule_and_answers_every_query(tm
     assert "sift/image (no dates" in blind.reason_["lion"]
 
 
+@pytest.mark.slow
 def test_the_accurate_preset_records_what_it_chose_and_why(real_subset, tmp_path):
     """``identify --preset accurate`` with no other flag: run.json says, per species, the
     choice, why, and every candidate's evidence; the terminal says it too."""

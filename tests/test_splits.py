@@ -35,6 +35,7 @@ def _split(labelled, output, *options):
             pd.read_csv(output / "solution.csv", dtype=str), result.output)
 
 
+@pytest.mark.slow
 def test_open_split_is_an_animalclef_benchmark_that_identify_and_evaluate_run_on(labelled, tmp_path):
     metadata, solution, shown = _split(labelled, tmp_path / "split", "--kind", "open",
                                        "--query-share", "0.3", "--unknown-share", "0.3")

@@ -44,6 +44,7 @@ def views_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("frozen-views")
 
 
+@pytest.mark.slow
 def test_loss_goes_down_and_the_checkpoint_is_a_model(real_subset, tmp_path):
     database = load_dataset(real_subset).database
     out = tmp_path / "model.pt"
@@ -64,6 +65,7 @@ def test_loss_goes_down_and_the_checkpoint_is_a_model(real_subset, tmp_path):
     assert len(pd.read_csv(tmp_path / "sub.csv")) == len(load_dataset(real_subset).query)
 
 
+@pytest.mark.slow
 def test_training_resumes_after_the_last_finished_epoch(real_subset, tmp_path):
     database = load_dataset(real_subset).database
     out = tmp_path / "model.pt"
@@ -79,6 +81,7 @@ def test_training_resumes_after_the_last_finished_epoch(real_subset, tmp_path):
     assert history[0] == first[0]  # epoch 1 was not run again
 
 
+@pytest.mark.slow
 def test_training_on_animal_crops(real_subset, tmp_path, regions_cache):
     database = load_dataset(real_subset).database
     trainer = Trainer("efficientnet-lite0", tmp_path / "crop.pt",
@@ -140,6 +143,7 @@ def test_frozen_split_runs_the_backbone_in_two_parts():
 
 
 @pytest.mark.parametrize("unfreeze, shape", [(0, (1280,)), (1, (192, 7, 7))])
+@pytest.mark.slow
 def test_frozen_part_is_described_once_and_the_rest_trains_on_it(real_subset, tmp_path,
                                                                   unfreeze, shape):
     """unfreeze 0: backbone features of a few views are computed once, the head trains on them;
@@ -263,6 +267,7 @@ def test_runs_repeat_batch_for_batch(real_subset, tmp_path, views_cache):
     assert histories[0] == histories[1]
 
 
+@pytest.mark.slow
 def test_training_state_loads_as_tensors_only(real_subset, tmp_path, views_cache):
     database = load_dataset(real_subset).database
     trainer = Trainer("efficientnet-lite0", tmp_path / "m.pt", TrainConfig(**HEAD, epochs=1),
@@ -302,6 +307,7 @@ def test_a_damaged_resume_file_asks_for_fresh(real_subset, tmp_path, views_cache
     assert "identities per batch (P) lowered from 16" in result.output
 
 
+@pytest.mark.slow
 def test_the_head_activation_is_kept_by_checkpoints_and_resumes(real_subset, tmp_path,
                                                                  views_cache):
     """A head without ReLU gives embeddings with negative parts; its checkpoint loads as such, a
