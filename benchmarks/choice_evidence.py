@@ -8,10 +8,10 @@ For each species, the database is carved as the accurate preset carves it
 (:func:`wildreid.selection.development_split`; for nyala-lion, from the photos in the database of
 both protocols, so neither protocol's queries are seen). The ``base`` pipeline of the menu is fitted
 on the reference part with each choice left to the fit (``auto``, today's default) and with each
-of its fixed values, every other setting as the preset leaves it; all are scored on the same held-out
-queries with the task's score, and each fixed value's paired gain over ``auto`` comes with its
-bootstrap standard error (:func:`wildreid.selection.paired_gain`). What ``auto`` resolved to is
-recorded beside it.
+of its fixed values, every other setting as the library's defaults leave it; all are scored on the
+same held-out queries with the task's score, and each value's paired gain over the default comes
+with its bootstrap standard error (:func:`wildreid.selection.paired_gain`). What ``auto``
+resolved to is recorded beside it.
 
 Writes ``benchmarks/results/choice-evidence-<name>-<base>-s<shortlist>-cpu-<date>.json`` (never
 overwritten); ``benchmarks/results_table.py`` turns every such file into RESULTS.md's table of
@@ -22,6 +22,7 @@ than two standard errors on some dataset; otherwise the best fixed value becomes
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from pathlib import Path
@@ -43,9 +44,9 @@ VALUES = {
     "orientation": ("any", "same"),
     "local_aggregation": ("max", "top2"),
 }
-#: What each choice is today when nobody sets it (``local_aggregation`` is fixed already).
-DEFAULTS = {"pair_score": "auto", "fusion": "auto", "orientation": "auto",
-            "local_aggregation": "max"}
+#: What each choice is when nobody sets it: the library's own defaults, read from it.
+DEFAULTS = {choice: inspect.signature(Identifier).parameters[choice].default
+            for choice in VALUES}
 #: Where the fitted identifier says what an ``auto`` choice resolved to, per species.
 RESOLVED = {"pair_score": "pair_score_", "fusion": "fusion_", "orientation": "orientation_",
             "local_aggregation": "aggregation_"}
@@ -114,7 +115,14 @@ def main() -> None:
             if label in runs:
                 return runs[label]
             begun = time.perf_counter()
-            identifier = Identifier(**{**settings, **extra}).fit(split.reference)
+            try:
+                identifier = Identifier(**{**settings, **extra}).fit(split.reference)
+            except ValueError as problem:  # a setting this species cannot run with: evidence too
+                print(f"{species} {label}: failed: {problem}", flush=True)
+                runs[label] = {"score": float("nan"), "correct": None, "failed": str(problem),
+                               "seconds": round(time.perf_counter() - begun, 1),
+                               "resolved": dict.fromkeys(VALUES)}
+                return runs[label]
             answers = identifier.predict(split.queries)["identity"].to_numpy()
             correct, score = split.score(answers)
             runs[label] = {"score": score, "correct": correct,
@@ -135,6 +143,11 @@ def main() -> None:
             for value in ("auto", *VALUES[choice]):
                 found = default if value == DEFAULTS[choice] else run(f"{choice}={value}",
                                                                       {choice: value})
+                if found["correct"] is None:
+                    rows[value] = {"score": None, "gain_over_default": None,
+                                   "standard_error": None, "failed": found["failed"],
+                                   "seconds": found["seconds"], "resolved": None}
+                    continue
                 gain, error = paired_gain(found["correct"], default["correct"], split.truth,
                                           split.unknown)
                 rows[value] = {"score": found["score"], "gain_over_default": gain,

@@ -85,6 +85,8 @@ def evidence_records() -> list[tuple[str, dict]]:
 
 
 def _gain(row: dict) -> str:
+    if row.get("failed"):
+        return f"failed ({row['failed'].split(';')[0]})"
     error = row["standard_error"]
     if error is None or (row["gain_over_default"] == 0 and error == 0):
         return f"{row['score']:.3f}"

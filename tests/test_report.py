@@ -37,6 +37,10 @@ def test_report_of_a_real_run_is_self_contained(real_subset, tmp_path):
     hardest = page.split("Hardest errors")[1].split("<h2>")[0]
     assert "class='query wrong'" in hardest or "No wrong answers" in hardest
     assert "right answer: <b>new_individual</b>" in page
+    # In words a field ecologist reads; right answers shown beside the errors, in pages.
+    assert "How to read these numbers" in page and "BAUS</b> (balanced accuracy" in page
+    right = page.split("Right answers, beside the errors")[1]
+    assert "class='query right'" in right and "<details open><summary>1–" in right
 
 
 def test_report_without_species_has_its_curves(real_subset, tmp_path):

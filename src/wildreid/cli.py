@@ -514,7 +514,8 @@ def report(
     solution: Path = typer.Option(None, help="True answers (image_id,identity) for metrics and "
                                   "errors [default: solution.csv beside metadata.csv, if any]."),
     output: Path = typer.Option(None, help="HTML file [default: RUN_DIR/report.html]."),
-    queries: int = typer.Option(30, min=1, help="Queries shown with their top candidates."),
+    queries: int = typer.Option(200, min=1, help="Queries shown with their top candidates: "
+                                "the errors first, then the right answers, in pages of 25."),
     matches: int = typer.Option(5, min=0, help="Queries whose local matches are drawn (runs "
                                 "with --preset accurate)."),
     device: str = typer.Option("auto", help="For drawing matches: auto | cpu | cuda"),

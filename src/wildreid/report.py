@@ -83,6 +83,32 @@ def _proposed_groups(submission: pd.DataFrame, paths: pd.Series, truth: pd.Serie
     return f"<h2>Proposed new individuals</h2>{summary}</p>{''.join(rows)}{more}"
 
 
+#: What the metrics mean, for a reader who is not a machine-learning person.
+_METRICS_IN_WORDS = (
+    "<p class='words'><b>How to read these numbers.</b> A query is either an animal the database "
+    "knows or one it has never seen. <b>BAKS</b> (balanced accuracy on known samples): of the "
+    "queries of animals in the database, the share named as the right individual, averaged over "
+    "individuals, so that an animal photographed fifty times counts as much as one photographed "
+    "twice. <b>BAUS</b> (balanced accuracy on unknown samples): of the queries of animals the "
+    "database does not have, the share answered <i>new individual</i>, averaged the same way. "
+    "The <b>score</b> is their geometric mean, the square root of BAKS x BAUS: it is high only "
+    "when both are, so naming every animal (BAUS 0) or calling every animal new (BAKS 0) both "
+    "score 0. <b>Known top-1</b>: how often the first candidate is right for known animals, "
+    "whatever the threshold says. The threshold decides between the best candidate and "
+    "<i>new individual</i>: its curves below show what a higher or lower one would give.</p>")
+#: Query cards per page of a section (the first page open, the others folded).
+PAGE = 25
+
+
+def _paged(cards: list[str]) -> str:
+    """``cards`` in pages of :data:`PAGE`, each page a foldable section (the first one open)."""
+    pages = [cards[start:start + PAGE] for start in range(0, len(cards), PAGE)]
+    return "".join(
+        f"<details{' open' if number == 0 else ''}><summary>{number * PAGE + 1}–"
+        f"{number * PAGE + len(page)} of {len(cards)}</summary>{''.join(page)}</details>"
+        for number, page in enumerate(pages))
+
+
 def _png(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
@@ -107,7 +133,9 @@ def draw_matches(first: Image.Image, second: Image.Image, first_keypoints, secon
                  matches: np.ndarray, first_region=None, second_region=None,
                  width: int = 640) -> Image.Image:
     """Two photos side by side at their keypoint resolution, the animal masks outlined in yellow,
-    a line per match (brighter green = more confident)."""
+    each match a line and a ringed dot at both ends, coloured by its confidence (dark blue for
+    the weakest, through green and yellow, to red for the strongest: the turbo scale, which
+    stays visible on dark fur and on pale skin alike)."""
     import cv2
 
     panels = []
@@ -130,12 +158,17 @@ def draw_matches(first: Image.Image, second: Image.Image, first_keypoints, secon
     canvas[:panels[0].shape[0], :panels[0].shape[1]] = panels[0]
     canvas[:panels[1].shape[0], panels[0].shape[1]:] = panels[1]
     offset = panels[0].shape[1]
+    scale = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_TURBO)
     for i, j, confidence in matches[np.argsort(matches[:, 2])] if len(matches) else []:
         x0, y0 = first_keypoints.xy[int(i)]
         x1, y1 = second_keypoints.xy[int(j)]
-        colour = (0, int(80 + 175 * min(1.0, float(confidence))), 0)
-        cv2.line(canvas, (round(x0), round(y0)), (round(x1) + offset, round(y1)), colour, 1,
-                 cv2.LINE_AA)
+        blue, green, red = scale[int(255 * min(1.0, max(0.0, float(confidence)))), 0]
+        colour = (int(red), int(green), int(blue))  # the canvas is RGB, OpenCV's scale BGR
+        ends = ((round(x0), round(y0)), (round(x1) + offset, round(y1)))
+        cv2.line(canvas, *ends, colour, 1, cv2.LINE_AA)
+        for end in ends:  # a dark ring keeps the dot visible on any coat
+            cv2.circle(canvas, end, 4, (0, 0, 0), -1, cv2.LINE_AA)
+            cv2.circle(canvas, end, 3, colour, -1, cv2.LINE_AA)
     picture = Image.fromarray(canvas)
     picture.thumbnail((width, width))
     return picture
@@ -277,7 +310,7 @@ def _fmt(value) -> str:
 
 
 def build_report(run_dir: str | Path, solution: str | Path | None = None,
-                 output: str | Path | None = None, queries: int = 30, matches: int = 5,
+                 output: str | Path | None = None, queries: int = 200, matches: int = 5,
                  device: str = "auto", cache_dir: str | Path | None = None) -> Path:
     """Write the HTML report of ``run_dir``; returns its path (default ``RUN_DIR/report.html``).
 
@@ -329,7 +362,7 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
                      f"<th>known top-1</th></tr>{rows}</table><p><b>score (mean over species): "
                      f"{_fmt(result['score'])}</b>; closed-set top-1 "
                      f"{_fmt(result.get('closed_set_top1'))}, top-5 "
-                     f"{_fmt(result.get('closed_set_top5'))}</p>")
+                     f"{_fmt(result.get('closed_set_top5'))}</p>" + _METRICS_IN_WORDS)
         table = top.reset_index()
         table["truth"] = table["image_id"].map(truth)
         table["unknown"] = ~table["truth"].isin(database_ids)
@@ -409,21 +442,21 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
                       f"<br>right: {html.escape(expected)}: local matches</div>")
         cards.append(f"<div class='row'>{head}{tiles}</div>"
                      + (f"<div class='row wrap'>{drawn}</div>" if drawn else ""))
-    if is_proposed(submission["identity"]).any():
-        parts.append(_proposed_groups(submission, paths, truth, database_ids,
-                                      result.get("new_individuals") if truth is not None else None))
     hardest = [card for image_id, card in zip(shown, cards) if image_id in set(errors)]
     others = [card for image_id, card in zip(shown, cards) if image_id not in set(errors)]
     if truth is not None:
         parts.append(f"<h2>Hardest errors ({len(errors)} wrong answers; most confident first)</h2>"
-                     + ("".join(hardest) if errors else "<p>No wrong answers.</p>"))
+                     + (_paged(hardest) if errors else "<p>No wrong answers.</p>"))
         if len(hardest) < len(errors):
             parts.append(f"<p>{len(errors) - len(hardest)} more errors not shown "
                          "(<code>--queries</code> shows more).</p>")
     if others:
-        title = "Other queries" if truth is not None else "Queries"
+        title = ("Right answers, beside the errors" if truth is not None else "Queries")
         parts.append(f"<h2>{title} and their top candidates ({len(others)} shown)</h2>"
-                     + "".join(others))
+                     + _paged(others))
+    if is_proposed(submission["identity"]).any():  # after the errors: what to check first
+        parts.append(_proposed_groups(submission, paths, truth, database_ids,
+                                      result.get("new_individuals") if truth is not None else None))
     style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1600px;padding:0 1em;"
              "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
              "padding:4px 10px;text-align:right}th{background:#f3f3f3}.row{display:flex;gap:10px;"
@@ -433,7 +466,8 @@ def build_report(run_dir: str | Path, solution: str | Path | None = None,
              "text-align:center}.candidate img,.query img{width:150px;height:150px;"
              "object-fit:contain;background:#fafafa}.row.wrap .candidate{width:auto}"
              ".row.wrap .candidate img{width:440px;height:auto;max-width:100%}"
-             ".hit{background:#cfc}.plots img{max-width:32%;height:auto}")
+             ".hit{background:#cfc}.plots img{max-width:32%;height:auto}"
+             ".words{max-width:70em;line-height:1.5}summary{cursor:pointer;color:#555;margin:6px 0}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wildreid report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     output = Path(output) if output else run_dir / "report.html"
