@@ -836,6 +836,9 @@ def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subse
     fused = reranking.calibration_.fuse({"sift": kept.astype(np.float32)}, ("sift",), species)
     best = pd.Series(fused).groupby(table["first"].to_numpy()).max()
     assert np.allclose(candidates["score"].to_numpy(), best.sort_index().to_numpy(), atol=1e-6)
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--pair-score", "lion=best",
+                                      "--preset", "accurate", "--local", "sift"])
+    assert result.exit_code == 2 and "unknown pair-score 'best'" in result.output, result.output
 
 
 @pytest.mark.slow
@@ -1017,3 +1020,16 @@ def test_matchers_of_one_keypoint_method_share_its_keypoints(real_subset, tmp_pa
         type(first).__call__ = original
     assert calls == [first] and found["aliked"] is found["aliked-nn"]
     assert len(found["aliked"]) == 2 and len(found["aliked"][0].xy) > 0
+
+
+@pytest.mark.slow
+def test_same_orientation_without_two_photos_of_one_view_says_what_to_do(real_subset, tmp_path):
+    """Each lion of the subset is photographed once per view (nose, ear, face): compared only
+    within one orientation, no pair of one individual is left to calibrate on. The fit says so,
+    naming the species and the setting to use, instead of failing inside the calibration."""
+    dataset = load_dataset(real_subset)
+    with pytest.raises(ValueError, match="lion: orientation 'same' leaves no individual .* "
+                                         r"\(orientation 'any' for lion\)"):
+        Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
+                   device="cpu", keypoints_on="image",
+                   orientation={"lion": "same", None: "any"}).fit(dataset.database)

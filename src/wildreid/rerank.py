@@ -84,7 +84,8 @@ class LocalReranking(BaseEstimator):
     ``fit``; ``keypoint_choice_`` holds the top-1 of each place).
     ``pair_score``: which of a matcher's scores of a pair is calibrated
     (:data:`PAIR_SCORE_CHOICES`; a dict gives it per species, key ``None`` the rest): the sum of
-    match confidences, the matches above a confidence, the RANSAC inliers, or ``auto``: per
+    match confidences, the matches above a confidence, the RANSAC inliers, or ``auto`` (the
+    default): per
     species, the one whose raw values name most pseudo-known queries of the database right over
     the calibration pairs (``pair_score_`` after ``fit``, ``pair_score_choice_`` the top-1 of
     each; RANSAC runs on the query pairs only where inliers are kept).
@@ -99,7 +100,8 @@ class LocalReranking(BaseEstimator):
     are mirror views (``opposite``, e.g. a left flank against a right flank) or for every pair
     (``all``, when the orientation is unknown); each pair keeps its better score.
     ``fusion``: which calibrated scores are averaged into the fused one (:data:`FUSIONS`; a dict
-    gives it per species, key ``None`` the rest): ``all``, ``local`` (not the global cosine), or
+    gives it per species, key ``None`` the rest): ``all`` (the default), ``local`` (not the
+    global cosine), or
     ``auto``: per species, from the top-1 of each non-empty set of the scores over the database's
     pseudo-known queries (cross-fitted fused scores), the fewest scores within one standard error
     of the best set (:func:`fused_set_chosen`; never the cosine alone beside local matchers);
@@ -129,7 +131,7 @@ class LocalReranking(BaseEstimator):
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, seed: int = 0,
                  keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None,
-                 fusion: str | dict[str | None, str] = "auto",
+                 fusion: str | dict[str | None, str] = "all",
                  orientation: str | dict[str | None, str] = "auto",
                  aggregation: str | dict[str | None, str] = "max", cascade: int | None = None):
         self.features = features
@@ -232,6 +234,7 @@ class LocalReranking(BaseEstimator):
             rows, pairs, scores = self._fit_cascade(rows, pairs, scores, truth, species[queries],
                                                     unknown)
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
+        self._check_same_orientation(same, species[pairs[:, 0]])
         # One calibration per species: a matcher's raw scores live on each species' own scale.
         self.calibration_ = SpeciesCalibration.fit(scores, same, species[pairs[:, 0]],
                                                    identities[pairs[:, 0]], seed=self.seed)
@@ -253,6 +256,19 @@ class LocalReranking(BaseEstimator):
             species[queries])
         self.calibration_pairs_ = len(pairs)
         return self
+
+    def _check_same_orientation(self, same: np.ndarray, species: np.ndarray) -> None:
+        """A species compared only within one orientation, whose calibration pairs then hold no
+        two photos of one individual (each photographed once per orientation, as lions' noses,
+        ears and faces are), cannot be calibrated: said so, with what to do."""
+        for name in dict.fromkeys(species):
+            if by_species(self.orientation_, [name], "any")[0] == "same" and \
+                    not same[species == name].any():
+                label = "photos without species" if name is None else name
+                raise ValueError(
+                    f"{label}: orientation 'same' leaves no individual with two photos of one "
+                    f"orientation to calibrate on; compare every photo (orientation 'any' for "
+                    f"{label})")
 
     def _fit_cascade(self, rows: np.ndarray, pairs: np.ndarray, scores: dict[str, np.ndarray],
                      truth: np.ndarray, query_species: np.ndarray, unknown: np.ndarray

@@ -69,9 +69,8 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                      preset: str = "fast", shortlist: int | None = 100,
                      local: Sequence[str] | None = None, mirror: str = "none",
                      max_keypoints: int | None = None, long_side: int = 512,
-                     keypoints_on: str | None = None, fusion: str | None = None,
-                     orientation: str | None = None, pair_score: str | None = None,
-                     local_aggregation: str | None = None, cascade: int | None = None,
+                     keypoints_on: str | None = None, orientation: str | None = None,
+                     pair_score: str | None = None, cascade: int | None = None,
                      wildlife_dataset: str | None = None,
                      cluster_new: bool = False, ray: str | None = None,
                      budget: float | None = None) -> Run:
@@ -102,10 +101,6 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
 
         configuration["keypoints_on"] = parse_by_species(keypoints_on, KEYPOINT_PLACES,
                                                          "keypoints-on", "nyala=animal,lion=image")
-    if fusion is not None:
-        from wildreid.rerank import FUSIONS
-
-        configuration["fusion"] = parse_by_species(fusion, FUSIONS, "fusion", "nyala=all,lion=local")
     if orientation is not None:
         from wildreid.rerank import ORIENTATIONS
 
@@ -116,11 +111,6 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
 
         configuration["pair_score"] = parse_by_species(pair_score, PAIR_SCORE_CHOICES,
                                                        "pair-score", "nyala=inliers,lion=auto")
-    if local_aggregation is not None:
-        from wildreid.rerank import AGGREGATIONS
-
-        configuration["local_aggregation"] = parse_by_species(
-            local_aggregation, AGGREGATIONS, "local-aggregation", "nyala=top2,lion=max")
     if cascade is not None:
         configuration["local_cascade"] = cascade
 
