@@ -131,13 +131,23 @@ def test_review_queue_in_chromium(real_subset, tmp_path):
 
             expect(page.locator(".cand .show").first).to_be_visible(timeout=60_000)
             page.click(".cand .show >> nth=0")  # local matches, drawn on the animal
-            expect(page.locator("#matches img")).to_be_visible(timeout=120_000)
+            expect(page.locator("#matches .viewer-frame")).to_be_visible(timeout=120_000)
             expect(page.locator("#matches figcaption")).to_contain_text(
                 re.compile(r"^\d+ keypoint matches \(strength [\d.]+\)"))
             expect(page.locator("#matches figcaption")).to_contain_text("gave the score")
+            # The viewer draws each match itself: a dot at both ends, coloured by confidence.
+            matched = int(re.match(r"\d+", page.inner_text("#matches figcaption")).group())
+            expect(page.locator("#matches .dots circle")).to_have_count(2 * matched)
             shoot(page, "2-matches")
-            page.click("#matches img")  # zoom in
-            expect(page.locator("#matches img")).to_have_class("zoomed")
+            page.click("#matches button[title='zoom in']")  # both photos zoom together
+            expect(page.locator("#matches .zoom-level")).to_have_text("150 %")
+            page.uncheck("#show-lines")
+            expect(page.locator("#matches .lines")).to_be_hidden()
+            if not page.locator("#matches button[title=\"the candidate's next photo\"]").is_disabled():
+                page.click("#matches button[title=\"the candidate's next photo\"]")
+                # The candidate's next photo, matched on request (the first time: keypoints).
+                expect(page.locator("#matches figcaption")).to_contain_text(
+                    re.compile(r"right: \S+, a photo of "), timeout=120_000)
 
             page.locator("#individuals li").filter(has_text=slashed).click()
             expect(page.locator("#individual-name")).to_have_text(slashed)

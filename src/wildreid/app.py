@@ -335,7 +335,9 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         except ImageError:
             refuse(CatalogError(f"a photo of {individual!r} can no longer be decoded"), 422)
         return {"image": picture.image, "matches": picture.matches,
-                "strength": round(picture.strength, 2)}
+                "strength": round(picture.strength, 2), "photo": picture.photo,
+                "pairs": picture.pairs,
+                "photos": catalog.images(individual)["image_id"].tolist()}
 
     @app.post("/api/confirm")
     def confirm(image_id: str = Form(...), individual: str = Form(...)) -> dict:

@@ -182,11 +182,15 @@ def _jpeg(image: Image.Image) -> str:
 
 class MatchPanel(NamedTuple):
     """Drawn matches of a query with an identity's best-matching photo (JPEG data URI), how
-    many keypoints matched, and their summed confidence."""
+    many keypoints matched, and their summed confidence; ``photo``: that photo's image id;
+    ``pairs``: each match as ``(x, y)`` in the query photo, ``(x, y)`` in that photo (fractions
+    of each photo's width and height) and its confidence, for a viewer that draws them itself."""
 
     image: str
     matches: int
     strength: float
+    photo: str | None = None
+    pairs: tuple = ()
 
 
 def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
@@ -239,8 +243,21 @@ def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
             picture = draw_matches(query_image, load_image(frame["filepath"][row]), keypoints[0],
                                    keypoints[row], matched[row - 1], regions[0], regions[row])
             panels[(query.image_id, identity)] = MatchPanel(
-                _jpeg(picture), len(matched[row - 1]), float(strength[row - 1]))
+                _jpeg(picture), len(matched[row - 1]), float(strength[row - 1]),
+                str(frame["image_id"][row]),
+                _matched_points(keypoints[0], keypoints[row], matched[row - 1]))
     return panels
+
+
+def _matched_points(first, second, matches: np.ndarray) -> tuple:
+    """Each match as (x, y) in the first photo, (x, y) in the second, confidence: fractions of
+    each photo's width and height, rounded for the page (a pixel is more than 1e-4 of a photo)."""
+    if not len(matches):
+        return ()
+    here, there = first.in_photo((1, 1)), second.in_photo((1, 1))
+    return tuple((round(float(here[int(i)][0]), 4), round(float(here[int(i)][1]), 4),
+                  round(float(there[int(j)][0]), 4), round(float(there[int(j)][1]), 4),
+                  round(float(confidence), 3)) for i, j, confidence in matches)
 
 
 def _figure(width: float = 5.0, height: float = 3.2):

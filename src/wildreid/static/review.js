@@ -160,19 +160,102 @@ function candidate(c, index) {
     element("div", {textContent: `score ${c.score} · ${c.count} photo${c.count === 1 ? "" : "s"}`}),
     element("div", {className: "actions"}, [confirm, matches])]);
 }
-async function showMatches(name, photo) {
+// ``scored``: the candidate's photo that gave its score (stepping to its other photos keeps it).
+async function showMatches(name, photo, scored = photo) {
   $("matches").textContent = "matching…";
   // The pair that gave the candidate its score, where the candidates name it.
   const asked = photo ? {image_id: state.current, individual: name, photo: photo}
                       : {image_id: state.current, individual: name};
   const drawn = await call(`/api/matches?${query(asked)}`);
-  const picture = element("img", {alt: `matches ${name}`, src: drawn.image,
-                                  title: "click to zoom"});
-  picture.addEventListener("click", () => picture.classList.toggle("zoomed"));
-  $("matches").replaceChildren(element("figure", {}, [picture, element("figcaption", {
+  $("matches").replaceChildren(matchViewer(name, drawn, scored));
+}
+
+// Weak matches dark blue, through green and yellow, to red for the strongest (as the report's
+// turbo scale): visible on dark fur and pale skin alike.
+const strength = (confidence) => `hsl(${Math.round(240 * (1 - Math.min(1, Math.max(0, confidence))))}, 100%, 50%)`;
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attributes) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+  return node;
+}
+
+// The match viewer: the query and the candidate's photo side by side at their own resolution,
+// zoomed (wheel, + and -) and panned (drag) together, each match a dot at both ends coloured by
+// its confidence and, unless switched off, a line; the candidate's other photos one step away.
+function matchViewer(name, drawn, scoredPhoto) {
+  const left = element("img", {alt: `query ${state.current}`, src: photoUrl(state.current)});
+  const right = element("img", {alt: `${name}: ${drawn.photo}`, src: photoUrl(drawn.photo)});
+  const overlay = svg("svg", {class: "overlay"});
+  const lines = svg("g", {class: "lines"}), dots = svg("g", {class: "dots"});
+  overlay.append(lines, dots);
+  const stage = element("div", {className: "stage"},
+                        [element("div", {className: "pair"}, [left, right]), overlay]);
+  const frame = element("div", {className: "viewer-frame", title: "wheel or +/- to zoom, drag to pan"},
+                        [stage]);
+  let scale = 1, x = 0, y = 0, dragging = null;
+  const apply = () => {
+    if (scale <= 1) { scale = 1; x = 0; y = 0; }
+    stage.style.transform = `translate(${x}px, ${y}px) scale(${scale})`;
+    zoomShown.textContent = `${Math.round(scale * 100)} %`;
+  };
+  const zoom = (factor, px = frame.clientWidth / 2, py = frame.clientHeight / 2) => {
+    const next = Math.min(8, Math.max(1, scale * factor));
+    x = px - (px - x) * next / scale; y = py - (py - y) * next / scale; scale = next; apply();
+  };
+  frame.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    const box = frame.getBoundingClientRect();
+    zoom(event.deltaY < 0 ? 1.25 : 0.8, event.clientX - box.left, event.clientY - box.top);
+  }, {passive: false});
+  frame.addEventListener("pointerdown", (event) => { dragging = [event.clientX - x, event.clientY - y]; });
+  frame.addEventListener("pointermove", (event) => {
+    if (dragging && scale > 1) { x = event.clientX - dragging[0]; y = event.clientY - dragging[1]; apply(); }
+  });
+  for (const end of ["pointerup", "pointerleave"]) frame.addEventListener(end, () => { dragging = null; });
+  const draw = () => {
+    const [w1, h1, w2, h2] = [left.clientWidth, left.clientHeight, right.clientWidth, right.clientHeight];
+    overlay.setAttribute("viewBox", `0 0 ${w1 + w2} ${Math.max(h1, h2)}`);
+    overlay.setAttribute("width", w1 + w2); overlay.setAttribute("height", Math.max(h1, h2));
+    lines.replaceChildren(); dots.replaceChildren();
+    for (const [qx, qy, cx, cy, confidence] of drawn.pairs) {
+      const colour = strength(confidence), a = [qx * w1, qy * h1], b = [w1 + cx * w2, cy * h2];
+      lines.append(svg("line", {x1: a[0], y1: a[1], x2: b[0], y2: b[1], stroke: colour}));
+      for (const [cx_, cy_] of [a, b]) dots.append(svg("circle", {cx: cx_, cy: cy_, r: 4, fill: colour}));
+    }
+  };
+  let loaded = 0;
+  for (const picture of [left, right]) {
+    picture.addEventListener("load", () => { if (++loaded === 2) draw(); });
+  }
+  window.addEventListener("resize", draw);
+  const zoomShown = element("span", {className: "zoom-level", textContent: "100 %"});
+  const zoomIn = element("button", {textContent: "+", title: "zoom in"});
+  const zoomOut = element("button", {textContent: "−", title: "zoom out"});
+  zoomIn.addEventListener("click", () => zoom(1.5));
+  zoomOut.addEventListener("click", () => zoom(1 / 1.5));
+  const showLines = element("input", {type: "checkbox", checked: true, id: "show-lines"});
+  showLines.addEventListener("change", () => { lines.style.display = showLines.checked ? "" : "none"; });
+  // Step through the candidate's photos: each one matched with the query on request.
+  const index = drawn.photos.indexOf(drawn.photo), count = drawn.photos.length;
+  const step = (by) => showMatches(name, drawn.photos[(index + by + count) % count],
+                                   scoredPhoto).catch(fail);
+  const previous = element("button", {textContent: "◀ photo", title: "the candidate's previous photo",
+                                      disabled: count < 2});
+  const next = element("button", {textContent: "photo ▶", title: "the candidate's next photo",
+                                  disabled: count < 2});
+  previous.addEventListener("click", () => step(-1));
+  next.addEventListener("click", () => step(1));
+  const which = !scoredPhoto ? `the best-matching photo of ${name}`
+    : drawn.photo === scoredPhoto ? `${drawn.photo}, the photo of ${name} that gave the score`
+    : `${drawn.photo}, a photo of ${name}`;
+  const controls = element("div", {className: "viewer-controls"}, [
+    zoomOut, zoomShown, zoomIn,
+    element("label", {}, [showLines, " lines"]),
+    previous, element("span", {textContent: `photo ${index + 1} of ${count}`}), next]);
+  return element("figure", {className: "viewer"}, [controls, frame, element("figcaption", {
     textContent: `${drawn.matches} keypoint matches (strength ${drawn.strength}) · left: ` +
-                 `${state.current} · right: ` + (photo ? `${photo}, the photo of ${name} that ` +
-                 "gave the score" : `the best-matching photo of ${name}`)})]));
+                 `${state.current} · right: ${which}`})]);
 }
 async function decide(kind, name) {
   if (!state.current) return;
