@@ -836,9 +836,6 @@ def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subse
     fused = reranking.calibration_.fuse({"sift": kept.astype(np.float32)}, ("sift",), species)
     best = pd.Series(fused).groupby(table["first"].to_numpy()).max()
     assert np.allclose(candidates["score"].to_numpy(), best.sort_index().to_numpy(), atol=1e-6)
-    result = CliRunner().invoke(app, ["identify", str(real_subset), "--pair-score", "lion=best",
-                                      "--preset", "accurate", "--local", "sift"])
-    assert result.exit_code == 2 and "unknown pair-score 'best'" in result.output, result.output
 
 
 @pytest.mark.slow

@@ -139,14 +139,6 @@ def identify(
                                      "mask) | image (the whole photo) | auto (chosen per "
                                      "species on the database), or per species as "
                                      "'nyala=animal,lion=image' [default: auto]."),
-    orientation: str = typer.Option(None, help="Which database photos a query is compared "
-                                    "with: any | same (those of its orientation column: the "
-                                    "same flank) | auto (chosen per species on the database), "
-                                    "or per species as 'nyala=same,lion=any' [default: auto]."),
-    pair_score: str = typer.Option(None, help="Which local score of a pair is calibrated: "
-                                   "confidence_sum | matches@0.2 ... | inliers (RANSAC) | auto "
-                                   "(chosen per species on the database), or per species as "
-                                   "'nyala=inliers,lion=auto' [default: auto]."),
     cascade: int = typer.Option(None, min=1, help="With two or more --local matchers, the "
                                 "first scores every shortlisted photo and the later ones only "
                                 "each query's best CASCADE by it, e.g. --local aliked-nn,aliked "
@@ -184,8 +176,7 @@ def identify(
             aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
             segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
             local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side,
-            keypoints_on=keypoints_on, orientation=orientation, pair_score=pair_score,
-            cascade=cascade,
+            keypoints_on=keypoints_on, cascade=cascade,
             wildlife_dataset=wildlife_datasets,
             cluster_new=cluster_new, ray=ray, budget=None if budget is None else budget * 60)
     from wildreid.grouping import is_new, is_proposed

@@ -84,8 +84,8 @@ class LocalReranking(BaseEstimator):
     ``fit``; ``keypoint_choice_`` holds the top-1 of each place).
     ``pair_score``: which of a matcher's scores of a pair is calibrated
     (:data:`PAIR_SCORE_CHOICES`; a dict gives it per species, key ``None`` the rest): the sum of
-    match confidences, the matches above a confidence, the RANSAC inliers, or ``auto`` (the
-    default): per
+    match confidences, the matches above a confidence (``matches@0.5``: the default), the
+    RANSAC inliers, or ``auto``: per
     species, the one whose raw values name most pseudo-known queries of the database right over
     the calibration pairs (``pair_score_`` after ``fit``, ``pair_score_choice_`` the top-1 of
     each; RANSAC runs on the query pairs only where inliers are kept).
@@ -108,7 +108,8 @@ class LocalReranking(BaseEstimator):
     ``fusion_`` holds the names fused per species after ``fit``, ``fusion_choice_`` the top-1 of
     each set tried.
     ``orientation``: which database images a query is compared with (:data:`ORIENTATIONS`; a dict
-    gives it per species, key ``None`` the rest): ``any`` (every image of its species), ``same``
+    gives it per species, key ``None`` the rest): ``any`` (the default: every image of its
+    species), ``same``
     (those whose ``orientation`` is the query's, or its mirror view with ``mirror="opposite"``;
     images of unknown orientation always, and the whole species when it has no image of the
     query's orientation), or ``auto``: per species, ``same`` when restricting the calibration
@@ -126,13 +127,13 @@ class LocalReranking(BaseEstimator):
     def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int | None = 100,
                  max_keypoints: int = 512, long_side: int = 512,
                  keypoints_on: str | dict[str | None, str] = "auto",
-                 pair_score: str | dict[str | None, str] = "auto",
+                 pair_score: str | dict[str | None, str] = "matches@0.5",
                  calibration_queries: int = 300,
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
                  workers: int | None = None, progress: bool = True, seed: int = 0,
                  keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None,
                  fusion: str | dict[str | None, str] = "all",
-                 orientation: str | dict[str | None, str] = "auto",
+                 orientation: str | dict[str | None, str] = "any",
                  aggregation: str | dict[str | None, str] = "max", cascade: int | None = None):
         self.features = features
         self.shortlist = shortlist

@@ -69,8 +69,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                      preset: str = "fast", shortlist: int | None = 100,
                      local: Sequence[str] | None = None, mirror: str = "none",
                      max_keypoints: int | None = None, long_side: int = 512,
-                     keypoints_on: str | None = None, orientation: str | None = None,
-                     pair_score: str | None = None, cascade: int | None = None,
+                     keypoints_on: str | None = None, cascade: int | None = None,
                      wildlife_dataset: str | None = None,
                      cluster_new: bool = False, ray: str | None = None,
                      budget: float | None = None) -> Run:
@@ -101,16 +100,6 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
 
         configuration["keypoints_on"] = parse_by_species(keypoints_on, KEYPOINT_PLACES,
                                                          "keypoints-on", "nyala=animal,lion=image")
-    if orientation is not None:
-        from wildreid.rerank import ORIENTATIONS
-
-        configuration["orientation"] = parse_by_species(orientation, ORIENTATIONS, "orientation",
-                                                        "nyala=same,lion=any")
-    if pair_score is not None:
-        from wildreid.rerank import PAIR_SCORE_CHOICES
-
-        configuration["pair_score"] = parse_by_species(pair_score, PAIR_SCORE_CHOICES,
-                                                       "pair-score", "nyala=inliers,lion=auto")
     if cascade is not None:
         configuration["local_cascade"] = cascade
 
