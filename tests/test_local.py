@@ -660,9 +660,10 @@ def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path, regi
     nyala = dataset.query[dataset.query["species"] == "nyala"]
     found = {}
     for fusion in ("local", "all", "auto"):
+        # The confidence sum: the raw evidence the plateaus are ordered by below.
         identifier = Identifier(local=("sift",), shortlist=None, cache_dir=regions_cache,
                                 progress=False, device="cpu", keep_pair_scores=True,
-                                fusion=fusion).fit(dataset.database)
+                                fusion=fusion, pair_score="confidence_sum").fit(dataset.database)
         reranking = identifier.reranking_
         ranked = identifier.predict_candidates(nyala, k=1)
         candidates = ranked["score"].to_numpy()
@@ -1019,14 +1020,18 @@ def test_matchers_of_one_keypoint_method_share_its_keypoints(real_subset, tmp_pa
     assert len(found["aliked"]) == 2 and len(found["aliked"][0].xy) > 0
 
 
-@pytest.mark.slow
-def test_same_orientation_without_two_photos_of_one_view_says_what_to_do(real_subset, tmp_path):
-    """Each lion of the subset is photographed once per view (nose, ear, face): compared only
-    within one orientation, no pair of one individual is left to calibrate on. The fit says so,
-    naming the species and the setting to use, instead of failing inside the calibration."""
-    dataset = load_dataset(real_subset)
-    with pytest.raises(ValueError, match="lion: orientation 'same' leaves no individual .* "
+def test_same_orientation_without_two_photos_of_one_view_says_what_to_do():
+    """Lions photographed once per view (nose, ear, face), compared only within one orientation,
+    leave no pair of one individual to calibrate on: the fit says so, naming the species and the
+    setting to use, instead of failing inside the calibration. (On the real lion development
+    split this is what ``benchmarks/choice_evidence.py`` recorded for ``orientation=same``; this
+    subset's lions are too few for it, so the check is tested on its own here.)"""
+    from wildreid.rerank import LocalReranking
+
+    reranking = LocalReranking(features=("sift",), orientation={"lion": "same", None: "any"})
+    reranking.orientation_ = {"lion": "same", None: "any"}
+    species = np.array(["lion", "lion", "nyala", "nyala"], dtype=object)
+    with pytest.raises(ValueError, match=r"lion: orientation 'same' leaves no individual .* "
                                          r"\(orientation 'any' for lion\)"):
-        Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
-                   device="cpu", keypoints_on="image",
-                   orientation={"lion": "same", None: "any"}).fit(dataset.database)
+        reranking._check_same_orientation(np.array([False, False, True, False]), species)
+    reranking._check_same_orientation(np.array([True, False, False, False]), species)  # fine
