@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -39,11 +40,19 @@ def _chosen(record: dict) -> str:
                      selection.get("species", {}).items()) or "cosine (fast preset)"
 
 
+def _run_of_the_day(name: str) -> int:
+    """Which run of its day a result file is: 1, or N for the ``-N`` that
+    :func:`common.unused_path` adds after the date (``...-2026-12-07-2.json``)."""
+    found = re.search(r"\d{4}-\d{2}-\d{2}(?:-(\d+))?\.json$", name)
+    return int(found.group(1) or 1) if found else 1
+
+
 def records() -> list[tuple[str, dict]]:
-    """Every one-command result, oldest first."""
+    """Every one-command result, oldest first (by date, then by run of the day: ``-2`` after
+    the first; by name ``-2.json`` would sort before ``.json``)."""
     found = [(path.name, json.loads(path.read_text()))
              for path in sorted(RESULTS.glob("one-command-*.json"))]
-    return sorted(found, key=lambda item: (item[1]["date"], item[0]))
+    return sorted(found, key=lambda item: (item[1]["date"], _run_of_the_day(item[0]), item[0]))
 
 
 def _typed(command: str) -> str:
@@ -81,7 +90,7 @@ def evidence_records() -> list[tuple[str, dict]]:
     """Every ``benchmarks/choice_evidence.py`` result, oldest first."""
     found = [(path.name, json.loads(path.read_text()))
              for path in sorted(RESULTS.glob("choice-evidence-*.json"))]
-    return sorted(found, key=lambda item: (item[1]["date"], item[0]))
+    return sorted(found, key=lambda item: (item[1]["date"], _run_of_the_day(item[0]), item[0]))
 
 
 def _gain(row: dict) -> str:
