@@ -327,14 +327,16 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     @app.get("/api/matches")
     async def matches(image_id: str, individual: str, photo: str | None = None) -> dict:
         """Local matches of the photo with ``photo`` of the individual (the one whose pair gave
-        the candidate's score), or with its best-matching photo, drawn (data URI)."""
+        the candidate's score), or with its best-matching photo: the points the page's viewer
+        draws (no picture is drawn here), the photo matched and the individual's photos."""
         try:
-            picture = await run_in_threadpool(catalog.draw_matches, image_id, individual, photo)
+            picture = await run_in_threadpool(functools.partial(
+                catalog.draw_matches, image_id, individual, photo, drawn=False))
         except CatalogError as error:
             refuse(error, 404)
         except ImageError:
             refuse(CatalogError(f"a photo of {individual!r} can no longer be decoded"), 422)
-        return {"image": picture.image, "matches": picture.matches,
+        return {"matches": picture.matches,
                 "strength": round(picture.strength, 2), "photo": picture.photo,
                 "pairs": picture.pairs,
                 "photos": catalog.images(individual)["image_id"].tolist()}

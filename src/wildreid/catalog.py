@@ -249,9 +249,8 @@ class Catalog:
         self._lock = threading.Lock()
         self._grouping = None  # (generation, NewIndividualGrouping) of the last proposed_groups
         #: (generation, {image_id: ranked candidates}) of the waiting photos ranked ahead
-        #: (:meth:`rank_waiting`), and (done, total) of the ranking under way.
+        #: (:meth:`rank_waiting`).
         self._ahead: tuple[int, dict[str, pd.DataFrame]] = (-1, {})
-        self.ranking_progress: tuple[int, int] = (0, 0)
         self._migrate()
 
     def _migrate(self) -> None:
@@ -317,7 +316,8 @@ class Catalog:
             threshold = ranked.attrs.get("threshold")
             if order == "confident":
                 return (0, -score)
-            return (0, abs(score - (threshold if threshold is not None else 0.5)))
+            # Without a threshold yet (too few individuals), the weakest best match first.
+            return (0, score if threshold is None else abs(score - threshold))
 
         return sorted(waiting, key=need)  # stable: ties keep the order they were added
 
@@ -330,32 +330,27 @@ class Catalog:
     def rank_waiting(self, k: int = 5) -> int:
         """Rank every waiting photo ahead with the current model, :data:`RANK_BATCH` at a time,
         so that :meth:`identify` answers them at once and the queue can be ordered by need.
-        Each batch is published as it is done (``ranking_progress`` counts them); a change of
+        Each batch is published as it is done (:meth:`ranked_ahead` counts them); a change of
         the catalog meanwhile stops the work (what was ranked is stale). Returns how many were
         ranked."""
         generation = self.generation()
+        ranked = dict(self._ahead[1]) if self._ahead[0] == generation else {}
         waiting = self.images().query("individual.isna()")
-        known = self.ranked_ahead() if self._ahead[0] == generation else {}
-        waiting = waiting[~waiting["image_id"].isin(list(known))]
-        ranked = dict(known)
-        self.ranking_progress = (0, len(waiting))
+        waiting = waiting[~waiting["image_id"].isin(list(ranked))]
         if waiting.empty or not self.has_identified_photos():
             self._ahead = (generation, ranked)
             return 0
         identifier = self.identifier()
         for start in range(0, len(waiting), RANK_BATCH):
-            part = waiting.iloc[start:start + RANK_BATCH]
-            query = pd.DataFrame({"image_id": part["image_id"].astype(str).to_numpy(),
-                                  "filepath": [str(self.photo_path(i)) for i in part["image_id"]],
-                                  "species": part["species"].to_numpy()})
-            candidates = identifier.predict_candidates(query, k=k)
+            query = self._frame(waiting.iloc[start:start + RANK_BATCH])
+            candidates = identifier.predict_candidates(
+                query[["image_id", "filepath", "species"]], k=k)
             for image_id, rows in candidates.groupby("image_id", sort=False):
                 ranked[image_id] = self._described(rows, identifier)
                 ranked[image_id].attrs["asked"] = k  # how many candidates were asked for
             if self.generation() != generation:
                 return 0  # a decision came meanwhile: these rankings are stale
             self._ahead = (generation, dict(ranked))
-            self.ranking_progress = (start + len(part), len(waiting))
         return len(waiting)
 
     @contextmanager
@@ -654,13 +649,14 @@ class Catalog:
         return (f"probably a new individual: the best, {best}, scores {shown_score}, under "
                 f"{where} threshold {shown_threshold}")
 
-    def draw_matches(self, image_id: str, individual: str, photo: str | None = None):
+    def draw_matches(self, image_id: str, individual: str, photo: str | None = None,
+                     drawn: bool = True):
         """The photo's local matches with ``photo`` (one of the individual's photos: the one whose
         pair gave the candidate its score, as :meth:`identify` names it), or without one with
         the individual's best-matching photo. Drawn with the catalog preset's local features
         (ALIKED + LightGlue on the animal for the fast preset, which has none); keypoints cached
-        in the catalog. A :class:`~wildreid.report.MatchPanel` (JPEG data URI, match count,
-        strength)."""
+        in the catalog. A :class:`~wildreid.report.MatchPanel` (JPEG data URI unless ``drawn``
+        is False, match count, strength, the photo matched and the matched points)."""
         from wildreid.defaults import PRESETS
         from wildreid.report import match_panels
 
@@ -685,7 +681,7 @@ class Catalog:
                 "long_side": preset.get("long_side", 512),
                 # Where the fitted identifier chose to keep keypoints, per species.
                 "keypoints_on": "animal" if reranking is None else reranking.keypoints_on_}
-        panels = match_panels(info, database, query, candidates, "auto", self.cache)
+        panels = match_panels(info, database, query, candidates, "auto", self.cache, drawn=drawn)
         return panels[(image_id, individual)]
 
     @staticmethod

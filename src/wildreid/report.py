@@ -181,8 +181,9 @@ def _jpeg(image: Image.Image) -> str:
 
 
 class MatchPanel(NamedTuple):
-    """Drawn matches of a query with an identity's best-matching photo (JPEG data URI), how
-    many keypoints matched, and their summed confidence; ``photo``: that photo's image id;
+    """Matches of a query with an identity's best-matching photo: drawn (JPEG data URI; ``""``
+    where not drawn), how many keypoints matched, and their summed confidence; ``photo``: that
+    photo's image id;
     ``pairs``: each match as ``(x, y)`` in the query photo, ``(x, y)`` in that photo (fractions
     of each photo's width and height) and its confidence, for a viewer that draws them itself."""
 
@@ -194,9 +195,11 @@ class MatchPanel(NamedTuple):
 
 
 def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
-                 candidates: pd.DataFrame, device: str, cache_dir
+                 candidates: pd.DataFrame, device: str, cache_dir, drawn: bool = True
                  ) -> dict[tuple[str, str], MatchPanel]:
-    """Per (query, candidate identity): the drawn matches with the identity's best image."""
+    """Per (query, candidate identity): the matches with the identity's best image, drawn
+    unless ``drawn`` is False (a viewer that draws the points itself needs no picture: no photo
+    is decoded, no JPEG encoded)."""
     from wildreid.isolation import Isolator
     from wildreid.local import KeypointExtractor, create_local_features
     from wildreid.matching import create_matcher
@@ -238,12 +241,13 @@ def match_panels(info: dict, database: pd.DataFrame, queries: pd.DataFrame,
         for row, identity in enumerate(pool["identity"], start=1):
             if identity not in best or strength[row - 1] > strength[best[identity] - 1]:
                 best[identity] = row
-        query_image = load_image(frame["filepath"][0])
+        query_image = load_image(frame["filepath"][0]) if drawn else None
         for identity, row in best.items():
-            picture = draw_matches(query_image, load_image(frame["filepath"][row]), keypoints[0],
-                                   keypoints[row], matched[row - 1], regions[0], regions[row])
+            picture = (_jpeg(draw_matches(query_image, load_image(frame["filepath"][row]),
+                                          keypoints[0], keypoints[row], matched[row - 1],
+                                          regions[0], regions[row])) if drawn else "")
             panels[(query.image_id, identity)] = MatchPanel(
-                _jpeg(picture), len(matched[row - 1]), float(strength[row - 1]),
+                picture, len(matched[row - 1]), float(strength[row - 1]),
                 str(frame["image_id"][row]),
                 _matched_points(keypoints[0], keypoints[row], matched[row - 1]))
     return panels

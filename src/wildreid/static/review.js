@@ -7,7 +7,7 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const state = {queue: [], reviewed: 0, current: null, candidates: [], individuals: [],
-               order: "added", polling: null};
+               order: "added", polling: null, redrawMatches: null};
 
 function element(tag, properties = {}, children = []) {
   const node = document.createElement(tag);
@@ -172,7 +172,7 @@ async function showMatches(name, photo, scored = photo) {
 
 // Weak matches dark blue, through green and yellow, to red for the strongest (as the report's
 // turbo scale): visible on dark fur and pale skin alike.
-const strength = (confidence) => `hsl(${Math.round(240 * (1 - Math.min(1, Math.max(0, confidence))))}, 100%, 50%)`;
+const confidenceColour = (confidence) => `hsl(${Math.round(240 * (1 - Math.min(1, Math.max(0, confidence))))}, 100%, 50%)`;
 const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attributes) {
   const node = document.createElementNS(SVG, tag);
@@ -219,16 +219,17 @@ function matchViewer(name, drawn, scoredPhoto) {
     overlay.setAttribute("width", w1 + w2); overlay.setAttribute("height", Math.max(h1, h2));
     lines.replaceChildren(); dots.replaceChildren();
     for (const [qx, qy, cx, cy, confidence] of drawn.pairs) {
-      const colour = strength(confidence), a = [qx * w1, qy * h1], b = [w1 + cx * w2, cy * h2];
+      const colour = confidenceColour(confidence);
+      const a = [qx * w1, qy * h1], b = [w1 + cx * w2, cy * h2];
       lines.append(svg("line", {x1: a[0], y1: a[1], x2: b[0], y2: b[1], stroke: colour}));
-      for (const [cx_, cy_] of [a, b]) dots.append(svg("circle", {cx: cx_, cy: cy_, r: 4, fill: colour}));
+      for (const [px, py] of [a, b]) dots.append(svg("circle", {cx: px, cy: py, r: 4, fill: colour}));
     }
   };
   let loaded = 0;
   for (const picture of [left, right]) {
     picture.addEventListener("load", () => { if (++loaded === 2) draw(); });
   }
-  window.addEventListener("resize", draw);
+  state.redrawMatches = draw;  // one window listener redraws whichever viewer is shown
   const zoomShown = element("span", {className: "zoom-level", textContent: "100 %"});
   const zoomIn = element("button", {textContent: "+", title: "zoom in"});
   const zoomOut = element("button", {textContent: "−", title: "zoom out"});
@@ -397,6 +398,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     } catch (e) { fail(e); }
   });
   window.addEventListener("hashchange", route);
+  window.addEventListener("resize", () => state.redrawMatches && state.redrawMatches());
   try { await loadIndividuals(); await loadQueue(); } catch (e) { fail(e); }
   await route();
 });
