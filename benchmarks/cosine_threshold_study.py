@@ -23,7 +23,8 @@ import numpy as np
 from fusion_threshold_study import scored_at, study_inputs, write_table_study
 from threshold_design_study import best_identities, pooled_pseudo_queries, summarise
 
-from wildreid.openset import bagged_threshold, pseudo_query_threshold, pseudo_split
+from wildreid.openset import bagged_threshold, pseudo_query_threshold
+from wildreid.pseudo_queries import pseudo_split
 
 FITS = ("fitted (today)", "bagged")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, development_database, write_cpu_result
 
-from wildreid.openset import pseudo_split, sightings_of
 from wildreid.pipeline import Identifier
+from wildreid.pseudo_queries import pseudo_split, sightings_of
 from wildreid.scorers import LocalScorer, orientations
 from wildreid.vlad import Vlad
 

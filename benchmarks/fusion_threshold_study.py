@@ -31,7 +31,8 @@ from threshold_design_study import best_identities, summarise
 
 from wildreid.fusion import Calibration, cross_fitted_calibration
 from wildreid.metrics import threshold_curve
-from wildreid.openset import PseudoSplit, pseudo_query_threshold, pseudo_split
+from wildreid.openset import pseudo_query_threshold
+from wildreid.pseudo_queries import PseudoSplit, pseudo_split
 
 
 class Protocol(NamedTuple):

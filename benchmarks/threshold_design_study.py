@@ -44,8 +44,9 @@ from wildreid.isolation import Isolator, Segmenter
 from wildreid.local import KeypointExtractor, create_local_features
 from wildreid.matching import PAIR_SCORES, create_matcher, score_pairs
 from wildreid.metrics import threshold_curve
-from wildreid.openset import pseudo_query_threshold, pseudo_split
+from wildreid.openset import pseudo_query_threshold
 from wildreid.pipeline import Identifier
+from wildreid.pseudo_queries import pseudo_split
 from wildreid.stage import take
 
 #: (name, who the pseudo-queries meet, pseudo-splits pooled): ``held-out`` pools 5 as

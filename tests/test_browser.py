@@ -207,8 +207,9 @@ def test_review_queue_in_chromium(real_subset, tmp_path):
 
 @pytest.mark.slow
 def test_a_proposed_group_is_accepted_in_chromium(bursts, tmp_path):
-    """The waiting bursts of unseen lions proposed as groups; one accepted as one new individual
-    with one click, and undone with one key."""
+    """The waiting bursts of unseen lions proposed as groups; one, less a photo left out and with
+    a photo moved in from another group, accepted as one new individual with one click, and
+    undone with one key."""
     chromium = _chromium()
     from playwright.sync_api import expect, sync_playwright
 
@@ -237,13 +238,24 @@ def test_a_proposed_group_is_accepted_in_chromium(bursts, tmp_path):
             dropped = left_out.get_attribute("value")
             left_out.uncheck()
             expect(first_group.locator(".accept-group")).to_contain_text("(3 photos)")
+            # And one photo of the second group moved into the first.
+            second_group = page.locator(".group >> nth=1")
+            second_before = second_group.locator(".member-box").count()
+            moved = second_group.locator("input[type=checkbox] >> nth=0").get_attribute("value")
+            second_group.locator(".move-to >> nth=0").select_option("0")
+            expect(first_group.locator("img")).to_have_count(5)
+            expect(second_group.locator(".member-box")).to_have_count(second_before - 1)
+            expect(first_group.locator(".accept-group")).to_contain_text("(4 photos)")
+            expect(first_group.locator(".title")).to_contain_text("5 photos")
             (shots / "6-groups.png").write_bytes(page.screenshot(full_page=True))
             first_group.locator(".accept-group").click()
-            expect(page.locator("#status")).to_have_text("3 photos -> Burst lion")
+            expect(page.locator("#status")).to_have_text("4 photos -> Burst lion")
             expect(page.locator("#individuals li").filter(has_text="Burst lion")).to_have_text(
-                "Burst lion (3)")
+                "Burst lion (4)")
+            members = httpx.get(url + "api/individual", params={"name": "Burst lion"}).json()
+            assert moved in members["photos"] and dropped not in members["photos"]
             assert dropped in httpx.get(url + "api/queries").json()["queries"]  # still waits
-            expect(page.locator("#progress")).to_have_text(re.compile(r"^3 of \d+ reviewed"))
+            expect(page.locator("#progress")).to_have_text(re.compile(r"^4 of \d+ reviewed"))
             # Keys go to the page, not the name field. (Clicking the page's centre could land on
             # a candidate's confirm button and decide something else.)
             page.evaluate("document.activeElement.blur()")

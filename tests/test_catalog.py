@@ -20,9 +20,39 @@ from wildreid.cli import app
 def catalog(real_subset, tmp_path):
     runner = CliRunner()
     assert runner.invoke(app, ["catalog", "init", str(tmp_path / "cat")]).exit_code == 0
-    result = runner.invoke(app, ["catalog", "add", str(tmp_path / "cat"), str(real_subset)])
+    result = runner.invoke(app, ["catalog", "add", str(tmp_path / "cat"), str(real_subset),
+                                 "--no-rank"])
     assert result.exit_code == 0, result.output
     return Catalog(tmp_path / "cat")
+
+
+@pytest.mark.slow
+def test_catalog_add_ranks_the_waiting_photos_ahead_for_any_process(real_subset, tmp_path):
+    """``catalog add`` ranks the photos waiting for review ahead and stores their candidates in
+    the catalog: another process (the review app) answers them without fitting a model, with
+    what ranking them then would give, until a decision makes them stale."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["catalog", "init", str(tmp_path / "cat")]).exit_code == 0
+    result = runner.invoke(app, ["catalog", "add", str(tmp_path / "cat"), str(real_subset)])
+    assert result.exit_code == 0, result.output
+    assert "ranked 12 waiting photos ahead" in result.output
+    reopened = Catalog(tmp_path / "cat")  # another process: nothing in memory
+    waiting = reopened.unassigned()
+    stored = reopened.ranked_ahead()
+    assert sorted(stored) == sorted(waiting)
+    first = reopened.identify(waiting[0])
+    assert reopened._identifier is None  # answered from the catalog, no model fitted
+    assert first.attrs["threshold"] == stored[waiting[0]].attrs["threshold"]
+    reopened._ahead = (-1, {})
+    with sqlite3.connect(reopened.database) as connection:
+        connection.execute("DELETE FROM ranked")
+    ranked_now = reopened.identify(waiting[0])
+    assert ranked_now["identity"].tolist() == first["identity"].tolist()
+    np.testing.assert_allclose(ranked_now["score"], first["score"], atol=1e-6)
+    assert ranked_now["image"].tolist() == first["image"].tolist()
+    assert ranked_now.attrs["threshold"] == pytest.approx(first.attrs["threshold"])
+    reopened.confirm(waiting[0], first["identity"].iloc[0])
+    assert Catalog(tmp_path / "cat").ranked_ahead() == {}  # stale after a decision
 
 
 def test_identify_confirm_new_and_restart(catalog, real_subset, tmp_path):

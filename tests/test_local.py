@@ -1035,3 +1035,36 @@ def test_same_orientation_without_two_photos_of_one_view_says_what_to_do():
                                          r"\(orientation 'any' for lion\)"):
         reranking._check_same_orientation(np.array([False, False, True, False]), species)
     reranking._check_same_orientation(np.array([True, False, False, False]), species)  # fine
+
+
+@pytest.mark.slow
+def test_a_fitted_reranking_grows_without_fitting_again(real_subset, regions_cache):
+    """``partial_fit`` with local re-ranking (what a catalog decision on the accurate preset
+    does): the added photos' keypoints join the database in their order, the calibration and
+    thresholds stay, and a copy of an added photo is matched with it and named by it."""
+    dataset = load_dataset(real_subset)
+    database = dataset.database.reset_index(drop=True)
+    added = database.groupby("species").tail(1)  # one photo of one identity per species
+    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=regions_cache,
+                            progress=False, device="cpu", keep_pair_scores=True).fit(
+        database.drop(added.index))
+    reranking = identifier.reranking_
+    calibration, decision = reranking.calibration_, identifier.decision_
+    identifier.partial_fit(added)
+    assert reranking.calibration_ is calibration and identifier.decision_ is decision
+    assert len(reranking.database_.images) == len(reranking.database_.features) == len(database)
+    assert reranking.database_identities_[-len(added):].tolist() == added["identity"].tolist()
+    from wildreid.scorers import keypoint_regions
+
+    regions = keypoint_regions(added, reranking.keypoints_on_, identifier.isolator)
+    fresh = reranking.local_scorer_.keypoints(added, regions, "added again")["sift"]
+    grown = reranking.database_.keypoints["sift"]
+    for row, keypoints in enumerate(fresh):
+        np.testing.assert_array_equal(grown[len(database) - len(added) + row].xy, keypoints.xy)
+    copies = added.assign(image_id=[f"copy-{i}" for i in added["image_id"]])
+    candidates = identifier.predict_candidates(copies.drop(columns="identity"), k=1)
+    assert candidates["identity"].tolist() == added["identity"].tolist()
+    assert candidates["image"].tolist() == added["image_id"].tolist()
+    table = reranking.scoring_.pair_tables["query pairs"]
+    grown_rows = set(range(len(database) - len(added), len(database)))
+    assert set(table["second"]) & grown_rows == grown_rows  # the added photos were shortlisted

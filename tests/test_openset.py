@@ -15,9 +15,8 @@ from wildreid.openset import (
     bagged_threshold,
     fit_threshold,
     pseudo_query_threshold,
-    pseudo_split,
-    sightings_of,
 )
+from wildreid.pseudo_queries import pseudo_split, sightings_of
 from wildreid.ranking import IdentityIndex
 
 

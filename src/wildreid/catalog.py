@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, image_id TEXT NOT NULL, individual TEXT NOT NULL,
     kind TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ranked (
+    image_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, candidates TEXT NOT NULL);
 """
 #: Columns added since the first catalogs: added on open, so older catalogs keep working.
 _ADDED_COLUMNS = {
@@ -214,6 +216,23 @@ def _told_apart(score: float, threshold: float) -> tuple[str, str]:
     return shown
 
 
+def _generation(connection: sqlite3.Connection) -> int:
+    row = connection.execute("SELECT value FROM settings WHERE key = 'generation'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _ranking_text(ranked: pd.DataFrame) -> str:
+    """One photo's ranked candidates (:meth:`Catalog.identify`'s frame and its attrs) as stored."""
+    return json.dumps({"rows": ranked.to_dict("list"), "attrs": ranked.attrs})
+
+
+def _ranking_of(text: str) -> pd.DataFrame:
+    stored = json.loads(text)
+    ranked = pd.DataFrame(stored["rows"], columns=["rank", "identity", "score", "image"])
+    ranked.attrs = stored["attrs"]
+    return ranked
+
+
 def _relative(path: Path, base: str | Path) -> str:
     """``path`` relative to ``base``, led by ``./`` where it would start like a formula: still
     the same path (the export stays a dataset), never a formula."""
@@ -235,8 +254,9 @@ class Imported(NamedTuple):
 class Catalog:
     """The catalog in ``folder``: ``catalog.sqlite``, ``photos/``, ``cache/``."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, progress: bool = False):
         self.folder = Path(folder).resolve()
+        self.progress = progress  # show the fitting and ranking work (the CLI; not the app)
         self.database = self.folder / "catalog.sqlite"
         if not self.database.is_file():
             raise CatalogError(f"{self.folder}: not a catalog (no catalog.sqlite); create one "
@@ -255,6 +275,7 @@ class Catalog:
 
     def _migrate(self) -> None:
         with sqlite3.connect(self.database, timeout=30) as connection:
+            connection.executescript(SCHEMA)  # tables added since (IF NOT EXISTS)
             for table, columns in _ADDED_COLUMNS.items():
                 present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
                 for column, kind in columns.items():
@@ -287,8 +308,11 @@ class Catalog:
 
     def generation(self) -> int:
         """How many writes the catalog has seen (any process)."""
-        rows = self._read("SELECT value FROM settings WHERE key = 'generation'")
-        return int(rows["value"].iloc[0]) if len(rows) else 0
+        connection = sqlite3.connect(self.database, timeout=30)
+        try:
+            return _generation(connection)
+        finally:
+            connection.close()
 
     def has_identified_photos(self) -> bool:
         return not self._read("SELECT 1 FROM images WHERE individual IS NOT NULL LIMIT 1").empty
@@ -322,35 +346,53 @@ class Catalog:
         return sorted(waiting, key=need)  # stable: ties keep the order they were added
 
     def ranked_ahead(self) -> dict[str, pd.DataFrame]:
-        """The waiting photos' candidates ranked ahead by :meth:`rank_waiting`, while the
-        catalog has not changed since (else none)."""
-        generation, ranked = self._ahead
-        return ranked if generation == self.generation() else {}
+        """The waiting photos' candidates ranked ahead by :meth:`rank_waiting` (in this process or
+        another: they are stored in the catalog), while the catalog has not changed since (else
+        none)."""
+        generation = self.generation()
+        if self._ahead[0] != generation:
+            stored = self._read("SELECT image_id, candidates FROM ranked WHERE generation = ?",
+                                (generation,))
+            self._ahead = (generation, {image_id: _ranking_of(text) for image_id, text
+                                        in zip(stored["image_id"], stored["candidates"])})
+        return self._ahead[1]
 
     def rank_waiting(self, k: int = 5) -> int:
         """Rank every waiting photo ahead with the current model, :data:`RANK_BATCH` at a time,
-        so that :meth:`identify` answers them at once and the queue can be ordered by need.
-        Each batch is published as it is done (:meth:`ranked_ahead` counts them); a change of
-        the catalog meanwhile stops the work (what was ranked is stale). Returns how many were
-        ranked."""
+        so that :meth:`identify` answers them at once (in any process: the rankings are stored
+        in the catalog) and the queue can be ordered by need. Each batch is stored as it is done
+        (:meth:`ranked_ahead` counts them); a change of the catalog meanwhile stops the work
+        (what was ranked is stale). Returns how many were ranked."""
         generation = self.generation()
-        ranked = dict(self._ahead[1]) if self._ahead[0] == generation else {}
+        ranked = dict(self.ranked_ahead())
         waiting = self.images().query("individual.isna()")
         waiting = waiting[~waiting["image_id"].isin(list(ranked))]
         if waiting.empty or not self.has_identified_photos():
-            self._ahead = (generation, ranked)
             return 0
         identifier = self.identifier()
-        for start in range(0, len(waiting), RANK_BATCH):
-            query = self._frame(waiting.iloc[start:start + RANK_BATCH])
-            candidates = identifier.predict_candidates(
-                query[["image_id", "filepath", "species"]], k=k)
-            for image_id, rows in candidates.groupby("image_id", sort=False):
-                ranked[image_id] = self._described(rows, identifier)
-                ranked[image_id].attrs["asked"] = k  # how many candidates were asked for
-            if self.generation() != generation:
-                return 0  # a decision came meanwhile: these rankings are stale
-            self._ahead = (generation, dict(ranked))
+        from wildreid.progress import progress_bar
+
+        with progress_bar("images", self.progress) as bar:
+            task = bar.add_task("ranking the waiting photos ahead", total=len(waiting))
+            for start in range(0, len(waiting), RANK_BATCH):
+                query = self._frame(waiting.iloc[start:start + RANK_BATCH])
+                candidates = identifier.predict_candidates(
+                    query[["image_id", "filepath", "species"]], k=k)
+                batch = {}
+                for image_id, rows in candidates.groupby("image_id", sort=False):
+                    batch[image_id] = self._described(rows, identifier)
+                    batch[image_id].attrs["asked"] = k  # how many candidates were asked for
+                with self._write(stales_the_model=False) as connection:
+                    if _generation(connection) != generation:
+                        return 0  # a decision came meanwhile: these rankings are stale
+                    connection.execute("DELETE FROM ranked WHERE generation != ?", (generation,))
+                    connection.executemany(
+                        "INSERT OR REPLACE INTO ranked VALUES (?, ?, ?)",
+                        [(image_id, generation, _ranking_text(rows))
+                         for image_id, rows in batch.items()])
+                ranked.update(batch)
+                self._ahead = (generation, dict(ranked))
+                bar.advance(task, len(query))
         return len(waiting)
 
     @contextmanager
@@ -552,11 +594,12 @@ class Catalog:
     def identifier(self, leave_out: str | None = None):
         """The catalog's fitted :class:`~wildreid.pipeline.Identifier` (features cached on disk).
         After decisions that only add identified photos, it is grown in place
-        (:meth:`~wildreid.pipeline.Identifier.partial_fit`: only the new photos are read), not
-        fitted again; it is fitted again after any other change (undo, merge, reassignment),
-        once the identified photos grew by a tenth since the last fit (thresholds follow), and
-        with the accurate preset. ``leave_out`` an image id: one fitted without that photo (to
-        rank an already identified photo against the others), not kept."""
+        (:meth:`~wildreid.pipeline.Identifier.partial_fit`: only the new photos are described,
+        and with the accurate preset their keypoints found), not fitted again; it is fitted
+        again after any other change (undo, merge, reassignment) and once the identified photos
+        grew by a tenth since the last fit (thresholds and calibration follow). ``leave_out``
+        an image id: one fitted without that photo (to rank an already identified photo
+        against the others), not kept."""
         from wildreid.defaults import PRESETS
         from wildreid.pipeline import Identifier
 
@@ -574,14 +617,14 @@ class Catalog:
                     return model
                 added = labelled[~labelled["image_id"].isin(list(fitted))]
                 only_added = all(current.get(i) == name for i, name in fitted.items())
-                if (only_added and model.reranking_ is None and calibrated == fitted_calibrated
+                if (only_added and calibrated == fitted_calibrated
                         and len(current) <= 1.1 * fitted_size):
                     model.partial_fit(self._frame(added))
                     self._identifier = (generation, model, current, fitted_size, calibrated)
                     return model
             settings = PRESETS[self.preset] if calibrated else PRESETS["fast"]
             identifier = Identifier(threshold="auto" if calibrated else None,
-                                    cache_dir=self.cache, progress=False,
+                                    cache_dir=self.cache, progress=self.progress,
                                     **settings).fit(self._frame(labelled))
             if leave_out is None:
                 self._identifier = (generation, identifier, current, len(current), calibrated)

@@ -537,15 +537,24 @@ def catalog_add(
     folder: Path = typer.Argument(..., help="Catalog folder (wildreid catalog init)."),
     data_dir: Path = typer.Argument(..., help="AnimalCLEF folder or folder tree to import."),
     metadata: Path = typer.Option(None, help="Metadata CSV instead of DATA_DIR/metadata.csv."),
+    rank: bool = typer.Option(True, help="Rank the photos waiting for review ahead, so the "
+                              "review app shows their candidates at once."),
 ):
-    """Import a dataset's database photos (with their identities) into the catalog."""
+    """Import a dataset's photos into the catalog: those with an identity as identified, the
+    others as waiting for review (ranked ahead unless --no-rank)."""
     from wildreid.catalog import Catalog
 
     with _clear_errors():
-        catalog = Catalog(folder)
+        catalog = Catalog(folder, progress=True)
         imported = catalog.add_dataset(data_dir, metadata)
     err.print(f"added {imported.added} identified photos and {imported.waiting} waiting for "
               f"review; the catalog holds {len(catalog.individuals())} individuals")
+    if rank and imported.waiting:
+        with _clear_errors():
+            ranked = catalog.rank_waiting()
+        if ranked:
+            err.print(f"ranked {ranked} waiting photos ahead: 'wildreid serve --catalog "
+                      f"{folder}' shows their candidates at once")
     if imported.skipped:
         shown = ", ".join(imported.skipped[:5]) + (" ..." if len(imported.skipped) > 5 else "")
         err.print(_styled("yellow", f"skipped {len(imported.skipped)} photos whose image_id is "

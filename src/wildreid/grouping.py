@@ -26,6 +26,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.metrics.cluster import pair_confusion_matrix
 
 from wildreid.data import NEW_INDIVIDUAL
+from wildreid.pseudo_queries import pseudo_split, species_keys
 
 LINKAGES = ("average", "complete", "single")
 _PROPOSED = re.compile(re.escape(NEW_INDIVIDUAL) + r"_[0-9]+")
@@ -122,7 +123,6 @@ class NewIndividualGrouping:
         images of each (at most ``max_images``) are scored with ``similarity_of(rows)`` (database
         rows -> their similarity matrix) and clustered with each linkage; the linkage and
         threshold of best pooled adjusted Rand index win."""
-        from wildreid.openset import pseudo_split, species_keys
 
         identities = np.asarray(identities, dtype=object).astype(str)
         species = species_keys(species, len(identities))

@@ -17,8 +17,9 @@ from wildreid.features import FeatureExtractor
 from wildreid.grouping import NewIndividualGrouping, name_groups
 from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter, by_species
 from wildreid.models import DEFAULT_MODEL, create_descriptor, parse_ensemble
-from wildreid.openset import OpenSetDecision, sightings_of
-from wildreid.ranking import IdentityIndex, index_dir
+from wildreid.openset import OpenSetDecision
+from wildreid.pseudo_queries import sightings_of
+from wildreid.ranking import IdentityIndex, index_dir, stacked_descriptors
 from wildreid.rerank import LocalReranking, check_matchers
 from wildreid.routing import SpeciesRouter, blank_species
 
@@ -380,15 +381,11 @@ class Identifier(BaseEstimator):
 
     def partial_fit(self, database: pd.DataFrame) -> Identifier:
         """Add images of known identities (new or existing) to a fitted identifier without
-        fitting again: only they are described, the index grows; the open-set thresholds stay
-        those of the last :meth:`fit` (fit again once the database has changed much). Only for
-        the global descriptor: local re-ranking calibrates on the whole database, so with
-        ``local`` set this raises ``NotImplementedError`` (call ``fit``)."""
+        fitting again: only they are described (and, with local re-ranking, their keypoints
+        found), the index grows; the open-set thresholds and the re-ranking's calibration stay
+        those of the last :meth:`fit` (fit again once the database has changed much)."""
         if not hasattr(self, "index_"):
             return self.fit(database)
-        if self.reranking_ is not None:
-            raise NotImplementedError("local re-ranking is calibrated on the whole database: "
-                                      "call fit with the grown database instead")
         if "identity" not in database.columns or database["identity"].isna().any():
             raise ValueError("every database image needs an identity")
         if database.empty:
@@ -398,10 +395,9 @@ class Identifier(BaseEstimator):
         if (species is None) != (added_species is None):
             raise ValueError("species given for some database images and not for others")
         added = self.describe(database, "database")
-        if added.shape[1] != features.shape[1]:  # a species whose model is wider came in
-            width = max(added.shape[1], features.shape[1])
-            features, added = (np.pad(f, ((0, 0), (0, width - f.shape[1]))) for f in (features, added))
-        features = np.concatenate([features, added])
+        features = stacked_descriptors(features, added)
+        if self.reranking_ is not None:
+            self.reranking_.partial_fit(database, added, self.isolator)
         added_identities = database["identity"].astype(str).to_numpy()
         identities = np.concatenate([identities, added_identities])
         if species is not None:

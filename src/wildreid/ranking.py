@@ -56,6 +56,14 @@ def _gallery(features: np.ndarray, identities: np.ndarray, rows: np.ndarray,
                     index_dir)
 
 
+def stacked_descriptors(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """``second``'s rows after ``first``'s; the narrower zero-padded to the wider width (a
+    species whose model is wider came in: cosines with the zeros are those of the shared part)."""
+    width = max(first.shape[1], second.shape[1])
+    return np.concatenate([np.pad(part, ((0, 0), (0, width - part.shape[1])))
+                           for part in (first, second)])
+
+
 def index_dir(cache_dir: str | Path | None) -> Path | None:
     """Where approximate indexes are kept: beside the feature cache (none without a cache)."""
     return None if cache_dir is None else Path(cache_dir) / "indexes"

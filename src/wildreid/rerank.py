@@ -28,8 +28,9 @@ from wildreid.distributed import RayPool
 from wildreid.fusion import SpeciesCalibration, cross_fitted_calibration, fused_mean
 from wildreid.isolation import Isolator, by_species
 from wildreid.matching import PAIR_SCORES
-from wildreid.openset import OpenSetDecision, pseudo_split, sightings_of, species_keys
-from wildreid.ranking import index_dir, nearest_images
+from wildreid.openset import OpenSetDecision
+from wildreid.pseudo_queries import pseudo_split, sightings_of, species_keys
+from wildreid.ranking import index_dir, nearest_images, stacked_descriptors
 from wildreid.scorers import (
     CosineScorer,
     LocalScorer,
@@ -42,6 +43,7 @@ from wildreid.scorers import (
     mirror_view,
     without_evidence,
 )
+from wildreid.stage import LazyRows
 
 #: Where local keypoints are kept: on the animal's mask, or anywhere on the photo; ``auto``
 #: chooses one of the two per species on the database (:meth:`LocalReranking.fit`).
@@ -256,6 +258,33 @@ class LocalReranking(BaseEstimator):
             identities[queries], top["identity"][:, 0], top["score"][:, 0], unknown,
             species[queries])
         self.calibration_pairs_ = len(pairs)
+        return self
+
+    def partial_fit(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None
+                    ) -> LocalReranking:
+        """Add images of known identities to the fitted re-ranking without fitting again: their
+        keypoints are found where the fit chose to find them (``keypoints_on_``) and the
+        database grows; the choices, the calibration and the thresholds stay those of the last
+        :meth:`fit` (fit again once the database has changed much)."""
+        if images.empty:
+            return self
+        regions = keypoint_regions(images, self.keypoints_on_, isolator, "added: regions")
+        keypoints = self._keypoints(images, regions, "added")
+        old = self.database_
+        if old.regions is None and regions is None:
+            grown_regions = None
+        else:
+            grown_regions = [*(old.regions or [None] * len(old.images)),
+                             *(regions or [None] * len(images))]
+        self.database_ = Side(pd.concat([old.images, images], ignore_index=True),
+                              stacked_descriptors(old.features, features), grown_regions,
+                              {name: _joined(old.keypoints[name], keypoints[name])
+                               for name in old.keypoints})
+        self.database_identities_ = np.concatenate(
+            [self.database_identities_, images["identity"].astype(str).to_numpy()])
+        self.database_species_ = np.concatenate(
+            [self.database_species_, species_keys(images.get("species"), len(images))])
+        self.shortlist_indexes_ = {}  # built again for the grown species when one is needed
         return self
 
     def _check_same_orientation(self, same: np.ndarray, species: np.ndarray) -> None:
@@ -646,6 +675,13 @@ class LocalReranking(BaseEstimator):
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused
         return similarity
+
+
+def _joined(first: Sequence, second: Sequence) -> Sequence:
+    """``second``'s items after ``first``'s; two lazy views of one cache stay lazy (``+``)."""
+    if isinstance(first, LazyRows) and isinstance(second, LazyRows):
+        return first + second
+    return [*first, *second]
 
 
 def check_matchers(features: Sequence[str], cascade: int | None) -> None:

@@ -3,7 +3,7 @@
 A small, fixed menu of :class:`Candidate` pipelines (:data:`MENU`: the global cosine alone, which
 is the fast preset; SIFT on the whole photo; SIFT on the animal; ALIKED nearest neighbours on the
 animal; those then LightGlue on each query's best few) is tried per species on a **development
-split carved from the database** (:func:`~wildreid.openset.pseudo_split`: whole identities held
+split carved from the database** (:func:`~wildreid.pseudo_queries.pseudo_split`: whole identities held
 out as unknowns, whole sightings of the others as known queries), each fitted on the rest exactly
 as a real run is. Each candidate's score is the task's own (sqrt(BAKS x BAUS); top-1 balanced
 over identities for a closed set), and its gain over the cheaper choice comes with a standard
@@ -37,7 +37,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from wildreid.data import NEW_INDIVIDUAL
-from wildreid.openset import OpenSetDecision, pseudo_split, sightings_of, species_keys
+from wildreid.openset import OpenSetDecision
+from wildreid.pseudo_queries import pseudo_split, sightings_of, species_keys
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class DevelopmentSplit:
 def development_split(images: pd.DataFrame, queries: int = DEVELOPMENT_QUERIES, seed: int = 0
                       ) -> DevelopmentSplit | None:
     """One species' photos (``images``) carved into a :class:`DevelopmentSplit`
-    (:func:`~wildreid.openset.pseudo_split`: whole identities held out as unknowns, whole
+    (:func:`~wildreid.pseudo_queries.pseudo_split`: whole identities held out as unknowns, whole
     sightings of the others as known queries; at most ``queries`` of them, drawn at random).
     ``None`` where the species has too few identities (under 6) to compare pipelines on."""
     identities = images["identity"].astype(str).to_numpy()

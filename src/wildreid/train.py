@@ -31,8 +31,9 @@ from wildreid.heads import EmbeddingHead, WithHead
 from wildreid.images import load_image
 from wildreid.metrics import baks, baus, best_threshold, geometric_score, threshold_curve
 from wildreid.models import Descriptor, create_descriptor, save_descriptor
-from wildreid.openset import fit_threshold, pseudo_split, sightings_of
+from wildreid.openset import fit_threshold
 from wildreid.progress import progress_bar
+from wildreid.pseudo_queries import pseudo_split, sightings_of
 from wildreid.ranking import IdentityIndex
 from wildreid.registry import Registry
 
@@ -133,7 +134,7 @@ def validation_split(identities: np.ndarray, unknown_fraction: float, seed: int,
     """Row roles: ``train`` (used for training and as the validation reference), ``queries``
     (held out: all images of pseudo-unknown identities, one image — one sighting, with
     ``sightings`` — of each other identity with two or more) and, per query, whether its
-    identity is unknown — the open-set simulation of :func:`wildreid.openset.pseudo_split`,
+    identity is unknown — the open-set simulation of :func:`wildreid.pseudo_queries.pseudo_split`,
     holding out as little as possible."""
     split = pseudo_split(np.asarray(identities), np.random.default_rng(seed), unknown_fraction,
                          query_fraction=0.0, sightings=sightings)

@@ -297,35 +297,65 @@ async function loadGroups() {
     $("groups").textContent = "No waiting photos look like one new individual together.";
     return;
   }
-  $("groups").replaceChildren(...found.groups.map(group));
+  const groups = found.groups.map((g, number) => group(g, number, found.groups.length));
+  $("groups").replaceChildren(...groups);
 }
-function group(g) {
+// A group is a proposal, not a verdict: each photo can be left out (its box) or moved to
+// another proposed group (its "move to" list) before a group is accepted.
+function group(g, number, count) {
   const name = element("input", {className: "group-name", placeholder: "name (optional)",
-                                 maxLength: 200, ariaLabel: "name of the new individual"});
-  const accept = element("button", {className: "accept-group",
-                                    textContent: `Accept as one new individual (${g.photos.length} photos)`});
-  // Each photo can be left out before accepting: a group is a proposal, not a verdict.
-  const boxes = g.photos.map((i) => element("input", {type: "checkbox", checked: true, value: i,
-                                                      ariaLabel: `keep ${i} in the group`}));
-  const kept = () => boxes.filter((box) => box.checked).map((box) => box.value);
-  const count = () => { accept.textContent = `Accept as one new individual (${kept().length} photos)`;
-                        accept.disabled = !kept().length; };
-  for (const box of boxes) box.addEventListener("change", count);
+                                 maxLength: 200, ariaLabel: `name of new individual ${number + 1}`});
+  const accept = element("button", {className: "accept-group"});
+  const thumbs = element("div", {className: "thumbs"}, g.photos.map((i) => member(i, number, count)));
+  const title = element("div", {className: "title"});
+  const box = element("div", {className: "group", data: {group: number}},
+                      [title, thumbs, element("div", {className: "actions"}, [name, accept])]);
+  box.kept = () => [...thumbs.querySelectorAll("input[type=checkbox]:checked")].map((b) => b.value);
+  box.counted = () => {
+    const photos = thumbs.querySelectorAll(".member").length, kept = box.kept().length;
+    title.textContent = `${number + 1}. ${g.species || "species not recorded"}: ` +
+                        `${photos} photos that look like one unseen animal`;
+    accept.textContent = `Accept as one new individual (${kept} photos)`;
+    accept.disabled = !kept;
+  };
+  thumbs.addEventListener("change", (event) => {
+    if (event.target.type === "checkbox") box.counted();
+  });
   accept.addEventListener("click", async () => {
     try {
-      const made = await post("/api/new-group", {image_id: kept(), name: name.value});
+      const made = await post("/api/new-group", {image_id: box.kept(), name: name.value});
       say(`${made.image_ids.length} photos -> ${made.individual}`);
       await refresh(null);
       await loadGroups();
     } catch (e) { fail(e); }
   });
-  const thumbs = element("div", {className: "thumbs"}, g.photos.map((i, k) =>
-    element("label", {className: "member", title: i}, [
-      element("img", {alt: i, src: photoUrl(i)}), boxes[k], element("span", {textContent: i})])));
-  return element("div", {className: "group"}, [
-    element("div", {className: "title", textContent: `${g.species || "species not recorded"}: ` +
-                    `${g.photos.length} photos that look like one unseen animal`}),
-    thumbs, element("div", {className: "actions"}, [name, accept])]);
+  box.counted();
+  return box;
+}
+function member(imageId, number, count) {
+  const keep = element("input", {type: "checkbox", checked: true, value: imageId,
+                                 ariaLabel: `keep ${imageId} in the group`});
+  const options = [element("option", {value: "", textContent: "move to…"})];
+  for (let other = 0; other < count; other++) {  // every group but the one the photo is in
+    options.push(element("option", {value: other, textContent: `group ${other + 1}`,
+                                    hidden: other === number}));
+  }
+  const moveTo = element("select", {className: "move-to", ariaLabel: `move ${imageId} to another group`},
+                         options);
+  const label = element("label", {className: "member", title: imageId}, [
+    element("img", {alt: imageId, src: photoUrl(imageId)}), keep, element("span", {textContent: imageId})]);
+  const wrapper = element("div", {className: "member-box"}, [label, count > 1 ? moveTo : ""]);
+  moveTo.addEventListener("change", () => {
+    const from = wrapper.closest(".group");
+    const to = document.querySelector(`.group[data-group="${moveTo.value}"]`);
+    if (!to || to === from) return;
+    to.querySelector(".thumbs").append(wrapper);
+    for (const option of moveTo.options) option.hidden = option.value === to.dataset.group;
+    moveTo.value = "";
+    from.counted();
+    to.counted();
+  });
+  return wrapper;
 }
 
 // -- routing and keys ----------------------------------------------------------------------
