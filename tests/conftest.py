@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs as one worker per core (pytest-xdist, pyproject's addopts): one thread
+    # each, set before torch or onnxruntime start, rather than every worker's threads fighting
+    # over every core.
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")
+
 import socket
 import threading
 import time
@@ -144,3 +152,22 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join()
         self.socket.close()
+
+
+def settings_file(folder: Path, **values) -> list[str]:
+    """``--settings FILE`` for ``identify``: ``values`` (Python names) written as a TOML file in
+    ``folder``."""
+    import json
+
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = json.dumps(str(value))  # a TOML basic string is a JSON string
+        lines.append(f"{key.replace('_', '-')} = {text}")
+    path = Path(folder) / "settings.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return ["--settings", str(path)]

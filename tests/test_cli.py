@@ -14,6 +14,8 @@ from wildreid.cli import app
 from wildreid.data import NEW_INDIVIDUAL
 from wildreid.testing import damage
 
+from .conftest import settings_file
+
 runner = CliRunner()
 
 
@@ -22,7 +24,7 @@ def test_identify_then_evaluate(real_subset, tmp_path):
     submission = tmp_path / "out" / "submission.csv"
     result = runner.invoke(app, ["identify", str(real_subset), "--output", str(submission),
                                  "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-                                 "--top-k", "3"])
+                                 *settings_file(tmp_path, top_k=3)])
     assert result.exit_code == 0, result.output
     answers = pd.read_csv(submission, dtype=str)
     metadata = pd.read_csv(real_subset / "metadata.csv", dtype=str)
@@ -75,7 +77,7 @@ def test_wrong_extension_query_of_a_database_photo_is_named(real_subset, tmp_pat
     pd.concat([metadata, extra.to_frame().T]).to_csv(tmp_path / "metadata.csv", index=False)
     submission = tmp_path / "s.csv"
     result = runner.invoke(app, ["identify", str(tmp_path), "--output", str(submission),
-                                 "--no-cache", "--device", "cpu"])
+                                 *settings_file(tmp_path, cache=False), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     answers = pd.read_csv(submission, dtype=str).set_index("image_id")["identity"]
     assert answers["resent"] == source["identity"]
@@ -84,7 +86,7 @@ def test_wrong_extension_query_of_a_database_photo_is_named(real_subset, tmp_pat
 def test_bad_dataset_is_one_clear_message(tmp_path):
     (tmp_path / "metadata.csv").write_text("image_id,identity,path,split\n"
                                            "a,x,[/red]missing.jpg,train\n")
-    result = runner.invoke(app, ["identify", str(tmp_path), "--no-cache"])
+    result = runner.invoke(app, ["identify", str(tmp_path), *settings_file(tmp_path, cache=False)])
     assert result.exit_code == 2  # the name is text, not console markup
     assert "[/red]missing.jpg" in result.output and "unknown split value(s) train" in result.output
     assert "Traceback" not in result.output
@@ -123,7 +125,7 @@ def test_help_is_quick_and_whole(tmp_path):
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            timeout=60, env={**os.environ, "WILDREID_CACHE": str(tmp_path)})
     assert shown.returncode == 0, shown.stderr
-    assert "--no-no-cache" not in shown.stdout and "--no-cache" in shown.stdout
+    assert "--settings" in shown.stdout
     assert str(tmp_path) in shown.stdout  # the default cache folder shown whole
 
 

@@ -20,6 +20,8 @@ from wildreid.cli import app
 from wildreid.local import Keypoints, keep_strongest
 from wildreid.matching import create_matcher
 
+from .conftest import settings_file
+
 
 def _blobs(count: int, size=(200, 160)) -> Image.Image:
     """A black photo with ``count`` white squares: one or two keypoints at most."""
@@ -114,8 +116,9 @@ def test_the_accurate_preset_finishes_on_degenerate_photos(real_subset, tmp_path
     other tests' (this keeps the suite short)."""
     folder = write_degenerate(real_subset, tmp_path / "data", small=True)
     _, info, output = _identify(folder, cache, "--preset", "accurate", "--local", local,
-                                "--shortlist", "3", "--keypoints-on", "image",
-                                "--long-side", "256", "--max-keypoints", "256")
+                                "--shortlist", "3", *settings_file(
+                                    tmp_path, keypoints_on="image", long_side=256,
+                                    max_keypoints=256))
     empty = info["photos_without_keypoints"]
     if local in ("sift", "orb"):
         # Black, one pixel, grey and white as queries of both species; in the database, those
@@ -149,7 +152,7 @@ def test_a_lone_black_query_against_a_real_database(real_subset, tmp_path, keypo
                            "species": "lion", "split": "query"}])
     pd.concat([lion, query]).fillna("").to_csv(folder / "metadata.csv", index=False)
     _, info, _ = _identify(folder, tmp_path / "cache", "--preset", "accurate", "--local", "sift",
-                           "--keypoints-on", keypoints_on)
+                           *settings_file(tmp_path, keypoints_on=keypoints_on))
     assert info["photos_without_keypoints"]["query"] == 1
 
 

@@ -17,6 +17,8 @@ from wildreid.distributed import RayPool
 from wildreid.features import FeatureExtractor
 from wildreid.models import create_descriptor
 
+from .conftest import settings_file
+
 ray = pytest.importorskip("ray", reason="pip install 'wildreid[ray]'")
 runner = CliRunner()
 
@@ -40,12 +42,14 @@ def _identify(data, output, cache, *options):
                                          "--shortlist", "all"],
                                     # a network's keypoints: workers on the driver's device
                                     ["--preset", "accurate", "--local", "aliked-nn", "--shortlist",
-                                     "all", "--max-keypoints", "64", "--long-side", "192",
-                                     "--keypoints-on", "image"]],
+                                     "all", {"max_keypoints": 64, "long_side": 192,
+                                             "keypoints_on": "image"}]],
                          ids=["fast", "sift", "aliked-nn"])
 @pytest.mark.slow
 def test_a_run_on_a_local_ray_cluster_answers_as_one_process(real_subset, tmp_path, cluster,
                                                              preset, regions_cache):
+    preset = [item for option in preset for item in (
+        settings_file(tmp_path, **option) if isinstance(option, dict) else [option])]
     # The run alone reads the animal regions from the cache; on the cluster, workers compute them.
     alone = _identify(real_subset, tmp_path / "alone" / "s.csv", regions_cache, *preset)
     spread = _identify(real_subset, tmp_path / "ray" / "s.csv", tmp_path / "cache-b", *preset,

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import BENCH
+from tests.conftest import BENCH, settings_file
 from wildreid.cli import app
 from wildreid.grouping import grouping_scores
 from wildreid.testing import write_subset
@@ -126,7 +126,7 @@ def _pickled(path: Path) -> Path:
 def test_weights_that_are_not_weights_are_one_clear_error(tiny, cache, tmp_path, make):
     weights = make(tmp_path / "[b]w.pth")
     result = _identify(tiny, tmp_path, cache, "--model", "tf_efficientnet_lite0",
-                       "--weights", str(weights))
+                       *settings_file(tmp_path, weights=weights))
     _clean_failure(result, str(weights))
     assert "PAYLOAD RAN" not in result.output  # never unpickled
     assert len(result.output.strip().splitlines()) == 1, result.output
@@ -137,7 +137,7 @@ def test_safetensors_that_are_not_is_one_clear_error(tiny, cache, tmp_path):
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"\xff" * 100)
     result = _identify(tiny, tmp_path, cache, "--model", "tf_efficientnet_lite0",
-                       "--weights", str(weights))
+                       *settings_file(tmp_path, weights=weights))
     _clean_failure(result, str(weights))
 
 
@@ -147,8 +147,8 @@ def test_weights_with_a_registered_name_asks_for_an_architecture(tiny, cache, tm
     import torch
 
     torch.save({}, weights)
-    result = _identify(tiny, tmp_path, cache, "--model", "efficientnet-lite0", "--weights",
-                       str(weights))
+    result = _identify(tiny, tmp_path, cache, "--model", "efficientnet-lite0",
+                       *settings_file(tmp_path, weights=weights))
     _clean_failure(result, "efficientnet-lite0", "timm")
 
 

@@ -21,7 +21,7 @@ from wildreid.pipeline import Identifier
 from wildreid.rerank import fused_set_chosen
 from wildreid.scorers import mirror_views
 
-from .conftest import BENCH
+from .conftest import BENCH, settings_file
 
 #: Every test here reads real photos of the shared benchmark.
 pytestmark = pytest.mark.bench
@@ -292,18 +292,20 @@ def test_identify_accurate_preset(real_subset, tmp_path, regions_cache):
 def test_identify_with_sift_and_mirroring(real_subset, tmp_path, regions_cache):
     output = tmp_path / "submission.csv"
     result = CliRunner().invoke(app, [
-        "identify", str(real_subset), "--preset", "accurate", "--local", "sift", "--mirror",
-        "opposite", "--shortlist", "3", "--device", "cpu", "--output", str(output),
-        "--cache-dir", str(regions_cache)])
+        "identify", str(real_subset), "--preset", "accurate", "--local", "sift",
+        *settings_file(tmp_path, mirror="opposite"), "--shortlist", "3", "--device", "cpu",
+        "--output", str(output), "--cache-dir", str(regions_cache)])
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["local"] == ["sift"] and run["mirror"] == "opposite"
     assert len(pd.read_csv(output)) == (pd.read_csv(real_subset / "metadata.csv")["split"]
                                         == "query").sum()
-    for option, value, message in (("--local", "surf", "unknown local matcher 'surf'"),
-                                   ("--mirror", "sideways", "none, opposite, all")):
-        result = CliRunner().invoke(app, ["identify", str(real_subset), option, value])
-        assert result.exit_code == 2 and message in result.output, result.output
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--local", "surf"])
+    assert result.exit_code == 2 and "unknown local matcher 'surf'" in result.output
+    result = CliRunner().invoke(app, ["identify", str(real_subset),
+                                      *settings_file(tmp_path, mirror="sideways")])
+    assert result.exit_code == 2 and "none, opposite, all" in result.output, result.output
+    assert "settings.toml: mirror = 'sideways'" in result.output
 
 
 def test_mirror_views_pairs_left_with_right():
@@ -567,8 +569,9 @@ def test_keypoints_placed_per_species(real_subset, tmp_path):
     assert all(regions[i] is None for i in np.flatnonzero(lion))
     assert all(regions[i] is not None and not regions[i].is_whole for i in np.flatnonzero(~lion))
     assert keypoint_regions(database, "image", isolator) is None
-    result = CliRunner().invoke(app, ["identify", str(real_subset), "--keypoints-on", "lion=fur",
-                                      "--preset", "accurate", "--local", "sift"])
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--preset", "accurate",
+                                      "--local", "sift",
+                                      *settings_file(tmp_path, keypoints_on="lion=fur")])
     assert result.exit_code == 2 and "unknown keypoints-on 'fur'" in result.output, result.output
 
 
@@ -972,8 +975,9 @@ def test_cascade_scores_each_querys_best_pairs_by_the_first_matcher(real_subset,
             Identifier(progress=False, device="cpu", cache_dir=tmp_path / "unused",
                        **settings).fit(dataset.database)
         assert not (tmp_path / "unused").exists()
-    result = CliRunner().invoke(app, ["identify", str(real_subset), "--cascade", "0"])
-    assert result.exit_code == 2 and "--cascade" in result.output, result.output
+    result = CliRunner().invoke(app, ["identify", str(real_subset),
+                                      *settings_file(tmp_path, cascade=0)])
+    assert result.exit_code == 2 and "cascade = 0: give 1 or more" in result.output, result.output
 
 
 def test_best_pairs_per_query_ties_broken_by_cosine():

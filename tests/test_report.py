@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from wildreid.cli import app
 
+from .conftest import settings_file
+
 #: Every test here reads real photos of the shared benchmark.
 pytestmark = pytest.mark.bench
 
@@ -19,7 +21,7 @@ def test_report_of_a_real_run_is_self_contained(real_subset, tmp_path):
     runner = CliRunner()
     run = tmp_path / "run"
     result = runner.invoke(app, ["identify", str(real_subset), "--output", str(run / "submission.csv"),
-                                 "--device", "cpu", "--no-cache"])
+                                 "--device", "cpu", *settings_file(tmp_path, cache=False)])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["report", str(run), "--solution", str(real_subset / "solution.csv")])
     assert result.exit_code == 0, result.output
@@ -56,7 +58,7 @@ def test_report_without_species_has_its_curves(real_subset, tmp_path):
     runner = CliRunner()
     run = tmp_path / "run"
     result = runner.invoke(app, ["identify", str(data), "--output", str(run / "submission.csv"),
-                                 "--device", "cpu", "--no-cache"])
+                                 "--device", "cpu", *settings_file(tmp_path, cache=False)])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output

@@ -28,6 +28,8 @@ from wildreid.train import (
     validation_split,
 )
 
+from .conftest import settings_file
+
 #: Every test here reads real photos of the shared benchmark.
 pytestmark = pytest.mark.bench
 
@@ -60,7 +62,8 @@ def test_loss_goes_down_and_the_checkpoint_is_a_model(real_subset, tmp_path):
     assert embedding.shape == (1, 512)
     runner = CliRunner()
     result = runner.invoke(app, ["identify", str(real_subset), "--model", str(out), "--device",
-                                 "cpu", "--no-cache", "--output", str(tmp_path / "sub.csv")])
+                                 "cpu", *settings_file(tmp_path, cache=False),
+                                 "--output", str(tmp_path / "sub.csv")])
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(tmp_path / "sub.csv")) == len(load_dataset(real_subset).query)
 

@@ -239,7 +239,8 @@ class ArrayCache:
                 else "going on without writing to it (what it holds is still read)")
         warnings.warn(f"{self.root}: the cache folder cannot be used ({error}); {lost}. Free "
                       "space or fix its permissions, or point --cache-dir (or $WILDREID_CACHE) "
-                      "at a writable folder, or pass --no-cache", CacheUnavailable, stacklevel=4)
+                      "at a writable folder, or run without it (identify: cache = false in its "
+                      "--settings file)", CacheUnavailable, stacklevel=4)
 
     # -- rows --------------------------------------------------------------------------------
     def _stored_layout(self) -> tuple[str, str] | None:

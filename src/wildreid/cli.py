@@ -99,23 +99,13 @@ def identify(
                               "as A+B or A:0.7+B:0.3 (cosines averaged with the weights); per "
                               "species as nyala=NAME,lion=NAME (*=NAME: the rest, and the "
                               "species router's)."),
-    weights: Path = typer.Option(None, help="Bare state_dict file to load into timm arch --model."),
     output: Path = typer.Option(Path("submission.csv"), help="Submission CSV (image_id,identity)."),
     candidates: Path = typer.Option(None, help="Top-k candidates CSV "
                                     "[default: OUTPUT with .candidates.csv]."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     threshold: str = typer.Option("auto", help="new_individual threshold: 'auto' (fitted per "
                                   "species on the database), a cosine such as 0.6, or 'none'."),
-    top_k: int = typer.Option(5, min=1, help="Candidates kept per query."),
-    aggregation: str = typer.Option("max", help="Identity score from its images: max | mean."),
-    batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
     cache_dir: Path = typer.Option(DEFAULT_CACHE_DIR, help="Feature cache folder."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),
-    isolation: str = typer.Option("none", help="What the global descriptor sees: none | crop (the "
-                                  "animal's box) | mask (box, background filled), or per species "
-                                  "as 'nyala=crop,lion=none'. Regions: metadata bbox/mask "
-                                  "columns, else U²-Net-p."),
-    segmenter_weights: Path = typer.Option(None, help="Local u2netp.onnx [default: fetched once]."),
     preset: str = typer.Option("fast", help="fast: global descriptor only (CPU-friendly); "
                                "accurate: per species, the pipeline (cosine, SIFT, ALIKED, "
                                "ALIKED then LightGlue) that wins on the database's own held-out "
@@ -129,56 +119,43 @@ def identify(
                               "aliked-nn (ALIKED without LightGlue: CPU speed), disk, dedode "
                               "(weights: WILDREID_WEIGHTS=kornia or a folder), orb, "
                               "sift (fastest on CPU), comma-separated."),
-    mirror: str = typer.Option("none", help="Also match queries flipped left-right: none | "
-                               "opposite (against the mirror orientation: left vs right) | all."),
-    max_keypoints: int = typer.Option(None, min=1, help="Local keypoints kept per image "
-                                      "[default: the preset's, 512]."),
-    long_side: int = typer.Option(512, min=32, help="Long side, in pixels, of the animal's box "
-                                  "(or photo) that keypoints are detected on."),
-    keypoints_on: str = typer.Option(None, help="Where local keypoints are kept: animal (its "
-                                     "mask) | image (the whole photo) | auto (chosen per "
-                                     "species on the database), or per species as "
-                                     "'nyala=animal,lion=image' [default: auto]."),
-    cascade: int = typer.Option(None, min=1, help="With two or more --local matchers, the "
-                                "first scores every shortlisted photo and the later ones only "
-                                "each query's best CASCADE by it, e.g. --local aliked-nn,aliked "
-                                "--cascade 10: LightGlue where the fast matcher points."),
     cluster_new: bool = typer.Option(False, "--cluster-new", help="Group the queries answered "
                                      "new_individual into proposed new individuals "
                                      "(new_individual_1, ...), cut as fitted on the database."),
     ray: str = typer.Option(None, help="Run on a Ray cluster: local (started on this machine), "
                             "auto (the cluster this machine is part of) or the head's ADDRESS; "
                             "same answers (pip install 'wildreid[ray]')."),
+    settings: Path = typer.Option(None, help="TOML file of the settings beyond these options "
+                                  "(keypoints, mirroring, isolation, cascade, cache...): "
+                                  "'wildreid settings' prints them with their defaults."),
 ):
     """Name the individual in each query photo, or answer new_individual."""
     if preset not in PRESETS:
         raise typer.BadParameter(f"use one of {', '.join(PRESETS)}", param_hint="--preset")
     from wildreid.local import LOCAL_FEATURES
-    from wildreid.scorers import MIRROR_MODES
+    from wildreid.settings import defaults, read_settings
 
     matchers = None if local is None else [name for name in local.split(",") if name]
     unknown = [name for name in matchers or () if name not in LOCAL_FEATURES]
     if unknown:
         raise typer.BadParameter(f"unknown local matcher {unknown[0]!r}; use "
                                  f"{', '.join(LOCAL_FEATURES)}", param_hint="--local")
-    if mirror not in MIRROR_MODES:
-        raise typer.BadParameter(f"use one of {', '.join(MIRROR_MODES)}", param_hint="--mirror")
     size = _shortlist(shortlist)
     threshold = _threshold(threshold)
     from wildreid.run import identify_dataset
 
     with _clear_errors():
+        further = defaults() if settings is None else read_settings(settings)
         for path in (output, candidates):  # refused now, not after the whole run
             if path is not None:
                 _check_file_to_write(path)
+        cache = further.pop("cache")
         _, identifier, submission, written = identify_dataset(
-            data_dir, metadata, model, weights, output, candidates, device, threshold, top_k,
-            aggregation, batch_size, None if no_cache else cache_dir, isolation=isolation,
-            segmenter_weights=segmenter_weights, preset=preset, shortlist=size,
-            local=matchers, mirror=mirror, max_keypoints=max_keypoints, long_side=long_side,
-            keypoints_on=keypoints_on, cascade=cascade,
-            wildlife_dataset=wildlife_datasets,
-            cluster_new=cluster_new, ray=ray, budget=None if budget is None else budget * 60)
+            data_dir, metadata, model, output=output, candidates=candidates, device=device,
+            threshold=threshold, cache_dir=cache_dir if cache else None, preset=preset,
+            shortlist=size, local=matchers, wildlife_dataset=wildlife_datasets,
+            cluster_new=cluster_new, ray=ray, budget=None if budget is None else budget * 60,
+            **further)
     from wildreid.grouping import is_new, is_proposed
 
     new = int(is_new(submission["identity"]).sum())
@@ -451,7 +428,7 @@ def train(
     workers: int = typer.Option(None, help="Decoding processes."),
     fresh: bool = typer.Option(False, help="Ignore OUT.last.pt and start over."),
     isolation: str = typer.Option("none", help="Train on the animal: none | crop | mask (then "
-                                  "identify with the same --isolation)."),
+                                  "identify with the same isolation in its --settings file)."),
     cache_dir: Path = typer.Option(DEFAULT_CACHE_DIR, help="Region cache."),
     seed: int = typer.Option(0),
 ):
@@ -513,6 +490,15 @@ def report(
 catalog_app = typer.Typer(help="A persistent catalog of individuals (SQLite + photos + features).",
                           no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+
+
+@app.command("settings")
+def settings_command():
+    """Print every setting 'identify --settings FILE' reads, at its default and with its
+    meaning: a file to start from (wildreid settings > my-settings.toml)."""
+    from wildreid.settings import settings_template
+
+    out.print(settings_template(), markup=False, highlight=False, soft_wrap=True)
 
 
 @catalog_app.command("init")

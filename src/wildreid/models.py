@@ -311,7 +311,7 @@ def _load_checkpoint(path: Path) -> Descriptor:
         raise ModelError(
             f"{path}: not a wildreid descriptor checkpoint. Write one with "
             "wildreid.models.save_descriptor() or 'wildreid train', or pass the timm architecture "
-            "with --weights for a bare state_dict"
+            "as --model with 'weights' in the --settings file for a bare state_dict"
         )
     model = timm.create_model(payload["arch"], pretrained=False, num_classes=0,
                               **payload["model_kwargs"])
@@ -356,7 +356,7 @@ def _with_weights(arch: str, weights: Path) -> Descriptor:
     except RuntimeError as error:
         if "Unknown model" not in str(error):
             raise
-        raise ModelError(f"--weights loads a state_dict into a timm architecture given as "
+        raise ModelError(f"'weights' loads a state_dict into a timm architecture given as "
                          f"--model, and {arch!r} is not one (a registered name comes with its "
                          f"own weights; its architecture, e.g. tf_efficientnet_lite0 for "
                          f"efficientnet-lite0, takes yours)") from None
