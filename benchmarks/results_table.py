@@ -1,7 +1,9 @@
-"""The tables of figures, generated from the result files of ``benchmarks/one_command.py``.
+"""The tables of figures, generated from the result files of ``benchmarks/one_command.py`` and
+``benchmarks/choice_evidence.py``.
 
-    python benchmarks/results_table.py          # rewrite RESULTS.md and README.md's table
-    python benchmarks/results_table.py --check  # exit 1 when either is out of date
+    python benchmarks/results_table.py          # rewrite RESULTS.md, README.md's table and the
+                                                # evidence of docs/decisions/*.md
+    python benchmarks/results_table.py --check  # exit 1 when any is out of date
 
 One row per result file ``benchmarks/results/one-command-*.json`` (the newest of each benchmark
 and preset in README.md, every one in RESULTS.md): what was typed, the figure, the time, the
@@ -102,9 +104,10 @@ def _gain(row: dict) -> str:
     return f"{row['score']:.3f} ({row['gain_over_default']:+.3f} ± {error:.3f})"
 
 
-def evidence_table(rows: list[tuple[str, dict]]) -> str:
-    """One line per dataset, species and choice: each value's development score, its gain over
-    today's default ± standard error, what ``auto`` resolved to, and the file."""
+def evidence_table(rows: list[tuple[str, dict]], only: str | None = None) -> str:
+    """One line per dataset, species and choice (``only`` that one): each value's development
+    score, its gain over today's default ± standard error, what ``auto`` resolved to, and the
+    file."""
     lines = ["| dataset (species) | pipeline | choice | default | values: score (gain over the "
              "default ± s.e.) | auto chose | result file |", "|---|---|---|---|---|---|---|"]
     for name, record in rows:
@@ -113,6 +116,8 @@ def evidence_table(rows: list[tuple[str, dict]]) -> str:
             where = (f"{record['benchmark']} ({species}; {development['queries']} queries, "
                      f"{development['unknown']} unknown)")
             for choice, found in part["evidence"].items():
+                if only is not None and choice != only:
+                    continue
                 if "skipped" in found:
                     lines.append(f"| {where} | {record['base']}, shortlist {record['shortlist']} "
                                  f"| {choice} | – | {found['skipped']} | – | `{name}` |")
@@ -144,6 +149,27 @@ def results_page(rows: list[tuple[str, dict]]) -> str:
             "seconds.\n\n" + table(rows) + choices)
 
 
+#: A decision record's generated evidence lies between a line
+#: ``<!-- evidence: choice=NAME files=GLOB -->`` (GLOB: result files under benchmarks/results) and
+#: this one.
+EVIDENCE = re.compile(r"(<!-- evidence: choice=(\S+) files=(\S+) -->\n)(.*?)(<!-- evidence: end -->)",
+                      re.S)
+
+
+def decision_with_evidence(text: str, where: str) -> str:
+    """A decision record (docs/decisions/*.md) with its evidence table generated anew."""
+    def generated(match: re.Match) -> str:
+        names = {path.name for path in RESULTS.glob(match[3])}
+        if not names:
+            raise SystemExit(f"{where}: no result file matches {match[3]!r}")
+        chosen = [row for row in evidence_records() if row[0] in names]
+        return f"{match[1]}{evidence_table(chosen, match[2])}{match[5]}"
+
+    if not EVIDENCE.search(text):
+        raise SystemExit(f"{where}: no '<!-- evidence: choice=NAME files=GLOB -->' block")
+    return EVIDENCE.sub(generated, text)
+
+
 def readme_with_table(readme: str, rows: list[tuple[str, dict]]) -> str:
     if START not in readme or END not in readme:
         raise SystemExit(f"README.md lacks the lines {START!r} and {END!r}")
@@ -159,6 +185,8 @@ def main() -> None:
     rows = records()
     wanted = {ROOT / "RESULTS.md": results_page(rows),
               ROOT / "README.md": readme_with_table((ROOT / "README.md").read_text(), rows)}
+    for record in sorted((ROOT / "docs" / "decisions").glob("[0-9]*.md")):
+        wanted[record] = decision_with_evidence(record.read_text(), str(record.relative_to(ROOT)))
     stale = [path.name for path, text in wanted.items()
              if not path.exists() or path.read_text() != text]
     if arguments.check:

@@ -24,7 +24,8 @@ from tests.conftest import LiveServer as _Server
 from wildreid.catalog import Catalog
 
 #: Drives Chromium: pytest -m 'not browser' leaves these out.
-pytestmark = [pytest.mark.browser, pytest.mark.bench]
+# On one worker of a parallel run: Chromium is installed, when missing, once.
+pytestmark = [pytest.mark.browser, pytest.mark.bench, pytest.mark.xdist_group("browser")]
 
 
 def _chromium() -> str:

@@ -17,9 +17,9 @@ from wildreid.distributed import RayPool
 from wildreid.features import FeatureExtractor
 from wildreid.models import create_descriptor
 
-from .conftest import settings_file
-
 ray = pytest.importorskip("ray", reason="pip install 'wildreid[ray]'")
+#: One Ray cluster at a time: the suite's parallel workers run these tests on one of them.
+pytestmark = pytest.mark.xdist_group("ray")
 runner = CliRunner()
 
 
@@ -38,18 +38,13 @@ def _identify(data, output, cache, *options):
             pd.read_csv(output.with_name(output.stem + ".candidates.csv")))
 
 
+# (A network's keypoints on workers, on the driver's device and precision:
+# test_hostile_cache.py's test_ray_workers_run_on_the_drivers_device_and_precision.)
 @pytest.mark.parametrize("preset", [[], ["--preset", "accurate", "--local", "sift",
-                                         "--shortlist", "all"],
-                                    # a network's keypoints: workers on the driver's device
-                                    ["--preset", "accurate", "--local", "aliked-nn", "--shortlist",
-                                     "all", {"max_keypoints": 64, "long_side": 192,
-                                             "keypoints_on": "image"}]],
-                         ids=["fast", "sift", "aliked-nn"])
+                                         "--shortlist", "all"]], ids=["fast", "sift"])
 @pytest.mark.slow
 def test_a_run_on_a_local_ray_cluster_answers_as_one_process(real_subset, tmp_path, cluster,
                                                              preset, regions_cache):
-    preset = [item for option in preset for item in (
-        settings_file(tmp_path, **option) if isinstance(option, dict) else [option])]
     # The run alone reads the animal regions from the cache; on the cluster, workers compute them.
     alone = _identify(real_subset, tmp_path / "alone" / "s.csv", regions_cache, *preset)
     spread = _identify(real_subset, tmp_path / "ray" / "s.csv", tmp_path / "cache-b", *preset,

@@ -53,7 +53,8 @@ from wildreid.testing import write_subset
 from wildreid.weights import LOCAL_WEIGHTS, WeightsError, fetch
 
 #: Every test here reads real photos of the shared benchmark.
-pytestmark = pytest.mark.bench
+# The Ray tests here share the worker of tests/test_distributed.py (one cluster at a time).
+pytestmark = [pytest.mark.bench, pytest.mark.xdist_group("ray")]
 
 runner = CliRunner()
 
