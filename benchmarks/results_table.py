@@ -130,6 +130,43 @@ def evidence_table(rows: list[tuple[str, dict]], only: str | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
+def waiting_table() -> str:
+    """What a reviewer waits for in the review app (``benchmarks/review_waiting.py``), one row per
+    result file, oldest first."""
+    found = sorted(((path.name, json.loads(path.read_text()))
+                    for path in RESULTS.glob("review-waiting-*.json")),
+                   key=lambda item: (item[1]["date"], _run_of_the_day(item[0]), item[0]))
+    if not found:
+        return ""
+
+    def seconds(record: dict, key: str) -> str:
+        return "–" if record.get(key) is None else f"{record[key]:,.2f} s"
+
+    lines = ["| command | photos (waiting) | catalog add: import, ranking ahead | the app's "
+             "ranking pass at start | first candidates | match view (first, again) | decision | "
+             "ranking again | machine, date | result file |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, record in found:
+        lines.append(
+            f"| `{record['command']}` | {record['photos']:,} ({record['waiting']}) | "
+            f"{seconds(record, 'import_seconds')}, {seconds(record, 'rank_at_add_seconds')} | "
+            f"{seconds(record, 'rank_ahead_seconds')} | "
+            f"{seconds(record, 'first_candidates_seconds')} | "
+            f"{seconds(record, 'match_view_seconds')}, "
+            f"{seconds(record, 'match_view_again_seconds')} | "
+            f"{seconds(record, 'decision_seconds')} | {seconds(record, 'rank_again_seconds')} | "
+            f"{record['machine']}, {record['date']} | `{name}` |")
+    return ("\n## What a reviewer waits for in the review app\n\nGenerated from "
+            "`benchmarks/results/review-waiting-*.json` (written by "
+            "`benchmarks/review_waiting.py`: a catalog of real nyala-lion photos built as "
+            "`wildreid catalog add` builds it, the app opened as `wildreid serve` opens it). "
+            "First candidates: from opening the app to the first waiting photo's candidates; "
+            "files without a ranking at `catalog add` ranked the waiting photos only once the "
+            "app had started, and timed the first candidates after that pass. Targets: first "
+            "candidates within 2 s of opening the app, the match view within 1 s once "
+            "computed.\n\n" + "\n".join(lines) + "\n")
+
+
 def results_page(rows: list[tuple[str, dict]]) -> str:
     evidence = evidence_records()
     choices = ("" if not evidence else
@@ -146,7 +183,7 @@ def results_page(rows: list[tuple[str, dict]]) -> str:
             "command run as typed, from an empty cache, then `wildreid evaluate`); do not edit. "
             "Each file holds every query's answer and top-5 candidates, and what the accurate "
             "preset chose per species with each candidate's score, gain ± standard error and "
-            "seconds.\n\n" + table(rows) + choices)
+            "seconds.\n\n" + table(rows) + choices + waiting_table())
 
 
 #: A decision record's generated evidence lies between a line

@@ -834,7 +834,7 @@ class Catalog:
                 self._grouping = (generation, identifier.grouping_)
             identifier.grouping_ = self._grouping[1]
         queries = self._frame(waiting)
-        candidates, features = identifier._candidates(queries, k=1)
+        candidates, features = identifier.candidates_and_descriptors(queries, k=1)
         answers = identifier.group_new(queries, identifier.decide(candidates), features)
         answers = answers.assign(species=queries["species"].to_numpy())
         grouped = answers[is_proposed(answers["identity"])]

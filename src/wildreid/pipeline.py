@@ -418,10 +418,12 @@ class Identifier(BaseEstimator):
 
     def predict_candidates(self, queries: pd.DataFrame, k: int = 5) -> pd.DataFrame:
         """Long table ``image_id, species, rank, identity, score``: top-``k`` identities per query."""
-        return self._candidates(queries, k)[0]
+        return self.candidates_and_descriptors(queries, k)[0]
 
-    def _candidates(self, queries: pd.DataFrame, k: int) -> tuple[pd.DataFrame, np.ndarray]:
-        """:meth:`predict_candidates`' table and the queries' descriptors it was ranked on."""
+    def candidates_and_descriptors(self, queries: pd.DataFrame, k: int = 5
+                                   ) -> tuple[pd.DataFrame, np.ndarray]:
+        """:meth:`predict_candidates`' table and the queries' global descriptors it was ranked
+        on (what :meth:`group_new` groups new individuals by, without describing them again)."""
         if not hasattr(self, "index_"):
             raise RuntimeError("call fit(database) before predicting")
         queries = self._route(queries, "queries")
@@ -461,6 +463,6 @@ class Identifier(BaseEstimator):
     def predict(self, queries: pd.DataFrame) -> pd.DataFrame:
         """For each query: the database identity, or ``new_individual`` (with ``cluster_new``:
         a proposed ``new_individual_<n>``), with its score."""
-        candidates, features = self._candidates(queries, k=1)
+        candidates, features = self.candidates_and_descriptors(queries, k=1)
         answers = self.decide(candidates)
         return self.group_new(queries, answers, features) if self.cluster_new else answers

@@ -204,7 +204,9 @@ class LocalReranking(BaseEstimator):
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
         self.database_ = Side(images, features, regions,
                               self._keypoints(images, regions, "database"))
-        self.shortlist_indexes_: dict = {}  # approximate indexes of very large species, by species
+        # A memo, not learned state: the approximate indexes of very large species, built when a
+        # ranking first needs one (also kept on disk beside the cache).
+        self._approximate_indexes: dict = {}
         self.database_identities_ = identities
         self.database_species_ = species
         queries, unknown = self._bounded(split.queries, split.unknown, species, rng)
@@ -284,7 +286,7 @@ class LocalReranking(BaseEstimator):
             [self.database_identities_, images["identity"].astype(str).to_numpy()])
         self.database_species_ = np.concatenate(
             [self.database_species_, species_keys(images.get("species"), len(images))])
-        self.shortlist_indexes_ = {}  # built again for the grown species when one is needed
+        self._approximate_indexes = {}  # built again for the grown species when one is needed
         return self
 
     def _check_same_orientation(self, same: np.ndarray, species: np.ndarray) -> None:
@@ -621,7 +623,7 @@ class LocalReranking(BaseEstimator):
         queries = Side(images, features, regions, self._keypoints(images, regions, "queries"))
         gallery = self.database_.features
         shortlist, _ = nearest_images(gallery, self.database_species_, features, species,
-                                      self.shortlist or len(gallery), self.shortlist_indexes_,
+                                      self.shortlist or len(gallery), self._approximate_indexes,
                                       index_dir(self.cache_dir), self.database_.orientation,
                                       self._views(queries.orientation, species))
         rows, columns = np.nonzero(shortlist >= 0)

@@ -126,7 +126,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                                            dataset.database, dataset.query)
     else:
         identifier = Identifier(**settings).fit(dataset.database)
-    ranked, features = identifier._candidates(dataset.query, k=top_k)
+    ranked, features = identifier.candidates_and_descriptors(dataset.query, k=top_k)
     submission = identifier.decide(ranked)
     if cluster_new:  # grouped on the descriptors the candidates were ranked on
         submission = identifier.group_new(dataset.query, submission, features)

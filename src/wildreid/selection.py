@@ -498,9 +498,12 @@ class PipelineSelection(BaseEstimator):
     def predict_candidates(self, queries: pd.DataFrame, k: int = 5) -> pd.DataFrame:
         """Long table ``image_id, species, rank, identity, score...``: each query ranked by its
         species' chosen pipeline (queries without species routed first)."""
-        return self._candidates(queries, k)[0]
+        return self.candidates_and_descriptors(queries, k)[0]
 
-    def _candidates(self, queries: pd.DataFrame, k: int) -> tuple[pd.DataFrame, np.ndarray]:
+    def candidates_and_descriptors(self, queries: pd.DataFrame, k: int = 5
+                                   ) -> tuple[pd.DataFrame, np.ndarray]:
+        """:meth:`predict_candidates`' table and the queries' global descriptors (as
+        :meth:`~wildreid.pipeline.Identifier.candidates_and_descriptors`)."""
         from wildreid.pipeline import _image_ids
 
         self._check_fitted()
@@ -512,7 +515,7 @@ class PipelineSelection(BaseEstimator):
             rows = np.flatnonzero(species == name)
             # A species the database never had: the router's (fast) answer.
             identifier = self.identifiers_.get(name, self.router_)
-            table, found = identifier._candidates(routed.iloc[rows], k)
+            table, found = identifier.candidates_and_descriptors(routed.iloc[rows], k)
             tables.append(table)
             if features is None:
                 features = np.zeros((len(routed), found.shape[1]), np.float32)
@@ -535,7 +538,7 @@ class PipelineSelection(BaseEstimator):
     def predict(self, queries: pd.DataFrame) -> pd.DataFrame:
         """For each query: a database identity or ``new_individual`` (with ``cluster_new`` in
         ``settings``: a proposed ``new_individual_<n>``), with its score."""
-        candidates, features = self._candidates(queries, k=1)
+        candidates, features = self.candidates_and_descriptors(queries, k=1)
         answers = self.decide(candidates)
         if (self.settings or {}).get("cluster_new"):
             return self.group_new(queries, answers, features)
