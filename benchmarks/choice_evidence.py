@@ -1,7 +1,7 @@
 """Development-split evidence for each choice a local fit still makes by itself.
 
     python benchmarks/choice_evidence.py DATA --name cats-open [--base sift/animal]
-        [--shortlist 50] [--choices pair_score,fusion,orientation,local_aggregation]
+        [--shortlist 50] [--choices pair_score,fusion,orientation,local_aggregation,keypoints_on]
     python benchmarks/choice_evidence.py --nyala-lion lion   # the clean split of ../shared
 
 For each species, the database is carved as the accurate preset carves it
@@ -43,13 +43,14 @@ VALUES = {
     "fusion": ("all", "local"),
     "orientation": ("any", "same"),
     "local_aggregation": ("max", "top2"),
+    "keypoints_on": ("animal", "image"),
 }
 #: What each choice is when nobody sets it: the library's own defaults, read from it.
 DEFAULTS = {choice: inspect.signature(Identifier).parameters[choice].default
             for choice in VALUES}
 #: Where the fitted identifier says what an ``auto`` choice resolved to, per species.
 RESOLVED = {"pair_score": "pair_score_", "fusion": "fusion_", "orientation": "orientation_",
-            "local_aggregation": "aggregation_"}
+            "local_aggregation": "aggregation_", "keypoints_on": "keypoints_on_"}
 
 
 def resolved(identifier: Identifier, choice: str, species) -> str | None:
@@ -140,9 +141,12 @@ def main() -> None:
                 evidence[choice] = {"skipped": "no orientation recorded: both values are one"}
                 continue
             rows = {}
+            # The default: the base pipeline's own value (its keypoints' place), else the
+            # library's.
+            default_value = settings.get(choice, DEFAULTS[choice])
             for value in ("auto", *VALUES[choice]):
-                found = default if value == DEFAULTS[choice] else run(f"{choice}={value}",
-                                                                      {choice: value})
+                found = default if value == default_value else run(f"{choice}={value}",
+                                                                   {choice: value})
                 if found["correct"] is None:
                     rows[value] = {"score": None, "gain_over_default": None,
                                    "standard_error": None, "failed": found["failed"],
@@ -153,7 +157,7 @@ def main() -> None:
                 rows[value] = {"score": found["score"], "gain_over_default": gain,
                                "standard_error": error, "seconds": found["seconds"],
                                "resolved": found["resolved"][choice]}
-            evidence[choice] = {"default": DEFAULTS[choice], "values": rows}
+            evidence[choice] = {"default": default_value, "values": rows}
         species_results[str(species)] = {
             "development": {"reference": len(split.reference), "queries": len(split.queries),
                             "unknown": int(split.unknown.sum()), "dated": split.dated},

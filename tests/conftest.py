@@ -73,12 +73,24 @@ def real_subset(tmp_path_factory) -> Path:
 def _regions_of_real_subset(real_subset, tmp_path_factory) -> Path:
     """A cache holding the segmenter's regions of every photo of ``real_subset`` (U²-Net takes
     about half a second a photo on two cores: computed once per session, not once per test)."""
+    from filelock import FileLock
+
     from wildreid.data import load_dataset
     from wildreid.isolation import Isolator, Segmenter
 
-    folder = tmp_path_factory.mktemp("regions-cache")
-    Isolator(lambda: Segmenter(device="cpu"), cache_dir=folder, progress=False)(
-        load_dataset(real_subset).metadata, "regions")
+    # One folder for the whole run, its parallel workers included: the first worker to need it
+    # computes it, the others wait for it (the cache is keyed by the photos' content, so every
+    # worker's copy of the subset finds it).
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    folder = shared / "regions-cache"
+    with FileLock(str(shared / "regions-cache.lock")):
+        if not (shared / "regions-cache.done").exists():
+            folder.mkdir(exist_ok=True)
+            Isolator(lambda: Segmenter(device="cpu"), cache_dir=folder, progress=False)(
+                load_dataset(real_subset).metadata, "regions")
+            (shared / "regions-cache.done").touch()
     return folder
 
 

@@ -51,6 +51,12 @@ def test_catalog_add_ranks_the_waiting_photos_ahead_for_any_process(real_subset,
     np.testing.assert_allclose(ranked_now["score"], first["score"], atol=1e-6)
     assert ranked_now["image"].tolist() == first["image"].tolist()
     assert ranked_now.attrs["threshold"] == pytest.approx(first.attrs["threshold"])
+    assert reopened.rank_waiting() == len(waiting)  # stored again
+    # A photo arriving to wait changes no model: the others stay ranked, it alone is ranked.
+    copy = reopened.add_photo(reopened.photo_path(waiting[0]), None,
+                              reopened.images().set_index("image_id").loc[waiting[0], "species"])
+    assert sorted(reopened.ranked_ahead()) == sorted(waiting)
+    assert reopened.rank_waiting() == 1 and copy in reopened.ranked_ahead()
     reopened.confirm(waiting[0], first["identity"].iloc[0])
     assert Catalog(tmp_path / "cat").ranked_ahead() == {}  # stale after a decision
 

@@ -470,7 +470,9 @@ class Catalog:
         species = None if species is None or pd.isna(species) else check_name(species, "species")
         target = self.photos / f"{content_key(source)}{_SUFFIX[kind]}"
         stored = str(target.relative_to(self.folder))
-        with self._write() as connection:
+        # A photo waiting for review changes no model: what was fitted and ranked ahead stays
+        # current, and only the new photo is ranked.
+        with self._write(stales_the_model=individual is not None) as connection:
             if connection.execute("SELECT 1 FROM images WHERE image_id = ?", (image_id,)).fetchone():
                 raise CatalogError(f"image {image_id!r} is already in the catalog")
             if not duplicate:  # checked in the transaction: two imports cannot both add it
