@@ -5,7 +5,9 @@ over the limit, names that cannot be reached."""
 from __future__ import annotations
 
 import io
+import shutil
 import socket
+import sqlite3
 from pathlib import Path
 
 import pandas as pd
@@ -287,7 +289,12 @@ def test_waiting_photos_are_ranked_ahead_and_ordered_by_need(real_subset, tmp_pa
     app.state.rank_ahead.settle()  # waits on the work, not on a clock
     ready = http.get("/api/queries").json()
     assert ready["ranked"] == len(waiting) and ready["ranking_error"] is None
-    alone = Catalog(folder)  # a fresh process: nothing ranked ahead, each photo ranked alone
+    assert app.state.rank_ahead.catalog.is_fitted()  # a decision will grow it, not wait on a fit
+    # A copy without the rankings stored in the catalog: each photo ranked alone.
+    copy = Path(shutil.copytree(folder, tmp_path / "alone"))
+    with sqlite3.connect(copy / "catalog.sqlite") as connection:
+        connection.execute("DELETE FROM ranked")
+    alone = Catalog(copy)
     best = {}
     for image_id in waiting:
         shown = http.get("/api/candidates", params={"image_id": image_id}).json()

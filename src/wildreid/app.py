@@ -130,8 +130,9 @@ async def _refuse(send, status: int, detail: str) -> None:
 
 class _RankAhead:
     """A background thread that ranks the waiting photos ahead (:meth:`Catalog.rank_waiting`)
-    whenever it is woken (the app starts, a photo arrives, a decision is made, the queue is
-    read while the catalog changed), so a page asks for candidates that are ready. One thread
+    and keeps the catalog's model fitted whenever it is woken (the app starts, a photo arrives,
+    a decision is made, the queue is read while the catalog changed), so a page asks for
+    candidates that are ready and a decision grows a fitted model. One thread
     per app; an error is kept to be shown, never raised into a request."""
 
     def __init__(self, catalog: Catalog):
@@ -162,6 +163,10 @@ class _RankAhead:
                 target = self.asked
             try:
                 self.catalog.rank_waiting()
+                if self.catalog.has_identified_photos():
+                    # Fitted now, whatever was ranked before the app opened (by catalog add):
+                    # the first decision then grows the model instead of waiting on a fit.
+                    self.catalog.identifier()
                 self.error = None
             except Exception as error:  # shown in the queue; the app goes on
                 # The page gets no detail (it could name server paths); the console does.
@@ -244,8 +249,10 @@ def create_app(folder: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         except CatalogError as error:
             refuse(error)
         ready = catalog.ranked_ahead()
-        if len(ready) < len(queue):
-            changed()  # a change from elsewhere (another process), or the first visit
+        if len(ready) < len(queue) or (queue and not catalog.is_fitted()):
+            # A change from elsewhere (another process), or the first visit: rank what waits,
+            # and fit the model now (not at the first decision) where catalog add ranked it all.
+            changed()
         return {"queries": queue, "reviewed": catalog.reviewed(),
                 "score": "calibrated probability of the same individual"
                 if catalog.preset == "accurate" else "cosine similarity",

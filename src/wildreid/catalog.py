@@ -314,6 +314,11 @@ class Catalog:
         finally:
             connection.close()
 
+    def is_fitted(self) -> bool:
+        """Whether this process holds a model fitted on the catalog as it is now."""
+        fitted = self._identifier
+        return fitted is not None and fitted[0] == self.generation()
+
     def has_identified_photos(self) -> bool:
         return not self._read("SELECT 1 FROM images WHERE individual IS NOT NULL LIMIT 1").empty
 
