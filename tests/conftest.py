@@ -10,6 +10,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # over every core.
     for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_variable, "1")
+    import cv2  # its own thread pool too
+
+    cv2.setNumThreads(1)
     # Workers start with COLUMNS=80 and LINES=24 set, which would freeze the CLI's consoles at
     # 80 columns when it is imported; the tests set the width they need per call.
     for _variable in ("COLUMNS", "LINES"):
