@@ -15,5 +15,5 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("WILDREID_CACHE", Path.home() / ".cache"
 #: ``--preset``: what each adds to the global descriptor.
 PRESETS: dict[str, dict] = {
     "fast": {"local": ()},
-    "accurate": {"local": ("aliked",), "keypoints_on": "auto", "max_keypoints": 512},
+    "accurate": {"local": ("aliked",), "keypoints_on": "animal", "max_keypoints": 512},
 }

@@ -104,9 +104,9 @@ class Identifier(BaseEstimator):
         :class:`wildreid.rerank.LocalReranking`; ``None``:
         every database image of the query's species), with ``max_keypoints`` per image
         detected on the animal's box resized to ``long_side`` pixels and kept on the animal
-        (``keypoints_on="animal"``), or on the whole photo (``"image"``), or per species
-        (``{"nyala": "animal", "lion": "image"}``, key ``None``: the rest); ``"auto"`` (the
-        default) chooses per species on the database's pseudo-queries. Empty: global
+        (``keypoints_on="animal"``, the default: docs/decisions/0005), or on the whole photo
+        (``"image"``), or per species (``{"nyala": "animal", "lion": "image"}``, key ``None``:
+        the rest); ``"auto"`` chooses per species on the database's pseudo-queries. Empty: global
         descriptor only. ``mirror``: also match queries flipped left-right, against database
         images of the mirror view (``"opposite"``: ``left`` vs ``right`` orientation) or all
         (``"all"``); ``"none"`` by default. ``fusion``: which calibrated pair scores are fused —
@@ -156,7 +156,7 @@ class Identifier(BaseEstimator):
                  isolation: str | dict[str | None, str] = "none",
                  segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
                  shortlist: int | None = 100, max_keypoints: int = 512, long_side: int = 512,
-                 keypoints_on: str | dict[str | None, str] = "auto",
+                 keypoints_on: str | dict[str | None, str] = "animal",
                  mirror: str = "none", fusion: str | dict[str | None, str] = "all",
                  orientation: str | dict[str | None, str] = "any",
                  pair_score: str | dict[str | None, str] = "matches@0.5",
@@ -200,6 +200,10 @@ class Identifier(BaseEstimator):
                 raise ValueError(f"unknown isolation {mode!r}; use one of {', '.join(ISOLATION_MODES)}")
         if self.local:  # before the database is described: a wrong setting fails at once
             check_matchers(self.local, self.local_cascade)
+            from wildreid.local import create_local_features
+
+            for name in dict.fromkeys(self.local):  # weights that cannot be had, too
+                _ = create_local_features(name, device="cpu").weights_id
         elif self.local_cascade is not None:
             raise ValueError("local_cascade needs local matchers (two or more)")
 

@@ -128,7 +128,7 @@ class LocalReranking(BaseEstimator):
 
     def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int | None = 100,
                  max_keypoints: int = 512, long_side: int = 512,
-                 keypoints_on: str | dict[str | None, str] = "auto",
+                 keypoints_on: str | dict[str | None, str] = "animal",
                  pair_score: str | dict[str | None, str] = "matches@0.5",
                  calibration_queries: int = 300,
                  device: str = "auto", batch_size: int = 128, cache_dir: str | Path | None = None,
