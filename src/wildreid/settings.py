@@ -85,7 +85,8 @@ SETTINGS: tuple[Setting, ...] = (
             "keypoints are detected on.", minimum=32),
     Setting("keypoints-on", str, None, "Where local keypoints are kept: animal (its mask) | "
             "image (the whole photo) | auto (chosen per species on the database), or per "
-            "species as 'nyala=animal,lion=image' [default: animal; docs/decisions/0005].", check=_keypoint_places),
+            "species as 'nyala=animal,lion=image' [default: animal; docs/decisions/0005].",
+            check=_keypoint_places),
     Setting("cascade", int, None, "With two or more --local matchers, the first scores every "
             "shortlisted photo and the later ones only each query's best CASCADE by it (e.g. "
             "--local aliked-nn,aliked with cascade = 10: LightGlue where the fast matcher "
