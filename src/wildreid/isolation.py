@@ -250,11 +250,6 @@ class Segmenter:
 
             options = onnxruntime.SessionOptions()
             options.log_severity_level = 3
-            # onnxruntime keeps its own thread pool, one thread a core, whatever the process
-            # was told: OMP_NUM_THREADS (as torch reads it) bounds it too.
-            threads = os.environ.get("OMP_NUM_THREADS", "")
-            if threads.isdigit() and int(threads) > 0:
-                options.intra_op_num_threads = int(threads)
             return onnxruntime.InferenceSession(str(self.weights), options,
                                                 providers=["CPUExecutionProvider"])
         try:
