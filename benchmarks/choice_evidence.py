@@ -32,8 +32,8 @@ from common import DEFAULT_BENCH, development_database, unused_path
 from one_command import cpu_name
 
 from wildreid.data import load_dataset
+from wildreid.per_species import species_keys
 from wildreid.pipeline import Identifier
-from wildreid.pseudo_queries import species_keys
 from wildreid.selection import MENU, development_split, paired_gain
 
 RESULTS = Path(__file__).resolve().parent / "results"

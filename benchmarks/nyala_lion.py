@@ -30,8 +30,9 @@ from common import DEFAULT_BENCH, unused_path
 
 from wildreid.data import Dataset, load_dataset
 from wildreid.features import resolve_device
-from wildreid.isolation import parse_by_species, parse_isolation
+from wildreid.isolation import parse_isolation
 from wildreid.metrics import best_threshold, evaluate, threshold_curve
+from wildreid.per_species import parse_by_species
 from wildreid.pipeline import Identifier
 from wildreid.rerank import (
     AGGREGATIONS,

@@ -26,7 +26,8 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.metrics.cluster import pair_confusion_matrix
 
 from wildreid.data import NEW_INDIVIDUAL
-from wildreid.pseudo_queries import pseudo_split, species_keys
+from wildreid.per_species import species_keys
+from wildreid.pseudo_queries import pseudo_split
 
 LINKAGES = ("average", "complete", "single")
 _PROPOSED = re.compile(re.escape(NEW_INDIVIDUAL) + r"_[0-9]+")

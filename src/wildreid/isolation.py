@@ -30,6 +30,7 @@ from PIL import Image
 
 from wildreid.cache import ArrayCache, content_keys
 from wildreid.images import ImageError, load_image
+from wildreid.per_species import parse_by_species
 from wildreid.stage import CachedStage
 from wildreid.weights import U2NETP, fetch, sha256_of
 
@@ -380,37 +381,9 @@ def _segmentation_worker(segmenter: Segmenter, batch_size: int) -> Segmentation:
     return Segmentation(segmenter, None, batch_size, 0, False)
 
 
-def parse_by_species(text: str, choices: Sequence[str], what: str, example: str
-                     ) -> str | dict[str | None, str]:
-    """A setting for all species or per species: ``"crop"`` -> ``"crop"``;
-    ``"nyala=crop,lion=none"`` (``"*=mask"`` for the rest) -> a dict by species."""
-    if "=" not in text:
-        value = text.strip()
-        if value not in choices:
-            raise ValueError(f"unknown {what} {value!r}; use {', '.join(choices)} or "
-                             f"SPECIES=VALUE pairs such as {example!r}")
-        return value
-    values: dict[str | None, str] = {}
-    for pair in text.split(","):
-        species, _, value = pair.partition("=")
-        values[None if species.strip() in ("*", "") else species.strip()] = parse_by_species(
-            value, choices, what, example)
-    return values
-
-
 def parse_isolation(text: str) -> str | dict[str | None, str]:
     """``--isolation``: a mode, or modes by species (``"nyala=crop,lion=none"``)."""
     return parse_by_species(text, ISOLATION_MODES, "isolation", "nyala=crop,lion=none")
-
-
-def by_species(setting: str | dict[str | None, str], species: Sequence, default: str
-               ) -> np.ndarray:
-    """The value of a per-species ``setting`` for each row's ``species`` (the ``None`` key, else
-    ``default``, for species it does not name)."""
-    values = dict(setting) if isinstance(setting, dict) else {None: setting}
-    values.setdefault(None, default)
-    return np.array([values.get(None if pd.isna(s) else str(s), values[None]) for s in species],
-                    dtype=object)
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:

@@ -21,7 +21,8 @@ import pandas as pd
 
 from wildreid.data import NEW_INDIVIDUAL
 from wildreid.metrics import best_threshold, threshold_curve
-from wildreid.pseudo_queries import pseudo_split, species_keys
+from wildreid.per_species import species_keys
+from wildreid.pseudo_queries import pseudo_split
 from wildreid.ranking import IdentityIndex
 
 

@@ -15,9 +15,10 @@ from wildreid.defaults import DEFAULT_CACHE_DIR
 from wildreid.distributed import RayPool
 from wildreid.features import FeatureExtractor
 from wildreid.grouping import NewIndividualGrouping, name_groups
-from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter, by_species
+from wildreid.isolation import ISOLATION_MODES, Isolator, Segmenter
 from wildreid.models import DEFAULT_MODEL, create_descriptor, parse_ensemble
 from wildreid.openset import OpenSetDecision
+from wildreid.per_species import by_species
 from wildreid.pseudo_queries import sightings_of
 from wildreid.ranking import IdentityIndex, index_dir, stacked_descriptors
 from wildreid.rerank import LocalReranking, check_matchers

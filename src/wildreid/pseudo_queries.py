@@ -113,10 +113,3 @@ def pseudo_split(identities: np.ndarray, rng: np.random.Generator, unknown_fract
     if not any(unknown) or all(unknown):
         return None
     return PseudoSplit(np.array(reference), np.array(queries), np.array(unknown))
-
-
-def species_keys(species, count: int) -> np.ndarray:
-    """Each row's species as a threshold key (``None`` where missing, or no species at all)."""
-    if species is None:
-        return np.full(count, None, dtype=object)
-    return np.array([None if pd.isna(s) else str(s) for s in species], dtype=object)

@@ -26,10 +26,11 @@ from sklearn.base import BaseEstimator
 
 from wildreid.distributed import RayPool
 from wildreid.fusion import SpeciesCalibration, cross_fitted_calibration, fused_mean
-from wildreid.isolation import Isolator, by_species
+from wildreid.isolation import Isolator
 from wildreid.matching import PAIR_SCORES
 from wildreid.openset import OpenSetDecision
-from wildreid.pseudo_queries import pseudo_split, sightings_of, species_keys
+from wildreid.per_species import by_species, species_keys
+from wildreid.pseudo_queries import pseudo_split, sightings_of
 from wildreid.ranking import index_dir, nearest_images, stacked_descriptors
 from wildreid.scorers import (
     CosineScorer,

@@ -81,7 +81,8 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     dataset's size). Returns a :class:`Run`."""
     from wildreid.data import load_dataset
     from wildreid.distributed import RayNotNeeded, RayPool
-    from wildreid.isolation import parse_by_species, parse_isolation
+    from wildreid.isolation import parse_isolation
+    from wildreid.per_species import parse_by_species
     from wildreid.pipeline import Identifier
 
     if ray is not None:  # before any work: not after minutes of it

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from wildreid.isolation import Isolator, Region, by_species
+from wildreid.isolation import Isolator, Region
 from wildreid.local import KeypointExtractor, Keypoints, create_local_features
 from wildreid.matching import (
     KEYPOINT_COUNTS,
@@ -33,6 +33,7 @@ from wildreid.matching import (
     create_matcher,
     score_pairs,
 )
+from wildreid.per_species import by_species
 
 #: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
 MIRROR_MODES = ("none", "opposite", "all")

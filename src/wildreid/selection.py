@@ -38,7 +38,8 @@ from sklearn.base import BaseEstimator
 
 from wildreid.data import NEW_INDIVIDUAL
 from wildreid.openset import OpenSetDecision
-from wildreid.pseudo_queries import pseudo_split, sightings_of, species_keys
+from wildreid.per_species import species_keys
+from wildreid.pseudo_queries import pseudo_split, sightings_of
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def _isolation(value: object) -> object:
 
 
 def _keypoint_places(value: object) -> object:
-    from wildreid.isolation import parse_by_species
+    from wildreid.per_species import parse_by_species
     from wildreid.rerank import KEYPOINT_PLACES
 
     return parse_by_species(str(value), KEYPOINT_PLACES, "keypoints-on", "nyala=animal,lion=image")
