@@ -142,6 +142,17 @@ def test_review_queue_in_chromium(real_subset, tmp_path):
             shoot(page, "2-matches")
             page.click("#matches button[title='zoom in']")  # both photos zoom together
             expect(page.locator("#matches .zoom-level")).to_have_text("150 %")
+            # And by keyboard: the focused viewer zooms with + and pans with the arrows,
+            # which then do not move in the queue.
+            shown_before = page.inner_text("#query-id")
+            page.focus("#matches .viewer-frame")
+            page.keyboard.press("+")
+            expect(page.locator("#matches .zoom-level")).to_have_text("225 %")
+            before = page.eval_on_selector("#matches .stage", "node => node.style.transform")
+            page.keyboard.press("ArrowRight")
+            assert page.eval_on_selector("#matches .stage",
+                                         "node => node.style.transform") != before
+            assert page.inner_text("#query-id") == shown_before
             page.uncheck("#show-lines")
             expect(page.locator("#matches .lines")).to_be_hidden()
             if not page.locator("#matches button[title=\"the candidate's next photo\"]").is_disabled():

@@ -191,7 +191,9 @@ function matchViewer(name, drawn, scoredPhoto) {
   overlay.append(lines, dots);
   const stage = element("div", {className: "stage"},
                         [element("div", {className: "pair"}, [left, right]), overlay]);
-  const frame = element("div", {className: "viewer-frame", title: "wheel or +/- to zoom, drag to pan"},
+  const frame = element("div", {className: "viewer-frame", tabIndex: 0,
+                                 ariaLabel: "matched photos: + and - zoom, arrow keys pan",
+                                 title: "wheel or +/- to zoom, drag or arrow keys to pan"},
                         [stage]);
   let scale = 1, x = 0, y = 0, dragging = null;
   const apply = () => {
@@ -213,6 +215,17 @@ function matchViewer(name, drawn, scoredPhoto) {
     if (dragging && scale > 1) { x = event.clientX - dragging[0]; y = event.clientY - dragging[1]; apply(); }
   });
   for (const end of ["pointerup", "pointerleave"]) frame.addEventListener(end, () => { dragging = null; });
+  // The keyboard does what the wheel and the mouse do, while the viewer has the focus (the
+  // arrows then pan the photos instead of moving in the queue).
+  const steps = {ArrowLeft: [60, 0], ArrowRight: [-60, 0], ArrowUp: [0, 60], ArrowDown: [0, -60]};
+  frame.addEventListener("keydown", (event) => {
+    if (event.key === "+" || event.key === "=") zoom(1.5);
+    else if (event.key === "-") zoom(1 / 1.5);
+    else if (steps[event.key]) { x += steps[event.key][0]; y += steps[event.key][1]; apply(); }
+    else return;
+    event.preventDefault();
+    event.stopPropagation();
+  });
   const draw = () => {
     const [w1, h1, w2, h2] = [left.clientWidth, left.clientHeight, right.clientWidth, right.clientHeight];
     overlay.setAttribute("viewBox", `0 0 ${w1 + w2} ${Math.max(h1, h2)}`);
