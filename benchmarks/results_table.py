@@ -193,13 +193,14 @@ EVIDENCE = re.compile(r"(<!-- evidence: choice=(\S+) files=(\S+) -->\n)(.*?)(<!-
                       re.S)
 
 
-def decision_with_evidence(text: str, where: str) -> str:
-    """A decision record (docs/decisions/*.md) with its evidence table generated anew."""
+def decision_with_evidence(text: str, where: str, evidence: list[tuple[str, dict]]) -> str:
+    """A decision record (docs/decisions/*.md) with its evidence table generated anew from
+    ``evidence`` (:func:`evidence_records`)."""
     def generated(match: re.Match) -> str:
         names = {path.name for path in RESULTS.glob(match[3])}
         if not names:
             raise SystemExit(f"{where}: no result file matches {match[3]!r}")
-        chosen = [row for row in evidence_records() if row[0] in names]
+        chosen = [row for row in evidence if row[0] in names]
         return f"{match[1]}{evidence_table(chosen, match[2])}{match[5]}"
 
     if not EVIDENCE.search(text):
@@ -222,8 +223,10 @@ def main() -> None:
     rows = records()
     wanted = {ROOT / "RESULTS.md": results_page(rows),
               ROOT / "README.md": readme_with_table((ROOT / "README.md").read_text(), rows)}
+    evidence = evidence_records()
     for record in sorted((ROOT / "docs" / "decisions").glob("[0-9]*.md")):
-        wanted[record] = decision_with_evidence(record.read_text(), str(record.relative_to(ROOT)))
+        wanted[record] = decision_with_evidence(record.read_text(), str(record.relative_to(ROOT)),
+                                                evidence)
     stale = [path.name for path, text in wanted.items()
              if not path.exists() or path.read_text() != text]
     if arguments.check:

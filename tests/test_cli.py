@@ -106,6 +106,9 @@ def test_demo_runs_and_scores(tmp_path):
     assert "score (mean over species)" in result.output
     assert (tmp_path / "demo" / "submission.csv").is_file()
     (features,) = (tmp_path / "cache").glob("*/arrays.sqlite")
+    import gc
+
+    gc.collect()  # the first run's cache connections closed (their last checkpoint written)
     stored = features.stat().st_mtime_ns
     again = runner.invoke(app, ["demo", *options])  # same seed, same photos: all from the cache
     assert again.exit_code == 0, again.output

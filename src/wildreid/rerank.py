@@ -681,8 +681,9 @@ class LocalReranking(BaseEstimator):
 
 
 def _joined(first: Sequence, second: Sequence) -> Sequence:
-    """``second``'s items after ``first``'s; two lazy views of one cache stay lazy (``+``)."""
-    if isinstance(first, LazyRows) and isinstance(second, LazyRows):
+    """``second``'s items after ``first``'s; two lazy views of one cached stage stay lazy."""
+    if isinstance(first, LazyRows) and isinstance(second, LazyRows) and \
+            first.stage is second.stage:
         return first + second
     return [*first, *second]
 

@@ -9,6 +9,8 @@ to start from.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +25,13 @@ else:  # pragma: no cover - Python 3.10
 @dataclass(frozen=True)
 class Setting:
     """One setting: its ``name`` in the file (the option it was, kebab-case), the Python type of
-    its value, its ``default`` (``None``: chosen by the run), what it means, and the checks a
-    value must pass (``minimum`` for numbers, ``check`` a function raising ``ValueError``
-    where the value is wrong)."""
+    its value, what it means, and the checks a value must pass (``minimum`` for numbers,
+    ``check`` a function raising ``ValueError`` where the value is wrong). Its default is the
+    run's own (:func:`~wildreid.run.identify_dataset`'s parameter of the same name), read from
+    there: one place."""
 
     name: str
     kind: type
-    default: object
     help: str
     minimum: int | None = None
     check: Callable[[object], object] | None = None
@@ -38,6 +40,19 @@ class Setting:
     def key(self) -> str:
         """The name as a Python parameter (``top-k`` -> ``top_k``)."""
         return self.name.replace("-", "_")
+
+    @property
+    def default(self) -> object:
+        """The run's default (``None``: chosen by the run); ``cache``: on."""
+        return True if self.key == "cache" else _run_defaults()[self.key]
+
+
+@functools.cache
+def _run_defaults() -> dict[str, object]:
+    from wildreid.run import identify_dataset
+
+    return {name: parameter.default
+            for name, parameter in inspect.signature(identify_dataset).parameters.items()}
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[object], object]:
@@ -63,31 +78,31 @@ def _keypoint_places(value: object) -> object:
 
 #: Every setting a settings file may hold, in the order ``wildreid settings`` prints them.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("top-k", int, 5, "Candidates kept per query (the candidates CSV).", minimum=1),
-    Setting("aggregation", str, "max", "Identity score from its images' cosines: max | mean.",
+    Setting("top-k", int, "Candidates kept per query (the candidates CSV).", minimum=1),
+    Setting("aggregation", str, "Identity score from its images' cosines: max | mean.",
             check=_one_of(("max", "mean"))),
-    Setting("batch-size", int, 64, "Images per forward pass of the global descriptor.",
+    Setting("batch-size", int, "Images per forward pass of the global descriptor.",
             minimum=1),
-    Setting("cache", bool, True, "Read and write the feature cache (false: neither)."),
-    Setting("weights", Path, None, "Bare state_dict file to load into the timm architecture "
+    Setting("cache", bool, "Read and write the feature cache (false: neither)."),
+    Setting("weights", Path, "Bare state_dict file to load into the timm architecture "
             "named by --model."),
-    Setting("isolation", str, "none", "What the global descriptor sees: none | crop (the "
+    Setting("isolation", str, "What the global descriptor sees: none | crop (the "
             "animal's box) | mask (box, background filled), or per species as "
             "'nyala=crop,lion=none'. Regions: metadata bbox/mask columns, else U²-Net-p.",
             check=_isolation),
-    Setting("segmenter-weights", Path, None, "A local u2netp.onnx [default: fetched once]."),
-    Setting("mirror", str, "none", "Also match queries flipped left-right: none | opposite "
+    Setting("segmenter-weights", Path, "A local u2netp.onnx [default: fetched once]."),
+    Setting("mirror", str, "Also match queries flipped left-right: none | opposite "
             "(against the mirror orientation: left vs right) | all.",
             check=_one_of(("none", "opposite", "all"))),
-    Setting("max-keypoints", int, None, "Local keypoints kept per image [default: the "
+    Setting("max-keypoints", int, "Local keypoints kept per image [default: the "
             "preset's, 512].", minimum=1),
-    Setting("long-side", int, 512, "Long side, in pixels, of the animal's box (or photo) that "
+    Setting("long-side", int, "Long side, in pixels, of the animal's box (or photo) that "
             "keypoints are detected on.", minimum=32),
-    Setting("keypoints-on", str, None, "Where local keypoints are kept: animal (its mask) | "
+    Setting("keypoints-on", str, "Where local keypoints are kept: animal (its mask) | "
             "image (the whole photo) | auto (chosen per species on the database), or per "
             "species as 'nyala=animal,lion=image' [default: animal; docs/decisions/0005].",
             check=_keypoint_places),
-    Setting("cascade", int, None, "With two or more --local matchers, the first scores every "
+    Setting("cascade", int, "With two or more --local matchers, the first scores every "
             "shortlisted photo and the later ones only each query's best CASCADE by it (e.g. "
             "--local aliked-nn,aliked with cascade = 10: LightGlue where the fast matcher "
             "points).", minimum=1),
