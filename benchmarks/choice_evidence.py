@@ -1,4 +1,4 @@
-"""Development-split evidence for each choice a local fit still makes by itself.
+"""Development-split evidence for the fixed values of each setting of the local stage.
 
     python benchmarks/choice_evidence.py DATA --name cats-open [--base sift/animal]
         [--shortlist 50] [--choices pair_score,fusion,orientation,local_aggregation,keypoints_on]
@@ -7,16 +7,16 @@
 For each species, the database is carved as the accurate preset carves it
 (:func:`wildreid.selection.development_split`; for nyala-lion, from the photos in the database of
 both protocols, so neither protocol's queries are seen). The ``base`` pipeline of the menu is fitted
-on the reference part with each choice left to the fit (``auto``, today's default) and with each
-of its fixed values, every other setting as the library's defaults leave it; all are scored on the
-same held-out queries with the task's score, and each value's paired gain over the default comes
-with its bootstrap standard error (:func:`wildreid.selection.paired_gain`). What ``auto``
-resolved to is recorded beside it.
+on the reference part with each of the setting's values, every other setting as the library's
+defaults leave it; all are scored on the same held-out queries with the task's score, and each
+value's paired gain over the default comes with its bootstrap standard error
+(:func:`wildreid.selection.paired_gain`). The files of 2026-12-07 also hold ``auto`` (each
+setting chosen per species by the fit itself): it never won, and has since gone from the library
+(docs/decisions/0001-0005).
 
 Writes ``benchmarks/results/choice-evidence-<name>-<base>-s<shortlist>-cpu-<date>.json`` (never
 overwritten); ``benchmarks/results_table.py`` turns every such file into RESULTS.md's table of
-automatic choices. A choice stays automatic only where ``auto`` beats every fixed value by more
-than two standard errors on some dataset; otherwise the best fixed value becomes the default.
+the local stage's choices, and the decision records' evidence.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from wildreid.pipeline import Identifier
 from wildreid.selection import MENU, development_split, paired_gain
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: Each choice and the values a user could fix it to (``auto``: the fit chooses per species).
+#: Each setting and the values a user could fix it to.
 VALUES = {
     "pair_score": ("confidence_sum", "matches@0.5", "inliers"),
     "fusion": ("all", "local"),
@@ -48,7 +48,7 @@ VALUES = {
 #: What each choice is when nobody sets it: the library's own defaults, read from it.
 DEFAULTS = {choice: inspect.signature(Identifier).parameters[choice].default
             for choice in VALUES}
-#: Where the fitted identifier says what an ``auto`` choice resolved to, per species.
+#: Where the fitted identifier keeps each setting, per species.
 RESOLVED = {"pair_score": "pair_score_", "fusion": "fusion_", "orientation": "orientation_",
             "local_aggregation": "aggregation_", "keypoints_on": "keypoints_on_"}
 
@@ -144,7 +144,7 @@ def main() -> None:
             # The default: the base pipeline's own value (its keypoints' place), else the
             # library's.
             default_value = settings.get(choice, DEFAULTS[choice])
-            for value in ("auto", *VALUES[choice]):
+            for value in VALUES[choice]:
                 found = default if value == default_value else run(f"{choice}={value}",
                                                                    {choice: value})
                 if found["correct"] is None:

@@ -18,7 +18,6 @@ from wildreid.isolation import Segmenter, u2netp_weights
 from wildreid.local import KeypointExtractor, LazyRows, create_local_features
 from wildreid.matching import create_matcher, score_pairs
 from wildreid.pipeline import Identifier
-from wildreid.rerank import fused_set_chosen
 from wildreid.scorers import mirror_views
 
 from .conftest import BENCH, settings_file
@@ -502,35 +501,6 @@ def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path, r
     assert result.exit_code == 2 and "nor 'all'" in result.output
 
 
-def test_fused_set_is_the_fewest_scores_within_one_standard_error():
-    """``fusion="auto"`` keeps the fewest scores whose top-1 is within one binomial standard
-    error of the best set's, the better of those, and never the cosine alone beside a local
-    matcher: the figures of nyala protocol A's cascade (123 pseudo-known queries), where the
-    cosine joined by one query before."""
-    nyala = {("cosine", "aliked-nn", "aliked"): 44 / 123, ("cosine", "aliked-nn"): 33 / 123,
-             ("cosine", "aliked"): 43 / 123, ("aliked-nn", "aliked"): 43 / 123,
-             ("cosine",): 7 / 123, ("aliked-nn",): 34 / 123, ("aliked",): 43 / 123}
-    assert fused_set_chosen(nyala, 123) == ("aliked",)
-    # Ten times the queries narrow the band to 0.014, which still holds LightGlue alone's 0.350
-    # against the best's 0.358; with a hundred times (0.004), the best set is kept.
-    assert fused_set_chosen(nyala, 1230) == ("aliked",)
-    assert fused_set_chosen(nyala, 12300) == ("cosine", "aliked-nn", "aliked")
-    # A clear lead is kept: 9 points over the next set, on 1,000 queries.
-    clear = {**nyala, ("cosine", "aliked-nn", "aliked"): 0.44}
-    assert fused_set_chosen(clear, 1000) == ("cosine", "aliked-nn", "aliked")
-    # Equal sets of one score: the better, then the first given.
-    assert fused_set_chosen({("cosine", "sift"): 0.25, ("cosine",): 0.1, ("sift",): 0.25},
-                            300) == ("sift",)
-    # The cosine alone loses to a local score even when it leads, by chance, on a few queries...
-    assert fused_set_chosen({("cosine", "sift"): 0.10, ("cosine",): 0.2, ("sift",): 0.12},
-                            40) == ("sift",)
-    # ...but is kept where it is all there is.
-    assert fused_set_chosen({("cosine",): 0.2}, 40) == ("cosine",)
-    # No band where every query is named right (or none): ties only.
-    assert fused_set_chosen({("cosine", "sift"): 1.0, ("cosine",): 0.9, ("sift",): 0.95},
-                            50) == ("cosine", "sift")
-
-
 def test_cross_fitted_fusion_does_not_memorise_labels():
     """On scores that carry no information, in-sample isotonic calibration still separates the
     labels (it memorised them); out-of-fold fused scores do not. With information, both do."""
@@ -573,24 +543,6 @@ def test_keypoints_placed_per_species(real_subset, tmp_path):
                                       "--local", "sift",
                                       *settings_file(tmp_path, keypoints_on="lion=fur")])
     assert result.exit_code == 2 and "unknown keypoints-on 'fur'" in result.output, result.output
-
-
-@pytest.mark.slow
-def test_keypoint_place_chosen_per_species_on_the_database(real_subset, tmp_path, regions_cache):
-    """``keypoints_on="auto"``: per species, the place (animal mask or whole photo) whose matches
-    name more pseudo-queries right; queries then use the species' choice."""
-    dataset = load_dataset(real_subset)
-    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=regions_cache, progress=False,
-                            device="cpu", keypoints_on="auto").fit(dataset.database)
-    reranking = identifier.reranking_
-    assert set(reranking.keypoint_choice_) == {"nyala", "lion"}
-    for species, top1 in reranking.keypoint_choice_.items():
-        assert set(top1) == {"animal", "image"} and all(0 <= v <= 1 for v in top1.values())
-        expected = "image" if top1["image"] > top1["animal"] else "animal"
-        assert reranking.keypoints_on_[species] == expected
-    assert reranking.keypoints_on_[None] == "animal"
-    candidates = identifier.predict_candidates(dataset.query, k=2)
-    assert set(candidates["image_id"]) == set(dataset.query["image_id"])
 
 
 def test_keypoints_beyond_the_memory_budget_are_read_back_with_the_same_scores(
@@ -656,13 +608,12 @@ def test_scorers_share_one_shape_and_pair_scoring_fuses_them(tmp_path, monkeypat
 @pytest.mark.slow
 def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path, regions_cache):
     """``fusion="local"`` fuses the local matcher's calibrated score alone, ``"all"`` the mean of
-    it and the cosine's; ``"auto"`` picks per species the set of scores that names most of the
-    database's pseudo-known queries right out of fold (the fewest within one standard error of
-    the best, never the cosine alone), and records each set's top-1."""
+    it and the cosine's; nothing else is a fusion (choosing the set per species is gone:
+    docs/decisions/0001)."""
     dataset = load_dataset(real_subset)
     nyala = dataset.query[dataset.query["species"] == "nyala"]
     found = {}
-    for fusion in ("local", "all", "auto"):
+    for fusion in ("local", "all"):
         # The confidence sum: the raw evidence the plateaus are ordered by below.
         identifier = Identifier(local=("sift",), shortlist=None, cache_dir=regions_cache,
                                 progress=False, device="cpu", keep_pair_scores=True,
@@ -687,24 +638,15 @@ def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path, regi
             assert (plateaus > 1).any()  # the case the raw evidence decides
     for fusion, names in (("local", ["sift"]), ("all", ["cosine", "sift"])):
         reranking, candidates, table, calibrated = found[fusion]
-        assert reranking.fusion_["nyala"] == tuple(names)
+        assert reranking.fusion_.get("nyala", reranking.fusion_[None]) == tuple(names)
         expected = pd.Series(np.mean([calibrated[n] for n in names], axis=0)).groupby(
             table["first"]).max()
         assert np.allclose(candidates, expected.to_numpy(), atol=1e-5)
     local_top, all_top = (found[f][1] for f in ("local", "all"))
     assert not np.allclose(local_top, all_top)  # the cosine changes the fused scores
-    reranking = found["auto"][0]
-    for species in ("nyala", "lion"):
-        choice = reranking.fusion_choice_[species]
-        assert set(choice) == {"cosine+sift", "cosine", "sift"}
-        chosen = "+".join(reranking.fusion_[species])
-        assert chosen != "cosine"
-        # A set of fewer scores is passed over only when it is out of the best's error band,
-        # below the one chosen.
-        assert all(top1 < choice[chosen] for other, top1 in choice.items()
-                   if other != "cosine" and len(other.split("+")) < len(chosen.split("+")))
-    with pytest.raises(ValueError, match="fusion must be one of"):
-        Identifier(local=("sift",), fusion="cosine").fit(dataset.database)
+    for fusion in ("cosine", "auto"):
+        with pytest.raises(ValueError, match="fusion must be one of"):
+            Identifier(local=("sift",), fusion=fusion).fit(dataset.database)
 
 
 @pytest.mark.slow
@@ -784,8 +726,7 @@ def test_shortlist_of_a_view_keeps_its_orientation_and_unknown_ones():
 @pytest.mark.slow
 def test_queries_compared_with_photos_of_their_orientation(real_subset, tmp_path, regions_cache):
     """``orientation="same"``: query pairs and calibration pairs join photos of one orientation
-    (a flank with the same flank), or of the mirror view too with ``mirror="opposite"``;
-    ``auto``: the test of the auto settings below."""
+    (a flank with the same flank), or of the mirror view too with ``mirror="opposite"``."""
     from wildreid.scorers import mirror_view
 
     dataset = load_dataset(real_subset)
@@ -818,10 +759,11 @@ def test_queries_compared_with_photos_of_their_orientation(real_subset, tmp_path
 
 
 @pytest.mark.slow
-def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subset, tmp_path):
+def test_pair_score_kept_per_query_species(real_subset, tmp_path):
     """``pair_score`` by species: each query's pairs are calibrated on its species' score (RANSAC
     inliers for nyala, matches above 0.5 for lion here), so each candidate's score is the
-    calibrated value of that column (``auto``: the test of the auto settings below)."""
+    calibrated value of that column; RANSAC runs because a species keeps its inliers, and
+    ``auto`` is no pair score (docs/decisions/0002)."""
     dataset = load_dataset(real_subset)
     queries = dataset.query.reset_index(drop=True)
     setting = {"nyala": "inliers", None: "matches@0.5"}
@@ -830,7 +772,7 @@ def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subse
                             orientation="any", fusion="local", pair_score=setting,
                             local_aggregation="max").fit(dataset.database)
     reranking = identifier.reranking_
-    assert reranking.pair_score_ == setting and reranking.pair_score_choice_ == {}
+    assert reranking.pair_score_ == setting and reranking.local_scorer_.ransac
     candidates = identifier.predict_candidates(queries, k=1)
     table = reranking.scoring_.pair_tables["query pairs"]
     species = queries["species"].to_numpy()[table["first"]]
@@ -840,14 +782,16 @@ def test_pair_score_kept_per_query_species_and_chosen_on_the_database(real_subse
     fused = reranking.calibration_.fuse({"sift": kept.astype(np.float32)}, ("sift",), species)
     best = pd.Series(fused).groupby(table["first"].to_numpy()).max()
     assert np.allclose(candidates["score"].to_numpy(), best.sort_index().to_numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="pair_score must be one of"):
+        Identifier(local=("sift",), pair_score={"nyala": "auto"}).fit(dataset.database)
 
 
 @pytest.mark.slow
 def test_identity_score_from_its_best_image_or_best_two_per_species(real_subset, tmp_path):
     """``local_aggregation`` by species: nyala identities are ordered by the sum of their two
     best fused pair scores (``top2``), lion identities by their best one (``max``); the score and
-    image given are always the best image's, the score the open-set threshold reads (``auto``:
-    the test of the auto settings below)."""
+    image given are always the best image's, the score the open-set threshold reads (``auto``,
+    an aggregation chosen by ``fit`` is gone: docs/decisions/0004)."""
     dataset = load_dataset(real_subset)
     queries = dataset.query.reset_index(drop=True)
     database = dataset.database.reset_index(drop=True)
@@ -857,7 +801,7 @@ def test_identity_score_from_its_best_image_or_best_two_per_species(real_subset,
                             orientation="any", fusion="local", pair_score="confidence_sum",
                             local_aggregation=setting).fit(dataset.database)
     reranking = identifier.reranking_
-    assert reranking.aggregation_ == setting and reranking.aggregation_choice_ == {}
+    assert reranking.aggregation_ == setting
     candidates = identifier.predict_candidates(queries, k=2)
     table = reranking.scoring_.pair_tables["query pairs"]
     fused = reranking.calibration_.fuse({"sift": table["sift"].to_numpy()}, ("sift",),
@@ -885,34 +829,6 @@ def test_identity_score_from_its_best_image_or_best_two_per_species(real_subset,
         top_by_max = mine["identity"].iloc[0]
         reached |= summed == 2 and found["identity"].iloc[0] != top_by_max
     assert reached  # on some nyala query the sum of two names another identity than the best image
-
-
-@pytest.mark.slow
-def test_auto_settings_chosen_per_species_on_the_database(real_subset, tmp_path):
-    """Every ``auto`` of the local stage is chosen per species by ``fit``, on the database's
-    pseudo-queries: the orientation compared (``same`` only when it names more of them right),
-    the pair score (the first of the best, in :data:`~wildreid.matching.PAIR_SCORES` order) and
-    the identity aggregation (``top2`` only when better); RANSAC then runs on query pairs only
-    where a species keeps its inliers."""
-    from wildreid.matching import PAIR_SCORES
-
-    dataset = load_dataset(real_subset)
-    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
-                            device="cpu", keypoints_on="image", orientation="auto",
-                            pair_score="auto", local_aggregation="auto").fit(dataset.database)
-    reranking = identifier.reranking_
-    for chosen, choice, options in ((reranking.orientation_, reranking.orientation_choice_,
-                                     ("any", "same")),
-                                    (reranking.pair_score_, reranking.pair_score_choice_,
-                                     PAIR_SCORES),
-                                    (reranking.aggregation_, reranking.aggregation_choice_,
-                                     ("max", "top2"))):
-        assert set(choice) == {"nyala", "lion"}
-        for species, top1 in choice.items():
-            assert list(top1) == list(options)
-            best = max(top1.values())
-            assert chosen[species] == next(o for o in options if top1[o] == best)
-    assert reranking.local_scorer_.ransac == ("inliers" in reranking.pair_score_.values())
 
 
 @pytest.mark.slow
@@ -957,14 +873,8 @@ def test_cascade_scores_each_querys_best_pairs_by_the_first_matcher(real_subset,
     expected = side_by_side.predict_candidates(dataset.query, k=3)
     assert (found["identity"] == expected["identity"]).all()
     assert np.allclose(found["score"], expected["score"])
-    # Chosen on the database: each stage's pair score, RANSAC kept where a species keeps inliers.
-    chosen = Identifier(local=("sift", "orb"), local_cascade=2, shortlist=None, cache_dir=tmp_path,
-                        progress=False, device="cpu", keypoints_on="image", pair_score="auto",
-                        orientation="auto").fit(dataset.database).reranking_
-    assert set(chosen.cascade_pair_score_choice_) == {"nyala", "lion"}
-    for scorer, pair_score in ((chosen.local_scorer_, chosen.pair_score_),
-                               (chosen.cascade_scoring_.scorers[0], chosen.cascade_pair_score_)):
-        assert scorer.ransac == ("inliers" in pair_score.values())
+    # Both stages keep the inliers asked for: RANSAC runs in each, set once when built.
+    assert reranking.local_scorer_.ransac and reranking.cascade_scoring_.scorers[0].ransac
     for settings, message in (({"local": ("sift",), "local_cascade": 3}, "two or more"),
                               ({"local": ("sift", "orb"), "local_cascade": 0}, "1 or more"),
                               ({"local": ("sift", "orb"), "local_cascade": 2.5}, "number of images"),

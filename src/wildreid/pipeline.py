@@ -107,30 +107,23 @@ class Identifier(BaseEstimator):
         detected on the animal's box resized to ``long_side`` pixels and kept on the animal
         (``keypoints_on="animal"``, the default: docs/decisions/0005), or on the whole photo
         (``"image"``), or per species (``{"nyala": "animal", "lion": "image"}``, key ``None``:
-        the rest); ``"auto"`` chooses per species on the database's pseudo-queries. Empty: global
-        descriptor only. ``mirror``: also match queries flipped left-right, against database
-        images of the mirror view (``"opposite"``: ``left`` vs ``right`` orientation) or all
-        (``"all"``); ``"none"`` by default. ``fusion``: which calibrated pair scores are fused —
-        ``"all"`` (the global cosine and every local matcher), ``"local"`` (not the cosine) or
-        ``"auto"`` (per species, the set that names more of the database's pseudo-queries
-        right, out of fold); a dict gives it per species. ``orientation``: which database
-        images each query is compared with — ``"any"`` (every image of its species), ``"same"``
-        (those of its ``orientation``, and of the mirror view with ``mirror="opposite"``) or
-        ``"auto"`` (per species, ``same`` where it names more of the database's pseudo-queries
-        right); a dict gives it per species. ``pair_score``: which of a matcher's scores of a
-        pair is calibrated — ``"confidence_sum"``, ``"matches@<confidence>"``, ``"inliers"``
-        (RANSAC) or ``"auto"`` (per species, the one whose raw values name more of the
-        database's pseudo-queries right); a dict gives it per species. ``local_aggregation``:
-        an identity's score from its images' fused pair scores — ``"max"`` (its best image),
-        ``"top2"`` (the sum of its best two) or ``"auto"`` (per species, ``top2`` where it
-        names more of the database's pseudo-queries right); a dict gives it per species.
-        The defaults (``fusion="all"``, ``orientation="any"``, ``pair_score="matches@0.5"``,
-        ``local_aggregation="max"``) are fixed, not chosen by ``fit``: on development splits
-        of cats, seals, lions and nyala, no ``auto`` beat every fixed value by two standard
-        errors, and the automatic fusion lost 0.50 on cats (RESULTS.md, "The choices a local
-        fit makes by itself"); the ``auto`` values stay for studies. With ``top2`` the open-set
-        threshold fitted on the database sits under the queries' scores
-        (BENCHMARKS.md, 2026-12-06). ``local_cascade``: with two or more ``local`` matchers,
+        the rest). Empty: global descriptor only. ``mirror``: also match queries flipped
+        left-right, against database images of the mirror view (``"opposite"``: ``left`` vs
+        ``right`` orientation) or all (``"all"``); ``"none"`` by default. ``fusion``: which
+        calibrated pair scores are fused — ``"all"`` (the global cosine and every local
+        matcher) or ``"local"`` (not the cosine). ``orientation``: which database images each
+        query is compared with — ``"any"`` (every image of its species) or ``"same"`` (those of
+        its ``orientation``, and of the mirror view with ``mirror="opposite"``). ``pair_score``:
+        which of a matcher's scores of a pair is calibrated — ``"confidence_sum"``,
+        ``"matches@<confidence>"`` or ``"inliers"`` (RANSAC). ``local_aggregation``: an
+        identity's score from its images' fused pair scores — ``"max"`` (its best image) or
+        ``"top2"`` (the sum of its best two). Each of these may be a dict by species (key
+        ``None``: the rest). They are settings, not chosen by ``fit``: on development splits of
+        cats, seals, lions and nyala, choosing them per species on the database never beat every
+        fixed value by two standard errors, and choosing the fused scores lost 0.50 on cats
+        (docs/decisions/0001-0005); choosing a pipeline per species is
+        :class:`~wildreid.selection.PipelineSelection`'s job (``--preset accurate``).
+        ``local_cascade``: with two or more ``local`` matchers,
         the first scores every shortlisted image and the later ones only each query's best
         ``local_cascade`` by it (e.g. ``("aliked-nn", "aliked")`` with 10: LightGlue on what
         the fast nearest-neighbour matcher puts first), in ``fit`` as in ``predict``.

@@ -15,7 +15,6 @@ shortlist and aggregates per identity (max).
 
 from __future__ import annotations
 
-import itertools
 import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,33 +45,30 @@ from wildreid.scorers import (
 )
 from wildreid.stage import LazyRows
 
-#: Where local keypoints are kept: on the animal's mask, or anywhere on the photo; ``auto``
-#: chooses one of the two per species on the database (:meth:`LocalReranking.fit`).
-KEYPOINT_PLACES = ("animal", "image", "auto")
-#: Pseudo-queries per species that choose between the places of ``keypoints_on="auto"``.
-_CHOICE_QUERIES = 100
-#: Which scores are fused: every scorer's (the global cosine and each local matcher), the local
-#: matchers' only, or ``auto``: per species, the set of scores whose out-of-fold fused scores name
-#: more of the database's pseudo-queries right (:meth:`LocalReranking.fit`).
-FUSIONS = ("all", "local", "auto")
-#: Which database images a query is compared with: every image of its species, only those of its
-#: ``orientation`` (and of the mirror view when ``mirror="opposite"``), or ``auto``: per species,
-#: the one that names more of the database's pseudo-queries right (:meth:`LocalReranking.fit`).
-ORIENTATIONS = ("any", "same", "auto")
+#: Where local keypoints are kept: on the animal's mask, or anywhere on the photo
+#: (docs/decisions/0005: the animal; choosing per species on the database never won).
+KEYPOINT_PLACES = ("animal", "image")
+#: Which scores are fused: every scorer's (the global cosine and each local matcher), or the
+#: local matchers' only (docs/decisions/0001: every one).
+FUSIONS = ("all", "local")
+#: Which database images a query is compared with: every image of its species, or only those
+#: of its ``orientation`` (and of the mirror view when ``mirror="opposite"``;
+#: docs/decisions/0003: every one).
+ORIENTATIONS = ("any", "same")
 #: Which of a matcher's scores of a pair is calibrated: one of
 #: :data:`~wildreid.matching.PAIR_SCORES` (the sum of match confidences, matches above a
-#: confidence, RANSAC inliers), or ``auto``: per species, the one that names more of the
-#: database's pseudo-queries right (:meth:`LocalReranking.fit`).
-PAIR_SCORE_CHOICES = (*PAIR_SCORES, "auto")
+#: confidence, RANSAC inliers; docs/decisions/0002: matches above 0.5).
+PAIR_SCORE_CHOICES = PAIR_SCORES
 #: How identities are ordered from their images' fused pair scores with a query: by the best
-#: one (``max``), by the sum of their best two (``top2``: two good views outweigh one), or
-#: ``auto``: per species, the one that names more of the database's pseudo-queries right. The
-#: score given, which the open-set threshold reads, is the best image's either way.
-AGGREGATIONS = ("max", "top2", "auto")
+#: one (``max``), or by the sum of their best two (``top2``: two good views outweigh one;
+#: docs/decisions/0004: the best one). The score given, which the open-set threshold reads, is
+#: the best image's either way.
+AGGREGATIONS = ("max", "top2")
 #: Images summed into the value that orders identities, by aggregation.
 _IMAGES_SUMMED = {"max": 1, "top2": 2}
-#: The pair score of species that name none, and of those choosing until they have chosen.
-_DEFAULT_PAIR_SCORE = "confidence_sum"
+#: Each per-species setting's value for the species a dict does not name: its default.
+_DEFAULTS = {"keypoints_on": "animal", "fusion": "all", "orientation": "any",
+             "pair_score": "matches@0.5", "aggregation": "max"}
 
 
 class LocalReranking(BaseEstimator):
@@ -80,51 +76,39 @@ class LocalReranking(BaseEstimator):
     database image of the query's species), re-scored by local matchers (``features``:
     ``aliked``, ``aliked-nn``, ``disk``, ``dedode``, ``sift``, ``orb``), calibrated and fused.
 
-    ``keypoints_on``: ``animal`` keeps keypoints inside the animal's mask (regions from metadata or
-    the segmenter, whole image where the guard falls back), ``image`` uses the whole photo; a dict
-    gives it per species (key ``None``: the rest); ``auto`` chooses per species, on pseudo-queries
-    of the database, the place whose matches name more of them right (``keypoints_on_`` after
-    ``fit``; ``keypoint_choice_`` holds the top-1 of each place).
+    Each of ``keypoints_on``, ``pair_score``, ``fusion``, ``orientation`` and ``aggregation``
+    is one value for every species or a dict of them by species (key ``None``: the rest; a
+    species it does not name gets the default). They are settings, never chosen inside ``fit``:
+    choosing between pipelines is :class:`~wildreid.selection.PipelineSelection`'s job, and the
+    evidence behind each default is a decision record (``docs/decisions``).
+
+    ``keypoints_on``: ``animal`` keeps keypoints inside the animal's mask (regions from metadata
+    or the segmenter, whole image where the guard falls back), ``image`` uses the whole photo.
     ``pair_score``: which of a matcher's scores of a pair is calibrated
-    (:data:`PAIR_SCORE_CHOICES`; a dict gives it per species, key ``None`` the rest): the sum of
-    match confidences, the matches above a confidence (``matches@0.5``: the default), the
-    RANSAC inliers, or ``auto``: per
-    species, the one whose raw values name most pseudo-known queries of the database right over
-    the calibration pairs (``pair_score_`` after ``fit``, ``pair_score_choice_`` the top-1 of
-    each; RANSAC runs on the query pairs only where inliers are kept).
+    (:data:`PAIR_SCORE_CHOICES`): the sum of match confidences, the matches above a confidence
+    (``matches@0.5``: the default), or the RANSAC inliers (RANSAC then runs on every pair).
     ``aggregation``: how identities are ordered from their images' fused pair scores
-    (:data:`AGGREGATIONS`; a dict gives it per species): by their best image's (``max``), by the
-    sum of their best two (``top2``), or ``auto``: per species, ``top2`` when it names more
-    pseudo-known queries of the database right out of fold (``aggregation_``,
-    ``aggregation_choice_``); an identity's score is its best image's either way.
+    (:data:`AGGREGATIONS`): by their best image's (``max``) or by the sum of their best two
+    (``top2``); an identity's score is its best image's either way.
     ``calibration_queries``: pseudo-queries per species used to fit calibration and thresholds
     (the pair sample stays ``calibration_queries x shortlist`` whatever the database size).
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
     are mirror views (``opposite``, e.g. a left flank against a right flank) or for every pair
     (``all``, when the orientation is unknown); each pair keeps its better score.
-    ``fusion``: which calibrated scores are averaged into the fused one (:data:`FUSIONS`; a dict
-    gives it per species, key ``None`` the rest): ``all`` (the default), ``local`` (not the
-    global cosine), or
-    ``auto``: per species, from the top-1 of each non-empty set of the scores over the database's
-    pseudo-known queries (cross-fitted fused scores), the fewest scores within one standard error
-    of the best set (:func:`fused_set_chosen`; never the cosine alone beside local matchers);
-    ``fusion_`` holds the names fused per species after ``fit``, ``fusion_choice_`` the top-1 of
-    each set tried.
-    ``orientation``: which database images a query is compared with (:data:`ORIENTATIONS`; a dict
-    gives it per species, key ``None`` the rest): ``any`` (the default: every image of its
-    species), ``same``
-    (those whose ``orientation`` is the query's, or its mirror view with ``mirror="opposite"``;
-    images of unknown orientation always, and the whole species when it has no image of the
-    query's orientation), or ``auto``: per species, ``same`` when restricting the calibration
-    pairs to it names more pseudo-known queries right by the raw local scores, else ``any``
-    (``orientation_`` after ``fit``, ``orientation_choice_`` the top-1 of both). A flank of a
-    striped antelope and the other flank are two patterns; a nose and an ear of one lion are
-    never compared by orientation, since each lion has one photo of each part.
+    ``fusion``: which calibrated scores are averaged into the fused one (:data:`FUSIONS`):
+    ``all`` (the default) or ``local`` (not the global cosine); ``fusion_`` holds the names
+    fused per species after ``fit``.
+    ``orientation``: which database images a query is compared with (:data:`ORIENTATIONS`):
+    ``any`` (the default: every image of its species) or ``same`` (those whose ``orientation``
+    is the query's, or its mirror view with ``mirror="opposite"``; images of unknown
+    orientation always, and the whole species when it has no image of the query's
+    orientation). A flank of a striped antelope and the other flank are two patterns; a nose
+    and an ear of one lion are never compared by orientation, since each lion has one photo of
+    each part.
     ``cascade``: with two or more ``features``, the first matcher scores every pair and the
     later ones only each query's best ``cascade`` database images by it (ties by cosine), as in
     ``fit`` so in ``rank``: a slow, faithful matcher (LightGlue) re-scores what a fast one
-    (``aliked-nn``) puts first. The other pairs are dropped. ``pair_score`` is chosen for each
-    stage (``pair_score_`` for the first, ``cascade_pair_score_`` for the later ones).
+    (``aliked-nn``) puts first. The other pairs are dropped.
     """
 
     def __init__(self, features: Sequence[str] = ("aliked",), shortlist: int | None = 100,
@@ -168,7 +152,7 @@ class LocalReranking(BaseEstimator):
                                      (self.orientation, ORIENTATIONS, "orientation"),
                                      (self.pair_score, PAIR_SCORE_CHOICES, "pair_score"),
                                      (self.aggregation, AGGREGATIONS, "aggregation")):
-            if any(choice not in choices for choice in _setting(value).values()):
+            if any(choice not in choices for choice in _per_species(value, choices[0]).values()):
                 raise ValueError(f"{name} must be one of {', '.join(choices)} (or a dict of them "
                                  f"by species), not {value!r}")
         check_matchers(self.features, self.cascade)
@@ -176,13 +160,15 @@ class LocalReranking(BaseEstimator):
         stages = ([self.features[:1], self.features[1:]] if self.cascade is not None
                   else [self.features])
         extractors: dict = {}  # by keypoint method: the stages share their keypoints
-        # The default column; each species' own is taken from every score by _kept.
-        scorers = [LocalScorer(matchers, self.max_keypoints, self.long_side, _DEFAULT_PAIR_SCORE,
-                               self.mirror, self.device, self.batch_size, self.cache_dir,
-                               self.workers, self.progress, self.pool_,
-                               ransac=self._needs_ransac(
-                                   _until_chosen(self.pair_score, _DEFAULT_PAIR_SCORE)),
-                               extractors=extractors)
+        pair_scores = _per_species(self.pair_score, _DEFAULTS["pair_score"])
+        # RANSAC (CPU time) only where a species keeps its inliers, or every score is kept.
+        ransac = self.keep_pair_scores or "inliers" in pair_scores.values()
+        # The bare column of the pair tables is the confidence sum; each species' own pair
+        # score is taken from every column by _kept.
+        scorers = [LocalScorer(matchers, self.max_keypoints, self.long_side,
+                               "confidence_sum", self.mirror, self.device,
+                               self.batch_size, self.cache_dir, self.workers, self.progress,
+                               self.pool_, ransac=ransac, extractors=extractors)
                    for matchers in stages]
         self.local_scorer_ = scorers[0]
         self.scoring_ = PairScoring([CosineScorer(), self.local_scorer_], self.keep_pair_scores)
@@ -199,9 +185,11 @@ class LocalReranking(BaseEstimator):
         split = pseudo_split(identities, rng, sightings=sightings_of(images))
         if split is None:
             raise ValueError("local re-ranking needs 3 or more database identities to calibrate")
-        # Species choosing their pair score use the confidence sum until they have chosen.
-        self.pair_score_ = _until_chosen(self.pair_score, _DEFAULT_PAIR_SCORE)
-        self.keypoints_on_ = self._choose_places(images, features, species, split, isolator, rng)
+        # Each setting by species (key None: the species it does not name).
+        self.keypoints_on_ = _per_species(self.keypoints_on, _DEFAULTS["keypoints_on"])
+        self.pair_score_ = _per_species(self.pair_score, _DEFAULTS["pair_score"])
+        self.orientation_ = _per_species(self.orientation, _DEFAULTS["orientation"])
+        self.aggregation_ = _per_species(self.aggregation, _DEFAULTS["aggregation"])
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
         self.database_ = Side(images, features, regions,
                               self._keypoints(images, regions, "database"))
@@ -211,51 +199,36 @@ class LocalReranking(BaseEstimator):
         self.database_identities_ = identities
         self.database_species_ = species
         queries, unknown = self._bounded(split.queries, split.unknown, species, rng)
-        reference = split.reference
-        # Species choosing their orientation compare every image until they have chosen.
-        self.orientation_ = _until_chosen(self.orientation, "any")
-        rows, pairs = self._calibration_pairs(queries, reference, features, species)
-        # Species choosing their pair score need every score, inliers included, of these pairs
-        # (and of these alone: RANSAC costs CPU time).
-        self.local_scorer_.ransac = self._needs_ransac(_setting(self.pair_score))
+        rows, pairs = self._calibration_pairs(queries, split.reference, features, species)
         columns = self.scoring_.score(self.database_, self.database_, pairs, "calibration pairs",
                                       details=True)
-        truth = identities[queries]
-        self.pair_score_, self.pair_score_choice_ = self._choose_pair_score(
-            columns, columns["cosine"], pairs, rows, truth, species[queries], unknown,
-            self.local_scorer_.features, self.pair_score_)
-        self.local_scorer_.ransac = self._needs_ransac(self.pair_score_)
         # Photos the calibration matched that no detector found a keypoint on (blank, tiny):
         # judged by the cosine alone, and said so.
         self.database_without_keypoints_ = int(
             (keypoints_per_image(columns, self.local_scorer_.features, pairs) == 0).sum())
         scores = self._kept(columns, species[pairs[:, 0]])
-        fixed = dict(self.orientation_)
-        self.orientation_, self.orientation_choice_ = self._choose_orientation(
-            scores, pairs, rows, queries, identities, species, unknown)
-        if self.orientation_ != fixed:  # shortlisted anew as queries are; each pair scored once
-            rows, pairs, scores = self._rescored(scores, pairs, *self._calibration_pairs(
-                queries, reference, features, species))
-        if self.cascade_scoring_ is not None:
-            rows, pairs, scores = self._fit_cascade(rows, pairs, scores, truth, species[queries],
-                                                    unknown)
+        if self.cascade_scoring_ is not None:  # the later matchers score each one's best pairs
+            keep, scores, _ = self._cascaded(self.database_, self.database_, pairs, scores,
+                                             species[pairs[:, 0]], "calibration pairs",
+                                             self.cascade)
+            rows, pairs = rows[keep], pairs[keep]
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         self._check_same_orientation(same, species[pairs[:, 0]])
         # One calibration per species: a matcher's raw scores live on each species' own scale.
         self.calibration_ = SpeciesCalibration.fit(scores, same, species[pairs[:, 0]],
                                                    identities[pairs[:, 0]], seed=self.seed)
-        # The choice of fused scores and the thresholds from out-of-fold calibrated scores (folds
-        # by pseudo-query identity): in-sample ones sit where the calibration memorised the labels.
+        names = tuple(scores)
+        fused = {"all": names, "local": tuple(name for name in names if name != "cosine")}
+        self.fusion_ = {key: fused[value] for key, value in
+                        _per_species(self.fusion, _DEFAULTS["fusion"]).items()}
+        # The thresholds from out-of-fold calibrated scores (folds by pseudo-query identity):
+        # in-sample ones sit where the calibration memorised the labels.
         calibrated = cross_fitted_calibration(scores, same, identities[pairs[:, 0]],
                                               seed=self.seed, species=species[pairs[:, 0]])
         table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
                               "cosine": scores["cosine"]})
-        self.fusion_, self.fusion_choice_ = self._choose_fusion(
-            scores, calibrated, table, species[queries], identities[queries], unknown)
         table["score"] = self._fused(calibrated, species[pairs[:, 0]], mean=True)
         table["local"] = self._local_evidence(scores, species[pairs[:, 0]])
-        self.aggregation_, self.aggregation_choice_ = self._choose_aggregation(
-            table, truth, species[queries], unknown)
         top = _top_identities(table, len(queries), 1, self._images_summed(species[pairs[:, 0]]))
         self.decision_ = OpenSetDecision.from_pseudo_queries(
             identities[queries], top["identity"][:, 0], top["score"][:, 0], unknown,
@@ -266,9 +239,9 @@ class LocalReranking(BaseEstimator):
     def partial_fit(self, images: pd.DataFrame, features: np.ndarray, isolator: Isolator | None
                     ) -> LocalReranking:
         """Add images of known identities to the fitted re-ranking without fitting again: their
-        keypoints are found where the fit chose to find them (``keypoints_on_``) and the
-        database grows; the choices, the calibration and the thresholds stay those of the last
-        :meth:`fit` (fit again once the database has changed much)."""
+        keypoints are found where the fit found the database's (``keypoints_on_``) and the
+        database grows; the calibration and the thresholds stay those of the last :meth:`fit`
+        (fit again once the database has changed much)."""
         if images.empty:
             return self
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "added: regions")
@@ -303,29 +276,6 @@ class LocalReranking(BaseEstimator):
                     f"orientation to calibrate on; compare every photo (orientation 'any' for "
                     f"{label})")
 
-    def _fit_cascade(self, rows: np.ndarray, pairs: np.ndarray, scores: dict[str, np.ndarray],
-                     truth: np.ndarray, query_species: np.ndarray, unknown: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """The calibration pairs a cascade keeps (each pseudo-query's best ``cascade`` by the
-        first matcher), scored by the later matchers with each one's pair score chosen on them
-        (``cascade_pair_score_``)."""
-        self.cascade_pair_score_ = _until_chosen(self.pair_score, _DEFAULT_PAIR_SCORE)
-        for scorer in self.cascade_scoring_.scorers:
-            scorer.ransac = self._needs_ransac(_setting(self.pair_score))
-        keep, scores, columns = self._cascaded(self.database_, self.database_, pairs, scores,
-                                               self.database_species_[pairs[:, 0]],
-                                               "calibration pairs", self.cascade)
-        rows, pairs = rows[keep], pairs[keep]
-        later = self.cascade_scoring_.names
-        self.cascade_pair_score_, self.cascade_pair_score_choice_ = self._choose_pair_score(
-            columns, scores["cosine"], pairs, rows, truth, query_species, unknown, later,
-            self.cascade_pair_score_)
-        for scorer in self.cascade_scoring_.scorers:
-            scorer.ransac = self._needs_ransac(self.cascade_pair_score_)
-        scores.update(self._kept(columns, self.database_species_[pairs[:, 0]], later,
-                                 self.cascade_pair_score_))
-        return rows, pairs, scores
-
     def _cascaded(self, query: Side, gallery: Side, pairs: np.ndarray,
                   scores: dict[str, np.ndarray], species: np.ndarray, description: str,
                   top: int | None, mirror: bool = True
@@ -333,15 +283,14 @@ class LocalReranking(BaseEstimator):
         """The pairs a cascade's later matchers score — each query's (``pairs[:, 0]``) best
         ``top`` by the first matcher's score, ties by cosine (``None``: every pair) — as
         positions in ``pairs``; their ``scores`` with the later matchers' added (pair scores of
-        the query ``species``, ``cascade_pair_score_``); every column of the later scoring."""
+        the query ``species``, ``pair_score_``); every column of the later scoring."""
         keep = (np.arange(len(pairs)) if top is None else
                 _best_per_query(pairs[:, 0], scores[self.local_scorer_.features[0]],
                                 scores["cosine"], top))
         kept = {name: values[keep] for name, values in scores.items()}
         columns = self.cascade_scoring_.score(query, gallery, pairs[keep],
                                               f"{description}: cascade", mirror, details=True)
-        kept.update(self._kept(columns, species[keep], self.cascade_scoring_.names,
-                               self.cascade_pair_score_))
+        kept.update(self._kept(columns, species[keep], self.cascade_scoring_.names))
         return keep, kept, columns
 
     def _keypoints(self, images: pd.DataFrame, regions, description: str
@@ -368,29 +317,6 @@ class LocalReranking(BaseEstimator):
         rows, columns = np.nonzero(shortlist >= 0)
         return rows, np.stack([queries[rows], reference[shortlist[rows, columns]]], 1)
 
-    def _rescored(self, scores: dict[str, np.ndarray], pairs: np.ndarray, rows: np.ndarray,
-                  wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """The scores of the ``wanted`` pairs (pseudo-query ``rows``): those among ``pairs``
-        taken from ``scores``, the others scored now."""
-        width = int(max(pairs.max(initial=0), wanted.max(initial=0))) + 1
-        known = dict(zip((pairs[:, 0] * width + pairs[:, 1]).tolist(), range(len(pairs))))
-        where = np.array([known.get(key, -1) for key in
-                          (wanted[:, 0] * width + wanted[:, 1]).tolist()], np.int64)
-        missing = where < 0
-        found = {name: values[np.maximum(where, 0)] for name, values in scores.items()}
-        if missing.any():
-            extra = self._scored(self.database_, self.database_, wanted[missing],
-                                 "calibration pairs of the same orientation",
-                                 self.database_species_[wanted[missing, 0]])
-            for name, values in extra.items():
-                found[name][missing] = values
-        return rows, wanted, found
-
-    def _needs_ransac(self, pair_scores: dict[str | None, str]) -> bool:
-        """Whether RANSAC inliers are computed: kept by a species (or to be chosen from), or
-        every score kept for a study."""
-        return self.keep_pair_scores or bool({"inliers", "auto"} & set(pair_scores.values()))
-
     def _scored(self, query: Side, gallery: Side, pairs: np.ndarray, description: str,
                 species: np.ndarray, mirror: bool = True) -> dict[str, np.ndarray]:
         """The scores (``scoring_.names``) of ``pairs``, each matcher's being the pair score
@@ -399,14 +325,12 @@ class LocalReranking(BaseEstimator):
                                               details=True), species)
 
     def _kept(self, columns: dict[str, np.ndarray], species: np.ndarray,
-              matchers: Sequence[str] | None = None,
-              pair_score: dict[str | None, str] | None = None) -> dict[str, np.ndarray]:
+              matchers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """From every column of a scoring, the scores: the cosine (where scored) and each of
         ``matchers``' (default: the first stage's) pair score of each pair's query ``species``
-        (``pair_score``, default ``pair_score_``)."""
+        (``pair_score_``)."""
         scores = {"cosine": columns["cosine"]} if "cosine" in columns else {}
-        chosen = by_species(self.pair_score_ if pair_score is None else pair_score, species,
-                            _DEFAULT_PAIR_SCORE)
+        chosen = by_species(self.pair_score_, species, _DEFAULTS["pair_score"])
         for matcher in self.local_scorer_.features if matchers is None else matchers:
             found = np.empty(len(chosen), np.float32)
             for value in dict.fromkeys(chosen):
@@ -416,40 +340,6 @@ class LocalReranking(BaseEstimator):
             found[without_evidence(columns, matcher)] = np.nan
             scores[matcher] = found
         return scores
-
-    def _choose_pair_score(self, columns: dict[str, np.ndarray], cosine: np.ndarray,
-                           pairs: np.ndarray, rows: np.ndarray, truth: np.ndarray,
-                           query_species: np.ndarray, unknown: np.ndarray,
-                           matchers: Sequence[str], resolved: dict[str | None, str]
-                           ) -> tuple[dict[str | None, str], dict]:
-        """``pair_score`` (``resolved`` so far) with every ``auto`` resolved per species
-        (:func:`_choose_per_species`): of :data:`~wildreid.matching.PAIR_SCORES`, the one whose
-        raw values (summed over ``matchers``, then the ``cosine``) name most pseudo-known
-        queries right over their calibration ``pairs`` (pseudo-query ``rows``, every
-        ``columns`` of their scoring); the first in that order on a tie (the confidence sum)."""
-        table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
-                              "cosine": cosine})
-
-        def best(pair_score: str) -> np.ndarray:
-            score = np.sum([kept_score(columns, matcher, pair_score) for matcher in matchers],
-                           axis=0)
-            return _top_identities(table.assign(score=score), len(truth), 1)["identity"][:, 0]
-
-        return _choose_per_species(self.pair_score, resolved, PAIR_SCORES, best, truth,
-                                   query_species, unknown)
-
-    def _choose_aggregation(self, table: pd.DataFrame, truth: np.ndarray,
-                            query_species: np.ndarray, unknown: np.ndarray
-                            ) -> tuple[dict[str | None, str], dict]:
-        """``aggregation`` with every ``auto`` resolved per species (:func:`_choose_per_species`):
-        the top-1 of pseudo-known queries by each aggregation of the out-of-fold fused scores of
-        their calibration pairs (``table``); ``top2`` only when it names more of them right."""
-        def best(aggregation: str) -> np.ndarray:
-            return _top_identities(table, len(truth), 1,
-                                   _IMAGES_SUMMED[aggregation])["identity"][:, 0]
-
-        return _choose_per_species(self.aggregation, _until_chosen(self.aggregation, "max"),
-                                   tuple(_IMAGES_SUMMED), best, truth, query_species, unknown)
 
     def _images_summed(self, species: np.ndarray) -> np.ndarray:
         """Per pair, the images summed into its identity's score (its query's species'
@@ -463,121 +353,8 @@ class LocalReranking(BaseEstimator):
         return [_views_of(value, self.mirror) if mode == "same" else None
                 for value, mode in zip(orientation, modes)]
 
-    def _choose_orientation(self, scores: dict[str, np.ndarray], pairs: np.ndarray,
-                            rows: np.ndarray, queries: np.ndarray, identities: np.ndarray,
-                            species: np.ndarray, unknown: np.ndarray
-                            ) -> tuple[dict[str | None, str], dict]:
-        """``orientation`` with every ``auto`` resolved per species (:func:`_choose_per_species`):
-        the top-1 of the species' pseudo-known ``queries`` by the raw local scores (then the
-        cosine) over all their calibration ``pairs`` (pseudo-query ``rows``), and over those of
-        their views alone (a query with none keeps all, as
-        :func:`~wildreid.ranking.nearest_images` does); ``same`` wins only when it names more of
-        them right. With a shortlist, ``same`` is judged on the same-orientation part of the
-        any-orientation shortlist (fewer candidates than its own shortlist holds)."""
-        table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
-                              "score": _evidence(scores, self.local_scorer_.features,
-                                                 slice(None)),
-                              "cosine": scores["cosine"]})
-        orientation = self.database_.orientation
-        views = [_views_of(value, self.mirror) for value in orientation[queries]]
-        shown = np.array([views[row] is None or value is None or value in views[row]
-                          for row, value in zip(rows, orientation[pairs[:, 1]])], bool)
-        has_view = np.bincount(rows[shown], minlength=len(queries)) > 0
-        same_pairs = shown | ~has_view[rows]
-        compared = {"any": np.ones(len(pairs), bool), "same": same_pairs}
-
-        def best(mode: str) -> np.ndarray:
-            return _top_identities(table[compared[mode]], len(queries), 1)["identity"][:, 0]
-
-        return _choose_per_species(self.orientation, self.orientation_, ("any", "same"), best,
-                                   identities[queries], species[queries], unknown)
-
-    def _choose_places(self, images: pd.DataFrame, features: np.ndarray, species: np.ndarray,
-                       split, isolator: Isolator | None, rng) -> dict[str | None, str]:
-        """``keypoints_on`` with every ``auto`` resolved per species: up to 100 pseudo-known
-        queries of the species against their shortlist, matched with keypoints on the animal
-        and on the whole photo; the place whose raw pair scores name more of them right wins
-        (the animal on a tie, and wherever no region can be had)."""
-        setting = _setting(self.keypoints_on)
-        resolved = _until_chosen(setting, "animal")
-        self.keypoint_choice_: dict[str | None, dict[str, float]] = {}
-        identities = images["identity"].astype(str).to_numpy()
-        for name in dict.fromkeys(species):
-            if by_species(setting, [name], "animal")[0] != "auto" or isolator is None:
-                continue
-            known = split.queries[~split.unknown]
-            queries = known[species[known] == name]
-            reference = split.reference[species[split.reference] == name]
-            if len(queries) == 0 or len(reference) == 0:
-                continue
-            if len(queries) > _CHOICE_QUERIES:
-                queries = np.sort(rng.choice(queries, _CHOICE_QUERIES, replace=False))
-            shortlist, _ = nearest_images(features[reference], None, features[queries], None,
-                                          self.shortlist or len(reference))
-            rows, columns = np.nonzero(shortlist >= 0)
-            members = np.concatenate([queries, reference])  # local rows: queries, then reference
-            pairs = np.stack([rows, len(queries) + shortlist[rows, columns]], 1)
-            subset = images.iloc[members]
-            top1 = {}
-            for place in ("animal", "image"):
-                regions = keypoint_regions(subset, place, isolator, f"{name}: regions")
-                found = self.local_scorer_.keypoints(subset, regions,
-                                                     f"{name}: choosing keypoints ({place})")
-                side = Side(subset, features[members], regions, found)
-                # Not mirrored: each place is judged on the pairs as they are.
-                scores = self._scored(side, side, pairs, f"{name}: keypoints on the {place}",
-                                      np.full(len(pairs), name, dtype=object), mirror=False)
-                hits = []
-                for matcher in self.local_scorer_.features:
-                    table = pd.DataFrame({"query": rows, "identity": identities[members][
-                        pairs[:, 1]], "score": np.nan_to_num(scores[matcher]),
-                        "cosine": scores["cosine"]})
-                    best = _top_identities(table, len(queries), 1)["identity"][:, 0]
-                    hits.append(np.mean(best == identities[queries]))
-                top1[place] = float(np.mean(hits))
-            self.keypoint_choice_[name] = top1
-            resolved[name] = "image" if top1["image"] > top1["animal"] else "animal"
-        return resolved
-
-    def _choose_fusion(self, scores: dict[str, np.ndarray], calibrated: dict[str, np.ndarray],
-                       table: pd.DataFrame, species: np.ndarray, truth: np.ndarray,
-                       unknown: np.ndarray) -> tuple[dict[str | None, tuple[str, ...]], dict]:
-        """The scores fused per species (``fusion`` resolved): for ``auto``, every non-empty set
-        of the ``scores`` is fused from their out-of-fold ``calibrated`` values over the
-        calibration pairs (``table``: pseudo-query row, candidate identity, cosine), its top-1
-        over the species' pseudo-known queries measured, and :func:`fused_set_chosen` picks."""
-        names = tuple(calibrated)
-        local = tuple(name for name in names if name != "cosine")
-        setting = _setting(self.fusion)
-        fixed = {"all": names, "local": local or names}
-        chosen = {key: fixed.get(value, names) for key, value in setting.items()}
-        chosen.setdefault(None, names)
-        choice: dict = {}
-        sets = [subset for size in range(len(names), 0, -1)
-                for subset in itertools.combinations(names, size)]
-        for name in dict.fromkeys(species):
-            value = by_species(setting, [name], "auto")[0]
-            if value != "auto":
-                chosen[name] = fixed[value]
-                continue
-            known = (species == name) & ~unknown
-            if not known.any():
-                chosen[name] = names
-                continue
-            mine = table[known[table["query"].to_numpy()]]
-            hits = {}
-            rows = mine.index.to_numpy()
-            for subset in sets:
-                scored = mine.assign(score=fused_mean(calibrated, subset, rows),
-                                     local=_evidence(scores, subset, rows))
-                best = _top_identities(scored, len(species), 1)["identity"][:, 0]
-                hits[subset] = float(np.mean(best[known] == truth[known]))
-            chosen[name] = fused_set_chosen(hits, int(known.sum()))
-            choice[name] = {"+".join(subset): top1 for subset, top1 in hits.items()}
-        return chosen, choice
-
-    def _per_species(self, species: np.ndarray,
-                     value: Callable[[np.ndarray, Sequence[str]], np.ndarray]) -> np.ndarray:
+    def _by_fused_set(self, species: np.ndarray,
+                      value: Callable[[np.ndarray, Sequence[str]], np.ndarray]) -> np.ndarray:
         """``value(rows, names)`` for the pairs (``rows``) of each query species, ``names`` being
         the scores fused for that species (``fusion_``)."""
         found = np.zeros(len(species), np.float32)
@@ -596,12 +373,12 @@ class LocalReranking(BaseEstimator):
             part = {score: np.asarray(values)[rows] for score, values in scores.items()}
             return self.calibration_.fuse(part, names, species[rows])
 
-        return self._per_species(species, fuse)
+        return self._by_fused_set(species, fuse)
 
     def _local_evidence(self, scores: dict[str, np.ndarray], species: np.ndarray) -> np.ndarray:
         """Each pair's raw local evidence (:func:`_evidence` of the scores fused for its query's
         species): what orders pairs that calibration put on one plateau."""
-        return self._per_species(species, lambda rows, names: _evidence(scores, names, rows))
+        return self._by_fused_set(species, lambda rows, names: _evidence(scores, names, rows))
 
     def _bounded(self, queries: np.ndarray, unknown: np.ndarray, species: np.ndarray, rng
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -700,60 +477,10 @@ def check_matchers(features: Sequence[str], cascade: int | None) -> None:
                          f"with {tuple(features)}")
 
 
-def _setting(value: str | dict[str | None, str]) -> dict[str | None, str]:
-    """A setting given for all species or per species, as a dict by species (key ``None``: the
-    rest)."""
-    return dict(value) if isinstance(value, dict) else {None: value}
-
-
-def _until_chosen(value: str | dict[str | None, str], default: str) -> dict[str | None, str]:
-    """A per-species setting with ``default`` for the species it does not name and, until
-    ``fit`` has chosen, for those set to ``auto``."""
-    return {key: (default if choice == "auto" else choice)
-            for key, choice in {None: default, **_setting(value)}.items()}
-
-
-def fused_set_chosen(top1: dict[tuple[str, ...], float], queries: int) -> tuple[str, ...]:
-    """The set of scores to fuse, from each set's top-1 (``top1``) over ``queries`` pseudo-known
-    queries: the fewest scores whose top-1 is within one binomial standard error of the best (the
-    one-standard-error rule of model selection), the best top-1 among those, then the first in
-    ``top1``'s order. The cosine alone is never chosen when a set holds a local score: local
-    matching was asked for, and on a few dozen pseudo-queries the cosine can lead by chance.
-
-    A few hundred pseudo-queries cannot tell sets a query or two apart, and each score fused
-    beyond need brings its own way of failing on queries unlike the pseudo-queries (on nyala
-    protocol A the cosine joined by one pseudo-query in 123). Chosen against "most right, the
-    larger set on a tie" on simulated protocols of development photos blind to both benchmarks
-    (``benchmarks/fusion_choice_study.py``; BENCHMARKS.md)."""
-    sets = [subset for subset in top1 if subset != ("cosine",)] or list(top1)
-    best = max(top1[subset] for subset in sets)
-    error = np.sqrt(best * (1 - best) / max(queries, 1))
-    near = [subset for subset in sets if top1[subset] >= best - error - 1e-12]
-    return min(near, key=lambda subset: (len(subset), -top1[subset]))  # the first on a tie
-
-
-def _choose_per_species(setting: str | dict[str | None, str], resolved: dict[str | None, str],
-                        options: Sequence[str], best: Callable[[str], np.ndarray],
-                        truth: np.ndarray, query_species: np.ndarray, unknown: np.ndarray
-                        ) -> tuple[dict[str | None, str], dict]:
-    """``resolved`` with the value of each species that ``setting`` sets to ``auto`` chosen:
-    of ``options``, the one whose ``best(option)`` (each pseudo-query's top identity) is
-    ``truth`` for more of the species' pseudo-known queries (not ``unknown``), the first of them
-    on a tie; and, by species, the top-1 of each option."""
-    resolved, choice = dict(resolved), {}
-    found: dict[str, np.ndarray] = {}  # each option's top identities, for every species at once
-    for name in dict.fromkeys(query_species):
-        known = (query_species == name) & ~unknown
-        if by_species(setting, [name], "")[0] != "auto" or not known.any():
-            continue
-        top1 = {}
-        for option in options:
-            if option not in found:
-                found[option] = best(option)
-            top1[option] = float(np.mean(found[option][known] == truth[known]))
-        choice[name] = top1
-        resolved[name] = max(options, key=top1.get)  # the first of the best
-    return resolved, choice
+def _per_species(value: str | dict[str | None, str], default: str) -> dict[str | None, str]:
+    """A setting given for all species or per species, as a dict by species whose key ``None``
+    (the species it does not name) holds ``default`` unless the setting gives it."""
+    return {None: default, **(dict(value) if isinstance(value, dict) else {None: value})}
 
 
 def _views_of(orientation: str | None, mirror: str) -> frozenset | None:
@@ -802,7 +529,7 @@ def _top_identities(table: pd.DataFrame, queries: int, k: int,
     over their best ``summed`` images (per row of ``table``, or one for all). The score and image
     given are always the best image's: a sum only orders the identities, since the open-set
     threshold is fitted on pseudo-queries that meet their identity with fewer photos than real
-    queries do, so sums would sit lower there than at query time (BENCHMARKS.md, 2026-12-06).
+    queries do, so sums would sit lower there than at query time (docs/decisions/0004).
     Fused scores are step functions (isotonic plateaus), so ties are broken by the raw local
     evidence (``local``, when the table has it: within a plateau, more matches still mean more;
     summed as the scores are), then by the best image's cosine — by sorting on them, never by

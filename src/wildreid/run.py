@@ -192,18 +192,13 @@ def _without_keypoints(ranked: pd.DataFrame) -> int:
 
 
 def _chosen(identifier) -> dict:
-    """What a fitted identifier's local re-ranking resolved on the database (every ``auto``),
-    for ``run.json``; its matchers (none: the cosine alone)."""
+    """A fitted identifier's local settings per species (key null: the species a setting does
+    not name), for ``run.json``; its matchers (none: the cosine alone)."""
     reranking = identifier.reranking_
     if reranking is None:
         return {"local": []}
-    chosen = {"local": list(identifier.local), "local_cascade": identifier.local_cascade,
-              "keypoints_on": reranking.keypoints_on_,
-              # The scores fused per species (the pooled entry under null, as keypoints_on's).
-              "fusion_chosen": {k: list(v) for k, v in reranking.fusion_.items()},
-              "orientation_chosen": reranking.orientation_,
-              "pair_score_chosen": reranking.pair_score_,
-              "local_aggregation_chosen": reranking.aggregation_}
-    if reranking.cascade_scoring_ is not None:
-        chosen["cascade_pair_score_chosen"] = reranking.cascade_pair_score_
-    return chosen
+    return {"local": list(identifier.local), "local_cascade": identifier.local_cascade,
+            "keypoints_on": reranking.keypoints_on_,
+            "fused": {k: list(v) for k, v in reranking.fusion_.items()},
+            "orientation": reranking.orientation_, "pair_score": reranking.pair_score_,
+            "local_aggregation": reranking.aggregation_}

@@ -99,8 +99,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("long-side", int, "Long side, in pixels, of the animal's box (or photo) that "
             "keypoints are detected on.", minimum=32),
     Setting("keypoints-on", str, "Where local keypoints are kept: animal (its mask) | "
-            "image (the whole photo) | auto (chosen per species on the database), or per "
-            "species as 'nyala=animal,lion=image' [default: animal; docs/decisions/0005].",
+            "image (the whole photo), or per species as 'nyala=animal,lion=image' [default: "
+            "the accurate preset chooses per species; named matchers: animal, "
+            "docs/decisions/0005].",
             check=_keypoint_places),
     Setting("cascade", int, "With two or more --local matchers, the first scores every "
             "shortlisted photo and the later ones only each query's best CASCADE by it (e.g. "
