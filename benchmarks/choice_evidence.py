@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_BENCH, development_database, unused_path
-from one_command import cpu_name
+from common import DEFAULT_BENCH, cpu_name, development_database, unused_path
 
 from wildreid.data import load_dataset
 from wildreid.per_species import species_keys

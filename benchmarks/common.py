@@ -16,6 +16,17 @@ from wildreid.testing import labelled_table, write_labelled, write_subset  # noq
 DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "nyala-lion"
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def unused_path(path: Path) -> Path:
     """``path``, or ``path`` with ``-2``, ``-3``... before its suffix when it exists: a result file
     is never overwritten."""

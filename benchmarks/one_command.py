@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -24,20 +23,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import unused_path
+from common import cpu_name, unused_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The folder holding the repository (and ../data, ../shared beside it).
 BESIDE = f"{Path(__file__).resolve().parents[2]}/"
 #: The command line a user types, from the same environment.
 WILDREID = str(Path(sys.executable).parent / "wildreid")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

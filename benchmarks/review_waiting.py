@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import DEFAULT_BENCH, unused_path
+from common import DEFAULT_BENCH, cpu_name, unused_path
 from fastapi.testclient import TestClient
-from one_command import cpu_name
 
 from wildreid.app import create_app
 from wildreid.catalog import Catalog

@@ -4,7 +4,7 @@
         [--device cpu|cuda] [--batch-size 16]
 
 Images are decoded first; only segmentation (resize, network, mask, component, box) is timed.
-Prints one Markdown row for BENCHMARKS.md and writes the JSON to benchmarks/results/.
+Prints one Markdown row and writes the JSON to benchmarks/results/.
 """
 
 from __future__ import annotations

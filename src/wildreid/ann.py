@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 #: Galleries (images of one species) larger than this use the approximate index. Measured
-#: (BENCHMARKS.md, "The shortlist at a million images"): a run of about 2,000 queries (AnimalCLEF
+#: (docs/decisions/0007-approximate-shortlist.md): a run of about 2,000 queries (AnimalCLEF
 #: size) pays the index's build back from between 200,000 images (2,941 queries needed) and
 #: 400,000 (1,064); below, exact search is quicker overall and approximates nothing.
 APPROXIMATE_ABOVE = 300_000

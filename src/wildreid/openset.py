@@ -81,7 +81,7 @@ def bagged_threshold(true_identity, top_identity, top_score, unknown,
     identities happen to be held out; averaging over resamples steadies it without scoring a
     pair more. Chosen against the plain fit (:func:`pseudo_query_threshold`) on simulated
     protocols of development photos blind to both benchmarks
-    (``benchmarks/threshold_spread_study.py``; BENCHMARKS.md). The plain fit stands where no
+    (docs/decisions/0006-open-set-threshold.md). The plain fit stands where no
     resample gives a finite threshold (and raises the ``ValueError``)."""
     found = resampled_thresholds(true_identity, top_identity, top_score, unknown, draws, seed)
     found = found[np.isfinite(found)]
@@ -99,7 +99,7 @@ def fit_threshold(features: np.ndarray, identities, aggregation: str = "max", re
     (:func:`bagged_threshold`), and the pooled threshold curve.
 
     Bagging the pooled fit was measured on simulated protocols of development photos
-    (``benchmarks/cosine_threshold_study.py``; BENCHMARKS.md): +0.002 nyala, +0.003 lion, within
+    (docs/decisions/0006-open-set-threshold.md): +0.002 nyala, +0.003 lion, within
     noise each but never worse, so every scorer's threshold follows one rule."""
     identities = np.asarray(identities, dtype=object).astype(str)
     rng = np.random.default_rng(seed)
