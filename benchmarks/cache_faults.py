@@ -36,10 +36,12 @@ from wildreid.testing import KINDS, damage, write_subset
 
 def _identify(data: Path, cache: Path | None, local: str, device: str) -> pd.DataFrame:
     from wildreid import Identifier, load_dataset
+    from wildreid.rerank import LocalReranking
 
     dataset = load_dataset(data)
-    identifier = Identifier(local=(local,), shortlist=None, cache_dir=cache, device=device,
-                            progress=False, keypoints_on="animal").fit(dataset.database)
+    identifier = Identifier(reranking=LocalReranking((local,), shortlist=None,
+                                                     keypoints_on="animal"),
+                            cache_dir=cache, device=device, progress=False).fit(dataset.database)
     return identifier.predict_candidates(dataset.query, k=3)
 
 

@@ -29,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 from common import DEFAULT_BENCH, cpu_name, development_database, unused_path
+from sklearn.base import clone
 
 from wildreid.data import load_dataset
 from wildreid.per_species import species_keys
 from wildreid.pipeline import Identifier
+from wildreid.rerank import LocalReranking
 from wildreid.selection import MENU, development_split, paired_gain
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,9 +46,11 @@ VALUES = {
     "local_aggregation": ("max", "top2"),
     "keypoints_on": ("animal", "image"),
 }
+#: The re-ranking's parameter of each setting, where its name differs.
+PARAMETER = {"local_aggregation": "aggregation"}
 #: What each choice is when nobody sets it: the library's own defaults, read from it.
-DEFAULTS = {choice: inspect.signature(Identifier).parameters[choice].default
-            for choice in VALUES}
+DEFAULTS = {choice: inspect.signature(LocalReranking).parameters[
+    PARAMETER.get(choice, choice)].default for choice in VALUES}
 #: Where the fitted identifier keeps each setting, per species.
 RESOLVED = {"pair_score": "pair_score_", "fusion": "fusion_", "orientation": "orientation_",
             "local_aggregation": "aggregation_", "keypoints_on": "keypoints_on_"}
@@ -97,8 +101,8 @@ def main() -> None:
         databases = {key: database[keys == key].reset_index(drop=True)
                      for key in dict.fromkeys(keys)}
         name = arguments.name or arguments.data.name
-    settings = {"device": arguments.device, "cache_dir": arguments.cache_dir, "progress": False,
-                "shortlist": arguments.shortlist, **base.settings}
+    settings = {"device": arguments.device, "cache_dir": arguments.cache_dir, "progress": False}
+    reranking = base.reranking(LocalReranking(shortlist=arguments.shortlist))
     choices = arguments.choices.split(",")
     started = time.perf_counter()
     species_results = {}
@@ -116,7 +120,9 @@ def main() -> None:
                 return runs[label]
             begun = time.perf_counter()
             try:
-                identifier = Identifier(**{**settings, **extra}).fit(split.reference)
+                identifier = Identifier(**settings, reranking=clone(reranking).set_params(
+                    **{PARAMETER.get(key, key): value for key, value in extra.items()})).fit(
+                        split.reference)
             except ValueError as problem:  # a setting this species cannot run with: evidence too
                 print(f"{species} {label}: failed: {problem}", flush=True)
                 runs[label] = {"score": float("nan"), "correct": None, "failed": str(problem),
@@ -142,7 +148,7 @@ def main() -> None:
             rows = {}
             # The default: the base pipeline's own value (its keypoints' place), else the
             # library's.
-            default_value = settings.get(choice, DEFAULTS[choice])
+            default_value = base.settings.get(PARAMETER.get(choice, choice), DEFAULTS[choice])
             for value in VALUES[choice]:
                 found = default if value == default_value else run(f"{choice}={value}",
                                                                    {choice: value})

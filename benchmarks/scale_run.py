@@ -35,6 +35,7 @@ from wildreid.demo import make_demo_dataset
 from wildreid.features import resolve_device
 from wildreid.metrics import evaluate
 from wildreid.pipeline import Identifier
+from wildreid.rerank import LocalReranking
 
 
 def main() -> int:
@@ -59,11 +60,13 @@ def main() -> int:
         synthesis = time.perf_counter() - started
         dataset = load_dataset(root)
         start = time.perf_counter()
-        settings = dict(PRESETS[args.preset])
+        local = dict(PRESETS[args.preset] or {})
         if args.local is not None:
-            settings["local"] = tuple(n for n in args.local.split(",") if n)
+            local["features"] = tuple(n for n in args.local.split(",") if n)
+        reranking = (LocalReranking(**local, shortlist=args.shortlist)
+                     if local.get("features") else None)
         identifier = Identifier(device=device, cache_dir=Path(scratch) / "cache",
-                                shortlist=args.shortlist, ray=args.ray, **settings)
+                                ray=args.ray, reranking=reranking)
         identifier.fit(dataset.database)
         fitted = time.perf_counter() - start
         candidates = identifier.predict_candidates(dataset.query, k=5)
@@ -78,7 +81,7 @@ def main() -> int:
               "database_images": len(dataset.database), "queries": len(dataset.query),
               "synthesis_s": round(synthesis, 1), "fit_s": round(fitted, 1),
               "end_to_end_s": round(total, 1), "pairs_per_s": pairs, "ray": args.ray,
-              "local": settings.get("local"),
+              "local": local.get("features"),
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
               "score": scores["score"], "closed_set_top1": scores.get("closed_set_top1")}
     args.out.mkdir(parents=True, exist_ok=True)

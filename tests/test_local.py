@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.base import clone
 from typer.testing import CliRunner
 
 from wildreid.cli import app
@@ -18,6 +19,7 @@ from wildreid.isolation import Segmenter, u2netp_weights
 from wildreid.local import KeypointExtractor, LazyRows, create_local_features
 from wildreid.matching import create_matcher, score_pairs
 from wildreid.pipeline import Identifier
+from wildreid.rerank import LocalReranking
 from wildreid.scorers import mirror_views
 
 from .conftest import BENCH, settings_file
@@ -176,8 +178,8 @@ def test_calibration_is_per_species(real_subset, tmp_path):
     assert "lone" not in calibration.species and "faces" in calibration.species
 
     dataset = load_dataset(real_subset)
-    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=tmp_path, progress=False,
-                            device="cpu", keypoints_on="image").fit(dataset.database)
+    identifier = Identifier(reranking=LocalReranking(("sift",), shortlist=4, keypoints_on="image"),
+                            cache_dir=tmp_path, progress=False, device="cpu").fit(dataset.database)
     assert {"nyala", "lion"} <= set(identifier.reranking_.calibration_.species)
 
 
@@ -254,8 +256,8 @@ def test_a_pair_matched_mirrored_keeps_its_evidence():
 @pytest.mark.slow
 def test_identifier_reranks_with_local_matches(real_subset, tmp_path, regions_cache):
     dataset = load_dataset(real_subset)
-    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=regions_cache, progress=False,
-                            device="cpu").fit(dataset.database)
+    identifier = Identifier(reranking=LocalReranking(("sift",), shortlist=4), cache_dir=regions_cache,
+                            progress=False, device="cpu").fit(dataset.database)
     assert identifier.reranking_.calibration_pairs_ > 0
     assert set(identifier.decision_.thresholds) >= {None}
     candidates = identifier.predict_candidates(dataset.query, k=3)
@@ -337,8 +339,9 @@ def test_mirrored_keypoints_match_a_flipped_photo(tmp_path, photos, regions):
 def test_reranking_matches_opposite_views_mirrored(real_subset, tmp_path, regions_cache):
     dataset = load_dataset(real_subset)
     database = dataset.database[dataset.database["species"] == "nyala"]
-    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=regions_cache, progress=False,
-                            device="cpu", mirror="opposite", keep_pair_scores=True).fit(database)
+    identifier = Identifier(reranking=LocalReranking(("sift",), shortlist=4, mirror="opposite",
+                                                     keep_pair_scores=True),
+                            cache_dir=regions_cache, progress=False, device="cpu").fit(database)
     reranking = identifier.reranking_
     table = reranking.scoring_.pair_tables["calibration pairs"]
     orientation = database["orientation"].to_numpy()
@@ -350,7 +353,7 @@ def test_reranking_matches_opposite_views_mirrored(real_subset, tmp_path, region
     table = reranking.scoring_.pair_tables["query pairs"]
     assert table["sift:mirrored:confidence_sum"].notna().any()
     with pytest.raises(ValueError, match="mirror must be one of"):
-        Identifier(local=("sift",), mirror="sideways").fit(database)
+        Identifier(reranking=LocalReranking(("sift",), mirror="sideways")).fit(database)
 
 
 @pytest.mark.slow
@@ -473,8 +476,8 @@ def test_pairs_are_scored_query_first_and_shortlist_all(real_subset, tmp_path, r
     one-sided, so the other direction is another function. ``shortlist=None``: every database
     image of the query's species."""
     dataset = load_dataset(real_subset)
-    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=regions_cache, progress=False,
-                            device="cpu", keep_pair_scores=True).fit(dataset.database)
+    identifier = Identifier(reranking=LocalReranking(("sift",), shortlist=None, keep_pair_scores=True),
+                            cache_dir=regions_cache, progress=False, device="cpu").fit(dataset.database)
     reranking = identifier.reranking_
     identifier.predict_candidates(dataset.query, k=3)
     table = reranking.scoring_.pair_tables["query pairs"]
@@ -615,9 +618,9 @@ def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path, regi
     found = {}
     for fusion in ("local", "all"):
         # The confidence sum: the raw evidence the plateaus are ordered by below.
-        identifier = Identifier(local=("sift",), shortlist=None, cache_dir=regions_cache,
-                                progress=False, device="cpu", keep_pair_scores=True,
-                                fusion=fusion, pair_score="confidence_sum").fit(dataset.database)
+        identifier = Identifier(reranking=LocalReranking(("sift",), shortlist=None, keep_pair_scores=True,
+                                                         fusion=fusion, pair_score="confidence_sum"),
+                                cache_dir=regions_cache, progress=False, device="cpu").fit(dataset.database)
         reranking = identifier.reranking_
         ranked = identifier.predict_candidates(nyala, k=1)
         candidates = ranked["score"].to_numpy()
@@ -646,7 +649,7 @@ def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path, regi
     assert not np.allclose(local_top, all_top)  # the cosine changes the fused scores
     for fusion in ("cosine", "auto"):
         with pytest.raises(ValueError, match="fusion must be one of"):
-            Identifier(local=("sift",), fusion=fusion).fit(dataset.database)
+            Identifier(reranking=LocalReranking(("sift",), fusion=fusion)).fit(dataset.database)
 
 
 @pytest.mark.slow
@@ -734,10 +737,10 @@ def test_queries_compared_with_photos_of_their_orientation(real_subset, tmp_path
     nyala = database[database["species"] == "nyala"]
     assert {"left", "right"} <= set(nyala["orientation"])  # the case is reached
     for mirror in ("none", "opposite"):
-        identifier = Identifier(local=("sift",), shortlist=None, cache_dir=regions_cache,
-                                progress=False, device="cpu", keep_pair_scores=True,
-                                orientation={"nyala": "same", None: "any"}, mirror=mirror,
-                                keypoints_on="image").fit(dataset.database)
+        identifier = Identifier(reranking=LocalReranking(("sift",), shortlist=None, keep_pair_scores=True,
+                                                         orientation={"nyala": "same", None: "any"},
+                                                         mirror=mirror, keypoints_on="image"),
+                                cache_dir=regions_cache, progress=False, device="cpu").fit(dataset.database)
         reranking = identifier.reranking_
         assert reranking.orientation_ == {"nyala": "same", None: "any"}
         identifier.predict_candidates(dataset.query, k=3)
@@ -767,10 +770,10 @@ def test_pair_score_kept_per_query_species(real_subset, tmp_path):
     dataset = load_dataset(real_subset)
     queries = dataset.query.reset_index(drop=True)
     setting = {"nyala": "inliers", None: "matches@0.5"}
-    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
-                            device="cpu", keep_pair_scores=True, keypoints_on="image",
-                            orientation="any", fusion="local", pair_score=setting,
-                            local_aggregation="max").fit(dataset.database)
+    identifier = Identifier(reranking=LocalReranking(("sift",), shortlist=None, keep_pair_scores=True,
+                                                     keypoints_on="image", orientation="any", fusion="local",
+                                                     pair_score=setting, aggregation="max"),
+                            cache_dir=tmp_path, progress=False, device="cpu").fit(dataset.database)
     reranking = identifier.reranking_
     assert reranking.pair_score_ == setting and reranking.local_scorer_.ransac
     candidates = identifier.predict_candidates(queries, k=1)
@@ -783,7 +786,7 @@ def test_pair_score_kept_per_query_species(real_subset, tmp_path):
     best = pd.Series(fused).groupby(table["first"].to_numpy()).max()
     assert np.allclose(candidates["score"].to_numpy(), best.sort_index().to_numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="pair_score must be one of"):
-        Identifier(local=("sift",), pair_score={"nyala": "auto"}).fit(dataset.database)
+        Identifier(reranking=LocalReranking(("sift",), pair_score={"nyala": "auto"})).fit(dataset.database)
 
 
 @pytest.mark.slow
@@ -796,10 +799,10 @@ def test_identity_score_from_its_best_image_or_best_two_per_species(real_subset,
     queries = dataset.query.reset_index(drop=True)
     database = dataset.database.reset_index(drop=True)
     setting = {"nyala": "top2", None: "max"}
-    identifier = Identifier(local=("sift",), shortlist=None, cache_dir=tmp_path, progress=False,
-                            device="cpu", keep_pair_scores=True, keypoints_on="image",
-                            orientation="any", fusion="local", pair_score="confidence_sum",
-                            local_aggregation=setting).fit(dataset.database)
+    identifier = Identifier(reranking=LocalReranking(("sift",), shortlist=None, keep_pair_scores=True,
+                                                     keypoints_on="image", orientation="any", fusion="local",
+                                                     pair_score="confidence_sum", aggregation=setting),
+                            cache_dir=tmp_path, progress=False, device="cpu").fit(dataset.database)
     reranking = identifier.reranking_
     assert reranking.aggregation_ == setting
     candidates = identifier.predict_candidates(queries, k=2)
@@ -833,14 +836,16 @@ def test_identity_score_from_its_best_image_or_best_two_per_species(real_subset,
 
 @pytest.mark.slow
 def test_cascade_scores_each_querys_best_pairs_by_the_first_matcher(real_subset, tmp_path):
-    """``local_cascade``: the later matcher (ORB) scores exactly each query's best ``K`` pairs by
+    """``cascade``: the later matcher (ORB) scores exactly each query's best ``K`` pairs by
     the first (SIFT), ties by cosine, in ``fit`` and ``predict`` alike, and the candidates come
     from those pairs; with ``K`` at least the gallery it ranks as the two matchers side by side."""
     dataset = load_dataset(real_subset)
-    settings = dict(local=("sift", "orb"), shortlist=None, cache_dir=tmp_path, progress=False,
-                    device="cpu", keep_pair_scores=True, keypoints_on="image", orientation="any",
-                    fusion="all", pair_score="inliers", local_aggregation="max")
-    identifier = Identifier(**settings, local_cascade=2).fit(dataset.database)
+    run = dict(cache_dir=tmp_path, progress=False, device="cpu")
+    both = LocalReranking(("sift", "orb"), shortlist=None, keep_pair_scores=True,
+                          keypoints_on="image", orientation="any", fusion="all",
+                          pair_score="inliers", aggregation="max")
+    identifier = Identifier(**run, reranking=clone(both).set_params(cascade=2)).fit(
+        dataset.database)
     reranking = identifier.reranking_
     assert reranking.scoring_.names == ("cosine", "sift")
     candidates = identifier.predict_candidates(dataset.query, k=5)
@@ -866,8 +871,9 @@ def test_cascade_scores_each_querys_best_pairs_by_the_first_matcher(real_subset,
                                & np.isfinite(candidates["score"]), "identity"]
         assert set(named) == set(identities[later.loc[later["first"] == row, "second"]])
 
-    whole = Identifier(**settings, local_cascade=1000).fit(dataset.database)
-    side_by_side = Identifier(**settings).fit(dataset.database)
+    whole = Identifier(**run, reranking=clone(both).set_params(cascade=1000)).fit(
+        dataset.database)
+    side_by_side = Identifier(**run, reranking=both).fit(dataset.database)
     assert whole.reranking_.calibration_pairs_ == side_by_side.reranking_.calibration_pairs_
     found = whole.predict_candidates(dataset.query, k=3)
     expected = side_by_side.predict_candidates(dataset.query, k=3)
@@ -875,16 +881,21 @@ def test_cascade_scores_each_querys_best_pairs_by_the_first_matcher(real_subset,
     assert np.allclose(found["score"], expected["score"])
     # Both stages keep the inliers asked for: RANSAC runs in each, set once when built.
     assert reranking.local_scorer_.ransac and reranking.cascade_scoring_.scorers[0].ransac
-    for settings, message in (({"local": ("sift",), "local_cascade": 3}, "two or more"),
-                              ({"local": ("sift", "orb"), "local_cascade": 0}, "1 or more"),
-                              ({"local": ("sift", "orb"), "local_cascade": 2.5}, "number of images"),
-                              ({"local": ("sift", "orb"), "local_cascade": True}, "number of images"),
-                              ({"local": ("sift", "sift")}, "each local matcher once"),
-                              ({"local": (), "local_cascade": 3}, "needs local matchers")):
+    for settings, message in (({"features": ("sift",), "cascade": 3}, "two or more"),
+                              ({"features": ("sift", "orb"), "cascade": 0}, "1 or more"),
+                              ({"features": ("sift", "orb"), "cascade": 2.5}, "number of images"),
+                              ({"features": ("sift", "orb"), "cascade": True}, "number of images"),
+                              ({"features": ("sift", "sift")}, "each local matcher once"),
+                              ({"features": (), "cascade": 3}, "one local matcher or more")):
         with pytest.raises(ValueError, match=message):  # before the database is described
             Identifier(progress=False, device="cpu", cache_dir=tmp_path / "unused",
-                       **settings).fit(dataset.database)
+                       reranking=LocalReranking(**settings)).fit(dataset.database)
         assert not (tmp_path / "unused").exists()
+    with pytest.raises(ValueError, match="must be a LocalReranking"):
+        Identifier(reranking=("sift",)).fit(dataset.database)
+    result = CliRunner().invoke(app, ["identify", str(real_subset), "--local", "sift",
+                                      *settings_file(tmp_path, cascade=3)])
+    assert result.exit_code == 2 and "two or more local matchers" in result.output, result.output
     result = CliRunner().invoke(app, ["identify", str(real_subset),
                                       *settings_file(tmp_path, cascade=0)])
     assert result.exit_code == 2 and "cascade = 0: give 1 or more" in result.output, result.output
@@ -959,8 +970,8 @@ def test_a_fitted_reranking_grows_without_fitting_again(real_subset, regions_cac
     dataset = load_dataset(real_subset)
     database = dataset.database.reset_index(drop=True)
     added = database.groupby("species").tail(1)  # one photo of one identity per species
-    identifier = Identifier(local=("sift",), shortlist=4, cache_dir=regions_cache,
-                            progress=False, device="cpu", keep_pair_scores=True).fit(
+    identifier = Identifier(reranking=LocalReranking(("sift",), shortlist=4, keep_pair_scores=True),
+                            cache_dir=regions_cache, progress=False, device="cpu").fit(
         database.drop(added.index))
     reranking = identifier.reranking_
     calibration, decision = reranking.calibration_, identifier.decision_

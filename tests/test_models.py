@@ -145,12 +145,17 @@ def test_the_identifier_is_a_scikit_learn_estimator(real_subset, tmp_path):
 
     from wildreid.data import load_dataset
     from wildreid.pipeline import Identifier
+    from wildreid.rerank import LocalReranking
 
-    identifier = Identifier("efficientnet-lite0", local=["sift"], isolation={"lion": "crop"},
-                            cache_dir=tmp_path / "cache", progress=False, device="cpu")
-    assert identifier.get_params()["local"] == ["sift"]  # as given, not rewritten
+    identifier = Identifier("efficientnet-lite0", reranking=LocalReranking(["sift"]),
+                            isolation={"lion": "crop"}, cache_dir=tmp_path / "cache",
+                            progress=False, device="cpu")
+    assert identifier.get_params()["reranking__features"] == ["sift"]  # as given, nested
+    identifier.set_params(reranking__shortlist=20)  # reached as in a scikit-learn pipeline
+    assert identifier.reranking.shortlist == 20
     twin = clone(identifier)
-    assert twin.get_params() == identifier.get_params() and twin is not identifier
+    assert twin.get_params()["reranking__shortlist"] == 20 and twin is not identifier
+    assert twin.reranking is not identifier.reranking
     assert "Identifier(" in repr(identifier)
     Identifier(isolation="blurred")  # constructing never fails: fit checks
     with pytest.raises(ValueError, match="unknown isolation"):

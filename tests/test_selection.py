@@ -15,6 +15,7 @@ from wildreid.cli import app
 from wildreid.data import NEW_INDIVIDUAL, load_dataset
 from wildreid.metrics import baks, baus, geometric_score
 from wildreid.pipeline import Identifier
+from wildreid.rerank import LocalReranking
 from wildreid.selection import (
     MENU,
     Evaluation,
@@ -137,9 +138,10 @@ def test_selection_on_real_photos_chooses_by_the_rule_and_answers_every_query(tm
     query answered by the chosen pipeline; with no budget left the choice is the cosine,
     answering exactly as the fast preset does; without dates whole-photo SIFT is not tried."""
     dataset = load_dataset(_lions(tmp_path))
-    settings = dict(device="cpu", cache_dir=tmp_path / "cache", progress=False,
-                    long_side=256, shortlist=20)
-    selection = PipelineSelection((MENU[0], MENU[1]), settings=settings, budget=1e9).fit(
+    settings = dict(device="cpu", cache_dir=tmp_path / "cache", progress=False)
+    shared = LocalReranking(long_side=256, shortlist=20)  # every local candidate's
+    selection = PipelineSelection((MENU[0], MENU[1]), settings=settings, reranking=shared,
+                                  budget=1e9).fit(
         dataset.database, dataset.query)
     first, second = selection.evaluations_["lion"]
     assert (first.candidate, second.candidate) == ("cosine", "sift/image")
@@ -148,13 +150,20 @@ def test_selection_on_real_photos_chooses_by_the_rule_and_answers_every_query(tm
     assert second.against == "cosine"
     expected = "sift/image" if second.gain > 2 * second.standard_error else "cosine"
     assert selection.choice_["lion"] == expected
-    assert selection.identifiers_["lion"].local == (("sift",) if expected != "cosine" else ())
+    chosen = selection.identifiers_["lion"].reranking
+    if expected == "cosine":
+        assert chosen is None
+    else:  # the candidate's own settings over the shared ones; the shared object never fitted
+        assert (chosen.features, chosen.keypoints_on, chosen.long_side) == (("sift",), "image",
+                                                                           256)
+        assert chosen.shortlist in (20, 50) and not hasattr(shared, "calibration_")
     answers = selection.predict(dataset.query)
     assert list(answers["image_id"]) == list(dataset.query["image_id"])
     development = selection.summary()["species"]["lion"]["development"]
     assert development["queries"] > 0 and development["unknown"] > 0
     # No budget: SIFT is not tried, and the answers are the fast preset's.
-    broke = PipelineSelection((MENU[0], MENU[1]), settings=settings, budget=0).fit(
+    broke = PipelineSelection((MENU[0], MENU[1]), settings=settings, reranking=shared,
+                              budget=0).fit(
         dataset.database, dataset.query)
     assert broke.choice_["lion"] == "cosine"
     assert broke.evaluations_["lion"][1].status == "over budget"
@@ -163,7 +172,8 @@ def test_selection_on_real_photos_chooses_by_the_rule_and_answers_every_query(tm
     pd.testing.assert_frame_equal(broke.predict(dataset.query)[["image_id", "identity"]],
                                   fast[["image_id", "identity"]])
     undated = load_dataset(_lions(tmp_path / "undated", dated=False))
-    blind = PipelineSelection((MENU[0], MENU[1]), settings=settings, budget=0).fit(
+    blind = PipelineSelection((MENU[0], MENU[1]), settings=settings, reranking=shared,
+                              budget=0).fit(
         undated.database, undated.query)
     assert blind.evaluations_["lion"][1].status.startswith("no dates")
     assert "sift/image (no dates" in blind.reason_["lion"]

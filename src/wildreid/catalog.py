@@ -609,6 +609,7 @@ class Catalog:
         against the others), not kept."""
         from wildreid.defaults import PRESETS
         from wildreid.pipeline import Identifier
+        from wildreid.rerank import LocalReranking
 
         with self._lock:
             generation = self.generation()  # read first: a write during the fit makes it stale
@@ -629,10 +630,11 @@ class Catalog:
                     model.partial_fit(self._frame(added))
                     self._identifier = (generation, model, current, fitted_size, calibrated)
                     return model
-            settings = PRESETS[self.preset] if calibrated else PRESETS["fast"]
+            local = PRESETS[self.preset] if calibrated else None
             identifier = Identifier(threshold="auto" if calibrated else None,
                                     cache_dir=self.cache, progress=self.progress,
-                                    **settings).fit(self._frame(labelled))
+                                    reranking=None if local is None else LocalReranking(**local)
+                                    ).fit(self._frame(labelled))
             if leave_out is None:
                 self._identifier = (generation, identifier, current, len(current), calibrated)
             return identifier
@@ -723,10 +725,10 @@ class Catalog:
                               "filepath": [str(self.photo_path(image_id))], "species": species})
         candidates = pd.DataFrame({"image_id": [image_id], "identity": [individual],
                                    "image": [photo or ""]})
-        preset = PRESETS.get(self.preset, {})
+        preset = PRESETS.get(self.preset) or {}
         fitted = self._identifier[1] if self._identifier is not None else None
         reranking = getattr(fitted, "reranking_", None)
-        info = {"local": list(preset.get("local") or ["aliked"]),
+        info = {"local": list(preset.get("features") or ["aliked"]),
                 "max_keypoints": preset.get("max_keypoints", 512),
                 "long_side": preset.get("long_side", 512),
                 # Where the fitted identifier chose to keep keypoints, per species.

@@ -12,8 +12,11 @@ DEFAULT_MODEL = "efficientnet-lite0"
 #: Where features, regions and keypoints are cached (``$WILDREID_CACHE`` overrides).
 DEFAULT_CACHE_DIR = Path(os.environ.get("WILDREID_CACHE", Path.home() / ".cache" / "wildreid"))
 
-#: ``--preset``: what each adds to the global descriptor.
-PRESETS: dict[str, dict] = {
-    "fast": {"local": ()},
-    "accurate": {"local": ("aliked",), "keypoints_on": "animal", "max_keypoints": 512},
+#: ``--preset``: what each adds to the global descriptor — the parameters of its local
+#: re-ranking (:class:`~wildreid.rerank.LocalReranking`), ``None`` for none. (The accurate
+#: preset of ``identify`` chooses its matchers per species unless they are named; these are
+#: what it runs when they are not chosen, as in a catalog.)
+PRESETS: dict[str, dict | None] = {
+    "fast": None,
+    "accurate": {"features": ("aliked",), "keypoints_on": "animal", "max_keypoints": 512},
 }

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 
 from wildreid.data import NEW_INDIVIDUAL
 from wildreid.defaults import DEFAULT_CACHE_DIR
@@ -100,33 +100,14 @@ class Identifier(BaseEstimator):
         animal's box), ``"mask"`` (the box with the background filled); a dict gives it per species
         (key ``None``: the rest). Regions come from metadata ``bbox``/``mask`` columns, else from
         U²-Net-p (``segmenter_weights``: a local ``u2netp.onnx``; default: fetched once).
-    local: local matchers that re-rank each query's ``shortlist`` of database images
-        (``aliked``, ``aliked-nn``, ``disk``, ``sift``, ``orb``; see
-        :class:`wildreid.rerank.LocalReranking`; ``None``:
-        every database image of the query's species), with ``max_keypoints`` per image
-        detected on the animal's box resized to ``long_side`` pixels and kept on the animal
-        (``keypoints_on="animal"``, the default: docs/decisions/0005), or on the whole photo
-        (``"image"``), or per species (``{"nyala": "animal", "lion": "image"}``, key ``None``:
-        the rest). Empty: global descriptor only. ``mirror``: also match queries flipped
-        left-right, against database images of the mirror view (``"opposite"``: ``left`` vs
-        ``right`` orientation) or all (``"all"``); ``"none"`` by default. ``fusion``: which
-        calibrated pair scores are fused — ``"all"`` (the global cosine and every local
-        matcher) or ``"local"`` (not the cosine). ``orientation``: which database images each
-        query is compared with — ``"any"`` (every image of its species) or ``"same"`` (those of
-        its ``orientation``, and of the mirror view with ``mirror="opposite"``). ``pair_score``:
-        which of a matcher's scores of a pair is calibrated — ``"confidence_sum"``,
-        ``"matches@<confidence>"`` or ``"inliers"`` (RANSAC). ``local_aggregation``: an
-        identity's score from its images' fused pair scores — ``"max"`` (its best image) or
-        ``"top2"`` (the sum of its best two). Each of these may be a dict by species (key
-        ``None``: the rest). They are settings, not chosen by ``fit``: on development splits of
-        cats, seals, lions and nyala, choosing them per species on the database never beat every
-        fixed value by two standard errors, and choosing the fused scores lost 0.50 on cats
-        (docs/decisions/0001-0005); choosing a pipeline per species is
-        :class:`~wildreid.selection.PipelineSelection`'s job (``--preset accurate``).
-        ``local_cascade``: with two or more ``local`` matchers,
-        the first scores every shortlisted image and the later ones only each query's best
-        ``local_cascade`` by it (e.g. ``("aliked-nn", "aliked")`` with 10: LightGlue on what
-        the fast nearest-neighbour matcher puts first), in ``fit`` as in ``predict``.
+    reranking: the local re-ranking of each query's shortlist of database images
+        (:class:`~wildreid.rerank.LocalReranking`: its matchers — ``aliked``, ``aliked-nn``,
+        ``disk``, ``sift``, ``orb`` —, the shortlist, where keypoints are kept, how pair scores
+        are calibrated and fused); ``None`` (the default): the global descriptor alone. Its
+        settings are its own (``set_params(reranking__shortlist=50)`` reaches them, as in a
+        scikit-learn pipeline); it runs with this identifier's ``device``, ``cache_dir``,
+        ``workers``, ``progress``, ``seed`` and ``ray``, as a fitted copy (``reranking_``): the
+        object given is never fitted.
     cluster_new: :meth:`predict` gives the queries answered ``new_individual`` proposed new
         individuals (``new_individual_1``...): clustered on the similarity that ranks candidates
         (:meth:`similarity`), cut as fitted on the database's pseudo-unknowns
@@ -148,15 +129,9 @@ class Identifier(BaseEstimator):
                  device: str = "auto", batch_size: int = 64, workers: int | None = None,
                  cache_dir: str | Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
                  isolation: str | dict[str | None, str] = "none",
-                 segmenter_weights: str | Path | None = None, local: Sequence[str] = (),
-                 shortlist: int | None = 100, max_keypoints: int = 512, long_side: int = 512,
-                 keypoints_on: str | dict[str | None, str] = "animal",
-                 mirror: str = "none", fusion: str | dict[str | None, str] = "all",
-                 orientation: str | dict[str | None, str] = "any",
-                 pair_score: str | dict[str | None, str] = "matches@0.5",
-                 local_aggregation: str | dict[str | None, str] = "max",
-                 local_cascade: int | None = None, keep_pair_scores: bool = False,
-                 cluster_new: bool = False, ray: str | None = None, seed: int = 0):
+                 segmenter_weights: str | Path | None = None,
+                 reranking: LocalReranking | None = None, cluster_new: bool = False,
+                 ray: str | None = None, seed: int = 0):
         self.model = model
         self.weights = weights
         self.threshold = threshold
@@ -167,18 +142,7 @@ class Identifier(BaseEstimator):
         self.cache_dir = cache_dir
         self.progress = progress
         self.isolation = isolation
-        self.local = local
-        self.shortlist = shortlist
-        self.max_keypoints = max_keypoints
-        self.long_side = long_side
-        self.keypoints_on = keypoints_on
-        self.mirror = mirror
-        self.fusion = fusion
-        self.orientation = orientation
-        self.pair_score = pair_score
-        self.local_aggregation = local_aggregation
-        self.local_cascade = local_cascade
-        self.keep_pair_scores = keep_pair_scores
+        self.reranking = reranking
         self.segmenter_weights = segmenter_weights
         self.cluster_new = cluster_new
         self.ray = ray
@@ -192,14 +156,15 @@ class Identifier(BaseEstimator):
         for mode in modes.values():
             if mode not in ISOLATION_MODES:
                 raise ValueError(f"unknown isolation {mode!r}; use one of {', '.join(ISOLATION_MODES)}")
-        if self.local:  # before the database is described: a wrong setting fails at once
-            check_matchers(self.local, self.local_cascade)
+        if self.reranking is not None:  # before the database is described: fail at once
+            if not isinstance(self.reranking, LocalReranking):
+                raise ValueError(f"reranking must be a LocalReranking (or None), not "
+                                 f"{self.reranking!r}")
+            check_matchers(self.reranking.features, self.reranking.cascade)
             from wildreid.local import create_local_features
 
-            for name in dict.fromkeys(self.local):  # weights that cannot be had, too
+            for name in dict.fromkeys(self.reranking.features):  # weights that cannot be had
                 _ = create_local_features(name, device="cpu").weights_id
-        elif self.local_cascade is not None:
-            raise ValueError("local_cascade needs local matchers (two or more)")
 
     def isolation_of(self, images: pd.DataFrame) -> np.ndarray:
         """The isolation mode of each image (by its species)."""
@@ -319,15 +284,10 @@ class Identifier(BaseEstimator):
                 features if same else self.describe(database, "database: species", default),
                 identities, species)
         self.reranking_ = None
-        if self.local:
-            self.reranking_ = LocalReranking(
-                tuple(self.local), self.shortlist, self.max_keypoints, self.long_side,
-                keypoints_on=self.keypoints_on,
+        if self.reranking is not None:  # a copy, run as this identifier runs
+            self.reranking_ = clone(self.reranking).set_params(
                 device=self.device, cache_dir=self.cache_dir, workers=self.workers,
-                progress=self.progress, seed=self.seed, mirror=self.mirror,
-                keep_pair_scores=self.keep_pair_scores, ray=self.ray, fusion=self.fusion,
-                orientation=self.orientation, pair_score=self.pair_score,
-                aggregation=self.local_aggregation, cascade=self.local_cascade).fit(
+                progress=self.progress, seed=self.seed, ray=self.ray).fit(
                     database, features, self.isolator)
         if self.threshold == "auto" and self.reranking_ is not None:
             self.decision_ = self.reranking_.decision_

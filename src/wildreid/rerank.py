@@ -468,6 +468,8 @@ def _joined(first: Sequence, second: Sequence) -> Sequence:
 def check_matchers(features: Sequence[str], cascade: int | None) -> None:
     """``ValueError`` unless the local matchers are distinct and, with a ``cascade``, two or
     more (the first scores every pair) with ``cascade`` a whole number of images, 1 or more."""
+    if not tuple(features):
+        raise ValueError("a local re-ranking needs one local matcher or more")
     if len(set(features)) != len(tuple(features)):
         raise ValueError(f"each local matcher once, not {tuple(features)}")
     whole = isinstance(cascade, numbers.Integral) and not isinstance(cascade, bool)

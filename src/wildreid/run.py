@@ -82,27 +82,25 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     from wildreid.data import load_dataset
     from wildreid.distributed import RayNotNeeded, RayPool
     from wildreid.isolation import parse_isolation
-    from wildreid.per_species import parse_by_species
     from wildreid.pipeline import Identifier
+    from wildreid.rerank import LocalReranking
 
     if ray is not None:  # before any work: not after minutes of it
         RayPool(ray).check()
         chunks_before = RayPool.chunks_sent
-    configuration = dict(PRESETS[preset])
     # The accurate preset chooses its matchers per species unless they are named.
     select = preset == "accurate" and local is None and cascade is None
-    if local is not None:
-        configuration["local"] = tuple(local)
-    if max_keypoints is not None:
-        configuration["max_keypoints"] = max_keypoints
-    configuration["long_side"] = long_side
-    if keypoints_on is not None:
-        from wildreid.rerank import KEYPOINT_PLACES
-
-        configuration["keypoints_on"] = parse_by_species(keypoints_on, KEYPOINT_PLACES,
-                                                         "keypoints-on", "nyala=animal,lion=image")
-    if cascade is not None:
-        configuration["local_cascade"] = cascade
+    # What the user set of the local re-ranking, over the preset's (and over each candidate's
+    # when the preset chooses).
+    named = reranking_settings(shortlist=shortlist, mirror=mirror, long_side=long_side,
+                               max_keypoints=max_keypoints, keypoints_on=keypoints_on,
+                               cascade=cascade)
+    preset_local = PRESETS[preset]
+    matchers = tuple(local) if local is not None else tuple((preset_local or {}).get(
+        "features", ()))
+    if cascade is not None and len(matchers) < 2:
+        raise ValueError(f"cascade needs two or more local matchers (the first scores every "
+                         f"pair), not {matchers or 'none'}")
 
     dataset = load_dataset(data_dir, metadata, wildlife_dataset=wildlife_dataset)
     if dataset.query.empty:
@@ -113,20 +111,21 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                     threshold=parse_threshold(threshold), aggregation=aggregation, device=device,
                     batch_size=batch_size, cache_dir=cache_dir, progress=progress,
                     isolation=parse_isolation(isolation), segmenter_weights=segmenter_weights,
-                    shortlist=shortlist, mirror=mirror, cluster_new=cluster_new, ray=ray,
-                    **configuration)
+                    cluster_new=cluster_new, ray=ray)
     if select:
         from wildreid.selection import MENU, PipelineSelection, with_settings
 
-        settings.pop("local")
         # Where keypoints go is a candidate of the menu, unless the user named it.
-        place = settings.pop("keypoints_on")
-        menu = MENU if keypoints_on is None else with_settings(MENU, keypoints_on=place)
-        identifier = PipelineSelection(menu, settings=settings, budget=budget,
-                                       log=_say if progress else None).fit(
+        menu = MENU if keypoints_on is None else with_settings(
+            MENU, keypoints_on=named.pop("keypoints_on"))
+        reranking = LocalReranking(**named)
+        identifier = PipelineSelection(menu, settings=settings, reranking=reranking,
+                                       budget=budget, log=_say if progress else None).fit(
                                            dataset.database, dataset.query)
     else:
-        identifier = Identifier(**settings).fit(dataset.database)
+        reranking = (LocalReranking(**{**(preset_local or {}), **named, "features": matchers})
+                     if matchers else None)
+        identifier = Identifier(**settings, reranking=reranking).fit(dataset.database)
     ranked, features = identifier.candidates_and_descriptors(dataset.query, k=top_k)
     submission = identifier.decide(ranked)
     if cluster_new:  # grouped on the descriptors the candidates were ranked on
@@ -139,10 +138,14 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     submission[["image_id", "identity"]].to_csv(output, index=False)
     candidates = candidates or output.with_name(output.stem + ".candidates.csv")
     ranked.to_csv(candidates, index=False, float_format="%.5f")
+    # What the report needs to draw matches again: the matchers, where keypoints were kept.
+    configuration = {"max_keypoints": reranking.max_keypoints if reranking is not None else None,
+                     "long_side": long_side}
     if select:
         # Every matcher some species runs (which one each: "chosen").
         configuration["local"] = list(dict.fromkeys(
-            name for fitted in identifier.identifiers_.values() for name in fitted.local))
+            name for fitted in identifier.identifiers_.values() if fitted.reranking is not None
+            for name in fitted.reranking.features))
         configuration["selection"] = identifier.summary()
         configuration["chosen"] = {str(name): _chosen(fitted)
                                    for name, fitted in identifier.identifiers_.items()}
@@ -151,8 +154,9 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                             for fitted in identifier.identifiers_.values()
                             if fitted.reranking_ is not None),
             "query": _without_keypoints(ranked)}
-    elif identifier.reranking_ is not None:
+    else:
         configuration.update(_chosen(identifier))
+    if not select and identifier.reranking_ is not None:
         # Photos a detector found nothing on are data, judged by the cosine alone: counted.
         # (the database's among the photos its calibration matched)
         configuration["photos_without_keypoints"] = {
@@ -177,6 +181,26 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     return Run(dataset, identifier, submission, Path(candidates))
 
 
+def reranking_settings(shortlist: int | None = 100, mirror: str = "none", long_side: int = 512,
+                       max_keypoints: int | None = None, keypoints_on: str | None = None,
+                       cascade: int | None = None) -> dict:
+    """The :class:`~wildreid.rerank.LocalReranking` parameters of ``identify``'s options and
+    settings file: those always given, and those given here (``None``: the preset's or the
+    re-ranking's default). ``keypoints_on`` is read as its option is (``nyala=animal,...``)."""
+    named = {"shortlist": shortlist, "mirror": mirror, "long_side": long_side}
+    if max_keypoints is not None:
+        named["max_keypoints"] = max_keypoints
+    if keypoints_on is not None:
+        from wildreid.per_species import parse_by_species
+        from wildreid.rerank import KEYPOINT_PLACES
+
+        named["keypoints_on"] = parse_by_species(keypoints_on, KEYPOINT_PLACES, "keypoints-on",
+                                                 "nyala=animal,lion=image")
+    if cascade is not None:
+        named["cascade"] = cascade
+    return named
+
+
 def _say(message: str) -> None:
     """A line on the terminal's error stream, as the progress bars write (markup read as text)."""
     from rich.console import Console
@@ -197,7 +221,7 @@ def _chosen(identifier) -> dict:
     reranking = identifier.reranking_
     if reranking is None:
         return {"local": []}
-    return {"local": list(identifier.local), "local_cascade": identifier.local_cascade,
+    return {"local": list(reranking.features), "local_cascade": reranking.cascade,
             "keypoints_on": reranking.keypoints_on_,
             "fused": {k: list(v) for k, v in reranking.fusion_.items()},
             "orientation": reranking.orientation_, "pair_score": reranking.pair_score_,

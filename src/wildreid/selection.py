@@ -34,25 +34,34 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 
 from wildreid.data import NEW_INDIVIDUAL
 from wildreid.openset import OpenSetDecision
 from wildreid.per_species import species_keys
 from wildreid.pseudo_queries import pseudo_split, sightings_of
+from wildreid.rerank import LocalReranking
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One pipeline of the menu: its name and the :class:`~wildreid.pipeline.Identifier`
-    parameters it sets (``local``, ``local_cascade``)."""
+    """One pipeline of the menu: its name and the parameters of its local re-ranking
+    (:class:`~wildreid.rerank.LocalReranking`: ``features``, ``cascade``, ``keypoints_on``...);
+    no ``features``: the cosine alone."""
 
     name: str
     settings: dict = field(default_factory=dict)
 
     @property
     def matchers(self) -> tuple[str, ...]:
-        return tuple(self.settings.get("local", ()))
+        return tuple(self.settings.get("features", ()))
+
+    def reranking(self, shared: LocalReranking):
+        """Its local re-ranking: ``shared`` (the settings every candidate takes: shortlist,
+        mirror, keypoints...) with its own over them; ``None`` for the cosine alone."""
+        if not self.matchers:
+            return None
+        return clone(shared).set_params(**self.settings)
 
     @property
     def on_animal(self) -> bool:
@@ -64,11 +73,11 @@ class Candidate:
 #: go is a candidate of its own rather than a choice inside each fit: the animal's mask costs a
 #: segmentation of every photo (about 0.25 s each on two CPU cores), the whole photo nothing.
 MENU: tuple[Candidate, ...] = (
-    Candidate("cosine", {"local": ()}),
-    Candidate("sift/image", {"local": ("sift",), "keypoints_on": "image"}),
-    Candidate("sift/animal", {"local": ("sift",), "keypoints_on": "animal"}),
-    Candidate("aliked-nn/animal", {"local": ("aliked-nn",), "keypoints_on": "animal"}),
-    Candidate("aliked-nn+lightglue/animal", {"local": ("aliked-nn", "aliked"), "local_cascade": 10,
+    Candidate("cosine"),
+    Candidate("sift/image", {"features": ("sift",), "keypoints_on": "image"}),
+    Candidate("sift/animal", {"features": ("sift",), "keypoints_on": "animal"}),
+    Candidate("aliked-nn/animal", {"features": ("aliked-nn",), "keypoints_on": "animal"}),
+    Candidate("aliked-nn+lightglue/animal", {"features": ("aliked-nn", "aliked"), "cascade": 10,
                                              "keypoints_on": "animal"}),
 )
 
@@ -262,8 +271,9 @@ class CostModel:
     for a run of a given size. ``correction``: how much longer the last local candidate run took
     than predicted (regions, calibration, choices inside the fit), applied to later predictions."""
 
-    def __init__(self, settings: dict):
-        self.settings = settings
+    def __init__(self, settings: dict, reranking: LocalReranking | None = None):
+        self.settings = settings  # the identifier's: device, segmenter weights
+        self.reranking = LocalReranking() if reranking is None else reranking
         self.photo_seconds: dict[str, float] = {}
         self.pair_seconds: dict[str, float] = {}
         self.region_seconds: float | None = None
@@ -299,8 +309,8 @@ class CostModel:
             if name in self.pair_seconds:
                 continue
             method = _KEYPOINTS.get(name, name)
-            scorer = LocalScorer((name,), self.settings.get("max_keypoints", 512),
-                                 self.settings.get("long_side", 512),
+            scorer = LocalScorer((name,), self.reranking.max_keypoints,
+                                 self.reranking.long_side,
                                  device=self.settings.get("device", "auto"), cache_dir=None,
                                  progress=False)
             if method not in extracted:
@@ -334,7 +344,7 @@ class CostModel:
         if candidate.on_animal:
             seconds += new_regions * (self.region_seconds or 0.0)
         seconds += first * self.pair_seconds[matchers[0]]
-        cascade = candidate.settings.get("local_cascade")
+        cascade = candidate.settings.get("cascade")
         for name in matchers[1:]:
             seconds += (calibration + queries) * min(cascade or compared, compared) * \
                 self.pair_seconds[name]
@@ -346,7 +356,9 @@ class PipelineSelection(BaseEstimator):
     database (module docstring), then fitted on the whole species.
 
     ``settings``: the :class:`~wildreid.pipeline.Identifier` parameters every candidate shares
-    (model, device, cache, threshold...). ``budget``: seconds for the whole run (``None``:
+    (model, device, cache, threshold...); ``reranking``: the local re-ranking every local
+    candidate starts from (its shortlist, mirror, keypoints; default ``LocalReranking()``), each
+    candidate's own settings over it. ``budget``: seconds for the whole run (``None``:
     :func:`default_budget` of the database and queries). ``development_queries``: held-out
     queries per species (a random subset beyond).
 
@@ -357,10 +369,12 @@ class PipelineSelection(BaseEstimator):
     """
 
     def __init__(self, candidates: Sequence[Candidate] = MENU, settings: dict | None = None,
-                 budget: float | None = None, development_queries: int = DEVELOPMENT_QUERIES,
+                 reranking: LocalReranking | None = None, budget: float | None = None,
+                 development_queries: int = DEVELOPMENT_QUERIES,
                  seed: int = 0, log: Callable[[str], None] | None = None):
         self.candidates = candidates
         self.settings = settings
+        self.reranking = reranking
         self.budget = budget
         self.development_queries = development_queries
         self.seed = seed
@@ -369,7 +383,11 @@ class PipelineSelection(BaseEstimator):
     def _identifier(self, candidate: Candidate):
         from wildreid.pipeline import Identifier
 
-        return Identifier(**{**(self.settings or {}), **candidate.settings})
+        return Identifier(**(self.settings or {}),
+                          reranking=candidate.reranking(self._shared_reranking()))
+
+    def _shared_reranking(self) -> LocalReranking:
+        return LocalReranking() if self.reranking is None else self.reranking
 
     def _say(self, message: str) -> None:
         if self.log is not None:
@@ -381,8 +399,8 @@ class PipelineSelection(BaseEstimator):
         size the budget and predict the real run's cost (their photos are never looked at)."""
         started = time.perf_counter()
         if not self.candidates or self.candidates[0].matchers:
-            raise ValueError("the menu starts with the cosine alone (Candidate('cosine', "
-                             "{'local': ()})): the choice is never below the fast preset")
+            raise ValueError("the menu starts with the cosine alone (Candidate('cosine')): the "
+                             "choice is never below the fast preset")
         settings = self.settings or {}
         closed_set = settings.get("threshold", "auto") is None
         species = species_keys(database.get("species"), len(database))
@@ -405,7 +423,8 @@ class PipelineSelection(BaseEstimator):
                        for other in names[position:])
             allowance = remaining * share / max(left, 1)
             # Measured on each species' own photos: sizes and keypoint counts differ by species.
-            self._fit_species(name, own, asked, allowance, CostModel(settings), closed_set)
+            cost = CostModel(settings, self._shared_reranking())
+            self._fit_species(name, own, asked, allowance, cost, closed_set)
         known = {key: value for identifier in self.identifiers_.values()
                  for key, value in identifier.decision_.thresholds.items() if key is not None}
         self.decision_ = OpenSetDecision({**known, None: self.router_.decision_.thresholds[None]})
@@ -423,7 +442,7 @@ class PipelineSelection(BaseEstimator):
             return
         reference, development = split.reference, split.queries
         truth, unknown = split.truth, split.unknown
-        asked = (self.settings or {}).get("shortlist", 100)
+        asked = self._shared_reranking().shortlist
         # Shortlists tried for a local candidate, largest first: the largest that fits the budget.
         shortlists = [asked, *(size for size in _SMALLER_SHORTLISTS
                                if asked is None or size < asked)]
