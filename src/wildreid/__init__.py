@@ -18,7 +18,7 @@ _EXPORTS = {
     "ImageError": "wildreid.images", "load_image": "wildreid.images",
     "evaluate": "wildreid.metrics",
     "create_descriptor": "wildreid.models", "save_descriptor": "wildreid.models",
-    "Identifier": "wildreid.pipeline",
+    "Identifier": "wildreid.pipeline", "LocalReranking": "wildreid.rerank",
 }
 
 
@@ -34,6 +34,7 @@ __all__ = [
     "DatasetError",
     "Identifier",
     "ImageError",
+    "LocalReranking",
     "create_descriptor",
     "evaluate",
     "load_dataset",
