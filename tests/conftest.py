@@ -175,10 +175,13 @@ class LiveServer:
 
 def settings_file(folder: Path, **values) -> list[str]:
     """``--settings FILE`` for ``identify``: ``values`` (Python names) written as a TOML file in
-    ``folder``."""
+    ``folder``; those of the local re-ranking in its ``[reranking]`` table."""
     import json
 
-    lines = []
+    from wildreid.settings import reranking_settings
+
+    local = {setting.key for setting in reranking_settings()}
+    tables: dict[bool, list[str]] = {False: [], True: []}
     for key, value in values.items():
         if isinstance(value, bool):
             text = str(value).lower()
@@ -186,7 +189,7 @@ def settings_file(folder: Path, **values) -> list[str]:
             text = str(value)
         else:
             text = json.dumps(str(value))  # a TOML basic string is a JSON string
-        lines.append(f"{key.replace('_', '-')} = {text}")
+        tables[key in local].append(f"{key.replace('_', '-')} = {text}")
     path = Path(folder) / "settings.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join([*tables[False], "[reranking]", *tables[True]]) + "\n")
     return ["--settings", str(path)]

@@ -9,7 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from wildreid.cli import app
-from wildreid.settings import SETTINGS, defaults, read_settings, settings_template
+from wildreid.settings import (
+    SETTINGS,
+    defaults,
+    read_settings,
+    reranking_settings,
+    settings_template,
+)
 
 
 def _file(tmp_path: Path, text: str) -> Path:
@@ -19,25 +25,54 @@ def _file(tmp_path: Path, text: str) -> Path:
 
 
 def test_a_settings_file_overrides_the_defaults_and_paths_are_read_from_its_folder(tmp_path):
-    path = _file(tmp_path, 'top-k = 3\nmirror = "opposite"\ncache = false\n'
-                           'keypoints-on = "nyala=animal,lion=image"\nweights = "w/model.pth"\n'
+    path = _file(tmp_path, 'top-k = 3\ncache = false\nweights = "w/model.pth"\n'
+                           '[reranking]\nmirror = "opposite"\n'
+                           'keypoints-on = "nyala=animal,lion=image"\n'
                            "long_side = 256\n")  # the Python name is read too
     chosen = read_settings(path)
-    assert chosen == {**defaults(), "top_k": 3, "mirror": "opposite", "cache": False,
-                      "keypoints_on": "nyala=animal,lion=image",
-                      "weights": tmp_path / "w" / "model.pth", "long_side": 256}
+    assert chosen == {**defaults(), "top_k": 3, "cache": False,
+                      "weights": tmp_path / "w" / "model.pth",
+                      # the re-ranking's parameters, as parsed
+                      "reranking": {"mirror": "opposite", "long_side": 256,
+                                    "keypoints_on": {"nyala": "animal", "lion": "image"}}}
+
+
+def test_the_reranking_table_is_read_from_the_reranking_itself():
+    """Every parameter of ``LocalReranking`` but its matchers, shortlist and how the run runs is
+    a setting of the ``[reranking]`` table, with its default and its meaning from the class:
+    a new parameter there is a setting with no line to add."""
+    import inspect
+
+    from wildreid.rerank import LocalReranking
+
+    parameters = inspect.signature(LocalReranking).parameters
+    found = {setting.key: setting for setting in reranking_settings()}
+    assert set(found) == set(parameters) - {"features", "shortlist", "device", "batch_size",
+                                             "cache_dir", "workers", "progress", "seed", "ray",
+                                             "keep_pair_scores"}
+    for key, setting in found.items():
+        assert setting.default == parameters[key].default
+        assert len(setting.help) > 20 and "``" not in setting.help, (key, setting.help)
+    assert found["long_side"].minimum == 32 and found["cascade"].kind is int
 
 
 def test_the_template_holds_every_setting_at_its_default(tmp_path):
     """``wildreid settings`` prints every setting, commented out at its default: uncommented,
     the file reads back as the defaults (settings whose default the run chooses excepted)."""
     template = settings_template()
-    for setting in SETTINGS:
+    every = (*SETTINGS, *reranking_settings())
+    for setting in every:
         assert f"# {setting.name} = " in template
-    names = {f"# {setting.name} = " for setting in SETTINGS}
-    uncommented = "\n".join(line[2:] for line in template.splitlines()
-                            if any(line.startswith(name) for name in names) and "..." not in line)
-    assert read_settings(_file(tmp_path, uncommented)) == defaults()
+    names = {f"# {setting.name} = " for setting in every}
+    uncommented = "\n".join(line if line == "[reranking]" else line[2:]
+                            for line in template.splitlines()
+                            if line == "[reranking]" or (any(line.startswith(name)
+                                                             for name in names)
+                                                         and "..." not in line))
+    read = read_settings(_file(tmp_path, uncommented))
+    assert read["reranking"] == {setting.key: setting.default for setting in reranking_settings()
+                                 if setting.default is not None}
+    assert {**read, "reranking": {}} == defaults()
     shown = CliRunner().invoke(app, ["settings"])
     assert shown.exit_code == 0 and shown.stdout.strip() == template.strip()
 
@@ -47,11 +82,15 @@ def test_the_template_holds_every_setting_at_its_default(tmp_path):
     ("top-k = [3", "not a TOML file"),
     ("shortlst = 3", "unknown setting 'shortlst'; the settings are top-k, "),
     ('top-k = "3"', "top-k = '3': give a whole number"),
-    ("max-keypoints = true", "max-keypoints = True: give a whole number"),
+    ("[reranking]\nmax-keypoints = true", "reranking.max-keypoints = True: give a whole number"),
     ("cache = 0", "cache = 0: give true or false"),
-    ("long-side = 8", "long-side = 8: give 32 or more"),
-    ('mirror = "sideways"', "mirror = 'sideways': 'sideways' is not one of none, opposite, all"),
-    ('keypoints-on = "lion=fur"', "unknown keypoints-on 'fur'"),
+    ("[reranking]\nlong-side = 8", "reranking.long-side = 8: give 32 or more"),
+    ('[reranking]\nmirror = "sideways"',
+     "reranking.mirror = 'sideways': mirror must be one of none, opposite, all"),
+    ('[reranking]\nkeypoints-on = "lion=fur"', "unknown keypoints-on 'fur'"),
+    ('[reranking]\npair-score = "auto"', "unknown pair-score 'auto'; use confidence_sum, "),
+    ("[reranking]\nshortlist = 3", "unknown setting 'shortlist' in [reranking]"),
+    ('mirror = "opposite"', "unknown setting 'mirror'; the settings are top-k, "),
     ('isolation = "[red]x"', "unknown isolation '[red]x'"),
     ("weights = 3", "weights = 3: give a path in quotes"),
 ])

@@ -32,6 +32,7 @@ from wildreid.per_species import by_species, species_keys
 from wildreid.pseudo_queries import pseudo_split, sightings_of
 from wildreid.ranking import index_dir, nearest_images, stacked_descriptors
 from wildreid.scorers import (
+    MIRROR_MODES,
     CosineScorer,
     LocalScorer,
     PairScoring,
@@ -66,6 +67,14 @@ PAIR_SCORE_CHOICES = PAIR_SCORES
 AGGREGATIONS = ("max", "top2")
 #: Images summed into the value that orders identities, by aggregation.
 _IMAGES_SUMMED = {"max": 1, "top2": 2}
+#: The values of each setting given for all species or per species (a dict by species; in a
+#: settings file ``"nyala=animal,lion=image"``).
+PER_SPECIES = {"keypoints_on": KEYPOINT_PLACES, "fusion": FUSIONS, "orientation": ORIENTATIONS,
+               "pair_score": PAIR_SCORE_CHOICES, "aggregation": AGGREGATIONS}
+#: The smallest value of each whole-number setting (``None`` passes where the default is
+#: ``None``: every database image, no cascade).
+MINIMUMS = {"shortlist": 1, "max_keypoints": 1, "long_side": 32, "calibration_queries": 3,
+            "batch_size": 1, "cascade": 1}
 #: Each per-species setting's value for the species a dict does not name: its default.
 _DEFAULTS = {"keypoints_on": "animal", "fusion": "all", "orientation": "any",
              "pair_score": "matches@0.5", "aggregation": "max"}
@@ -90,6 +99,9 @@ class LocalReranking(BaseEstimator):
     ``aggregation``: how identities are ordered from their images' fused pair scores
     (:data:`AGGREGATIONS`): by their best image's (``max``) or by the sum of their best two
     (``top2``); an identity's score is its best image's either way.
+    ``max_keypoints``: keypoints kept per image (the strongest).
+    ``long_side``: the long side, in pixels, of the animal's box (or photo) that keypoints are
+    detected on.
     ``calibration_queries``: pseudo-queries per species used to fit calibration and thresholds
     (the pair sample stays ``calibration_queries x shortlist`` whatever the database size).
     ``mirror``: also match the query flipped left-right, for pairs whose ``orientation`` values
@@ -147,14 +159,8 @@ class LocalReranking(BaseEstimator):
     def _build(self) -> None:
         """Check the parameters and build the components: the scorers (keypoint extractors and
         matchers)."""
-        for value, choices, name in ((self.keypoints_on, KEYPOINT_PLACES, "keypoints_on"),
-                                     (self.fusion, FUSIONS, "fusion"),
-                                     (self.orientation, ORIENTATIONS, "orientation"),
-                                     (self.pair_score, PAIR_SCORE_CHOICES, "pair_score"),
-                                     (self.aggregation, AGGREGATIONS, "aggregation")):
-            if any(choice not in choices for choice in _per_species(value, choices[0]).values()):
-                raise ValueError(f"{name} must be one of {', '.join(choices)} (or a dict of them "
-                                 f"by species), not {value!r}")
+        for name, value in self.get_params().items():
+            check_setting(name, value)
         check_matchers(self.features, self.cascade)
         self.pool_ = None if self.ray is None else RayPool(self.ray)
         stages = ([self.features[:1], self.features[1:]] if self.cascade is not None
@@ -463,6 +469,24 @@ def _joined(first: Sequence, second: Sequence) -> Sequence:
             first.stage is second.stage:
         return first + second
     return [*first, *second]
+
+
+def check_setting(name: str, value) -> None:
+    """``ValueError`` saying what is wrong with ``value`` for the parameter ``name`` on its own
+    (a per-species setting's values, a whole number's minimum, the mirror); what depends on
+    two parameters (the matchers and the cascade) is :func:`check_matchers`'."""
+    if name in PER_SPECIES:
+        choices = PER_SPECIES[name]
+        if any(choice not in choices for choice in _per_species(value, choices[0]).values()):
+            raise ValueError(f"{name} must be one of {', '.join(choices)} (or a dict of them by "
+                             f"species), not {value!r}")
+    elif name == "mirror" and value not in MIRROR_MODES:
+        raise ValueError(f"mirror must be one of {', '.join(MIRROR_MODES)}, not {value!r}")
+    elif name in MINIMUMS and value is not None and name != "cascade":  # cascade: below
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not whole or value < MINIMUMS[name]:
+            raise ValueError(f"{name} must be a whole number, {MINIMUMS[name]} or more, not "
+                             f"{value!r}")
 
 
 def check_matchers(features: Sequence[str], cascade: int | None) -> None:

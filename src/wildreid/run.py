@@ -67,16 +67,16 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                      cache_dir: Path | None = DEFAULT_CACHE_DIR, progress: bool = True,
                      isolation: str = "none", segmenter_weights: Path | None = None,
                      preset: str = "fast", shortlist: int | None = 100,
-                     local: Sequence[str] | None = None, mirror: str = "none",
-                     max_keypoints: int | None = None, long_side: int = 512,
-                     keypoints_on: str | None = None, cascade: int | None = None,
+                     local: Sequence[str] | None = None, reranking: dict | None = None,
                      wildlife_dataset: str | None = None,
                      cluster_new: bool = False, ray: str | None = None,
                      budget: float | None = None) -> Run:
     """Identify every query of a dataset and write the run folder (``output``'s): the
     submission, the candidates CSV and ``run.json`` (what the report, ``evaluate`` and a rerun
-    read). ``local``: matchers replacing the preset's (``()``: none). The accurate preset with
-    no ``local`` chooses each species' pipeline on its database within ``budget`` seconds
+    read). ``local``: matchers replacing the preset's (``()``: none). ``reranking``: settings of
+    the local re-ranking (:class:`~wildreid.rerank.LocalReranking`'s parameters, the settings
+    file's ``[reranking]`` table) over the preset's. The accurate preset with no ``local`` (nor
+    ``cascade``) chooses each species' pipeline on its database within ``budget`` seconds
     (:class:`~wildreid.selection.PipelineSelection`; ``None``: the default budget for the
     dataset's size). Returns a :class:`Run`."""
     from wildreid.data import load_dataset
@@ -88,13 +88,12 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     if ray is not None:  # before any work: not after minutes of it
         RayPool(ray).check()
         chunks_before = RayPool.chunks_sent
-    # The accurate preset chooses its matchers per species unless they are named.
-    select = preset == "accurate" and local is None and cascade is None
     # What the user set of the local re-ranking, over the preset's (and over each candidate's
     # when the preset chooses).
-    named = reranking_settings(shortlist=shortlist, mirror=mirror, long_side=long_side,
-                               max_keypoints=max_keypoints, keypoints_on=keypoints_on,
-                               cascade=cascade)
+    named = {"shortlist": shortlist, **(reranking or {})}
+    cascade = named.get("cascade")
+    # The accurate preset chooses its matchers per species unless they are named.
+    select = preset == "accurate" and local is None and cascade is None
     preset_local = PRESETS[preset]
     matchers = tuple(local) if local is not None else tuple((preset_local or {}).get(
         "features", ()))
@@ -116,16 +115,17 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         from wildreid.selection import MENU, PipelineSelection, with_settings
 
         # Where keypoints go is a candidate of the menu, unless the user named it.
-        menu = MENU if keypoints_on is None else with_settings(
-            MENU, keypoints_on=named.pop("keypoints_on"))
-        reranking = LocalReranking(**named)
-        identifier = PipelineSelection(menu, settings=settings, reranking=reranking,
+        menu = (with_settings(MENU, keypoints_on=named.pop("keypoints_on"))
+                if "keypoints_on" in named else MENU)
+        shared = LocalReranking(**named)
+        identifier = PipelineSelection(menu, settings=settings, reranking=shared,
                                        budget=budget, log=_say if progress else None).fit(
                                            dataset.database, dataset.query)
     else:
-        reranking = (LocalReranking(**{**(preset_local or {}), **named, "features": matchers})
-                     if matchers else None)
-        identifier = Identifier(**settings, reranking=reranking).fit(dataset.database)
+        shared = (LocalReranking(**{**(preset_local or {}), **named, "features": matchers})
+                  if matchers else LocalReranking(**named))
+        identifier = Identifier(**settings, reranking=shared if matchers else None).fit(
+            dataset.database)
     ranked, features = identifier.candidates_and_descriptors(dataset.query, k=top_k)
     submission = identifier.decide(ranked)
     if cluster_new:  # grouped on the descriptors the candidates were ranked on
@@ -139,8 +139,8 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     candidates = candidates or output.with_name(output.stem + ".candidates.csv")
     ranked.to_csv(candidates, index=False, float_format="%.5f")
     # What the report needs to draw matches again: the matchers, where keypoints were kept.
-    configuration = {"max_keypoints": reranking.max_keypoints if reranking is not None else None,
-                     "long_side": long_side}
+    configuration = {"max_keypoints": shared.max_keypoints, "long_side": shared.long_side,
+                     "mirror": shared.mirror}
     if select:
         # Every matcher some species runs (which one each: "chosen").
         configuration["local"] = list(dict.fromkeys(
@@ -166,7 +166,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         "data_dir": str(Path(data_dir).resolve()), "metadata": str(metadata) if metadata else None,
         "wildlife_dataset": wildlife_dataset,
         "model": model, "preset": preset, "submission": output.name, **configuration,
-        "mirror": mirror, "shortlist": shortlist,
+        "shortlist": shortlist,
         "candidates": str(Path(candidates).resolve()),
         # Per species, and the pooled one (for species without their own) apart: JSON keys are
         # strings, and a species may be called anything.
@@ -179,26 +179,6 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
                          for k, (method, cut) in identifier.grouping_.cuts.items()}}
            if cluster_new else {})})
     return Run(dataset, identifier, submission, Path(candidates))
-
-
-def reranking_settings(shortlist: int | None = 100, mirror: str = "none", long_side: int = 512,
-                       max_keypoints: int | None = None, keypoints_on: str | None = None,
-                       cascade: int | None = None) -> dict:
-    """The :class:`~wildreid.rerank.LocalReranking` parameters of ``identify``'s options and
-    settings file: those always given, and those given here (``None``: the preset's or the
-    re-ranking's default). ``keypoints_on`` is read as its option is (``nyala=animal,...``)."""
-    named = {"shortlist": shortlist, "mirror": mirror, "long_side": long_side}
-    if max_keypoints is not None:
-        named["max_keypoints"] = max_keypoints
-    if keypoints_on is not None:
-        from wildreid.per_species import parse_by_species
-        from wildreid.rerank import KEYPOINT_PLACES
-
-        named["keypoints_on"] = parse_by_species(keypoints_on, KEYPOINT_PLACES, "keypoints-on",
-                                                 "nyala=animal,lion=image")
-    if cascade is not None:
-        named["cascade"] = cascade
-    return named
 
 
 def _say(message: str) -> None:

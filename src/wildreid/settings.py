@@ -5,13 +5,20 @@ The command line keeps what a user changes from run to run (data, preset, output
 threshold, matchers); what is tuned once for a study or a machine lives here, each setting with
 its name, type, default and meaning in one place. ``wildreid settings`` prints them all as a file
 to start from.
+
+The ``[reranking]`` table holds the settings of the local re-ranking: they are read from
+:class:`~wildreid.rerank.LocalReranking` itself — its parameters, their defaults, their meaning
+(its docstring) and their checks (:func:`~wildreid.rerank.check_setting`) — so a new parameter
+there is a setting here with no line to add.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import re
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +42,8 @@ class Setting:
     help: str
     minimum: int | None = None
     check: Callable[[object], object] | None = None
+    #: Where its default is read from (``None``: the run's own, else the re-ranking's).
+    reranking: bool = False
 
     @property
     def key(self) -> str:
@@ -43,7 +52,10 @@ class Setting:
 
     @property
     def default(self) -> object:
-        """The run's default (``None``: chosen by the run); ``cache``: on."""
+        """The run's default (``None``: chosen by the run); ``cache``: on; for a setting of the
+        re-ranking, its parameter's default."""
+        if self.reranking:
+            return _reranking_parameters()[self.key].default
         return True if self.key == "cache" else _run_defaults()[self.key]
 
 
@@ -53,6 +65,68 @@ def _run_defaults() -> dict[str, object]:
 
     return {name: parameter.default
             for name, parameter in inspect.signature(identify_dataset).parameters.items()}
+
+
+@functools.cache
+def _reranking_parameters() -> dict[str, inspect.Parameter]:
+    from wildreid.rerank import LocalReranking
+
+    return dict(inspect.signature(LocalReranking).parameters)
+
+
+#: Parameters of the re-ranking that are not settings of the file: its matchers (``--local``),
+#: the shortlist (``--shortlist``), and how the run runs (the identifier's own device, cache,
+#: workers, progress, seed and Ray pool; the pair tables kept for studies).
+_NOT_SETTINGS = {"features", "shortlist", "device", "batch_size", "cache_dir", "workers",
+                 "progress", "seed", "ray", "keep_pair_scores"}
+
+
+def _meanings(docstring: str) -> dict[str, str]:
+    """Each ````name````: paragraph of a docstring, as plain text."""
+    text = inspect.cleandoc(docstring)
+    found = re.findall(r"^``(\w+)``: (.*?)(?=^``\w+``:|\n\n|\Z)", text, re.S | re.M)
+    plain = {}
+    for name, meaning in found:
+        meaning = re.sub(r"\s*\(:data:`[^`]+`\)", "", meaning)  # the values are listed apart
+        meaning = re.sub(r":\w+:`~?(?:[\w.]+\.)?([^`]+)`", r"\1", meaning)
+        meaning = " ".join(meaning.replace("``", "").split())
+        plain[name] = meaning[:1].upper() + meaning[1:]
+    return plain
+
+
+@functools.cache
+def reranking_settings() -> tuple[Setting, ...]:
+    """The ``[reranking]`` table's settings, read from :class:`~wildreid.rerank.LocalReranking`:
+    each parameter but :data:`_NOT_SETTINGS`, its type from its annotation, its meaning from
+    the class docstring, its check :func:`~wildreid.rerank.check_setting`."""
+    from wildreid.per_species import parse_by_species
+    from wildreid.rerank import MINIMUMS, PER_SPECIES, LocalReranking, check_setting
+
+    meanings = _meanings(LocalReranking.__doc__ or "")
+    found = []
+    for key, parameter in _reranking_parameters().items():
+        if key in _NOT_SETTINGS:
+            continue
+        annotation = str(parameter.annotation)
+        kind = next(kind for prefix, kind in (("bool", bool), ("int", int), ("str", str))
+                    if annotation.startswith(prefix))
+
+        def check(value: object, key: str = key) -> object:
+            if key in PER_SPECIES:  # 'nyala=animal,lion=image' as on a command line
+                choices = PER_SPECIES[key]
+                value = parse_by_species(str(value), choices, key.replace("_", "-"),
+                                         f"nyala={choices[0]},lion={choices[-1]}")
+            check_setting(key, value)
+            return value
+
+        meaning = meanings.get(key, "")
+        if key in PER_SPECIES:
+            choices = PER_SPECIES[key]
+            meaning += (f" [{' | '.join(choices)}, or per species as "
+                        f"'nyala={choices[0]},lion={choices[-1]}']")
+        found.append(Setting(key.replace("_", "-"), kind, meaning,
+                             minimum=MINIMUMS.get(key), check=check, reranking=True))
+    return tuple(found)
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[object], object]:
@@ -67,13 +141,6 @@ def _isolation(value: object) -> object:
     from wildreid.isolation import parse_isolation
 
     return parse_isolation(str(value))
-
-
-def _keypoint_places(value: object) -> object:
-    from wildreid.per_species import parse_by_species
-    from wildreid.rerank import KEYPOINT_PLACES
-
-    return parse_by_species(str(value), KEYPOINT_PLACES, "keypoints-on", "nyala=animal,lion=image")
 
 
 #: Every setting a settings file may hold, in the order ``wildreid settings`` prints them.
@@ -91,29 +158,14 @@ SETTINGS: tuple[Setting, ...] = (
             "'nyala=crop,lion=none'. Regions: metadata bbox/mask columns, else U²-Net-p.",
             check=_isolation),
     Setting("segmenter-weights", Path, "A local u2netp.onnx [default: fetched once]."),
-    Setting("mirror", str, "Also match queries flipped left-right: none | opposite "
-            "(against the mirror orientation: left vs right) | all.",
-            check=_one_of(("none", "opposite", "all"))),
-    Setting("max-keypoints", int, "Local keypoints kept per image [default: the "
-            "preset's, 512].", minimum=1),
-    Setting("long-side", int, "Long side, in pixels, of the animal's box (or photo) that "
-            "keypoints are detected on.", minimum=32),
-    Setting("keypoints-on", str, "Where local keypoints are kept: animal (its mask) | "
-            "image (the whole photo), or per species as 'nyala=animal,lion=image' [default: "
-            "the accurate preset chooses per species; named matchers: animal, "
-            "docs/decisions/0005].",
-            check=_keypoint_places),
-    Setting("cascade", int, "With two or more --local matchers, the first scores every "
-            "shortlisted photo and the later ones only each query's best CASCADE by it (e.g. "
-            "--local aliked-nn,aliked with cascade = 10: LightGlue where the fast matcher "
-            "points).", minimum=1),
 )
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
 def defaults() -> dict[str, object]:
-    """Every setting's default, by Python name."""
-    return {setting.key: setting.default for setting in SETTINGS}
+    """Every setting's default, by Python name; ``reranking``: the re-ranking's settings the
+    file sets (none: each is the preset's or the re-ranking's default)."""
+    return {**{setting.key: setting.default for setting in SETTINGS}, "reranking": {}}
 
 
 def read_settings(path: str | Path) -> dict[str, object]:
@@ -132,16 +184,27 @@ def read_settings(path: str | Path) -> dict[str, object]:
                          "to start from") from None
     chosen = defaults()
     for name, value in table.items():
+        if name == "reranking" and isinstance(value, dict):
+            own = {setting.name: setting for setting in reranking_settings()}
+            for inner, given in value.items():
+                setting = own.get(inner.replace("_", "-"))
+                if setting is None:
+                    raise ValueError(f"{path}: unknown setting {inner!r} in [reranking]; its "
+                                     f"settings are {', '.join(own)} ('wildreid settings' "
+                                     "explains each)")
+                chosen["reranking"][setting.key] = _checked(setting, given, path, "reranking.")
+            continue
         setting = _BY_NAME.get(name.replace("_", "-"))
         if setting is None:
             raise ValueError(f"{path}: unknown setting {name!r}; the settings are "
-                             f"{', '.join(_BY_NAME)} ('wildreid settings' explains each)")
+                             f"{', '.join(_BY_NAME)} and the table [reranking] ('wildreid "
+                             "settings' explains each)")
         chosen[setting.key] = _checked(setting, value, path)
     return chosen
 
 
-def _checked(setting: Setting, value: object, path: Path) -> object:
-    where = f"{path}: {setting.name} = {value!r}"
+def _checked(setting: Setting, value: object, path: Path, table: str = "") -> object:
+    where = f"{path}: {table}{setting.name} = {value!r}"
     wanted = {int: "a whole number", bool: "true or false", str: "text in quotes",
               Path: "a path in quotes"}[setting.kind]
     # TOML's booleans are Python ints too: true is no number of keypoints.
@@ -155,9 +218,11 @@ def _checked(setting: Setting, value: object, path: Path) -> object:
         return (path.parent / value) if not Path(value).is_absolute() else Path(value)
     if setting.check is not None:
         try:
-            setting.check(value)  # checked now; the run reads the text as the option's
+            checked = setting.check(value)  # checked now
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
+        if setting.reranking:  # the re-ranking's parameter as parsed ('nyala=...': a dict)
+            return checked
     return value
 
 
@@ -166,10 +231,17 @@ def settings_template() -> str:
     lines = ["# Settings of 'wildreid identify --settings FILE' beyond its command line.",
              "# Every setting is shown at its default, commented out: uncomment what you change.",
              "# Paths are read from this file's folder.", ""]
-    for setting in SETTINGS:
-        lines.append(f"# {setting.help}")
+    for setting in (*SETTINGS, None, *reranking_settings()):
+        if setting is None:
+            lines += ["[reranking]",
+                      "# The local re-ranking (wildreid.LocalReranking's parameters) of --local's",
+                      "# matchers, or of each pipeline the accurate preset tries per species;",
+                      "# keypoints-on set here fixes where every one keeps its keypoints.", ""]
+            continue
+        lines += [f"# {line}" for line in textwrap.wrap(setting.help, 96)]
         if setting.default is None:
-            lines.append(f"# {setting.name} = ...  (chosen by the run)")
+            lines.append(f"# {setting.name} = ...  "
+                         f"({'unset' if setting.reranking else 'chosen by the run'})")
         elif isinstance(setting.default, bool):
             lines.append(f"# {setting.name} = {str(setting.default).lower()}")
         elif isinstance(setting.default, str):
