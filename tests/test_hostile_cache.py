@@ -431,7 +431,7 @@ def test_weights_are_fetched_beside_when_the_cache_folder_is_a_file(tmp_path, mo
 
     cache = tmp_path / "cache-file"
     cache.write_text("not a folder")
-    monkeypatch.setattr("wildreid.features.DEFAULT_CACHE_DIR", cache)
+    monkeypatch.setattr("wildreid.defaults.DEFAULT_CACHE_DIR", cache)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "temporary"))
     (tmp_path / "temporary").mkdir()
     monkeypatch.delenv("WILDREID_WEIGHTS", raising=False)

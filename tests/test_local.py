@@ -306,7 +306,7 @@ def test_identify_with_sift_and_mirroring(real_subset, tmp_path, regions_cache):
     result = CliRunner().invoke(app, ["identify", str(real_subset),
                                       *settings_file(tmp_path, mirror="sideways")])
     assert result.exit_code == 2 and "none, opposite, all" in result.output, result.output
-    assert "settings.toml: mirror = 'sideways'" in result.output
+    assert "settings.toml: reranking.mirror = 'sideways'" in result.output
 
 
 def test_mirror_views_pairs_left_with_right():
