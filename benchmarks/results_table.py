@@ -167,6 +167,46 @@ def waiting_table() -> str:
             "computed.\n\n" + "\n".join(lines) + "\n")
 
 
+def first_stage_table() -> str:
+    """The first stage's recall of the individual (``benchmarks/first_stage_recall.py``): per
+    result file and first stage, the share of development queries whose K most similar reference
+    photos hold one of their individual (and of its orientation, where photos have one), mean
+    over the file's pseudo-splits."""
+    found = sorted((path.name, json.loads(path.read_text()))
+                   for path in RESULTS.glob("first-stage-recall-*.json"))
+    if not found:
+        return ""
+    sizes = ("10", "20", "50", "100")
+    lines = ["| species | local descriptors (VLAD) | first stage | recall@" + " / ".join(sizes)
+             + " | same orientation, recall@" + " / ".join(sizes)
+             + " | queries | machine, date | result file |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, record in found:
+        rows = record["results"]
+        place = f"{record.get('local', 'sift')} on the {record.get('keypoints_on', 'image')}"
+
+        def mean(key: str, stage: str, rows=rows) -> str:
+            if not all(key in row for row in rows):
+                return "–"
+            return " / ".join(f"{sum(row[key][stage][size] for row in rows) / len(rows):.2f}"
+                              for size in sizes)
+
+        for stage in rows[0]["recall"]:
+            lines.append(f"| {record['species']} | {place} | {stage} | "
+                         f"{mean('recall', stage)} | {mean('same_orientation_recall', stage)} | "
+                         f"{', '.join(str(row['queries']) for row in rows)} | "
+                         f"{record['machine']}, {record['date']} | `{name}` |")
+    return ("\n## What the first stage finds\n\nGenerated from "
+            "`benchmarks/results/first-stage-recall-*.json` (written by `python benchmarks "
+            "first-stage-recall --species S --local L --keypoints-on P`): on pseudo-splits of the "
+            "development photos (in the database of both nyala-lion protocols), the share of "
+            "known pseudo-queries whose K most similar reference photos hold one of their "
+            "individual, by the global cosine (the shortlist today), the cosine of VLADs of "
+            "local descriptors (64 centres fitted on the reference photos), and their sum. Mean "
+            "over the pseudo-splits (queries of each in the queries column).\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def results_page(rows: list[tuple[str, dict]]) -> str:
     evidence = evidence_records()
     choices = ("" if not evidence else
@@ -184,7 +224,7 @@ def results_page(rows: list[tuple[str, dict]]) -> str:
             "command run as typed, from an empty cache, then `wildreid evaluate`); do not edit. "
             "Each file holds every query's answer and top-5 candidates, and what the accurate "
             "preset chose per species with each candidate's score, gain ± standard error and "
-            "seconds.\n\n" + table(rows) + choices + waiting_table())
+            "seconds.\n\n" + table(rows) + choices + waiting_table() + first_stage_table())
 
 
 def threshold_table(names: list[str]) -> str:
