@@ -228,6 +228,38 @@ def test_photos_without_a_species_never_replace_the_pooled_calibration():
     assert np.allclose(out_of_fold["sift"][lion], everyone["sift"][lion])
 
 
+def test_fusion_averages_each_species_own_calibrated_scores():
+    """``SpeciesFusion``: a pair's fused score is the mean of the scores its query's species
+    fuses, each calibrated by that species' maps; a missing local score (no keypoints) leaves
+    the mean and the raw evidence; out of fold, each pair is calibrated without its group."""
+    from wildreid.fusion import SpeciesFusion, cross_fitted_calibration, fused_mean
+
+    rng = np.random.default_rng(3)
+    species, same, matches, groups = _two_scales(rng)
+    cosine = np.where(same, 0.6, 0.4) + rng.normal(0, 0.15, len(same))
+    matches = matches.astype(np.float32)
+    matches[:5] = np.nan  # photos without keypoints
+    scores = {"cosine": cosine.astype(np.float32), "sift": matches}
+    names = {None: ("cosine", "sift"), "faces": ("sift",)}
+    fusion = SpeciesFusion.fit(scores, same, species, groups, names)
+    fused = fusion.fuse(scores, species)
+    calibrated = fusion.calibration.transform(scores, species)
+    faces = species == "faces"
+    assert set(species[~faces]) and faces.any() and np.isnan(matches[:5]).all()
+    assert np.allclose(fused[faces], fused_mean(calibrated, ("sift",))[faces], equal_nan=True)
+    assert np.allclose(fused[~faces], fused_mean(calibrated, ("cosine", "sift"))[~faces])
+    missing = np.isnan(matches) & ~faces
+    assert missing.any()  # the case is reached: judged by the cosine alone
+    assert np.allclose(fused[missing], calibrated["cosine"][missing])
+    evidence = fusion.evidence(scores, species)
+    assert np.allclose(evidence, np.nan_to_num(matches))  # the cosine adds nothing to it
+    out_of_fold = fusion.out_of_fold(scores, same, groups, species)
+    expected = fusion.mean(cross_fitted_calibration(scores, same, groups, species=species),
+                           species)
+    assert np.allclose(out_of_fold, expected, equal_nan=True)
+    assert not np.allclose(out_of_fold, fused, equal_nan=True)  # not the in-sample fit
+
+
 def test_a_cascade_keeps_the_pairs_its_first_matcher_could_not_judge():
     """A pair with no first-stage score (NaN: no keypoint for that detector) is not ranked as
     "nothing matched": each query's best of them by cosine reach the later matchers too."""
@@ -641,7 +673,7 @@ def test_fused_scores_are_the_chosen_calibrated_ones(real_subset, tmp_path, regi
             assert (plateaus > 1).any()  # the case the raw evidence decides
     for fusion, names in (("local", ["sift"]), ("all", ["cosine", "sift"])):
         reranking, candidates, table, calibrated = found[fusion]
-        assert reranking.fusion_.get("nyala", reranking.fusion_[None]) == tuple(names)
+        assert reranking.fusion_.names_of("nyala") == tuple(names)
         expected = pd.Series(np.mean([calibrated[n] for n in names], axis=0)).groupby(
             table["first"]).max()
         assert np.allclose(candidates, expected.to_numpy(), atol=1e-5)

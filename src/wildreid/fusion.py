@@ -124,6 +124,65 @@ class SpeciesCalibration:
         return fused_mean(self.transform({name: scores[name] for name in wanted}, species), names)
 
 
+@dataclass
+class SpeciesFusion:
+    """The fused score of each pair: the scores ``names`` gives its query's species (key
+    ``None``: the rest), each calibrated on that species' own scale (``calibration``), averaged
+    (WildFusion's mean). A pair's raw local ``evidence`` (the sum of its fused local scores) is
+    what orders pairs that calibration put on one plateau. The component local re-ranking
+    fuses with, and what a learned stacker would replace."""
+
+    calibration: SpeciesCalibration
+    names: dict[str | None, tuple[str, ...]]
+
+    @classmethod
+    def fit(cls, scores: dict[str, np.ndarray], same: np.ndarray, species: np.ndarray,
+            groups: np.ndarray, names: dict[str | None, tuple[str, ...]], seed: int = 0
+            ) -> SpeciesFusion:
+        """Calibrated on labelled pairs (``same``; ``species`` and ``groups``, the pseudo-query's
+        identity: one key per pair, as :meth:`SpeciesCalibration.fit` takes them)."""
+        return cls(SpeciesCalibration.fit(scores, same, species, groups, seed=seed), dict(names))
+
+    def names_of(self, species: str | None) -> tuple[str, ...]:
+        return self.names.get(species, self.names[None])
+
+    def _by_species(self, species: np.ndarray, value) -> np.ndarray:
+        """``value(rows, names)`` for the pairs (``rows``) of each query species."""
+        found = np.zeros(len(species), np.float32)
+        for name, rows in _species_rows(species).items():
+            found[rows] = value(rows, self.names_of(name))
+        return found
+
+    def fuse(self, scores: dict[str, np.ndarray], species: np.ndarray) -> np.ndarray:
+        """Each pair's fused score from its raw ``scores`` (``species``: its query's)."""
+        return self._by_species(species, lambda rows, names: self.calibration.fuse(
+            _rows_of(scores, rows), names, np.asarray(species, dtype=object)[rows]))
+
+    def mean(self, calibrated: dict[str, np.ndarray], species: np.ndarray) -> np.ndarray:
+        """Each pair's fused score from scores calibrated already (out of fold, for thresholds)."""
+        return self._by_species(species, lambda rows, names: fused_mean(calibrated, names, rows))
+
+    def out_of_fold(self, scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
+                    species: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Each labelled pair's fused score from calibrations fitted without its group
+        (:func:`cross_fitted_calibration`): what thresholds are fitted on."""
+        return self.mean(cross_fitted_calibration(scores, same, groups, seed=seed,
+                                                  species=species), species)
+
+    def evidence(self, scores: dict[str, np.ndarray], species: np.ndarray) -> np.ndarray:
+        """Each pair's raw local evidence: its fused local scores summed, missing ones (a photo
+        without keypoints) adding nothing; zero where only the cosine is fused. (With two
+        matchers the one on the larger scale weighs more: it orders only pairs whose fused
+        scores tie.)"""
+        def summed(rows: np.ndarray, names: Sequence[str]) -> np.ndarray:
+            local = [np.asarray(scores[name], np.float32)[rows] for name in names
+                     if name != "cosine"]
+            return (np.nansum(local, axis=0, dtype=np.float32) if local
+                    else np.zeros(len(rows), np.float32))
+
+        return self._by_species(species, summed)
+
+
 def _rows_of(scores: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.asarray(values)[rows] for name, values in scores.items()}
 

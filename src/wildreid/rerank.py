@@ -16,7 +16,7 @@ shortlist and aggregates per identity (max).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from wildreid.distributed import RayPool
-from wildreid.fusion import SpeciesCalibration, cross_fitted_calibration, fused_mean
+from wildreid.fusion import SpeciesFusion
 from wildreid.isolation import Isolator
 from wildreid.matching import PAIR_SCORES
 from wildreid.openset import OpenSetDecision
@@ -108,8 +108,9 @@ class LocalReranking(BaseEstimator):
     are mirror views (``opposite``, e.g. a left flank against a right flank) or for every pair
     (``all``, when the orientation is unknown); each pair keeps its better score.
     ``fusion``: which calibrated scores are averaged into the fused one (:data:`FUSIONS`):
-    ``all`` (the default) or ``local`` (not the global cosine); ``fusion_`` holds the names
-    fused per species after ``fit``.
+    ``all`` (the default) or ``local`` (not the global cosine); after ``fit``, ``fusion_``
+    (:class:`~wildreid.fusion.SpeciesFusion`) holds the names fused per species and their
+    calibration (``calibration_``).
     ``orientation``: which database images a query is compared with (:data:`ORIENTATIONS`):
     ``any`` (the default: every image of its species) or ``same`` (those whose ``orientation``
     is the query's, or its mirror view with ``mirror="opposite"``; images of unknown
@@ -221,20 +222,19 @@ class LocalReranking(BaseEstimator):
         same = identities[pairs[:, 0]] == identities[pairs[:, 1]]
         self._check_same_orientation(same, species[pairs[:, 0]])
         # One calibration per species: a matcher's raw scores live on each species' own scale.
-        self.calibration_ = SpeciesCalibration.fit(scores, same, species[pairs[:, 0]],
-                                                   identities[pairs[:, 0]], seed=self.seed)
         names = tuple(scores)
         fused = {"all": names, "local": tuple(name for name in names if name != "cosine")}
-        self.fusion_ = {key: fused[value] for key, value in
-                        _per_species(self.fusion, _DEFAULTS["fusion"]).items()}
-        # The thresholds from out-of-fold calibrated scores (folds by pseudo-query identity):
+        self.fusion_ = SpeciesFusion.fit(
+            scores, same, species[pairs[:, 0]], identities[pairs[:, 0]],
+            {key: fused[value] for key, value in
+             _per_species(self.fusion, _DEFAULTS["fusion"]).items()}, seed=self.seed)
+        # The thresholds from out-of-fold fused scores (folds by pseudo-query identity):
         # in-sample ones sit where the calibration memorised the labels.
-        calibrated = cross_fitted_calibration(scores, same, identities[pairs[:, 0]],
-                                              seed=self.seed, species=species[pairs[:, 0]])
-        table = pd.DataFrame({"query": rows, "identity": identities[pairs[:, 1]],
-                              "cosine": scores["cosine"]})
-        table["score"] = self._fused(calibrated, species[pairs[:, 0]], mean=True)
-        table["local"] = self._local_evidence(scores, species[pairs[:, 0]])
+        table = pd.DataFrame({
+            "query": rows, "identity": identities[pairs[:, 1]], "cosine": scores["cosine"],
+            "score": self.fusion_.out_of_fold(scores, same, identities[pairs[:, 0]],
+                                              species[pairs[:, 0]], self.seed),
+            "local": self.fusion_.evidence(scores, species[pairs[:, 0]])})
         top = _top_identities(table, len(queries), 1, self._images_summed(species[pairs[:, 0]]))
         self.decision_ = OpenSetDecision.from_pseudo_queries(
             identities[queries], top["identity"][:, 0], top["score"][:, 0], unknown,
@@ -359,32 +359,10 @@ class LocalReranking(BaseEstimator):
         return [_views_of(value, self.mirror) if mode == "same" else None
                 for value, mode in zip(orientation, modes)]
 
-    def _by_fused_set(self, species: np.ndarray,
-                      value: Callable[[np.ndarray, Sequence[str]], np.ndarray]) -> np.ndarray:
-        """``value(rows, names)`` for the pairs (``rows``) of each query species, ``names`` being
-        the scores fused for that species (``fusion_``)."""
-        found = np.zeros(len(species), np.float32)
-        for name in dict.fromkeys(species):
-            rows = np.flatnonzero(species == name)
-            found[rows] = value(rows, self.fusion_.get(name, self.fusion_[None]))
-        return found
-
-    def _fused(self, scores: dict[str, np.ndarray], species: np.ndarray, mean: bool = False
-               ) -> np.ndarray:
-        """Each pair's fused score, from the scores fused for its query's species
-        (``fusion_``); ``mean``: ``scores`` are calibrated already, only averaged."""
-        def fuse(rows: np.ndarray, names: Sequence[str]) -> np.ndarray:
-            if mean:
-                return fused_mean(scores, names, rows)
-            part = {score: np.asarray(values)[rows] for score, values in scores.items()}
-            return self.calibration_.fuse(part, names, species[rows])
-
-        return self._by_fused_set(species, fuse)
-
-    def _local_evidence(self, scores: dict[str, np.ndarray], species: np.ndarray) -> np.ndarray:
-        """Each pair's raw local evidence (:func:`_evidence` of the scores fused for its query's
-        species): what orders pairs that calibration put on one plateau."""
-        return self._by_fused_set(species, lambda rows, names: _evidence(scores, names, rows))
+    @property
+    def calibration_(self):
+        """The fitted calibration (:class:`~wildreid.fusion.SpeciesCalibration`), the fusion's."""
+        return self.fusion_.calibration
 
     def _bounded(self, queries: np.ndarray, unknown: np.ndarray, species: np.ndarray, rng
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -425,8 +403,8 @@ class LocalReranking(BaseEstimator):
         keypoints = np.full(len(images), -1, np.int64)
         keypoints[counted.index.to_numpy()] = counted.to_numpy()
         table = pd.DataFrame({"query": rows, "identity": self.database_identities_[pairs[:, 1]],
-                              "score": self._fused(scores, species[rows]),
-                              "local": self._local_evidence(scores, species[rows]),
+                              "score": self.fusion_.fuse(scores, species[rows]),
+                              "local": self.fusion_.evidence(scores, species[rows]),
                               "cosine": scores["cosine"], "image": pairs[:, 1]})
         top = _top_identities(table, len(images), k, self._images_summed(species[rows]))
         return top["identity"], top["score"], top["image"], keypoints
@@ -457,7 +435,7 @@ class LocalReranking(BaseEstimator):
         if self.cascade_scoring_ is not None:  # few pairs per image: the later matchers score all
             _, scores, _ = self._cascaded(side, side, pairs, scores, species[pairs[:, 0]],
                                           f"{description} pairs", None)
-        fused = self._fused(scores, species[pairs[:, 0]])
+        fused = self.fusion_.fuse(scores, species[pairs[:, 0]])
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused
         return similarity
@@ -536,17 +514,6 @@ def _best_per_query(queries: np.ndarray, score: np.ndarray, cosine: np.ndarray, 
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
     position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
     return np.sort(order[position < top])
-
-
-def _evidence(scores: dict[str, np.ndarray], names: Sequence[str], rows: np.ndarray
-              ) -> np.ndarray:
-    """The sum of the raw local scores among ``names`` (not the cosine) at ``rows``; zeros when
-    only the cosine is fused. (With two matchers the one on the larger scale weighs more: it
-    orders only pairs whose fused scores tie.)"""
-    local = [np.asarray(scores[name], np.float32)[rows] for name in names if name != "cosine"]
-    # Missing evidence (a photo without keypoints) adds nothing.
-    return (np.nansum(local, axis=0, dtype=np.float32) if local
-            else np.zeros(len(rows), np.float32))
 
 
 def _top_identities(table: pd.DataFrame, queries: int, k: int,

@@ -203,6 +203,6 @@ def _chosen(identifier) -> dict:
         return {"local": []}
     return {"local": list(reranking.features), "local_cascade": reranking.cascade,
             "keypoints_on": reranking.keypoints_on_,
-            "fused": {k: list(v) for k, v in reranking.fusion_.items()},
+            "fused": {k: list(v) for k, v in reranking.fusion_.names.items()},
             "orientation": reranking.orientation_, "pair_score": reranking.pair_score_,
             "local_aggregation": reranking.aggregation_}
