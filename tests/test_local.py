@@ -1025,3 +1025,68 @@ def test_a_fitted_reranking_grows_without_fitting_again(real_subset, regions_cac
     table = reranking.scoring_.pair_tables["query pairs"]
     grown_rows = set(range(len(database) - len(added), len(database)))
     assert set(table["second"]) & grown_rows == grown_rows  # the added photos were shortlisted
+
+
+def test_the_cosine_shortlist_is_the_nearest_images_of_each_species():
+    """``CosineShortlist``: fitted on a gallery side, each query's rows are the gallery's most
+    similar photos of its species by cosine (the views a query is compared with included), as
+    ``nearest_images`` finds them."""
+    from wildreid.ranking import nearest_images
+    from wildreid.scorers import Side
+    from wildreid.shortlist import CosineShortlist
+
+    rng = np.random.default_rng(4)
+    gallery = rng.normal(size=(30, 8)).astype(np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = gallery[[0, 7, 20]] + rng.normal(0, 0.1, (3, 8)).astype(np.float32)
+    species = np.array(["a"] * 12 + ["b"] * 18, object)
+    views = np.array(["left", "right"] * 15, object)
+    images = pd.DataFrame({"filepath": [f"{i}.jpg" for i in range(30)], "orientation": views})
+    asked = pd.DataFrame({"filepath": ["q0.jpg", "q1.jpg", "q2.jpg"]})
+    stage = CosineShortlist().fit(Side(images, gallery), species)
+    query_species = np.array(["a", "a", "b"], object)
+    compared = [None, frozenset({"right"}), None]
+    found = stage.search(Side(asked, queries), query_species, 5, compared)
+    expected, _ = nearest_images(gallery, species, queries, query_species, 5,
+                                 database_views=views, query_views=compared)
+    assert (found == expected).all()
+    assert found[0, 0] == 0 and set(found[1]) <= set(range(1, 12, 2))  # the right flanks of a
+    assert set(found[2]) <= set(range(12, 30))
+
+
+@pytest.mark.slow
+def test_a_first_stage_of_ones_own_plugs_in(real_subset, tmp_path, regions_cache):
+    """A first stage is any object with ``fit(gallery, species)`` and ``search(queries,
+    species, size, views)``: given to ``LocalReranking(first_stage=...)``, the calibration pairs
+    and the query pairs are exactly its shortlists (here the *least* similar photos by cosine,
+    which no cosine shortlist would give), and nothing else changes."""
+    from wildreid.ranking import nearest_images
+    from wildreid.shortlist import CosineShortlist
+
+    class Farthest(CosineShortlist):
+        def search(self, queries, species, size, views=None):
+            found, _ = nearest_images(self.features_, self.species_, -queries.features, species,
+                                      size, database_views=self.views_, query_views=views)
+            return found
+
+    dataset = load_dataset(real_subset)
+    identifier = Identifier(
+        reranking=LocalReranking(("sift",), shortlist=2, keep_pair_scores=True,
+                                 keypoints_on="image", first_stage=Farthest()),
+        cache_dir=regions_cache, progress=False, device="cpu").fit(dataset.database)
+    reranking = identifier.reranking_
+    assert isinstance(reranking.first_stage_, Farthest)
+    assert not hasattr(identifier.reranking.first_stage, "features_")  # the given one unfitted
+    identifier.predict_candidates(dataset.query, k=2)
+    table = reranking.scoring_.pair_tables["query pairs"]
+    features = identifier.describe(dataset.query, "queries")
+    expected, _ = nearest_images(reranking.database_.features, reranking.database_species_,
+                                 -features, dataset.query["species"].to_numpy(), 2)
+    rows, columns = np.nonzero(expected >= 0)
+    assert sorted(zip(table["first"], table["second"])) == sorted(
+        zip(rows.tolist(), expected[rows, columns].tolist()))
+    nearest, _ = nearest_images(reranking.database_.features, reranking.database_species_,
+                                features, dataset.query["species"].to_numpy(), 2)
+    assert (np.sort(expected, 1) != np.sort(nearest, 1)).any(axis=1).mean() > 0.5  # reached
+    calibration = reranking.scoring_.pair_tables["calibration pairs"]
+    assert calibration.groupby("first").size().max() == 2  # the first stage's size there too

@@ -49,7 +49,7 @@ def test_the_reranking_table_is_read_from_the_reranking_itself():
     found = {setting.key: setting for setting in reranking_settings()}
     assert set(found) == set(parameters) - {"features", "shortlist", "device", "batch_size",
                                              "cache_dir", "workers", "progress", "seed", "ray",
-                                             "keep_pair_scores"}
+                                             "keep_pair_scores", "first_stage"}
     for key, setting in found.items():
         assert setting.default == parameters[key].default
         assert len(setting.help) > 20 and "``" not in setting.help, (key, setting.help)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 
 from wildreid.distributed import RayPool
 from wildreid.fusion import SpeciesFusion
@@ -30,7 +30,7 @@ from wildreid.matching import PAIR_SCORES
 from wildreid.openset import OpenSetDecision
 from wildreid.per_species import by_species, species_keys
 from wildreid.pseudo_queries import pseudo_split, sightings_of
-from wildreid.ranking import index_dir, nearest_images, stacked_descriptors
+from wildreid.ranking import index_dir, stacked_descriptors
 from wildreid.scorers import (
     MIRROR_MODES,
     CosineScorer,
@@ -44,6 +44,7 @@ from wildreid.scorers import (
     mirror_view,
     without_evidence,
 )
+from wildreid.shortlist import CosineShortlist
 from wildreid.stage import LazyRows
 
 #: Where local keypoints are kept: on the animal's mask, or anywhere on the photo
@@ -118,6 +119,10 @@ class LocalReranking(BaseEstimator):
     orientation). A flank of a striped antelope and the other flank are two patterns; a nose
     and an ear of one lion are never compared by orientation, since each lion has one photo of
     each part.
+    ``first_stage``: which database photos each query is matched with
+    (:mod:`wildreid.shortlist`; ``None``: :class:`~wildreid.shortlist.CosineShortlist`, the
+    global descriptors' cosine), ``shortlist`` of them per query; fitted on the database
+    (``first_stage_``) and, for the calibration, on each pseudo-split's reference photos.
     ``cascade``: with two or more ``features``, the first matcher scores every pair and the
     later ones only each query's best ``cascade`` database images by it (ties by cosine), as in
     ``fit`` so in ``rank``: a slow, faithful matcher (LightGlue) re-scores what a fast one
@@ -134,7 +139,8 @@ class LocalReranking(BaseEstimator):
                  keep_pair_scores: bool = False, mirror: str = "none", ray: str | None = None,
                  fusion: str | dict[str | None, str] = "all",
                  orientation: str | dict[str | None, str] = "any",
-                 aggregation: str | dict[str | None, str] = "max", cascade: int | None = None):
+                 aggregation: str | dict[str | None, str] = "max", cascade: int | None = None,
+                 first_stage: CosineShortlist | None = None):
         self.features = features
         self.shortlist = shortlist
         self.max_keypoints = max_keypoints
@@ -156,6 +162,7 @@ class LocalReranking(BaseEstimator):
         self.orientation = orientation
         self.aggregation = aggregation
         self.cascade = cascade
+        self.first_stage = first_stage
 
     def _build(self) -> None:
         """Check the parameters and build the components: the scorers (keypoint extractors and
@@ -200,13 +207,11 @@ class LocalReranking(BaseEstimator):
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
         self.database_ = Side(images, features, regions,
                               self._keypoints(images, regions, "database"))
-        # A memo, not learned state: the approximate indexes of very large species, built when a
-        # ranking first needs one (also kept on disk beside the cache).
-        self._approximate_indexes: dict = {}
         self.database_identities_ = identities
         self.database_species_ = species
+        self.first_stage_ = self._first_stage().fit(self.database_, species)
         queries, unknown = self._bounded(split.queries, split.unknown, species, rng)
-        rows, pairs = self._calibration_pairs(queries, split.reference, features, species)
+        rows, pairs = self._calibration_pairs(queries, split.reference, species)
         columns = self.scoring_.score(self.database_, self.database_, pairs, "calibration pairs",
                                       details=True)
         # Photos the calibration matched that no detector found a keypoint on (blank, tiny):
@@ -266,7 +271,7 @@ class LocalReranking(BaseEstimator):
             [self.database_identities_, images["identity"].astype(str).to_numpy()])
         self.database_species_ = np.concatenate(
             [self.database_species_, species_keys(images.get("species"), len(images))])
-        self._approximate_indexes = {}  # built again for the grown species when one is needed
+        self.first_stage_ = self._first_stage().fit(self.database_, self.database_species_)
         return self
 
     def _check_same_orientation(self, same: np.ndarray, species: np.ndarray) -> None:
@@ -309,17 +314,24 @@ class LocalReranking(BaseEstimator):
                                     for name, extractor in scorer.extractors.items()},
                                    images, regions, description)
 
+    def _first_stage(self, keep_indexes: bool = True) -> CosineShortlist:
+        """An unfitted copy of the first stage (default: the global cosine, its approximate
+        indexes kept beside the cache when ``keep_indexes``: the database's, not a
+        pseudo-split's)."""
+        if self.first_stage is None:
+            return CosineShortlist(index_dir(self.cache_dir) if keep_indexes else None)
+        return clone(self.first_stage)
+
     def _calibration_pairs(self, queries: np.ndarray, reference: np.ndarray,
-                           features: np.ndarray, species: np.ndarray
-                           ) -> tuple[np.ndarray, np.ndarray]:
-        """Pseudo-queries' shortlists among the reference images, as real queries' are made
-        (``orientation_``): each pair's pseudo-query row and its ``(query, reference)`` images."""
-        orientation = self.database_.orientation
-        shortlist, _ = nearest_images(features[reference], species[reference], features[queries],
-                                      species[queries], self.shortlist or len(reference),
-                                      database_views=orientation[reference],
-                                      query_views=self._views(orientation[queries],
-                                                              species[queries]))
+                           species: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pseudo-queries' shortlists among the reference images, by the first stage fitted on
+        them, as real queries' are made (``orientation_``): each pair's pseudo-query row and its
+        ``(query, reference)`` images."""
+        asked = self.database_.subset(queries)
+        first_stage = self._first_stage(keep_indexes=False)
+        shortlist = first_stage.fit(self.database_.subset(reference), species[reference]).search(
+            asked, species[queries], self.shortlist or len(reference),
+            self._views(asked.orientation, species[queries]))
         rows, columns = np.nonzero(shortlist >= 0)
         return rows, np.stack([queries[rows], reference[shortlist[rows, columns]]], 1)
 
@@ -383,11 +395,8 @@ class LocalReranking(BaseEstimator):
         species = species_keys(images.get("species"), len(images))
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "queries: regions")
         queries = Side(images, features, regions, self._keypoints(images, regions, "queries"))
-        gallery = self.database_.features
-        shortlist, _ = nearest_images(gallery, self.database_species_, features, species,
-                                      self.shortlist or len(gallery), self._approximate_indexes,
-                                      index_dir(self.cache_dir), self.database_.orientation,
-                                      self._views(queries.orientation, species))
+        shortlist = self.first_stage_.search(queries, species, self.shortlist,
+                                             self._views(queries.orientation, species))
         rows, columns = np.nonzero(shortlist >= 0)
         pairs = np.stack([rows, shortlist[rows, columns]], 1)
         details = self.scoring_.score(queries, self.database_, pairs, "query pairs", details=True)

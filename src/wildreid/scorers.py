@@ -34,6 +34,7 @@ from wildreid.matching import (
     score_pairs,
 )
 from wildreid.per_species import by_species
+from wildreid.stage import subset
 
 #: Which pairs are also matched with the query image mirrored (the pair keeps the better score).
 MIRROR_MODES = ("none", "opposite", "all")
@@ -93,6 +94,14 @@ class Side:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "orientation", orientations(self.images))
+
+    def subset(self, rows: Sequence[int]) -> Side:
+        """The side of ``rows`` alone (keypoints left unread where they are lazy)."""
+        rows = np.asarray(rows, np.int64)
+        return Side(self.images.iloc[rows], np.asarray(self.features)[rows],
+                    None if self.regions is None else [self.regions[i] for i in rows],
+                    None if self.keypoints is None else
+                    {name: subset(found, rows) for name, found in self.keypoints.items()})
 
 
 #: Pairs whose two embeddings are gathered at once by :class:`CosineScorer`.

@@ -108,8 +108,10 @@ def reranking_settings() -> tuple[Setting, ...]:
         if key in _NOT_SETTINGS:
             continue
         annotation = str(parameter.annotation)
-        kind = next(kind for prefix, kind in (("bool", bool), ("int", int), ("str", str))
-                    if annotation.startswith(prefix))
+        kind = next((kind for prefix, kind in (("bool", bool), ("int", int), ("str", str))
+                     if annotation.startswith(prefix)), None)
+        if kind is None:  # an object (the first stage): given in Python, not in a file
+            continue
 
         def check(value: object, key: str = key) -> object:
             if key in PER_SPECIES:  # 'nyala=animal,lion=image' as on a command line

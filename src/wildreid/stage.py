@@ -215,6 +215,17 @@ class LazyRows(Sequence):
                         self.items + other.items, self.description)
 
 
+def subset(rows: Sequence, indices: Sequence[int]) -> Sequence:
+    """The items of ``rows`` at ``indices``, still lazy (read when asked) where ``rows`` is a
+    :class:`LazyRows`."""
+    indices = [int(i) for i in indices]
+    if isinstance(rows, LazyRows):
+        return LazyRows(rows.stage, [rows.paths[i] for i in indices],
+                        [rows.keys[i] for i in indices], [rows.items[i] for i in indices],
+                        rows.description)
+    return [rows[i] for i in indices]
+
+
 def take(rows: Sequence, indices: Sequence[int]) -> list[Any]:
     """``[rows[i] for i in indices]``, read together when ``rows`` is a :class:`LazyRows`."""
     if isinstance(rows, LazyRows):
