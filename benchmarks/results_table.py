@@ -268,8 +268,35 @@ def approximate_shortlist_table(names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def aliked_nn_table(names: list[str]) -> str:
+    """Decision 0008's evidence: top-1 of the development queries of ``aliked-nn-dev-*`` files by
+    each pair score and ratio, with its binomial standard error."""
+    lines = ["| species (queries x gallery) | keypoints on | pair score | top-1 ± s.e. at ratio "
+             "0.8 / 0.85 / 0.9 / 0.95 / 0.99 | machine, date | result file |",
+             "|---|---|---|---|---|---|"]
+    for name in names:
+        record = json.loads((RESULTS / name).read_text())
+        development = record.get("development", {})
+        queries = development.get("queries")
+        if not queries:
+            continue
+        rows: dict[tuple[str, str], dict[float, float]] = {}
+        for row in record["results"]:
+            rows.setdefault((row["keypoints_on"], row["pair_score"]), {})[row["ratio"]] = \
+                row["top1"]
+        for (place, pair_score), found in rows.items():
+            cells = " / ".join(
+                f"{found[ratio]:.1%} ± {(found[ratio] * (1 - found[ratio]) / queries) ** 0.5:.1%}"
+                for ratio in sorted(found))
+            lines.append(f"| {record['species']} ({queries} x {development['gallery']}) | "
+                         f"{place} | {pair_score} | {cells} | {record['machine']}, "
+                         f"{record['date']} | `{name}` |")
+    return "\n".join(lines) + "\n"
+
+
 #: Evidence tables of other result files than choice_evidence's, by name.
-TABLES = {"threshold": threshold_table, "approximate-shortlist": approximate_shortlist_table}
+TABLES = {"threshold": threshold_table, "approximate-shortlist": approximate_shortlist_table,
+          "aliked-nn": aliked_nn_table}
 #: A decision record's generated evidence lies between a line
 #: ``<!-- evidence: choice=NAME files=GLOB -->`` (a choice of ``choice_evidence.py``'s files) or
 #: ``<!-- evidence: table=NAME files=GLOB -->`` (one of :data:`TABLES`; GLOB: result files under

@@ -76,7 +76,9 @@ MENU: tuple[Candidate, ...] = (
     Candidate("cosine"),
     Candidate("sift/image", {"features": ("sift",), "keypoints_on": "image"}),
     Candidate("sift/animal", {"features": ("sift",), "keypoints_on": "animal"}),
-    Candidate("aliked-nn/animal", {"features": ("aliked-nn",), "keypoints_on": "animal"}),
+    # Its confidences are 1 - ratio: matches above 0.5 rank almost nothing (decision 0008).
+    Candidate("aliked-nn/animal", {"features": ("aliked-nn",), "keypoints_on": "animal",
+                                   "pair_score": "inliers"}),
     Candidate("aliked-nn+lightglue/animal", {"features": ("aliked-nn", "aliked"), "cascade": 10,
                                              "keypoints_on": "animal"}),
 )

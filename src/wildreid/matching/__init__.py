@@ -34,7 +34,7 @@ CONFIDENCE_LEVELS = (0.2, 0.5, 0.8)
 
 
 #: Lowe's ratio for ALIKED's unit descriptors matched by nearest neighbours, chosen on a
-#: development split of the nyala database (``benchmarks/aliked_nn_dev_study.py``).
+#: development split of the nyala database blind to both benchmarks (docs/decisions/0008).
 ALIKED_NN_RATIO = 0.9
 
 #: The matcher of each kind of local features, registered under the features' name:
