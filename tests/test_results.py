@@ -61,6 +61,7 @@ def test_every_result_file_the_documents_cite_exists():
 
     results = {path.name for path in (ROOT / "benchmarks" / "results").iterdir()}
     documents = [ROOT / "README.md", ROOT / "RESULTS.md", ROOT / "ARCHITECTURE.md",
+                 ROOT / "BENCHMARKS.md",
                  *(ROOT / "docs").rglob("*.md")]
     cited = {(document.name, name) for document in documents
              for name in re.findall(r"`([\w.-]+-(?:cpu|cuda|gpu)[\w.-]*\.json)`",

@@ -15,6 +15,7 @@ shortlist and aggregates per identity (max).
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,9 +77,6 @@ PER_SPECIES = {"keypoints_on": KEYPOINT_PLACES, "fusion": FUSIONS, "orientation"
 #: ``None``: every database image, no cascade).
 MINIMUMS = {"shortlist": 1, "max_keypoints": 1, "long_side": 32, "calibration_queries": 3,
             "batch_size": 1, "cascade": 1}
-#: Each per-species setting's value for the species a dict does not name: its default.
-_DEFAULTS = {"keypoints_on": "animal", "fusion": "all", "orientation": "any",
-             "pair_score": "matches@0.5", "aggregation": "max"}
 
 
 class LocalReranking(BaseEstimator):
@@ -448,6 +446,12 @@ class LocalReranking(BaseEstimator):
         similarity[pairs[:, 0], pairs[:, 1]] = fused
         similarity[pairs[:, 1], pairs[:, 0]] = fused
         return similarity
+
+
+#: Each per-species setting's value for the species a dict does not name: its parameter's
+#: default (read from the signature: one place).
+_DEFAULTS = {name: parameter.default for name, parameter in
+             inspect.signature(LocalReranking).parameters.items() if name in PER_SPECIES}
 
 
 def _joined(first: Sequence, second: Sequence) -> Sequence:
