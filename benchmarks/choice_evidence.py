@@ -32,10 +32,11 @@ from common import DEFAULT_BENCH, cpu_name, development_database, unused_path
 from sklearn.base import clone
 
 from wildreid.data import load_dataset
+from wildreid.metrics import paired_gain
 from wildreid.per_species import species_keys
 from wildreid.pipeline import Identifier
 from wildreid.rerank import LocalReranking
-from wildreid.selection import MENU, development_split, paired_gain
+from wildreid.selection import MENU, development_split
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Each setting and the values a user could fix it to.

@@ -1090,3 +1090,36 @@ def test_a_first_stage_of_ones_own_plugs_in(real_subset, tmp_path, regions_cache
     assert (np.sort(expected, 1) != np.sort(nearest, 1)).any(axis=1).mean() > 0.5  # reached
     calibration = reranking.scoring_.pair_tables["calibration pairs"]
     assert calibration.groupby("first").size().max() == 2  # the first stage's size there too
+
+
+@pytest.mark.slow
+def test_the_local_stage_runs_with_the_first_stage_chosen_by_recall(real_subset, regions_cache):
+    """``LocalReranking(first_stage=ShortlistSelection())`` on real photos: the selection is
+    measured at the local stage's shortlist size, reads the matcher's own keypoints (cached,
+    read lazily) for the VLAD candidate, chooses per species, and the query pairs are exactly
+    the chosen first stages' shortlists."""
+    from wildreid.scorers import Side, keypoint_regions
+    from wildreid.shortlist import CosineShortlist, ShortlistSelection, VladShortlist
+
+    dataset = load_dataset(real_subset)
+    selection = ShortlistSelection({"cosine": CosineShortlist(),
+                                    "cosine+vlad": VladShortlist(clusters=8)}, splits=2)
+    identifier = Identifier(
+        reranking=LocalReranking(("sift",), shortlist=3, keep_pair_scores=True,
+                                 keypoints_on="image", first_stage=selection),
+        cache_dir=regions_cache, progress=False, device="cpu").fit(dataset.database)
+    stage = identifier.reranking_.first_stage_
+    assert stage.size == 3 and selection.size == 100  # set on the fitted copy only
+    assert set(stage.chosen_) == set(dataset.database["species"])
+    for measured in stage.recall_.values():
+        assert set(measured) == {"cosine", "cosine+vlad"}
+    identifier.predict_candidates(dataset.query, k=2)
+    table = identifier.reranking_.scoring_.pair_tables["query pairs"]
+    asked = dataset.query.reset_index(drop=True)
+    regions = keypoint_regions(asked, identifier.reranking_.keypoints_on_, None, "regions")
+    queries = Side(asked, identifier.describe(asked, "queries"), regions,
+                   identifier.reranking_._keypoints(asked, regions, "queries"))
+    expected = stage.search(queries, dataset.query["species"].to_numpy(object), 3)
+    rows, columns = np.nonzero(expected >= 0)
+    assert sorted(zip(table["first"], table["second"])) == sorted(
+        zip(rows.tolist(), expected[rows, columns].tolist()))

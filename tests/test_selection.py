@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from wildreid.cli import app
 from wildreid.data import NEW_INDIVIDUAL, load_dataset
-from wildreid.metrics import baks, baus, geometric_score
+from wildreid.metrics import baks, baus, geometric_score, open_set_score, paired_gain
 from wildreid.pipeline import Identifier
 from wildreid.rerank import LocalReranking
 from wildreid.selection import (
@@ -21,8 +21,6 @@ from wildreid.selection import (
     Evaluation,
     PipelineSelection,
     choose,
-    open_set_score,
-    paired_gain,
     with_settings,
 )
 

@@ -294,3 +294,59 @@ def _closed_set(candidates: pd.DataFrame, known: pd.DataFrame) -> dict:
     rank = known["image_id"].map(hits)
     return {f"closed_set_top{k}": float((rank <= k).mean()) if len(known) else math.nan
             for k in (1, 5)}
+
+
+# Statistics of a choice made on a development split: the task's score and a paired gain with
+# its standard error, shared by the pipeline selection and the first stage's.
+
+#: Gains must exceed this many standard errors for a choice to leave its default (a dearer
+#: candidate, another first stage).
+STANDARD_ERRORS = 2.0
+#: Bootstrap draws of identities behind each standard error.
+BOOTSTRAP_DRAWS = 1000
+
+
+def open_set_score(correct: np.ndarray, identity: np.ndarray, unknown: np.ndarray,
+                   closed_set: bool = False) -> float:
+    """The task's score of answers (``correct`` per query; ``identity`` its true identity;
+    ``unknown``: an identity absent from the database): sqrt(BAKS x BAUS), or BAKS alone for a
+    closed set (every query known). BAKS and BAUS are means over identities of the share of
+    their queries answered right."""
+    known_share = _per_identity(correct[~unknown], identity[~unknown])
+    baks = float(known_share.mean()) if len(known_share) else 0.0
+    if closed_set:
+        return baks
+    unknown_share = _per_identity(correct[unknown], identity[unknown])
+    baus = float(unknown_share.mean()) if len(unknown_share) else 0.0
+    return float(np.sqrt(baks * baus))
+
+
+def _per_identity(correct: np.ndarray, identity: np.ndarray) -> np.ndarray:
+    if len(correct) == 0:
+        return np.zeros(0)
+    return pd.Series(correct, dtype=float).groupby(identity).mean().to_numpy()
+
+
+def paired_gain(better: np.ndarray, baseline: np.ndarray, identity: np.ndarray,
+                unknown: np.ndarray, closed_set: bool = False, draws: int = BOOTSTRAP_DRAWS,
+                seed: int = 0) -> tuple[float, float]:
+    """The gain in :func:`open_set_score` of answers ``better`` over ``baseline`` (correct per
+    query, the same queries) and its standard error: identities resampled with replacement,
+    known and unknown apart, both candidates on each draw (paired)."""
+    rng = np.random.default_rng(seed)
+    gain = (open_set_score(better, identity, unknown, closed_set)
+            - open_set_score(baseline, identity, unknown, closed_set))
+    parts = []
+    for rows in (~unknown, unknown if not closed_set else np.zeros_like(unknown)):
+        if not rows.any():
+            parts.append(None)
+            continue
+        shares = np.stack([_per_identity(answers[rows], identity[rows])
+                           for answers in (better, baseline)])  # 2 x identities
+        picks = rng.integers(0, shares.shape[1], (draws, shares.shape[1]))
+        parts.append(shares[:, picks].mean(axis=2))  # 2 x draws
+    known, unknown_draws = parts
+    if known is None:
+        return gain, float("nan")
+    scores = known if closed_set or unknown_draws is None else np.sqrt(known * unknown_draws)
+    return gain, float(np.std(scores[0] - scores[1], ddof=1))

@@ -120,7 +120,9 @@ class LocalReranking(BaseEstimator):
     ``first_stage``: which database photos each query is matched with
     (:mod:`wildreid.shortlist`; ``None``: :class:`~wildreid.shortlist.CosineShortlist`, the
     global descriptors' cosine), ``shortlist`` of them per query; fitted on the database
-    (``first_stage_``) and, for the calibration, on each pseudo-split's reference photos.
+    (``first_stage_``) and, for the calibration, on each pseudo-split's reference photos. One
+    that measures itself at a shortlist size (a ``size`` parameter:
+    :class:`~wildreid.shortlist.ShortlistSelection`) is given ``shortlist``.
     ``cascade``: with two or more ``features``, the first matcher scores every pair and the
     later ones only each query's best ``cascade`` database images by it (ties by cosine), as in
     ``fit`` so in ``rank``: a slow, faithful matcher (LightGlue) re-scores what a fast one
@@ -138,7 +140,7 @@ class LocalReranking(BaseEstimator):
                  fusion: str | dict[str | None, str] = "all",
                  orientation: str | dict[str | None, str] = "any",
                  aggregation: str | dict[str | None, str] = "max", cascade: int | None = None,
-                 first_stage: CosineShortlist | None = None):
+                 first_stage: BaseEstimator | None = None):
         self.features = features
         self.shortlist = shortlist
         self.max_keypoints = max_keypoints
@@ -312,13 +314,16 @@ class LocalReranking(BaseEstimator):
                                     for name, extractor in scorer.extractors.items()},
                                    images, regions, description)
 
-    def _first_stage(self, keep_indexes: bool = True) -> CosineShortlist:
+    def _first_stage(self, keep_indexes: bool = True) -> BaseEstimator:
         """An unfitted copy of the first stage (default: the global cosine, its approximate
         indexes kept beside the cache when ``keep_indexes``: the database's, not a
         pseudo-split's)."""
         if self.first_stage is None:
             return CosineShortlist(index_dir(self.cache_dir) if keep_indexes else None)
-        return clone(self.first_stage)
+        stage = clone(self.first_stage)
+        if "size" in stage.get_params(deep=False) and self.shortlist is not None:
+            stage.set_params(size=self.shortlist)  # chosen at the size it will be asked for
+        return stage
 
     def _calibration_pairs(self, queries: np.ndarray, reference: np.ndarray,
                            species: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
