@@ -207,6 +207,49 @@ def first_stage_table() -> str:
             + "\n".join(lines) + "\n")
 
 
+def first_stage_end_to_end_table() -> str:
+    """The first stages end to end (``benchmarks/first_stage_end_to_end.py``): per result file,
+    the pairs matched, the seconds and the figure of one local pipeline on a protocol with that
+    first stage, and what the selection chose with the recall it measured."""
+    found = sorted((path.name, json.loads(path.read_text()))
+                   for path in RESULTS.glob("first-stage-e2e-*.json"))
+    if not found:
+        return ""
+    lines = ["| species, protocol | matcher | first stage | shortlist | query pairs | calibration "
+             "pairs | seconds (fit + queries, warm cache) | top-1 | BAKS | chosen (recall on "
+             "the database: gain ± s.e.) | machine, date | result file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, record in found:
+        for row in record["results"]:
+            chosen = "–"
+            if row.get("chosen"):
+                chosen = "; ".join(
+                    f"{species}: {stage} (" + ", ".join(
+                        f"{candidate} {measured['recall']:.2f}"
+                        + (f" {measured['gain']:+.2f} ± {measured['standard_error']:.2f}"
+                           if candidate != next(iter(row['recall'][species])) else "")
+                        for candidate, measured in row["recall"][species].items()) + ")"
+                    for species, stage in row["chosen"].items())
+            matcher = record["settings"]["features"].strip("(),' ")
+            top1 = "–" if row["top1"] is None else f"{100 * row['top1']:.1f}%"
+            lines.append(
+                f"| {row['species']}, {row['protocol']} | {matcher} | {row['first_stage']} | "
+                f"{row['shortlist'] or 'all'} | {row['query_pairs']:,} | "
+                f"{row['calibration_pairs']:,} | {row['seconds']:,.0f} | {top1} | "
+                f"{row['baks']:.3f} | {chosen} | {record['machine']}, {record['date']} | "
+                f"`{name}` |")
+    return ("\n## The first stage end to end\n\nGenerated from "
+            "`benchmarks/results/first-stage-e2e-*.json` (written by `python benchmarks "
+            "first-stage-end-to-end --species S --protocol P --local L --shortlist K "
+            "--first-stage F`): one local pipeline fitted on the protocol's database photos of "
+            "the species and asked its queries, with each first stage (`cosine`: the global "
+            "cosine; `vlad`: plus the cosine of VLADs of the matcher's keypoints; `selection`: "
+            "per species the one that finds the individual more often on pseudo-splits of the "
+            "database, the cosine unless the other wins by two standard errors; `all`: every "
+            "database photo). Seconds with the cache warm (descriptors, regions, keypoints): "
+            "what the first stage changes is the matching.\n\n" + "\n".join(lines) + "\n")
+
+
 def results_page(rows: list[tuple[str, dict]]) -> str:
     evidence = evidence_records()
     choices = ("" if not evidence else
@@ -224,7 +267,8 @@ def results_page(rows: list[tuple[str, dict]]) -> str:
             "command run as typed, from an empty cache, then `wildreid evaluate`); do not edit. "
             "Each file holds every query's answer and top-5 candidates, and what the accurate "
             "preset chose per species with each candidate's score, gain ± standard error and "
-            "seconds.\n\n" + table(rows) + choices + waiting_table() + first_stage_table())
+            "seconds.\n\n" + table(rows) + choices + waiting_table() + first_stage_table()
+            + first_stage_end_to_end_table())
 
 
 def threshold_table(names: list[str]) -> str:

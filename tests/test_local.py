@@ -254,10 +254,50 @@ def test_fusion_averages_each_species_own_calibrated_scores():
     evidence = fusion.evidence(scores, species)
     assert np.allclose(evidence, np.nan_to_num(matches))  # the cosine adds nothing to it
     out_of_fold = fusion.out_of_fold(scores, same, groups, species)
-    expected = fusion.mean(cross_fitted_calibration(scores, same, groups, species=species),
-                           species)
+    expected = fusion.from_calibrated(
+        cross_fitted_calibration(scores, same, groups, species=species), species)
     assert np.allclose(out_of_fold, expected, equal_nan=True)
     assert not np.allclose(out_of_fold, fused, equal_nan=True)  # not the in-sample fit
+
+
+def test_the_logistic_stacker_learns_what_each_score_is_worth_per_species():
+    """``fusion_rule="logistic"``: a species' stacker, fitted on its cross-fitted calibrated
+    scores, learns that a score which tells nothing (a noise "matcher", which the isotonic map
+    still bends towards the labels in sample) weighs little, and on new pairs separates that
+    species' pairs better than the mean, which gives the noise half the weight. A missing score
+    reads as the species' prior; the other species keeps the mean."""
+    from sklearn.metrics import roc_auc_score
+
+    from wildreid.fusion import SpeciesFusion, fused_mean
+
+    rng = np.random.default_rng(5)
+
+    def pairs(count: int):
+        species = np.array(["faces", "flanks"] * (count // 2), object)
+        same = rng.random(count) < 0.3
+        scale = np.where(species == "faces", 1.0, 100.0)  # two species, two scales
+        scores = {"sift": (scale * (same + rng.normal(0, 0.8, count))).astype(np.float32),
+                  "noise": rng.normal(size=count).astype(np.float32)}
+        return species, same, scores, rng.integers(0, 40, count)
+
+    species, same, scores, groups = pairs(1200)
+    scores["noise"][:3] = np.nan
+    names = {None: ("sift", "noise")}
+    fusion = SpeciesFusion.fit(scores, same, species, groups, names,
+                               {None: "mean", "faces": "logistic"})
+    assert set(fusion.stackers) == {"faces"}
+    weights = dict(zip(names[None], fusion.stackers["faces"].coef_[0]))
+    assert abs(weights["noise"]) < 0.3 * weights["sift"]
+    assert np.isfinite(fusion.fuse(scores, species)).all()  # missing noise: the prior
+    held = fusion.out_of_fold(scores, same, groups, species)
+    assert np.isfinite(held).all() and held.min() >= 0 and held.max() <= 1
+
+    species, same, scores, _ = pairs(4000)  # new pairs
+    fused = fusion.fuse(scores, species)
+    mean = fused_mean(fusion.calibration.transform(scores, species), names[None])
+    faces = species == "faces"
+    assert np.allclose(fused[~faces], mean[~faces])  # the other species: the mean
+    assert roc_auc_score(same[faces], fused[faces]) > roc_auc_score(same[faces], mean[faces])
 
 
 def test_a_cascade_keeps_the_pairs_its_first_matcher_could_not_judge():

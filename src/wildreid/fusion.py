@@ -1,6 +1,9 @@
 """Calibration and fusion (WildFusion, Čermák et al. 2024): each matcher's pair score becomes the
 probability that the pair shows one individual (isotonic regression fitted on database pairs),
-and the fused score is the mean of these probabilities.
+and the fused score is the mean of these probabilities (rule ``mean``) or, rule ``logistic``, a
+logistic regression's over them (a stacker: it learns how much each matcher is worth on
+the species, where the mean weighs all alike), fitted per species on cross-fitted calibrated
+scores so that it learns from probabilities the calibration did not see the labels of.
 
 A score may be missing (NaN): a local matcher's, where a photo of the pair has no keypoint at all
 (blank, uniform, tiny). It is left out of its map's fit and of the mean, so such a pair is judged
@@ -13,6 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+
+#: How a species' calibrated scores are combined into its fused one: their mean (WildFusion) or a
+#: logistic regression over them (a learned stacker).
+FUSION_RULES = ("mean", "logistic")
 
 
 @dataclass
@@ -127,55 +135,110 @@ class SpeciesCalibration:
 @dataclass
 class SpeciesFusion:
     """The fused score of each pair: the scores ``names`` gives its query's species (key
-    ``None``: the rest), each calibrated on that species' own scale (``calibration``), averaged
-    (WildFusion's mean). A pair's raw local ``evidence`` (the sum of its fused local scores) is
-    what orders pairs that calibration put on one plateau. The component local re-ranking
-    fuses with, and what a learned stacker would replace."""
+    ``None``: the rest), each calibrated on that species' own scale (``calibration``), combined
+    by the species' rule (``rules``, :data:`FUSION_RULES`; default ``mean``, WildFusion's):
+    a ``logistic`` species has its stacker in ``stackers`` (a species whose pairs are all of one
+    kind keeps the mean). A pair's raw local ``evidence`` (the sum of its fused local scores) is
+    what orders pairs that calibration put on one plateau."""
 
     calibration: SpeciesCalibration
     names: dict[str | None, tuple[str, ...]]
+    rules: dict[str | None, str] = field(default_factory=dict)
+    stackers: dict[str | None, LogisticRegression] = field(default_factory=dict)
+    #: Per species, the share of its labelled pairs that show one individual: what a missing
+    #: score (a photo without keypoints) reads as in a stacker, since it tells nothing.
+    priors: dict[str | None, float] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, scores: dict[str, np.ndarray], same: np.ndarray, species: np.ndarray,
-            groups: np.ndarray, names: dict[str | None, tuple[str, ...]], seed: int = 0
-            ) -> SpeciesFusion:
+            groups: np.ndarray, names: dict[str | None, tuple[str, ...]],
+            rules: dict[str | None, str] | None = None, seed: int = 0) -> SpeciesFusion:
         """Calibrated on labelled pairs (``same``; ``species`` and ``groups``, the pseudo-query's
-        identity: one key per pair, as :meth:`SpeciesCalibration.fit` takes them)."""
-        return cls(SpeciesCalibration.fit(scores, same, species, groups, seed=seed), dict(names))
+        identity: one key per pair, as :meth:`SpeciesCalibration.fit` takes them); each
+        ``logistic`` species' stacker on its pairs' cross-fitted calibrated scores."""
+        fusion = cls(SpeciesCalibration.fit(scores, same, species, groups, seed=seed),
+                     dict(names), dict(rules or {None: "mean"}))
+        species = np.asarray(species, dtype=object)
+        same = np.asarray(same, bool)
+        stacked = [key for key in dict.fromkeys(species.tolist())
+                   if fusion.rule_of(key) == "logistic"]
+        if stacked:
+            calibrated = cross_fitted_calibration(scores, same, groups, seed=seed,
+                                                  species=species)
+            for key in stacked:
+                rows = np.flatnonzero(species == key)
+                fusion.priors[key] = float(same[rows].mean())
+                if same[rows].all() or not same[rows].any():
+                    continue  # nothing to learn from one kind of pair: the mean
+                features = fusion._log_odds(calibrated, rows, key)
+                fusion.stackers[key] = LogisticRegression().fit(features, same[rows])
+        return fusion
 
     def names_of(self, species: str | None) -> tuple[str, ...]:
         return self.names.get(species, self.names[None])
 
+    def rule_of(self, species: str | None) -> str:
+        return self.rules.get(species, self.rules.get(None, "mean"))
+
+    def _log_odds(self, calibrated: dict[str, np.ndarray], rows: np.ndarray,
+                  species: str | None) -> np.ndarray:
+        """The stacker's inputs: each fused name's calibrated probability (missing: the
+        prior)."""
+        prior = self.priors.get(species, 0.5)
+        columns = [np.asarray(calibrated[name], np.float64)[rows]
+                   for name in self.names_of(species)]
+        return np.nan_to_num(np.stack(columns, 1), nan=prior)
+
+    def _combined(self, calibrated: dict[str, np.ndarray], rows: np.ndarray,
+                  species: str | None) -> np.ndarray:
+        """The fused scores at ``rows`` (pairs of one query species) from calibrated ones."""
+        stacker = self.stackers.get(species)
+        if stacker is None:
+            return fused_mean(calibrated, self.names_of(species), rows)
+        return stacker.predict_proba(self._log_odds(calibrated, rows, species))[:, 1].astype(
+            np.float32)
+
     def _by_species(self, species: np.ndarray, value) -> np.ndarray:
-        """``value(rows, names)`` for the pairs (``rows``) of each query species."""
+        """``value(rows, key)`` for the pairs (``rows``) of each query species ``key``."""
         found = np.zeros(len(species), np.float32)
-        for name, rows in _species_rows(species).items():
-            found[rows] = value(rows, self.names_of(name))
+        for key, rows in _species_rows(species).items():
+            found[rows] = value(rows, key)
         return found
 
     def fuse(self, scores: dict[str, np.ndarray], species: np.ndarray) -> np.ndarray:
         """Each pair's fused score from its raw ``scores`` (``species``: its query's)."""
-        return self._by_species(species, lambda rows, names: self.calibration.fuse(
-            _rows_of(scores, rows), names, np.asarray(species, dtype=object)[rows]))
+        species = np.asarray(species, dtype=object)
 
-    def mean(self, calibrated: dict[str, np.ndarray], species: np.ndarray) -> np.ndarray:
+        def fused(rows: np.ndarray, key: str | None) -> np.ndarray:
+            names = self.names_of(key)
+            wanted = (*names, *(("cosine",) if "cosine" in scores and "cosine" not in names
+                                else ()))
+            calibrated = self.calibration.transform(
+                {name: np.asarray(scores[name])[rows] for name in wanted}, species[rows])
+            return self._combined(calibrated, np.arange(len(rows)), key)
+
+        return self._by_species(species, fused)
+
+    def from_calibrated(self, calibrated: dict[str, np.ndarray], species: np.ndarray
+                        ) -> np.ndarray:
         """Each pair's fused score from scores calibrated already (out of fold, for thresholds)."""
-        return self._by_species(species, lambda rows, names: fused_mean(calibrated, names, rows))
+        return self._by_species(species, lambda rows, key: self._combined(calibrated, rows, key))
 
     def out_of_fold(self, scores: dict[str, np.ndarray], same: np.ndarray, groups: np.ndarray,
                     species: np.ndarray, seed: int = 0) -> np.ndarray:
         """Each labelled pair's fused score from calibrations fitted without its group
-        (:func:`cross_fitted_calibration`): what thresholds are fitted on."""
-        return self.mean(cross_fitted_calibration(scores, same, groups, seed=seed,
-                                                  species=species), species)
+        (:func:`cross_fitted_calibration`): what thresholds are fitted on. (A stacker's three or
+        so weights are fitted on these very pairs: a small in-sample optimism.)"""
+        return self.from_calibrated(cross_fitted_calibration(scores, same, groups, seed=seed,
+                                                             species=species), species)
 
     def evidence(self, scores: dict[str, np.ndarray], species: np.ndarray) -> np.ndarray:
         """Each pair's raw local evidence: its fused local scores summed, missing ones (a photo
         without keypoints) adding nothing; zero where only the cosine is fused. (With two
         matchers the one on the larger scale weighs more: it orders only pairs whose fused
         scores tie.)"""
-        def summed(rows: np.ndarray, names: Sequence[str]) -> np.ndarray:
-            local = [np.asarray(scores[name], np.float32)[rows] for name in names
+        def summed(rows: np.ndarray, key: str | None) -> np.ndarray:
+            local = [np.asarray(scores[name], np.float32)[rows] for name in self.names_of(key)
                      if name != "cosine"]
             return (np.nansum(local, axis=0, dtype=np.float32) if local
                     else np.zeros(len(rows), np.float32))

@@ -25,7 +25,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, clone
 
 from wildreid.distributed import RayPool
-from wildreid.fusion import SpeciesFusion
+from wildreid.fusion import FUSION_RULES, SpeciesFusion
 from wildreid.isolation import Isolator
 from wildreid.matching import PAIR_SCORES
 from wildreid.openset import OpenSetDecision
@@ -72,7 +72,8 @@ _IMAGES_SUMMED = {"max": 1, "top2": 2}
 #: The values of each setting given for all species or per species (a dict by species; in a
 #: settings file ``"nyala=animal,lion=image"``).
 PER_SPECIES = {"keypoints_on": KEYPOINT_PLACES, "fusion": FUSIONS, "orientation": ORIENTATIONS,
-               "pair_score": PAIR_SCORE_CHOICES, "aggregation": AGGREGATIONS}
+               "pair_score": PAIR_SCORE_CHOICES, "aggregation": AGGREGATIONS,
+               "fusion_rule": FUSION_RULES}
 #: The smallest value of each whole-number setting (``None`` passes where the default is
 #: ``None``: every database image, no cascade).
 MINIMUMS = {"shortlist": 1, "max_keypoints": 1, "long_side": 32, "calibration_queries": 3,
@@ -84,8 +85,8 @@ class LocalReranking(BaseEstimator):
     database image of the query's species), re-scored by local matchers (``features``:
     ``aliked``, ``aliked-nn``, ``disk``, ``dedode``, ``sift``, ``orb``), calibrated and fused.
 
-    Each of ``keypoints_on``, ``pair_score``, ``fusion``, ``orientation`` and ``aggregation``
-    is one value for every species or a dict of them by species (key ``None``: the rest; a
+    Each of ``keypoints_on``, ``pair_score``, ``fusion``, ``fusion_rule``, ``orientation`` and
+    ``aggregation`` is one value for every species or a dict of them by species (key ``None``: the rest; a
     species it does not name gets the default). They are settings, never chosen inside ``fit``:
     choosing between pipelines is :class:`~wildreid.selection.PipelineSelection`'s job, and the
     evidence behind each default is a decision record (``docs/decisions``).
@@ -110,6 +111,10 @@ class LocalReranking(BaseEstimator):
     ``all`` (the default) or ``local`` (not the global cosine); after ``fit``, ``fusion_``
     (:class:`~wildreid.fusion.SpeciesFusion`) holds the names fused per species and their
     calibration (``calibration_``).
+    ``fusion_rule``: how those calibrated scores are combined
+    (:data:`~wildreid.fusion.FUSION_RULES`): their ``mean`` (WildFusion's; the default) or a
+    ``logistic`` regression over them per species, fitted on cross-fitted calibrated
+    calibration pairs (a learned stacker).
     ``orientation``: which database images a query is compared with (:data:`ORIENTATIONS`):
     ``any`` (the default: every image of its species) or ``same`` (those whose ``orientation``
     is the query's, or its mirror view with ``mirror="opposite"``; images of unknown
@@ -140,7 +145,8 @@ class LocalReranking(BaseEstimator):
                  fusion: str | dict[str | None, str] = "all",
                  orientation: str | dict[str | None, str] = "any",
                  aggregation: str | dict[str | None, str] = "max", cascade: int | None = None,
-                 first_stage: BaseEstimator | None = None):
+                 first_stage: BaseEstimator | None = None,
+                 fusion_rule: str | dict[str | None, str] = "mean"):
         self.features = features
         self.shortlist = shortlist
         self.max_keypoints = max_keypoints
@@ -163,6 +169,7 @@ class LocalReranking(BaseEstimator):
         self.aggregation = aggregation
         self.cascade = cascade
         self.first_stage = first_stage
+        self.fusion_rule = fusion_rule
 
     def _build(self) -> None:
         """Check the parameters and build the components: the scorers (keypoint extractors and
@@ -232,7 +239,8 @@ class LocalReranking(BaseEstimator):
         self.fusion_ = SpeciesFusion.fit(
             scores, same, species[pairs[:, 0]], identities[pairs[:, 0]],
             {key: fused[value] for key, value in
-             _per_species(self.fusion, _DEFAULTS["fusion"]).items()}, seed=self.seed)
+             _per_species(self.fusion, _DEFAULTS["fusion"]).items()},
+            _per_species(self.fusion_rule, _DEFAULTS["fusion_rule"]), seed=self.seed)
         # The thresholds from out-of-fold fused scores (folds by pseudo-query identity):
         # in-sample ones sit where the calibration memorised the labels.
         table = pd.DataFrame({

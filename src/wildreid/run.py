@@ -205,4 +205,16 @@ def _chosen(identifier) -> dict:
             "keypoints_on": reranking.keypoints_on_,
             "fused": {k: list(v) for k, v in reranking.fusion_.names.items()},
             "orientation": reranking.orientation_, "pair_score": reranking.pair_score_,
-            "local_aggregation": reranking.aggregation_}
+            "local_aggregation": reranking.aggregation_,
+            "first_stage": _first_stage(reranking.first_stage_)}
+
+
+def _first_stage(stage) -> dict:
+    """The first stage for ``run.json``: its class and, where it chose per species
+    (:class:`~wildreid.shortlist.ShortlistSelection`), the choice and each candidate's recall
+    with its gain ± standard error."""
+    found = {"name": type(stage).__name__}
+    if hasattr(stage, "chosen_"):
+        found.update(chosen={str(key): name for key, name in stage.chosen_.items()},
+                     recall={str(key): measured for key, measured in stage.recall_.items()})
+    return found
