@@ -46,6 +46,7 @@ VALUES = {
     "orientation": ("any", "same"),
     "local_aggregation": ("max", "top2"),
     "keypoints_on": ("animal", "image"),
+    "fusion_rule": ("mean", "logistic"),
 }
 #: The re-ranking's parameter of each setting, where its name differs.
 PARAMETER = {"local_aggregation": "aggregation"}
@@ -54,7 +55,8 @@ DEFAULTS = {choice: inspect.signature(LocalReranking).parameters[
     PARAMETER.get(choice, choice)].default for choice in VALUES}
 #: Where the fitted identifier keeps each setting, per species.
 RESOLVED = {"pair_score": "pair_score_", "fusion": "fusion_", "orientation": "orientation_",
-            "local_aggregation": "aggregation_", "keypoints_on": "keypoints_on_"}
+            "local_aggregation": "aggregation_", "keypoints_on": "keypoints_on_",
+            "fusion_rule": "fusion_rule_"}
 
 
 def resolved(identifier: Identifier, choice: str, species) -> str | None:

@@ -42,6 +42,32 @@ def first_stage(name: str, size: int | None):
             "selection": ShortlistSelection(size=size or 100), "all": None}[name]
 
 
+def shortlist_recall(pairs: pd.DataFrame, of_species: dict[str, pd.DataFrame],
+                     truth: pd.Series) -> dict[str, float]:
+    """Of the queries whose individual the database holds, the share whose matched pairs (the
+    first stage's shortlist) hold a photo of it, and one of its orientation where the database
+    has such a photo."""
+    database, queries = of_species["database"], of_species["query"]
+    identity = database["identity"].astype(str).to_numpy()
+    views = (database["orientation"] if "orientation" in database else
+             pd.Series([None] * len(database))).to_numpy(object)
+    query_views = (queries["orientation"] if "orientation" in queries else
+                   pd.Series([None] * len(queries))).to_numpy(object)
+    listed = pairs.groupby("first")["second"].apply(np.asarray)
+    found, facing = [], []
+    for row, image_id in enumerate(queries["image_id"]):
+        own = identity == str(truth.get(image_id))
+        if not own.any():
+            continue  # an individual the database lacks: nothing to find
+        shortlisted = listed.get(row, np.zeros(0, np.int64))
+        found.append(own[shortlisted].any())
+        same_view = own & (views == query_views[row])
+        facing.append((same_view if same_view.any() else own)[shortlisted].any())
+    return {"same_individual": float(np.mean(found)) if found else None,
+            "same_orientation": float(np.mean(facing)) if facing else None,
+            "queries": len(found)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--species", required=True)
@@ -67,7 +93,7 @@ def main() -> None:
     if arguments.pair_score:
         settings["pair_score"] = arguments.pair_score
     identifier = Identifier(device="cpu", cache_dir=arguments.cache_dir,
-                            reranking=LocalReranking(**settings))
+                            reranking=LocalReranking(**settings, keep_pair_scores=True))
     started = time.perf_counter()
     identifier.fit(of_species["database"])
     fitted = time.perf_counter() - started
@@ -83,6 +109,8 @@ def main() -> None:
     scores = evaluate(answers, solution, metadata, candidates)
     species = scores["species"][arguments.species]
     stage = reranking.first_stage_
+    recall = shortlist_recall(reranking.scoring_.pair_tables["query pairs"], of_species,
+                              solution.set_index("image_id")["identity"])
     row = {"species": arguments.species, "protocol": arguments.protocol,
            "first_stage": arguments.first_stage, "shortlist": size,
            "database": len(of_species["database"]), "queries": len(of_species["query"]),
@@ -90,7 +118,7 @@ def main() -> None:
                size or len(of_species["database"]), len(of_species["database"]))),
            "calibration_pairs": int(reranking.calibration_pairs_),
            "fit_s": round(fitted, 1), "seconds": round(seconds, 1),
-           "top1": scores.get("closed_set_top1"), "baks": species["baks"],
+           "shortlist_recall": recall, "top1": scores.get("closed_set_top1"), "baks": species["baks"],
            "score": species["score"], "known_queries": species["known_queries"],
            "chosen": getattr(stage, "chosen_", None), "recall": getattr(stage, "recall_", None),
            "answers": candidates[["image_id", "rank", "identity", "score"]].to_dict("list"),

@@ -207,18 +207,16 @@ def first_stage_table() -> str:
             + "\n".join(lines) + "\n")
 
 
-def first_stage_end_to_end_table() -> str:
-    """The first stages end to end (``benchmarks/first_stage_end_to_end.py``): per result file,
-    the pairs matched, the seconds and the figure of one local pipeline on a protocol with that
-    first stage, and what the selection chose with the recall it measured."""
-    found = sorted((path.name, json.loads(path.read_text()))
-                   for path in RESULTS.glob("first-stage-e2e-*.json"))
-    if not found:
-        return ""
+def first_stage_end_to_end_rows(names: list[str]) -> str:
+    """The first stages end to end (``benchmarks/first_stage_end_to_end.py``): per result file
+    of ``names``, the pairs matched, the seconds and the figure of one local pipeline on a
+    protocol with that first stage, and what the selection chose with the recall it measured."""
+    found = [(name, json.loads((RESULTS / name).read_text())) for name in sorted(names)]
     lines = ["| species, protocol | matcher | first stage | shortlist | query pairs | calibration "
-             "pairs | seconds (fit + queries, warm cache) | top-1 | BAKS | chosen (recall on "
+             "pairs | seconds (fit + queries, warm cache) | shortlist recall (individual, "
+             "orientation) | top-1 | BAKS | chosen (recall on "
              "the database: gain ± s.e.) | machine, date | result file |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, record in found:
         for row in record["results"]:
             chosen = "–"
@@ -232,12 +230,22 @@ def first_stage_end_to_end_table() -> str:
                     for species, stage in row["chosen"].items())
             matcher = record["settings"]["features"].strip("(),' ")
             top1 = "–" if row["top1"] is None else f"{100 * row['top1']:.1f}%"
+            recall = row.get("shortlist_recall") or {}
+            recalled = ("–" if recall.get("same_individual") is None else
+                        f"{recall['same_individual']:.2f}, {recall['same_orientation']:.2f}")
             lines.append(
                 f"| {row['species']}, {row['protocol']} | {matcher} | {row['first_stage']} | "
                 f"{row['shortlist'] or 'all'} | {row['query_pairs']:,} | "
-                f"{row['calibration_pairs']:,} | {row['seconds']:,.0f} | {top1} | "
+                f"{row['calibration_pairs']:,} | {row['seconds']:,.0f} | {recalled} | {top1} | "
                 f"{row['baks']:.3f} | {chosen} | {record['machine']}, {record['date']} | "
                 f"`{name}` |")
+    return "\n".join(lines) + "\n"
+
+
+def first_stage_end_to_end_table() -> str:
+    names = [path.name for path in RESULTS.glob("first-stage-e2e-*.json")]
+    if not names:
+        return ""
     return ("\n## The first stage end to end\n\nGenerated from "
             "`benchmarks/results/first-stage-e2e-*.json` (written by `python benchmarks "
             "first-stage-end-to-end --species S --protocol P --local L --shortlist K "
@@ -247,7 +255,8 @@ def first_stage_end_to_end_table() -> str:
             "per species the one that finds the individual more often on pseudo-splits of the "
             "database, the cosine unless the other wins by two standard errors; `all`: every "
             "database photo). Seconds with the cache warm (descriptors, regions, keypoints): "
-            "what the first stage changes is the matching.\n\n" + "\n".join(lines) + "\n")
+            "what the first stage changes is the matching.\n\n"
+            + first_stage_end_to_end_rows(names))
 
 
 def results_page(rows: list[tuple[str, dict]]) -> str:
@@ -340,7 +349,7 @@ def aliked_nn_table(names: list[str]) -> str:
 
 #: Evidence tables of other result files than choice_evidence's, by name.
 TABLES = {"threshold": threshold_table, "approximate-shortlist": approximate_shortlist_table,
-          "aliked-nn": aliked_nn_table}
+          "aliked-nn": aliked_nn_table, "first-stage-e2e": first_stage_end_to_end_rows}
 #: A decision record's generated evidence lies between a line
 #: ``<!-- evidence: choice=NAME files=GLOB -->`` (a choice of ``choice_evidence.py``'s files) or
 #: ``<!-- evidence: table=NAME files=GLOB -->`` (one of :data:`TABLES`; GLOB: result files under

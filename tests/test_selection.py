@@ -130,6 +130,30 @@ def _lions(folder: Path, identities: int = 10, dated: bool = True) -> Path:
 
 @pytest.mark.bench
 @pytest.mark.slow
+def test_the_cost_model_charges_ransac_to_the_candidates_that_calibrate_inliers():
+    """A candidate whose pair score is RANSAC's inliers runs RANSAC on every pair: its matching
+    is predicted at the seconds measured with RANSAC, the others' without; the cascade's later
+    matcher too. (Seconds set by hand: what is tested is which figure a prediction reads.)"""
+    from wildreid.selection import Candidate, CostModel, pair_key
+
+    cost = CostModel({})
+    cost.photo_seconds = {"aliked": 0.0, "aliked-nn": 0.0}
+    cost.pair_seconds = {"aliked-nn": 0.001, pair_key("aliked-nn", True): 0.01,
+                         "aliked": 0.1, pair_key("aliked", True): 0.2}
+    plain = Candidate("nn", {"features": ("aliked-nn",), "pair_score": "matches@0.5"})
+    inliers = Candidate("nn-inliers", {"features": ("aliked-nn",), "pair_score": "inliers"})
+    per_species = Candidate("nn-some", {"features": ("aliked-nn",),
+                                        "pair_score": {"nyala": "inliers"}})
+    cascade = Candidate("cascade", {"features": ("aliked-nn", "aliked"), "cascade": 10,
+                                    "pair_score": "inliers"})
+    pairs = (300 + 100) * 50  # calibration and query pairs at a shortlist of 50
+    assert cost.predict(plain, 1000, 100, 0, 50) == pytest.approx(pairs * 0.001)
+    assert cost.predict(inliers, 1000, 100, 0, 50) == pytest.approx(pairs * 0.01)
+    assert cost.predict(per_species, 1000, 100, 0, 50) == pytest.approx(pairs * 0.01)
+    assert cost.predict(cascade, 1000, 100, 0, 50) == pytest.approx(
+        pairs * 0.01 + (300 + 100) * 10 * 0.2)
+
+
 def test_selection_on_real_photos_chooses_by_the_rule_and_answers_every_query(tmp_path):
     """Cosine against SIFT (whole photo) on real, dated lion photos: each candidate scored on
     held-out photos of the database with a standard error; the choice follows the rule; every

@@ -171,6 +171,13 @@ class LocalReranking(BaseEstimator):
         self.first_stage = first_stage
         self.fusion_rule = fusion_rule
 
+    @property
+    def runs_ransac(self) -> bool:
+        """Whether pairs are matched with RANSAC (CPU time): only where a species keeps its
+        inliers, or every score is kept."""
+        pair_scores = _per_species(self.pair_score, _DEFAULTS["pair_score"])
+        return self.keep_pair_scores or "inliers" in pair_scores.values()
+
     def _build(self) -> None:
         """Check the parameters and build the components: the scorers (keypoint extractors and
         matchers)."""
@@ -181,9 +188,7 @@ class LocalReranking(BaseEstimator):
         stages = ([self.features[:1], self.features[1:]] if self.cascade is not None
                   else [self.features])
         extractors: dict = {}  # by keypoint method: the stages share their keypoints
-        pair_scores = _per_species(self.pair_score, _DEFAULTS["pair_score"])
-        # RANSAC (CPU time) only where a species keeps its inliers, or every score is kept.
-        ransac = self.keep_pair_scores or "inliers" in pair_scores.values()
+        ransac = self.runs_ransac
         # The bare column of the pair tables is the confidence sum; each species' own pair
         # score is taken from every column by _kept.
         scorers = [LocalScorer(matchers, self.max_keypoints, self.long_side,
@@ -211,6 +216,7 @@ class LocalReranking(BaseEstimator):
         self.pair_score_ = _per_species(self.pair_score, _DEFAULTS["pair_score"])
         self.orientation_ = _per_species(self.orientation, _DEFAULTS["orientation"])
         self.aggregation_ = _per_species(self.aggregation, _DEFAULTS["aggregation"])
+        self.fusion_rule_ = _per_species(self.fusion_rule, _DEFAULTS["fusion_rule"])
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
         self.database_ = Side(images, features, regions,
                               self._keypoints(images, regions, "database"))
@@ -240,7 +246,7 @@ class LocalReranking(BaseEstimator):
             scores, same, species[pairs[:, 0]], identities[pairs[:, 0]],
             {key: fused[value] for key, value in
              _per_species(self.fusion, _DEFAULTS["fusion"]).items()},
-            _per_species(self.fusion_rule, _DEFAULTS["fusion_rule"]), seed=self.seed)
+            self.fusion_rule_, seed=self.seed)
         # The thresholds from out-of-fold fused scores (folds by pseudo-query identity):
         # in-sample ones sit where the calibration memorised the labels.
         table = pd.DataFrame({

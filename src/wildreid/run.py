@@ -206,6 +206,7 @@ def _chosen(identifier) -> dict:
             "fused": {k: list(v) for k, v in reranking.fusion_.names.items()},
             "orientation": reranking.orientation_, "pair_score": reranking.pair_score_,
             "local_aggregation": reranking.aggregation_,
+            "fusion_rule": reranking.fusion_rule_,
             "first_stage": _first_stage(reranking.first_stage_)}
 
 

@@ -218,6 +218,11 @@ def choose(evaluations: Sequence[Evaluation], identity: np.ndarray, unknown: np.
     return kept.candidate, reason
 
 
+def pair_key(matcher: str, ransac: bool) -> str:
+    """The key of a matcher's seconds per pair in :class:`CostModel`, with or without RANSAC."""
+    return f"{matcher}+ransac" if ransac else matcher
+
+
 class CostModel:
     """Seconds per photo (keypoints) and per pair (matching) of each local matcher, measured on
     a few database photos on the device at hand; :meth:`predict` gives a candidate's seconds
@@ -247,10 +252,13 @@ class CostModel:
         isolator(sample.iloc[:-1], "cost")
         self.region_seconds = (time.perf_counter() - start) / max(len(sample) - 1, 1)
 
-    def measure(self, matchers: Sequence[str], images: pd.DataFrame) -> None:
+    def measure(self, matchers: Sequence[str], images: pd.DataFrame,
+                ransac: Sequence[str] = ()) -> None:
         """Time each matcher not measured yet on 4 of ``images`` (12 pairs), after one photo and
         one pair to warm up: loading a network or a first call is paid once per run, not per
-        photo. Matchers of one keypoint method (``aliked-nn``, ``aliked``) share its photos."""
+        photo. Matchers of one keypoint method (``aliked-nn``, ``aliked``) share its photos.
+        Those in ``ransac`` are timed with RANSAC as well (:func:`pair_key`), which a candidate
+        that calibrates inliers pays on every pair."""
         from wildreid.matching import score_pairs
         from wildreid.scorers import LocalScorer
 
@@ -275,12 +283,14 @@ class CostModel:
             self.photo_seconds[name] = self.photo_seconds[method]
             keypoints = extracted[method]
             score_pairs(scorer.matchers[name], keypoints, pairs[:1], progress=False)  # warm-up
-            start, rounds = time.perf_counter(), 0
-            while rounds < 16 and (rounds == 0 or time.perf_counter() - start < 1.0):
-                score_pairs(scorer.matchers[name], keypoints, pairs, progress=False)
-                rounds += 1  # fast matchers: enough pairs for a steady rate
-            self.pair_seconds[name] = ((time.perf_counter() - start)
-                                       / max(len(pairs) * rounds, 1))
+            for with_ransac in (False, True) if name in ransac else (False,):
+                start, rounds = time.perf_counter(), 0
+                while rounds < 16 and (rounds == 0 or time.perf_counter() - start < 1.0):
+                    score_pairs(scorer.matchers[name], keypoints, pairs, ransac=with_ransac,
+                                progress=False)
+                    rounds += 1  # fast matchers: enough pairs for a steady rate
+                self.pair_seconds[pair_key(name, with_ransac)] = (
+                    (time.perf_counter() - start) / max(len(pairs) * rounds, 1))
 
     def predict(self, candidate: Candidate, database: int, queries: int, new_photos: int,
                 shortlist: int | None, new_regions: int = 0) -> float:
@@ -296,11 +306,16 @@ class CostModel:
         seconds = new_photos * max(self.photo_seconds[name] for name in matchers)
         if candidate.on_animal:
             seconds += new_regions * (self.region_seconds or 0.0)
-        seconds += first * self.pair_seconds[matchers[0]]
+        ransac = candidate.reranking(self.reranking).runs_ransac
+
+        def per_pair(name: str) -> float:  # measured with RANSAC where the candidate runs it
+            return self.pair_seconds.get(pair_key(name, ransac), self.pair_seconds[name])
+
+        seconds += first * per_pair(matchers[0])
         cascade = candidate.settings.get("cascade")
         for name in matchers[1:]:
             seconds += (calibration + queries) * min(cascade or compared, compared) * \
-                self.pair_seconds[name]
+                per_pair(name)
         return seconds * self.correction
 
 
@@ -410,7 +425,10 @@ class PipelineSelection(BaseEstimator):
                 continue
             methods = {_KEYPOINTS.get(name, name) for name in candidate.matchers}
             if methods:
-                cost.measure([m for c in self.candidates for m in c.matchers], images)
+                cost.measure([m for c in self.candidates for m in c.matchers], images,
+                             [m for c in self.candidates if c.matchers
+                              and c.reranking(self._shared_reranking()).runs_ransac
+                              for m in c.matchers])
             if candidate.on_animal:
                 cost.measure_regions(images)
                 methods |= {"regions"}
