@@ -121,6 +121,7 @@ def main() -> None:
            "shortlist_recall": recall, "top1": scores.get("closed_set_top1"), "baks": species["baks"],
            "score": species["score"], "known_queries": species["known_queries"],
            "chosen": getattr(stage, "chosen_", None), "recall": getattr(stage, "recall_", None),
+           "selection_s": round(getattr(stage, "seconds_", 0.0), 1),
            "answers": candidates[["image_id", "rank", "identity", "score"]].to_dict("list"),
            "new_individual": NEW_INDIVIDUAL}
     print({key: value for key, value in row.items() if key != "answers"})

@@ -23,6 +23,7 @@ Three first stages:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -156,7 +157,8 @@ class ShortlistSelection(BaseEstimator):
 
     After ``fit``: ``recall_`` (per species, each candidate's recall, its gain over the first
     and the gain's standard error, and the pseudo-queries measured), ``chosen_`` (per species
-    the candidate's name) and ``stages_`` (the chosen candidates fitted on the whole gallery).
+    the candidate's name), ``stages_`` (the chosen candidates fitted on the whole gallery) and
+    ``seconds_`` (what the fit took: the first stage's share of a run).
     Search goes to each query's species' choice."""
 
     def __init__(self, candidates: dict[str, BaseEstimator] | None = None, size: int = 100,
@@ -167,6 +169,7 @@ class ShortlistSelection(BaseEstimator):
         self.seed = seed
 
     def fit(self, gallery: Side, species: np.ndarray) -> ShortlistSelection:
+        started = time.perf_counter()
         candidates = self.candidates or default_candidates()
         names = list(candidates)
         species = np.asarray(species, dtype=object)
@@ -211,6 +214,7 @@ class ShortlistSelection(BaseEstimator):
                                     default=names[0])
         self.stages_ = {name: clone(candidates[name]).fit(gallery, species)
                         for name in dict.fromkeys(self.chosen_.values())}
+        self.seconds_ = time.perf_counter() - started
         return self
 
     def search(self, queries: Side, species: np.ndarray, size: int | None,
