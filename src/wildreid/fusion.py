@@ -1,7 +1,7 @@
 """Calibration and fusion (WildFusion, Čermák et al. 2024): each matcher's pair score becomes the
 probability that the pair shows one individual (isotonic regression fitted on database pairs),
 and the fused score is the mean of these probabilities (rule ``mean``) or, rule ``logistic``, a
-logistic regression's over them (a stacker: it learns how much each matcher is worth on
+logistic regression's over their log-odds (a stacker: it learns how much each matcher is worth on
 the species, where the mean weighs all alike), fitted per species on cross-fitted calibrated
 scores so that it learns from probabilities the calibration did not see the labels of.
 
@@ -19,8 +19,14 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 #: How a species' calibrated scores are combined into its fused one: their mean (WildFusion) or a
-#: logistic regression over them (a learned stacker).
+#: logistic regression over their log-odds (a learned stacker).
 FUSION_RULES = ("mean", "logistic")
+#: Calibrated probabilities are clipped to this distance from 0 and 1 before their log-odds.
+_CLIP = 1e-3
+#: The stacker's inverse regularisation: weak, since it fits a weight per score (two or three)
+#: on thousands of pairs, and true pairs are rare among them (a strong penalty on so few
+#: weights flattens them to the prior).
+_STACKER_C = 100.0
 
 
 @dataclass
@@ -171,7 +177,7 @@ class SpeciesFusion:
                 if same[rows].all() or not same[rows].any():
                     continue  # nothing to learn from one kind of pair: the mean
                 features = fusion._log_odds(calibrated, rows, key)
-                fusion.stackers[key] = LogisticRegression().fit(features, same[rows])
+                fusion.stackers[key] = LogisticRegression(C=_STACKER_C).fit(features, same[rows])
         return fusion
 
     def names_of(self, species: str | None) -> tuple[str, ...]:
@@ -182,12 +188,14 @@ class SpeciesFusion:
 
     def _log_odds(self, calibrated: dict[str, np.ndarray], rows: np.ndarray,
                   species: str | None) -> np.ndarray:
-        """The stacker's inputs: each fused name's calibrated probability (missing: the
-        prior)."""
+        """The stacker's inputs: each fused name's calibrated log-odds (missing: the prior's),
+        probabilities clipped to :data:`_CLIP` from 0 and 1 (an isotonic map's end plateaus
+        reach both)."""
         prior = self.priors.get(species, 0.5)
         columns = [np.asarray(calibrated[name], np.float64)[rows]
                    for name in self.names_of(species)]
-        return np.nan_to_num(np.stack(columns, 1), nan=prior)
+        found = np.clip(np.nan_to_num(np.stack(columns, 1), nan=prior), _CLIP, 1 - _CLIP)
+        return np.log(found / (1 - found))
 
     def _combined(self, calibrated: dict[str, np.ndarray], rows: np.ndarray,
                   species: str | None) -> np.ndarray:

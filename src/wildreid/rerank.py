@@ -113,7 +113,7 @@ class LocalReranking(BaseEstimator):
     calibration (``calibration_``).
     ``fusion_rule``: how those calibrated scores are combined
     (:data:`~wildreid.fusion.FUSION_RULES`): their ``mean`` (WildFusion's; the default) or a
-    ``logistic`` regression over them per species, fitted on cross-fitted calibrated
+    ``logistic`` regression over their log-odds per species, fitted on cross-fitted calibrated
     calibration pairs (a learned stacker).
     ``orientation``: which database images a query is compared with (:data:`ORIENTATIONS`):
     ``any`` (the default: every image of its species) or ``same`` (those whose ``orientation``
