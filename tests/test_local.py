@@ -280,7 +280,7 @@ def test_the_logistic_stacker_learns_what_each_score_is_worth_per_species():
                   "noise": rng.normal(size=count).astype(np.float32)}
         return species, same, scores, rng.integers(0, 40, count)
 
-    species, same, scores, groups = pairs(1200)
+    species, same, scores, groups = pairs(4000)
     scores["noise"][:3] = np.nan
     names = {None: ("sift", "noise")}
     fusion = SpeciesFusion.fit(scores, same, species, groups, names,
