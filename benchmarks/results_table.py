@@ -183,7 +183,8 @@ def first_stage_table() -> str:
              "|---|---|---|---|---|---|---|---|"]
     for name, record in found:
         rows = record["results"]
-        place = f"{record.get('local', 'sift')} on the {record.get('keypoints_on', 'image')}"
+        place = (f"{record.get('local', 'sift')} on the {record.get('keypoints_on', 'image')}, "
+                 f"{name.split('-')[4]} centres")
 
         def mean(key: str, stage: str, rows=rows) -> str:
             if not all(key in row for row in rows):
@@ -202,7 +203,7 @@ def first_stage_table() -> str:
             "development photos (in the database of both nyala-lion protocols), the share of "
             "known pseudo-queries whose K most similar reference photos hold one of their "
             "individual, by the global cosine (the shortlist today), the cosine of VLADs of "
-            "local descriptors (64 centres fitted on the reference photos), and their sum. Mean "
+            "local descriptors (a codebook of 64 or 256 centres fitted on the reference photos), and their sum. Mean "
             "over the pseudo-splits (queries of each in the queries column).\n\n"
             + "\n".join(lines) + "\n")
 
