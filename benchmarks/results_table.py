@@ -202,9 +202,10 @@ def first_stage_table() -> str:
             "first-stage-recall --species S --local L --keypoints-on P`): on pseudo-splits of the "
             "development photos (in the database of both nyala-lion protocols), the share of "
             "known pseudo-queries whose K most similar reference photos hold one of their "
-            "individual, by the global cosine (the shortlist today), the cosine of VLADs of "
-            "local descriptors (a codebook of 64 or 256 centres fitted on the reference photos), and their sum. Mean "
-            "over the pseudo-splits (queries of each in the queries column).\n\n"
+            "individual, by the global cosine (the default first stage), the cosine of VLADs "
+            "of local descriptors (a codebook of 64 or 256 centres fitted on the reference "
+            "photos), and their sum. Mean over the pseudo-splits (queries of each in the "
+            "queries column).\n\n"
             + "\n".join(lines) + "\n")
 
 
