@@ -3,7 +3,10 @@ stage at one shortlist size, against every database photo of the species (``all`
 
     python benchmarks first-stage-end-to-end --species nyala --protocol B --local aliked-nn
         --shortlist 150 --first-stage cosine|vlad|selection|all [--pair-score inliers]
-        [--cache-dir /tmp/first-stage-cache]
+        [--cascade 10] [--cache-dir /tmp/first-stage-cache]
+
+``--local aliked-nn,aliked --cascade 10``: the cascade (``aliked-nn`` scores every pair of the
+shortlist, LightGlue each query's best 10 by it, with ``matches@0.5``).
 
 ``cosine``: the global cosine (``CosineShortlist``); ``vlad``: the cosine plus the cosine of VLADs
 of the matcher's own keypoints (``VladShortlist``); ``selection``: per species the one of the two
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--local", default="aliked-nn")
     parser.add_argument("--keypoints-on", default="animal")
     parser.add_argument("--pair-score", default=None)
+    parser.add_argument("--cascade", type=int, default=None)
     parser.add_argument("--shortlist", type=int, default=150)
     parser.add_argument("--first-stage", choices=("cosine", "vlad", "selection", "all"),
                         required=True)
@@ -87,7 +91,8 @@ def main() -> None:
     of_species = {part: frame[frame["species"] == arguments.species].reset_index(drop=True)
                   for part, frame in (("database", dataset.database), ("query", dataset.query))}
     size = None if arguments.first_stage == "all" else arguments.shortlist
-    settings = {"features": (arguments.local,), "shortlist": size,
+    settings = {"features": tuple(arguments.local.split(",")), "shortlist": size,
+                "cascade": arguments.cascade,
                 "keypoints_on": arguments.keypoints_on,
                 "first_stage": first_stage(arguments.first_stage, size)}
     if arguments.pair_score:
@@ -125,8 +130,10 @@ def main() -> None:
            "answers": candidates[["image_id", "rank", "identity", "score"]].to_dict("list"),
            "new_individual": NEW_INDIVIDUAL}
     print({key: value for key, value in row.items() if key != "answers"})
+    matchers = arguments.local.replace(",", "+") + (
+        f"-cascade{arguments.cascade}" if arguments.cascade else "")
     write_cpu_result(arguments.out, f"first-stage-e2e-{arguments.species}-{arguments.protocol}-"
-                     f"{arguments.local}-{arguments.first_stage}-{size or 'all'}",
+                     f"{matchers}-{arguments.first_stage}-{size or 'all'}",
                      {"settings": {key: str(value) for key, value in settings.items()}}, [row])
 
 

@@ -230,7 +230,10 @@ def first_stage_end_to_end_rows(names: list[str]) -> str:
                            if candidate != next(iter(row['recall'][species])) else "")
                         for candidate, measured in row["recall"][species].items()) + ")"
                     for species, stage in row["chosen"].items())
-            matcher = record["settings"]["features"].strip("(),' ")
+            matcher = " then ".join(part.strip("' ") for part in
+                                    record["settings"]["features"].strip("(),").split(","))
+            if record["settings"].get("cascade") not in (None, "None"):
+                matcher += f" (best {record['settings']['cascade']})"
             top1 = "–" if row["top1"] is None else f"{100 * row['top1']:.1f}%"
             recall = row.get("shortlist_recall") or {}
             recalled = ("–" if recall.get("same_individual") is None else

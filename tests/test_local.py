@@ -312,6 +312,28 @@ def test_a_cascade_keeps_the_pairs_its_first_matcher_could_not_judge():
     assert _best_per_query(queries[:4], np.nan_to_num(score[:4]), cosine[:4], 1).tolist() == [0]
 
 
+def test_a_cascades_later_matcher_keeps_its_own_pair_score():
+    """``cascade_pair_score`` is the later matchers' pair score, ``pair_score`` the first's (a
+    nearest-neighbour matcher wants its inliers, LightGlue its confident matches), each read per
+    species; RANSAC runs where either asks for inliers."""
+    reranking = LocalReranking(("aliked-nn", "aliked"), cascade=10, pair_score="inliers",
+                               cascade_pair_score={"lion": "confidence_sum"})
+    reranking.pair_score_ = {None: "inliers"}
+    reranking.cascade_pair_score_ = {None: "matches@0.5", "lion": "confidence_sum"}
+    columns = {f"aliked:{name}": np.array([1.0, 2.0], np.float32) * value
+               for name, value in (("inliers", 10), ("matches@0.5", 100),
+                                   ("confidence_sum", 1000))}
+    columns["aliked"] = columns["aliked:confidence_sum"]  # the bare column
+    species = np.array(["nyala", "lion"], object)
+    later = reranking._kept(columns, species, ("aliked",), reranking.cascade_pair_score_)
+    assert later["aliked"].tolist() == [100.0, 2000.0]
+    assert reranking._kept(columns, species, ("aliked",))["aliked"].tolist() == [10.0, 20.0]
+    assert reranking.runs_ransac
+    assert LocalReranking(("sift", "orb"), cascade=2, cascade_pair_score="inliers").runs_ransac
+    assert not LocalReranking(("sift", "orb"), cascade=2).runs_ransac
+    assert not LocalReranking(("sift",), cascade_pair_score="inliers").runs_ransac  # no cascade
+
+
 def test_a_pair_matched_mirrored_keeps_its_evidence():
     """No keypoint on the query as it is, some on it flipped: the mirrored match is evidence."""
     from wildreid.scorers import without_evidence
@@ -915,7 +937,7 @@ def test_cascade_scores_each_querys_best_pairs_by_the_first_matcher(real_subset,
     run = dict(cache_dir=tmp_path, progress=False, device="cpu")
     both = LocalReranking(("sift", "orb"), shortlist=None, keep_pair_scores=True,
                           keypoints_on="image", orientation="any", fusion="all",
-                          pair_score="inliers", aggregation="max")
+                          pair_score="inliers", cascade_pair_score="inliers", aggregation="max")
     identifier = Identifier(**run, reranking=clone(both).set_params(cascade=2)).fit(
         dataset.database)
     reranking = identifier.reranking_

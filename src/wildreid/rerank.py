@@ -73,7 +73,7 @@ _IMAGES_SUMMED = {"max": 1, "top2": 2}
 #: settings file ``"nyala=animal,lion=image"``).
 PER_SPECIES = {"keypoints_on": KEYPOINT_PLACES, "fusion": FUSIONS, "orientation": ORIENTATIONS,
                "pair_score": PAIR_SCORE_CHOICES, "aggregation": AGGREGATIONS,
-               "fusion_rule": FUSION_RULES}
+               "fusion_rule": FUSION_RULES, "cascade_pair_score": PAIR_SCORE_CHOICES}
 #: The smallest value of each whole-number setting (``None`` passes where the default is
 #: ``None``: every database image, no cascade).
 MINIMUMS = {"shortlist": 1, "max_keypoints": 1, "long_side": 32, "calibration_queries": 3,
@@ -85,9 +85,10 @@ class LocalReranking(BaseEstimator):
     database image of the query's species), re-scored by local matchers (``features``:
     ``aliked``, ``aliked-nn``, ``disk``, ``dedode``, ``sift``, ``orb``), calibrated and fused.
 
-    Each of ``keypoints_on``, ``pair_score``, ``fusion``, ``fusion_rule``, ``orientation`` and
-    ``aggregation`` is one value for every species or a dict of them by species (key ``None``: the rest; a
-    species it does not name gets the default). They are settings, never chosen inside ``fit``:
+    Each of ``keypoints_on``, ``pair_score``, ``cascade_pair_score``, ``fusion``,
+    ``fusion_rule``, ``orientation`` and ``aggregation`` is one value for every species or a
+    dict of them by species (key ``None``: the rest; a species it does not name gets the
+    default). They are settings, never chosen inside ``fit``:
     choosing between pipelines is :class:`~wildreid.selection.PipelineSelection`'s job, and the
     evidence behind each default is a decision record (``docs/decisions``).
 
@@ -96,6 +97,9 @@ class LocalReranking(BaseEstimator):
     ``pair_score``: which of a matcher's scores of a pair is calibrated
     (:data:`PAIR_SCORE_CHOICES`): the sum of match confidences, the matches above a confidence
     (``matches@0.5``: the default), or the RANSAC inliers (RANSAC then runs on every pair).
+    ``cascade_pair_score``: the same for a cascade's later matchers (``pair_score`` is the
+    first one's, which also makes the cut): a nearest-neighbour matcher's confidences are
+    1 - its ratio, LightGlue's are probabilities, so the two want different pair scores.
     ``aggregation``: how identities are ordered from their images' fused pair scores
     (:data:`AGGREGATIONS`): by their best image's (``max``) or by the sum of their best two
     (``top2``); an identity's score is its best image's either way.
@@ -146,7 +150,8 @@ class LocalReranking(BaseEstimator):
                  orientation: str | dict[str | None, str] = "any",
                  aggregation: str | dict[str | None, str] = "max", cascade: int | None = None,
                  first_stage: BaseEstimator | None = None,
-                 fusion_rule: str | dict[str | None, str] = "mean"):
+                 fusion_rule: str | dict[str | None, str] = "mean",
+                 cascade_pair_score: str | dict[str | None, str] = "matches@0.5"):
         self.features = features
         self.shortlist = shortlist
         self.max_keypoints = max_keypoints
@@ -170,13 +175,16 @@ class LocalReranking(BaseEstimator):
         self.cascade = cascade
         self.first_stage = first_stage
         self.fusion_rule = fusion_rule
+        self.cascade_pair_score = cascade_pair_score
 
     @property
     def runs_ransac(self) -> bool:
         """Whether pairs are matched with RANSAC (CPU time): only where a species keeps its
         inliers, or every score is kept."""
-        pair_scores = _per_species(self.pair_score, _DEFAULTS["pair_score"])
-        return self.keep_pair_scores or "inliers" in pair_scores.values()
+        pair_scores = {*_per_species(self.pair_score, _DEFAULTS["pair_score"]).values(),
+                       *(_per_species(self.cascade_pair_score, _DEFAULTS["cascade_pair_score"])
+                         .values() if self.cascade is not None else ())}
+        return self.keep_pair_scores or "inliers" in pair_scores
 
     def _build(self) -> None:
         """Check the parameters and build the components: the scorers (keypoint extractors and
@@ -217,6 +225,8 @@ class LocalReranking(BaseEstimator):
         self.orientation_ = _per_species(self.orientation, _DEFAULTS["orientation"])
         self.aggregation_ = _per_species(self.aggregation, _DEFAULTS["aggregation"])
         self.fusion_rule_ = _per_species(self.fusion_rule, _DEFAULTS["fusion_rule"])
+        self.cascade_pair_score_ = _per_species(self.cascade_pair_score,
+                                                _DEFAULTS["cascade_pair_score"])
         regions = keypoint_regions(images, self.keypoints_on_, isolator, "database: regions")
         self.database_ = Side(images, features, regions,
                               self._keypoints(images, regions, "database"))
@@ -315,7 +325,8 @@ class LocalReranking(BaseEstimator):
         kept = {name: values[keep] for name, values in scores.items()}
         columns = self.cascade_scoring_.score(query, gallery, pairs[keep],
                                               f"{description}: cascade", mirror, details=True)
-        kept.update(self._kept(columns, species[keep], self.cascade_scoring_.names))
+        kept.update(self._kept(columns, species[keep], self.cascade_scoring_.names,
+                               self.cascade_pair_score_))
         return keep, kept, columns
 
     def _keypoints(self, images: pd.DataFrame, regions, description: str
@@ -360,12 +371,14 @@ class LocalReranking(BaseEstimator):
                                               details=True), species)
 
     def _kept(self, columns: dict[str, np.ndarray], species: np.ndarray,
-              matchers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+              matchers: Sequence[str] | None = None, pair_scores: dict | None = None
+              ) -> dict[str, np.ndarray]:
         """From every column of a scoring, the scores: the cosine (where scored) and each of
         ``matchers``' (default: the first stage's) pair score of each pair's query ``species``
-        (``pair_score_``)."""
+        (``pair_scores``, default ``pair_score_``)."""
         scores = {"cosine": columns["cosine"]} if "cosine" in columns else {}
-        chosen = by_species(self.pair_score_, species, _DEFAULTS["pair_score"])
+        chosen = by_species(self.pair_score_ if pair_scores is None else pair_scores, species,
+                            _DEFAULTS["pair_score"])
         for matcher in self.local_scorer_.features if matchers is None else matchers:
             found = np.empty(len(chosen), np.float32)
             for value in dict.fromkeys(chosen):

@@ -207,6 +207,7 @@ def _chosen(identifier) -> dict:
             "orientation": reranking.orientation_, "pair_score": reranking.pair_score_,
             "local_aggregation": reranking.aggregation_,
             "fusion_rule": reranking.fusion_rule_,
+            "cascade_pair_score": reranking.cascade_pair_score_,
             "first_stage": _first_stage(reranking.first_stage_)}
 
 

@@ -81,7 +81,8 @@ MENU: tuple[Candidate, ...] = (
     Candidate("aliked-nn/animal", {"features": ("aliked-nn",), "keypoints_on": "animal",
                                    "pair_score": "inliers"}),
     Candidate("aliked-nn+lightglue/animal", {"features": ("aliked-nn", "aliked"), "cascade": 10,
-                                             "keypoints_on": "animal"}),
+                                             "keypoints_on": "animal", "pair_score": "inliers",
+                                             "cascade_pair_score": "matches@0.5"}),
 )
 
 def with_settings(candidates: Sequence[Candidate], **fixed) -> tuple[Candidate, ...]:
