@@ -607,7 +607,7 @@ class Catalog:
         grew by a tenth since the last fit (thresholds and calibration follow). ``leave_out``
         an image id: one fitted without that photo (to rank an already identified photo
         against the others), not kept."""
-        from wildreid.defaults import PRESETS
+        from wildreid.defaults import preset_reranking
         from wildreid.pipeline import Identifier
         from wildreid.rerank import LocalReranking
 
@@ -630,7 +630,7 @@ class Catalog:
                     model.partial_fit(self._frame(added))
                     self._identifier = (generation, model, current, fitted_size, calibrated)
                     return model
-            local = PRESETS[self.preset] if calibrated else None
+            local = preset_reranking(self.preset) if calibrated else None
             identifier = Identifier(threshold="auto" if calibrated else None,
                                     cache_dir=self.cache, progress=self.progress,
                                     reranking=None if local is None else LocalReranking(**local)

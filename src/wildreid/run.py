@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from wildreid.defaults import DEFAULT_CACHE_DIR, DEFAULT_MODEL, PRESETS
+from wildreid.defaults import DEFAULT_CACHE_DIR, DEFAULT_MODEL, preset_reranking
 
 RUN_FILE = "run.json"
 
@@ -94,7 +94,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     cascade = named.get("cascade")
     # The accurate preset chooses its matchers per species unless they are named.
     select = preset == "accurate" and local is None and cascade is None
-    preset_local = PRESETS[preset]
+    preset_local = preset_reranking(preset)
     matchers = tuple(local) if local is not None else tuple((preset_local or {}).get(
         "features", ()))
     if cascade is not None and len(matchers) < 2:
@@ -117,7 +117,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
         # Where keypoints go is a candidate of the menu, unless the user named it.
         menu = (with_settings(MENU, keypoints_on=named.pop("keypoints_on"))
                 if "keypoints_on" in named else MENU)
-        shared = LocalReranking(**named)
+        shared = LocalReranking(**{"first_stage": preset_local.get("first_stage"), **named})
         identifier = PipelineSelection(menu, settings=settings, reranking=shared,
                                        budget=budget, log=_say if progress else None).fit(
                                            dataset.database, dataset.query)
@@ -218,5 +218,8 @@ def _first_stage(stage) -> dict:
     found = {"name": type(stage).__name__}
     if hasattr(stage, "chosen_"):
         found.update(chosen={str(key): name for key, name in stage.chosen_.items()},
-                     recall={str(key): measured for key, measured in stage.recall_.items()})
+                     recall={str(key): {name: {what: None if value != value else value
+                                               for what, value in figures.items()}
+                                        for name, figures in measured.items()}
+                             for key, measured in stage.recall_.items()})  # NaN: none
     return found
