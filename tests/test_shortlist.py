@@ -88,6 +88,24 @@ def test_vlad_shortlist_equals_summed_cosines_by_brute_force():
         assert found[query][:len(expected)].tolist() == expected, query
         assert (found[query][len(expected):] == -1).all()
     assert not stage.vectors_[4, 8:].any()  # no keypoint: the zero VLAD
+    # One dot product is the cosine plus ``weight`` times the VLADs' cosine.
+    assert stage.vectors_[0] @ stage.vectors_[3] == pytest.approx(
+        features[0] @ features[3] + 0.7 * vlads[0] @ vlads[3], abs=1e-5)
+
+
+def test_a_query_without_species_is_placed_by_its_cosine_alone():
+    """A query without a species is compared with every gallery photo; VLADs of another
+    species' codebook do not compare with its own, so its VLAD part is left out."""
+    rng = np.random.default_rng(3)
+    images, features, keypoints = _animals(rng, "a", 6, 3, patterned=True)
+    stage = VladShortlist(clusters=8).fit(_side(images, features, keypoints),
+                                          images["species"].to_numpy(object))
+    queries = _side(images.iloc[:2].assign(species=None), features[:2], keypoints[:2])
+    found = stage.search(queries, np.array([None, None], object), 3)
+    expected = np.argsort(-(features[:2] @ features.T), axis=1, kind="stable")[:, :3]
+    assert (found == expected).all()
+    empty = stage.search(queries.subset([]), np.array([], object), 3)
+    assert empty.shape == (0, 3)
 
 
 def test_vlad_shortlist_names_the_keypoints_it_lacks():
@@ -126,3 +144,13 @@ def test_selection_keeps_vlad_only_where_it_finds_the_individual():
     vlad = selection.stages_["cosine+vlad"].search(queries.subset([0, 1]), species[asked[:2]], 5)
     cosine = selection.stages_["cosine"].search(queries.subset([2, 3]), species[asked[2:]], 5)
     assert (found[:2] == vlad).all() and (found[2:] == cosine).all()
+    assert selection.search(queries.subset([]), np.array([], object), 5).shape == (0, 5)
+
+    # Photos added (a catalog growing): the chosen stages are fitted again, the choice kept.
+    grown = _side(pd.concat([images, images.iloc[:4].assign(
+        image_id=lambda frame: frame["image_id"] + "-again")], ignore_index=True),
+        np.vstack([features, features[:4]]), keypoints + keypoints[:4])
+    chosen, recall = dict(selection.chosen_), selection.recall_
+    selection.partial_fit(grown, np.concatenate([species, species[:4]]))
+    assert selection.chosen_ == chosen and selection.recall_ is recall
+    assert len(selection.stages_["cosine+vlad"].vectors_) == len(images) + 4

@@ -295,7 +295,10 @@ class LocalReranking(BaseEstimator):
             [self.database_identities_, images["identity"].astype(str).to_numpy()])
         self.database_species_ = np.concatenate(
             [self.database_species_, species_keys(images.get("species"), len(images))])
-        self.first_stage_ = self._first_stage().fit(self.database_, self.database_species_)
+        # The first stage fitted again on the grown database; one that chose keeps its choice.
+        self.first_stage_ = (self.first_stage_.partial_fit(self.database_, self.database_species_)
+                             if hasattr(self.first_stage_, "partial_fit") else
+                             self._first_stage().fit(self.database_, self.database_species_))
         return self
 
     def _check_same_orientation(self, same: np.ndarray, species: np.ndarray) -> None:

@@ -74,8 +74,10 @@ class VladShortlist(BaseEstimator):
 
     After ``fit``: ``features_`` (the keypoint method read), ``codebooks_`` (per species its
     fitted :class:`~wildreid.vlad.Vlad`, ``None`` where it had too few descriptors) and
-    ``vectors_`` (per gallery photo its global descriptor beside its weighted VLAD, so that one
-    dot product is the sum of the two cosines)."""
+    ``vectors_`` (per gallery photo its global descriptor beside its VLAD times the square
+    root of ``weight``, so that one dot product is the cosine plus ``weight`` times the VLADs'
+    cosine). A query without a species (compared with every gallery photo) has no VLAD part
+    where the gallery has species: its codebook is not theirs."""
 
     def __init__(self, features: str | None = None, clusters: int = 64, weight: float = 1.0,
                  seed: int = 0):
@@ -120,14 +122,21 @@ class VladShortlist(BaseEstimator):
                 continue  # a species without a codebook: its cosine alone
             rows = np.flatnonzero(species == key)
             vlads[rows] = book.transform([keypoints[row].descriptors for row in rows])
-        return np.hstack([np.asarray(side.features, np.float32), self.weight * vlads])
+        # Both sides carry the square root, so that their dot product weighs the VLAD cosine
+        # by ``weight`` itself.
+        return np.hstack([np.asarray(side.features, np.float32),
+                          np.sqrt(self.weight) * vlads])
 
     def search(self, queries: Side, species: np.ndarray, size: int | None,
                views: Sequence[frozenset | None] | None = None) -> np.ndarray:
         """As :meth:`CosineShortlist.search`, by the summed cosines."""
         species = np.asarray(species, dtype=object)
-        shortlist, _ = nearest_images(self.vectors_, self.species_,
-                                      self._vectors(queries, species), species,
+        vectors = self._vectors(queries, species)
+        if any(key is not None for key in self.codebooks_):
+            # Compared with every species: VLADs of different codebooks do not compare.
+            vectors[np.array([key is None for key in species], bool),
+                    queries.features.shape[1]:] = 0
+        shortlist, _ = nearest_images(self.vectors_, self.species_, vectors, species,
                                       size or len(self.vectors_), self._indexes, None,
                                       self.views_, views)
         return shortlist
@@ -159,7 +168,10 @@ class ShortlistSelection(BaseEstimator):
     and the gain's standard error, and the pseudo-queries measured), ``chosen_`` (per species
     the candidate's name), ``stages_`` (the chosen candidates fitted on the whole gallery) and
     ``seconds_`` (what the fit took: the first stage's share of a run).
-    Search goes to each query's species' choice."""
+    Search goes to each query's species' choice. (Recall is measured with every orientation
+    searched and the query's own flank wanted: the local stage's default. With
+    ``orientation="same"`` or a ``mirror``, what the matcher can use differs a little from what
+    is counted.)"""
 
     def __init__(self, candidates: dict[str, BaseEstimator] | None = None, size: int = 100,
                  splits: int = 3, seed: int = 0):
@@ -217,11 +229,18 @@ class ShortlistSelection(BaseEstimator):
         self.seconds_ = time.perf_counter() - started
         return self
 
+    def partial_fit(self, gallery: Side, species: np.ndarray) -> ShortlistSelection:
+        """The chosen first stages fitted again on a grown ``gallery`` (photos added to it),
+        the choice kept: what the calibration and thresholds were fitted with."""
+        self.stages_ = {name: clone(stage).fit(gallery, species)
+                        for name, stage in self.stages_.items()}
+        return self
+
     def search(self, queries: Side, species: np.ndarray, size: int | None,
                views: Sequence[frozenset | None] | None = None) -> np.ndarray:
-        """As :meth:`CosineShortlist.search`, each query by its species' chosen first stage
-        (the first candidate for a species the gallery lacks: it then has none to find)."""
+        """As :meth:`CosineShortlist.search`, each query by its species' chosen first stage."""
         species = np.asarray(species, dtype=object)
+        # A species the gallery lacks has nothing to find in any of them: any stage says so.
         chosen = np.array([self.chosen_.get(key, next(iter(self.stages_))) for key in species],
                           dtype=object)
         parts = {}
@@ -230,7 +249,7 @@ class ShortlistSelection(BaseEstimator):
             parts[name] = (rows, self.stages_[name].search(
                 queries.subset(rows), species[rows], size,
                 None if views is None else [views[row] for row in rows]))
-        width = max(part.shape[1] for _, part in parts.values())
+        width = max((part.shape[1] for _, part in parts.values()), default=size or 0)
         shortlist = np.full((len(species), width), -1, np.int64)
         for rows, part in parts.values():
             shortlist[rows, :part.shape[1]] = part
