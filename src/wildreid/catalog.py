@@ -607,9 +607,8 @@ class Catalog:
         grew by a tenth since the last fit (thresholds and calibration follow). ``leave_out``
         an image id: one fitted without that photo (to rank an already identified photo
         against the others), not kept."""
-        from wildreid.defaults import preset_reranking
         from wildreid.pipeline import Identifier
-        from wildreid.rerank import LocalReranking
+        from wildreid.rerank import LocalReranking, preset_reranking
 
         with self._lock:
             generation = self.generation()  # read first: a write during the fit makes it stale

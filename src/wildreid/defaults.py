@@ -21,16 +21,7 @@ PRESETS: dict[str, dict | None] = {
     "accurate": {"features": ("aliked",), "keypoints_on": "animal", "max_keypoints": 512},
 }
 #: Presets whose first stage is chosen per species by its recall of the individual on the
-#: database (docs/decisions/0009: nyala protocol B +7.5 ± 1.4 points top-1 at the same pairs).
+#: database (docs/decisions/0009: nyala protocol B +7.5 ± 1.4 points top-1 at the same pairs;
+#: :func:`wildreid.rerank.preset_reranking` builds it).
 FIRST_STAGE_BY_RECALL = {"accurate"}
 
-
-def preset_reranking(preset: str) -> dict | None:
-    """The parameters of ``preset``'s local re-ranking (``None``: none), its first stage built
-    (imported here, not at the top: this module stays light)."""
-    found = PRESETS[preset]
-    if found is None or preset not in FIRST_STAGE_BY_RECALL:
-        return found
-    from wildreid.shortlist import ShortlistSelection
-
-    return {**found, "first_stage": ShortlistSelection()}

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, clone
 
+from wildreid.defaults import FIRST_STAGE_BY_RECALL, PRESETS
 from wildreid.distributed import RayPool
 from wildreid.fusion import FUSION_RULES, SpeciesFusion
 from wildreid.isolation import Isolator
@@ -45,7 +46,7 @@ from wildreid.scorers import (
     mirror_view,
     without_evidence,
 )
-from wildreid.shortlist import CosineShortlist
+from wildreid.shortlist import CosineShortlist, ShortlistSelection
 from wildreid.stage import LazyRows
 
 #: Where local keypoints are kept: on the animal's mask, or anywhere on the photo
@@ -601,3 +602,13 @@ def _top_identities(table: pd.DataFrame, queries: int, k: int,
     if "image" in best.columns:
         images[best["query"], best["rank"]] = best["image"].to_numpy()
     return {"identity": names, "score": scores, "image": images}
+
+
+def preset_reranking(preset: str) -> dict | None:
+    """The parameters of ``preset``'s local re-ranking (:data:`~wildreid.defaults.PRESETS`;
+    ``None``: none), its first stage built where it is chosen by recall
+    (:data:`~wildreid.defaults.FIRST_STAGE_BY_RECALL`)."""
+    found = PRESETS[preset]
+    if found is None or preset not in FIRST_STAGE_BY_RECALL:
+        return found
+    return {**found, "first_stage": ShortlistSelection()}

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from wildreid.defaults import DEFAULT_CACHE_DIR, DEFAULT_MODEL, preset_reranking
+from wildreid.defaults import DEFAULT_CACHE_DIR, DEFAULT_MODEL
 
 RUN_FILE = "run.json"
 
@@ -83,7 +83,7 @@ def identify_dataset(data_dir: Path, metadata: Path | None = None, model: str = 
     from wildreid.distributed import RayNotNeeded, RayPool
     from wildreid.isolation import parse_isolation
     from wildreid.pipeline import Identifier
-    from wildreid.rerank import LocalReranking
+    from wildreid.rerank import LocalReranking, preset_reranking
 
     if ray is not None:  # before any work: not after minutes of it
         RayPool(ray).check()
